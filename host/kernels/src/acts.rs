@@ -1,0 +1,82 @@
+//! Activations quantized to 8 bits per block, the right-hand side of every product.
+
+use crate::BLOCK;
+
+/// `rows` activation rows of `cols` values, each 32-value block stored as
+/// `i8` values with one `f32` scale `d` and `s = d * sum(q)`.
+///
+/// Rows are padded to an even number of blocks with zeros so the kernels can
+/// always read blocks in pairs (64 bytes, one AVX-512 register).
+#[derive(Debug, Default, Clone)]
+pub struct QuantizedActs {
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    /// Blocks per row, padded to even.
+    pub(crate) nb: usize,
+    pub(crate) qs: Vec<i8>,
+    pub(crate) d: Vec<f32>,
+    pub(crate) s: Vec<f32>,
+}
+
+impl QuantizedActs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Quantizes `x` (`rows` x `cols`, row-major) into `self`, reusing its buffers.
+    pub fn quantize(&mut self, x: &[f32], rows: usize, cols: usize) {
+        assert_eq!(x.len(), rows * cols, "activation shape mismatch");
+        let nb = cols.div_ceil(BLOCK).next_multiple_of(2);
+        self.rows = rows;
+        self.cols = cols;
+        self.nb = nb;
+        self.qs.clear();
+        self.qs.resize(rows * nb * BLOCK, 0);
+        self.d.clear();
+        self.d.resize(rows * nb, 0.0);
+        self.s.clear();
+        self.s.resize(rows * nb, 0.0);
+        for r in 0..rows {
+            let row = &x[r * cols..(r + 1) * cols];
+            for (b, chunk) in row.chunks(BLOCK).enumerate() {
+                let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                let out = &mut self.qs[(r * nb + b) * BLOCK..][..chunk.len()];
+                let mut sum = 0i32;
+                for (q, v) in out.iter_mut().zip(chunk) {
+                    let v = (v * inv).round() as i8;
+                    *q = v;
+                    sum += v as i32;
+                }
+                self.d[r * nb + b] = d;
+                self.s[r * nb + b] = d * sum as f32;
+            }
+        }
+    }
+
+    pub(crate) fn row(&self, r: usize) -> ActRow<'_> {
+        let nb = self.nb;
+        ActRow {
+            qs: &self.qs[r * nb * BLOCK..(r + 1) * nb * BLOCK],
+            d: &self.d[r * nb..(r + 1) * nb],
+            s: &self.s[r * nb..(r + 1) * nb],
+        }
+    }
+}
+
+/// One quantized activation row, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ActRow<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+}

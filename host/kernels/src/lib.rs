@@ -1,0 +1,79 @@
+//! kiln-kernels: the hot loops of a CPU forward pass, owned by the host.
+//!
+//! Weights in GGUF's `Q4_1` and `Q8_0` formats are repacked once at load into
+//! a layout that AVX2 and AVX-512 dot products read in one pass, and every
+//! activation row is quantized to 8 bits per 32-element block. One weight row
+//! is then dotted against up to four activation rows at a time, so a batch of
+//! sequences reads the weights once per step (a matrix-matrix product, not
+//! sixteen matrix-vector ones).
+//!
+//! The SIMD path is chosen at run time (`is_x86_feature_detected!`): AVX-512
+//! with VNNI, else AVX2 + FMA, else a portable scalar loop that the tests use
+//! as the reference for the others.
+
+mod acts;
+mod matrix;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use acts::QuantizedActs;
+pub use matrix::{QMatrix, WeightFormat};
+
+/// Elements per quantization block (GGUF's `QK4_1` / `QK8_0`).
+pub const BLOCK: usize = 32;
+
+/// The instruction set the kernels run with on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The best path this CPU supports; `KILN_ISA=scalar|avx2` forces a lower one
+    /// (for A/B benchmarks and for testing a path on a machine that has more).
+    pub fn detect() -> Isa {
+        let best = Self::best_available();
+        match std::env::var("KILN_ISA").as_deref() {
+            Ok("scalar") => Isa::Scalar,
+            Ok("avx2") if best != Isa::Scalar => Isa::Avx2,
+            _ => best,
+        }
+    }
+
+    fn best_available() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("f16c")
+                && is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx512Vnni;
+            }
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// Every path this machine can run, lowest first (used by the tests).
+    pub fn all_available() -> Vec<Isa> {
+        let best = Self::best_available();
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+            .into_iter()
+            .filter(|isa| *isa as u8 <= best as u8)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,156 @@
+//! AVX2 and AVX-512 VNNI kernels. Each processes one pair of blocks (64
+//! weights) per iteration and dots it with `N` activation rows, so the
+//! weights are unpacked once for up to four sequences.
+//!
+//! Safety contract for every function here: the CPU supports the enabled
+//! features, `w` and each `a[i]` hold at least `npairs` pairs of blocks.
+
+use std::arch::x86_64::*;
+use std::array;
+use std::ptr::read_unaligned;
+
+use crate::acts::ActRow;
+use crate::matrix::WeightRow;
+
+/// Two `f16` scales at `p` widened to `[s0, s1, 0, 0]`.
+#[inline(always)]
+unsafe fn two_f16(p: *const half::f16) -> __m128 {
+    // SAFETY: callers pass a pointer to two readable f16 values.
+    unsafe { _mm_cvtph_ps(_mm_cvtsi32_si128(read_unaligned(p as *const i32))) }
+}
+
+/// Two `f32` values at `p` as `[v0, v1, 0, 0]`.
+#[inline(always)]
+unsafe fn two_f32(p: *const f32) -> __m128 {
+    // SAFETY: callers pass a pointer to two readable f32 values.
+    unsafe { _mm_castpd_ps(_mm_load_sd(p as *const f64)) }
+}
+
+#[inline(always)]
+unsafe fn hsum128(v: __m128) -> f32 {
+    // SAFETY: SSE3 is implied by every feature set this module is compiled for.
+    unsafe {
+        let s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum256(v: __m256) -> f32 {
+    // SAFETY: AVX is implied by every feature set this module is compiled for.
+    unsafe { hsum128(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v))) }
+}
+
+/// `[s0 x 8, s1 x 8]` from `[s0, s1, _, _]`.
+#[inline(always)]
+unsafe fn spread_pair_512(s: __m128) -> __m512 {
+    // SAFETY: AVX-512F is enabled by the callers.
+    unsafe {
+        let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s))
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn q4_1_avx512<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
+    // SAFETY: see the module's contract; every load is within the row slices.
+    unsafe {
+        let mask = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut acc_m = [_mm_setzero_ps(); N];
+        for p in 0..npairs {
+            let raw = _mm256_loadu_si256(w.qs.as_ptr().add(p * 32) as *const __m256i);
+            let lo = _mm256_and_si256(raw, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
+            let wv = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+            let dw = two_f16(w.d.as_ptr().add(2 * p));
+            let mw = two_f16(w.m.as_ptr().add(2 * p));
+            for n in 0..N {
+                let av = _mm512_loadu_si512(a[n].qs.as_ptr().add(p * 64) as *const __m512i);
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, av);
+                let scale = spread_pair_512(_mm_mul_ps(dw, two_f32(a[n].d.as_ptr().add(2 * p))));
+                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[n]);
+                acc_m[n] = _mm_fmadd_ps(mw, two_f32(a[n].s.as_ptr().add(2 * p)), acc_m[n]);
+            }
+        }
+        array::from_fn(|n| _mm512_reduce_add_ps(acc[n]) + hsum128(acc_m[n]))
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn q8_0_avx512<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
+    // SAFETY: see the module's contract.
+    unsafe {
+        // VNNI multiplies u8 by i8: feed it `q + 128` and take `128 * sum(a)` back
+        // out through the activation's `s = d * sum(q)`.
+        let flip = _mm512_set1_epi8(-128);
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut acc_s = [_mm_setzero_ps(); N];
+        for p in 0..npairs {
+            let raw = _mm512_loadu_si512(w.qs.as_ptr().add(p * 64) as *const __m512i);
+            let wv = _mm512_xor_si512(raw, flip);
+            let dw = two_f16(w.d.as_ptr().add(2 * p));
+            for n in 0..N {
+                let av = _mm512_loadu_si512(a[n].qs.as_ptr().add(p * 64) as *const __m512i);
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, av);
+                let scale = spread_pair_512(_mm_mul_ps(dw, two_f32(a[n].d.as_ptr().add(2 * p))));
+                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[n]);
+                acc_s[n] = _mm_fmadd_ps(dw, two_f32(a[n].s.as_ptr().add(2 * p)), acc_s[n]);
+            }
+        }
+        array::from_fn(|n| _mm512_reduce_add_ps(acc[n]) - 128.0 * hsum128(acc_s[n]))
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q4_1_avx2<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
+    // SAFETY: see the module's contract.
+    unsafe {
+        let mask = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut acc_m = [_mm_setzero_ps(); N];
+        for p in 0..npairs {
+            let raw = _mm256_loadu_si256(w.qs.as_ptr().add(p * 32) as *const __m256i);
+            let lo = _mm256_and_si256(raw, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
+            let dw = two_f16(w.d.as_ptr().add(2 * p));
+            let mw = two_f16(w.m.as_ptr().add(2 * p));
+            for n in 0..N {
+                let base = a[n].qs.as_ptr().add(p * 64);
+                let a0 = _mm256_loadu_si256(base as *const __m256i);
+                let a1 = _mm256_loadu_si256(base.add(32) as *const __m256i);
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a0), ones);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a1), ones);
+                let s = _mm_mul_ps(dw, two_f32(a[n].d.as_ptr().add(2 * p)));
+                acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcastss_ps(s), acc[n]);
+                let s1 = _mm256_broadcastss_ps(_mm_movehdup_ps(s));
+                acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), s1, acc[n]);
+                acc_m[n] = _mm_fmadd_ps(mw, two_f32(a[n].s.as_ptr().add(2 * p)), acc_m[n]);
+            }
+        }
+        array::from_fn(|n| hsum256(acc[n]) + hsum128(acc_m[n]))
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q8_0_avx2<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
+    // SAFETY: see the module's contract.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..2 * npairs {
+            let wv = _mm256_loadu_si256(w.qs.as_ptr().add(b * 32) as *const __m256i);
+            // maddubs wants u8 x i8: move w's sign onto a (|q| <= 127, no saturation).
+            let w_abs = _mm256_sign_epi8(wv, wv);
+            let dw = w.d[b].to_f32();
+            for n in 0..N {
+                let av = _mm256_loadu_si256(a[n].qs.as_ptr().add(b * 32) as *const __m256i);
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(av, wv)), ones);
+                let scale = _mm256_set1_ps(dw * *a[n].d.get_unchecked(b));
+                acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[n]);
+            }
+        }
+        array::from_fn(|n| hsum256(acc[n]))
+    }
+}
