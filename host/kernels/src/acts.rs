@@ -57,8 +57,10 @@ impl QuantizedActs {
                     *q = v;
                     sum += v as i32;
                 }
-                self.d[r * nb + b] = d;
-                self.s[r * nb + b] = d * sum as f32;
+                // Scales rounded through f16 as llama.cpp's Q8_0/Q8_1 store them, so
+                // kiln's numerics track the reference implementation's.
+                self.d[r * nb + b] = half::f16::from_f32(d).to_f32();
+                self.s[r * nb + b] = half::f16::from_f32(d * sum as f32).to_f32();
             }
         }
     }

@@ -1,1 +1,46 @@
-//! placeholder
+//! kiln-model: a Llama-family GGUF model and its forward pass.
+//!
+//! One call to [`Model::forward`] runs a batch of sequences, each at its own
+//! position with its own [`KvCache`]: prompt chunks (prefill) and single
+//! decode tokens mix freely in one step, which is what continuous batching
+//! needs. The layer weights' products run on `kiln-kernels` (`Q4_1`, `Q8_0`)
+//! or on candle-core's quantized matmul for the other GGUF formats; the
+//! small ops (RMSNorm, RoPE, grouped-query attention, SwiGLU) are fused
+//! loops over preallocated rows, because at 135M parameters a decode step is
+//! a few milliseconds and per-op tensor bookkeeping would be a large share.
+
+mod cache;
+mod config;
+mod linear;
+mod llama;
+mod ops;
+
+pub use cache::KvCache;
+pub use config::ModelConfig;
+pub use llama::{LoadOptions, Model, SeqBatchItem};
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model file {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path} is not a readable GGUF file: {reason}")]
+    Gguf { path: String, reason: String },
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    #[error("missing or malformed GGUF metadata `{key}`: {reason}")]
+    Metadata { key: String, reason: String },
+    #[error("missing or malformed tensor `{name}`: {reason}")]
+    Tensor { name: String, reason: String },
+    #[error("token id {id} is outside the vocabulary ({vocab})")]
+    TokenOutOfRange { id: u32, vocab: usize },
+    #[error("sequence would reach {len} tokens, over the context window of {max}")]
+    ContextOverflow { len: usize, max: usize },
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,95 @@
+//! Hyper-parameters read from GGUF metadata.
+
+use candle_core::quantized::gguf_file::{Content, Value};
+
+use crate::{ModelError, Result};
+
+/// The shape of a Llama-architecture model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub architecture: String,
+    pub name: Option<String>,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub rope_dim: usize,
+    pub rope_freq_base: f32,
+    pub rms_eps: f32,
+    /// Context length the model was trained with.
+    pub n_ctx_train: usize,
+    pub vocab_size: usize,
+}
+
+/// Architectures whose GGUF tensors follow llama.cpp's `llama` layout and
+/// interleaved ("normal") RoPE.
+const LLAMA_LIKE: &[&str] = &["llama", "mistral"];
+
+impl ModelConfig {
+    pub fn from_gguf(content: &Content) -> Result<Self> {
+        let arch = get(content, "general.architecture")?
+            .to_string()
+            .map_err(|e| meta_err("general.architecture", e))?
+            .clone();
+        if !LLAMA_LIKE.contains(&arch.as_str()) {
+            return Err(ModelError::Unsupported(format!(
+                "architecture `{arch}`; kiln runs Llama-family models ({})",
+                LLAMA_LIKE.join(", ")
+            )));
+        }
+        let u = |key: &str| -> Result<usize> {
+            let full = format!("{arch}.{key}");
+            get(content, &full)?.to_u32().map(|v| v as usize).map_err(|e| meta_err(&full, e))
+        };
+        let n_embd = u("embedding_length")?;
+        let n_head = u("attention.head_count")?;
+        let n_head_kv = u("attention.head_count_kv").unwrap_or(n_head);
+        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 || n_embd % n_head != 0 {
+            return Err(ModelError::Unsupported(format!(
+                "{n_head} query heads, {n_head_kv} KV heads, width {n_embd}"
+            )));
+        }
+        let head_dim = n_embd / n_head;
+        let rope_dim = u("rope.dimension_count").unwrap_or(head_dim);
+        let f = |key: &str, default: f32| -> Result<f32> {
+            let full = format!("{arch}.{key}");
+            match content.metadata.get(&full) {
+                None => Ok(default),
+                Some(v) => v.to_f32().map_err(|e| meta_err(&full, e)),
+            }
+        };
+        let vocab_size = match content.metadata.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(tokens)) => tokens.len(),
+            _ => content
+                .tensor_infos
+                .get("token_embd.weight")
+                .map(|t| t.shape.dims()[0])
+                .ok_or_else(|| meta_err("tokenizer.ggml.tokens", "absent"))?,
+        };
+        Ok(ModelConfig {
+            name: content.metadata.get("general.name").and_then(|v| v.to_string().ok()).cloned(),
+            n_layer: u("block_count")?,
+            n_embd,
+            n_ff: u("feed_forward_length")?,
+            n_head,
+            n_head_kv,
+            head_dim,
+            rope_dim,
+            rope_freq_base: f("rope.freq_base", 10_000.0)?,
+            rms_eps: f("attention.layer_norm_rms_epsilon", 1e-5)?,
+            n_ctx_train: u("context_length")?,
+            vocab_size,
+            architecture: arch,
+        })
+    }
+}
+
+fn get<'a>(content: &'a Content, key: &str) -> Result<&'a Value> {
+    content.metadata.get(key).ok_or_else(|| meta_err(key, "absent"))
+}
+
+fn meta_err(key: &str, reason: impl std::fmt::Display) -> ModelError {
+    ModelError::Metadata { key: key.to_string(), reason: reason.to_string() }
+}

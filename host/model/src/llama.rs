@@ -1,0 +1,298 @@
+//! The Llama model: loading from GGUF and the batched forward pass.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::QMatMul;
+use candle_core::quantized::gguf_file::Content;
+use candle_core::{DType, Device};
+use kiln_kernels::{QMatrix, QuantizedActs};
+use rayon::prelude::*;
+
+use crate::cache::KvCache;
+use crate::config::ModelConfig;
+use crate::linear::{FusedLinear, Linear, RawTensor, read_raw};
+use crate::ops;
+use crate::{ModelError, Result};
+
+#[derive(Debug)]
+struct Block {
+    attn_norm: Vec<f32>,
+    qkv: FusedLinear,
+    wo: FusedLinear,
+    ffn_norm: Vec<f32>,
+    gate_up: FusedLinear,
+    down: FusedLinear,
+}
+
+#[derive(Debug)]
+enum Embedding {
+    /// Rows dequantized on lookup; shared with a tied output head.
+    Native(Arc<QMatrix>),
+    Dense { values: Vec<f32>, cols: usize },
+}
+
+/// How to load a model.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Longest sequence (prompt + generation); `None`: the training context.
+    pub max_context: Option<usize>,
+    /// Dequantize every matrix to `f32` at load and skip 8-bit activations:
+    /// exact arithmetic for reference checks, at 4-8x the memory and far slower.
+    pub f32_weights: bool,
+}
+
+/// One sequence's share of a forward step.
+#[derive(Debug)]
+pub struct SeqBatchItem<'a> {
+    /// New tokens: a prompt chunk, or the one token sampled last step.
+    pub tokens: &'a [u32],
+    /// The sequence's cache; `tokens` are appended at positions `cache.len()..`.
+    pub cache: &'a mut KvCache,
+    /// Whether to compute logits for the last of `tokens`.
+    pub logits: bool,
+}
+
+/// A loaded model. Immutable and `Sync`: one instance serves every sequence.
+#[derive(Debug)]
+pub struct Model {
+    config: ModelConfig,
+    max_context: usize,
+    embedding: Embedding,
+    blocks: Vec<Block>,
+    output_norm: Vec<f32>,
+    output: Linear,
+    /// `max_context x rope_dim/2` cosines and sines.
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    chat_template: Option<String>,
+}
+
+fn f32_vector(raw: RawTensor, name: &str) -> Result<Vec<f32>> {
+    match raw.dtype {
+        candle_core::quantized::GgmlDType::F32 => {
+            Ok(raw.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        }
+        other => Err(ModelError::Tensor { name: name.into(), reason: format!("expected F32, found {other:?}") }),
+    }
+}
+
+impl Model {
+    /// Loads a GGUF file. `max_context` caps sequence length (defaults to the
+    /// model's training context).
+    pub fn load(path: &Path, max_context: Option<usize>) -> Result<Model> {
+        Self::load_with(path, LoadOptions { max_context, ..LoadOptions::default() })
+    }
+
+    pub fn load_with(path: &Path, options: LoadOptions) -> Result<Model> {
+        let display = path.display().to_string();
+        let mut file = File::open(path).map_err(|source| ModelError::Io { path: display.clone(), source })?;
+        let content = Content::read(&mut file)
+            .map_err(|e| ModelError::Gguf { path: display.clone(), reason: e.to_string() })?;
+        Self::from_gguf(&content, &mut file, options.f32_weights).map(|m| m.with_max_context(options.max_context))
+    }
+
+    fn with_max_context(mut self, max_context: Option<usize>) -> Model {
+        let max = max_context.unwrap_or(self.config.n_ctx_train).clamp(1, self.config.n_ctx_train.max(1));
+        self.max_context = max;
+        self.build_rope_table();
+        self
+    }
+
+    fn from_gguf(content: &Content, file: &mut File, f32_weights: bool) -> Result<Model> {
+        let config = ModelConfig::from_gguf(content)?;
+        let vec = |file: &mut File, name: &str| f32_vector(read_raw(file, content, name)?, name);
+        let embd = read_raw(file, content, "token_embd.weight")?;
+        if embd.cols != config.n_embd || embd.rows < config.vocab_size {
+            return Err(ModelError::Tensor {
+                name: "token_embd.weight".into(),
+                reason: format!("shape {}x{}, expected {}x{}", embd.rows, embd.cols, config.vocab_size, config.n_embd),
+            });
+        }
+        let embd_linear = Linear::from_raw("token_embd.weight", embd, f32_weights)?;
+        let embedding = match &embd_linear {
+            Linear::Native(m) => Embedding::Native(m.clone()),
+            Linear::Candle { mm, cols, .. } => {
+                let w = match mm {
+                    QMatMul::QTensor(q) => q.dequantize(&Device::Cpu)?,
+                    QMatMul::Tensor(t) => t.clone(),
+                    QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
+                };
+                Embedding::Dense { values: w.flatten_all()?.to_vec1()?, cols: *cols }
+            }
+        };
+        let output = if content.tensor_infos.contains_key("output.weight") {
+            Linear::from_raw("output.weight", read_raw(file, content, "output.weight")?, f32_weights)?
+        } else {
+            embd_linear
+        };
+        let mut blocks = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let block = Block {
+                attn_norm: vec(file, &n("attn_norm"))?,
+                qkv: FusedLinear::load(file, content, &[n("attn_q"), n("attn_k"), n("attn_v")], f32_weights)?,
+                wo: FusedLinear::load(file, content, &[n("attn_output")], f32_weights)?,
+                ffn_norm: vec(file, &n("ffn_norm"))?,
+                gate_up: FusedLinear::load(file, content, &[n("ffn_gate"), n("ffn_up")], f32_weights)?,
+                down: FusedLinear::load(file, content, &[n("ffn_down")], f32_weights)?,
+            };
+            let kv = config.n_head_kv * config.head_dim;
+            if block.qkv.rows() != config.n_embd + 2 * kv || block.gate_up.rows() != 2 * config.n_ff {
+                return Err(ModelError::Tensor { name: n("attn_q"), reason: "shapes disagree with metadata".into() });
+            }
+            blocks.push(block);
+        }
+        let chat_template = content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
+        Ok(Model {
+            output_norm: vec(file, "output_norm.weight")?,
+            max_context: config.n_ctx_train,
+            config,
+            embedding,
+            blocks,
+            output,
+            rope_cos: Vec::new(),
+            rope_sin: Vec::new(),
+            chat_template,
+        })
+    }
+
+    fn build_rope_table(&mut self) {
+        let half = self.config.rope_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / self.config.rope_freq_base.powf(2.0 * i as f32 / self.config.rope_dim as f32))
+            .collect();
+        self.rope_cos = Vec::with_capacity(self.max_context * half);
+        self.rope_sin = Vec::with_capacity(self.max_context * half);
+        for pos in 0..self.max_context {
+            for f in &inv_freq {
+                let theta = pos as f32 * f;
+                self.rope_cos.push(theta.cos());
+                self.rope_sin.push(theta.sin());
+            }
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    /// The Jinja chat template shipped in the GGUF, if any.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.n_layer)
+    }
+
+    /// Runs one step for a batch of sequences. Returns, per item, the logits
+    /// of its last token when `logits` was asked for.
+    pub fn forward(&self, items: &mut [SeqBatchItem<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        let cfg = &self.config;
+        let (d, hd, n_head, n_kv) = (cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_head_kv);
+        let kvd = n_kv * hd;
+        let qkv_w = d + 2 * kvd;
+        // Validate the whole batch before touching any cache.
+        let mut rows: Vec<(usize, usize)> = Vec::new(); // (item, position) per token row
+        for (i, item) in items.iter().enumerate() {
+            let end = item.cache.len + item.tokens.len();
+            if end > self.max_context {
+                return Err(ModelError::ContextOverflow { len: end, max: self.max_context });
+            }
+            for (j, &t) in item.tokens.iter().enumerate() {
+                if t as usize >= cfg.vocab_size {
+                    return Err(ModelError::TokenOutOfRange { id: t, vocab: cfg.vocab_size });
+                }
+                rows.push((i, item.cache.len + j));
+            }
+        }
+        let t = rows.len();
+        let mut x = vec![0f32; t * d];
+        let tokens = items.iter().flat_map(|it| it.tokens.iter().copied());
+        for (row, tok) in x.chunks_exact_mut(d).zip(tokens) {
+            self.embed(tok, row);
+        }
+        let mut xn = vec![0f32; t * d];
+        let mut qkv = vec![0f32; t * qkv_w];
+        let mut attn = vec![0f32; t * d];
+        let mut proj = vec![0f32; t * d];
+        let mut gate_up = vec![0f32; t * 2 * cfg.n_ff];
+        let mut h = vec![0f32; t * cfg.n_ff];
+        let mut acts = QuantizedActs::new();
+        let half = cfg.rope_dim / 2;
+        for (l, block) in self.blocks.iter().enumerate() {
+            ops::rms_norm(&x, &block.attn_norm, cfg.rms_eps, &mut xn);
+            block.qkv.forward(&xn, t, &mut acts, &mut qkv)?;
+            for (row, &(_, pos)) in qkv.chunks_exact_mut(qkv_w).zip(&rows) {
+                let (cos, sin) = (&self.rope_cos[pos * half..][..half], &self.rope_sin[pos * half..][..half]);
+                for head in row[..d + kvd].chunks_exact_mut(hd) {
+                    ops::rope_interleaved(&mut head[..cfg.rope_dim], cos, sin);
+                }
+            }
+            for (row, &(i, _)) in qkv.chunks_exact(qkv_w).zip(&rows) {
+                let (k, v) = &mut items[i].cache.layers[l];
+                k.extend_from_slice(&row[d..d + kvd]);
+                v.extend_from_slice(&row[d + kvd..]);
+            }
+            let caches: Vec<&KvCache> = items.iter().map(|it| &*it.cache).collect();
+            let group = n_head / n_kv;
+            attn.par_chunks_mut(hd).with_min_len(n_head).enumerate().for_each_init(Vec::new, |scores, (idx, out)| {
+                let (row, head) = (idx / n_head, idx % n_head);
+                let (item, pos) = rows[row];
+                let q = &qkv[row * qkv_w + head * hd..][..hd];
+                let (k, v) = &caches[item].layers[l];
+                let off = (head / group) * hd;
+                ops::attend(q, &k[off..], &v[off..], kvd, pos + 1, scores, out);
+            });
+            block.wo.forward(&attn, t, &mut acts, &mut proj)?;
+            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+            ops::rms_norm(&x, &block.ffn_norm, cfg.rms_eps, &mut xn);
+            block.gate_up.forward(&xn, t, &mut acts, &mut gate_up)?;
+            ops::silu_mul(&gate_up, cfg.n_ff, &mut h);
+            block.down.forward(&h, t, &mut acts, &mut proj)?;
+            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+        }
+        for item in items.iter_mut() {
+            item.cache.len += item.tokens.len();
+        }
+        // Only the last row of each sequence that asks needs the (large) output head.
+        let mut wanted = Vec::new();
+        let mut last_row = 0;
+        for (i, item) in items.iter().enumerate() {
+            last_row += item.tokens.len();
+            if item.logits && !item.tokens.is_empty() {
+                wanted.push((i, last_row - 1));
+            }
+        }
+        let mut out = vec![None; items.len()];
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        let mut last = vec![0f32; wanted.len() * d];
+        for (dst, &(_, row)) in last.chunks_exact_mut(d).zip(&wanted) {
+            ops::rms_norm(&x[row * d..(row + 1) * d], &self.output_norm, cfg.rms_eps, dst);
+        }
+        let vocab = self.output.rows();
+        let mut logits = vec![0f32; wanted.len() * vocab];
+        self.output.forward(&last, wanted.len(), &mut acts, false, &mut logits)?;
+        for (chunk, &(i, _)) in logits.chunks_exact(vocab).zip(&wanted) {
+            out[i] = Some(chunk[..cfg.vocab_size].to_vec());
+        }
+        Ok(out)
+    }
+
+    fn embed(&self, token: u32, out: &mut [f32]) {
+        match &self.embedding {
+            Embedding::Native(m) => m.dequantize_row(token as usize, out),
+            Embedding::Dense { values, cols } => {
+                out.copy_from_slice(&values[token as usize * cols..][..*cols]);
+            }
+        }
+    }
+}
