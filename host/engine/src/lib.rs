@@ -1,1 +1,206 @@
-//! placeholder
+//! kiln-engine: turns validated generation requests into streams of tokens.
+//!
+//! The engine owns the model on its own thread (never on an async runtime)
+//! and batches every running sequence into one forward pass per step
+//! (continuous batching). Callers reach it through the [`Backend`] trait
+//! with a [`ValidGenerateRequest`]; the HTTP layer and the CLI both do.
+//! Dropping the returned [`TokenStream`] cancels the sequence at the next step.
+
+mod request;
+mod sampling;
+mod scheduler;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+
+use kiln_model::Model;
+use kiln_tokenizer::Tokenizer;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+pub use request::{GenerateRequest, MAX_TOP_LOGPROBS, ModelLimits, SamplingParams, ValidGenerateRequest};
+pub use sampling::{Sampled, Sampler};
+
+/// Why a request was refused or failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum EngineError {
+    #[error("invalid `{field}`: {message}")]
+    Validation { field: String, message: String },
+    #[error("the engine is at capacity ({queued} requests queued); retry later")]
+    Overloaded { queued: usize },
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// Why a sequence stopped generating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// `max_tokens` reached.
+    Length,
+    /// An end-of-sequence or stop token was sampled.
+    Stop,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// What a [`TokenStream`] yields, in order: tokens, then one `Finished` (or `Failed`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenEvent {
+    Token {
+        id: u32,
+        /// Text this token completes; empty while a multi-byte character is incomplete.
+        text: String,
+        logprob: f32,
+        top_logprobs: Vec<(u32, f32)>,
+    },
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+        /// Text held back at the end (an incomplete character, lossily decoded).
+        tail: String,
+    },
+    Failed(String),
+}
+
+/// The events of one request. Dropping it cancels the request.
+#[derive(Debug)]
+pub struct TokenStream {
+    events: UnboundedReceiver<TokenEvent>,
+}
+
+impl TokenStream {
+    pub async fn next(&mut self) -> Option<TokenEvent> {
+        self.events.recv().await
+    }
+
+    /// For synchronous callers (the CLI); never call it on an async runtime thread.
+    pub fn blocking_next(&mut self) -> Option<TokenEvent> {
+        self.events.blocking_recv()
+    }
+}
+
+/// Live counters of the engine.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub(crate) active: AtomicUsize,
+    pub(crate) queued: AtomicUsize,
+    pub(crate) steps: AtomicU64,
+    pub(crate) generated_tokens: AtomicU64,
+}
+
+impl EngineStats {
+    /// Sequences in the running batch.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+    /// Requests accepted but not yet running.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+    pub fn steps(&self) -> u64 {
+        self.steps.load(Ordering::Relaxed)
+    }
+    pub fn generated_tokens(&self) -> u64 {
+        self.generated_tokens.load(Ordering::Relaxed)
+    }
+}
+
+/// What the API layers need from an engine.
+pub trait Backend: Send + Sync {
+    fn limits(&self) -> &ModelLimits;
+    fn submit(&self, request: ValidGenerateRequest) -> Result<TokenStream, EngineError>;
+    fn stats(&self) -> &EngineStats;
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Sequences decoded together in one step.
+    pub max_batch: usize,
+    /// Requests waiting for a batch slot before `submit` answers `Overloaded`.
+    pub max_queue: usize,
+    /// Most tokens a step spends on prompts (prefill is chunked to this size).
+    pub prefill_chunk: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { max_batch: 16, max_queue: 64, prefill_chunk: 256 }
+    }
+}
+
+/// The engine: a handle to the engine thread.
+#[derive(Debug)]
+pub struct Engine {
+    jobs: Option<SyncSender<scheduler::Job>>,
+    limits: ModelLimits,
+    stats: Arc<EngineStats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    pub fn start(model: Arc<Model>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Engine {
+        let limits = ModelLimits {
+            vocab_size: model.config().vocab_size,
+            max_context: model.max_context(),
+            default_stop_ids: tokenizer.stop_token_ids().to_vec(),
+        };
+        let (tx, rx) = sync_channel(config.max_queue.max(1));
+        let stats = Arc::new(EngineStats::default());
+        let thread_stats = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("kiln-engine".into())
+            .spawn(move || scheduler::run(model, tokenizer, rx, config, thread_stats))
+            .expect("spawning the engine thread");
+        Engine { jobs: Some(tx), limits, stats, thread: Some(thread) }
+    }
+
+    /// Validates and submits in one call.
+    pub fn generate(&self, request: GenerateRequest) -> Result<TokenStream, EngineError> {
+        self.submit(request.validate(&self.limits)?)
+    }
+}
+
+impl Backend for Engine {
+    fn limits(&self) -> &ModelLimits {
+        &self.limits
+    }
+
+    fn submit(&self, request: ValidGenerateRequest) -> Result<TokenStream, EngineError> {
+        let (tx, rx) = unbounded_channel();
+        let jobs = self.jobs.as_ref().ok_or(EngineError::Stopped)?;
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        match jobs.try_send(scheduler::Job { request, events: tx }) {
+            Ok(()) => Ok(TokenStream { events: rx }),
+            Err(e) => {
+                let queued = self.stats.queued.fetch_sub(1, Ordering::Relaxed) - 1;
+                match e {
+                    TrySendError::Full(_) => Err(EngineError::Overloaded { queued }),
+                    TrySendError::Disconnected(_) => Err(EngineError::Stopped),
+                }
+            }
+        }
+    }
+
+    fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+}
+
+impl Drop for Engine {
+    /// Lets running sequences finish, then joins the engine thread.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,187 @@
+//! What a caller asks of the engine, and its validated form.
+
+use crate::EngineError;
+
+/// How the next token is chosen. Defaults are neutral (no truncation, no
+/// penalties); `temperature == 0` is greedy.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    /// Keep the `k` most likely tokens; 0 disables.
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches `p`; 1 disables.
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one; 0 disables.
+    pub min_p: f32,
+    /// Divides positive logits (multiplies negative ones) of every token already
+    /// in the prompt or output; 1 disables.
+    pub repetition_penalty: f32,
+    /// OpenAI's: subtracts `count * frequency_penalty` from generated tokens' logits.
+    pub frequency_penalty: f32,
+    /// OpenAI's: subtracts `presence_penalty` once from every generated token's logit.
+    pub presence_penalty: f32,
+    /// Same seed + same request = same tokens. `None`: drawn at random.
+    pub seed: Option<u64>,
+    /// Added to the logits of the given tokens before anything else.
+    pub logit_bias: Vec<(u32, f32)>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            seed: None,
+            logit_bias: Vec::new(),
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams { temperature: 0.0, ..Self::default() }
+    }
+
+    /// Checks ranges; the error names the offending field.
+    pub fn validate(&self, vocab_size: usize) -> Result<(), EngineError> {
+        let bad = |field: &str, message: String| Err(EngineError::Validation { field: field.into(), message });
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad("temperature", format!("must be >= 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", format!("must be in (0, 1], got {}", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p", format!("must be in [0, 1], got {}", self.min_p));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad("repetition_penalty", format!("must be > 0, got {}", self.repetition_penalty));
+        }
+        for (field, v) in [("frequency_penalty", self.frequency_penalty), ("presence_penalty", self.presence_penalty)] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(field, format!("must be in [-2, 2], got {v}"));
+            }
+        }
+        if let Some((id, _)) = self.logit_bias.iter().find(|(id, _)| *id as usize >= vocab_size) {
+            return bad("logit_bias", format!("token id {id} is outside the vocabulary ({vocab_size})"));
+        }
+        if let Some((_, b)) = self.logit_bias.iter().find(|(_, b)| !(-100.0..=100.0).contains(b)) {
+            return bad("logit_bias", format!("bias must be in [-100, 100], got {b}"));
+        }
+        Ok(())
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0 || self.top_k == 1
+    }
+}
+
+/// A generation request before validation.
+#[derive(Clone, Debug, Default)]
+pub struct GenerateRequest {
+    pub prompt_tokens: Vec<u32>,
+    pub params: SamplingParams,
+    pub max_tokens: usize,
+    /// Extra token ids that end generation (EOS and end-of-turn tokens are added by default).
+    pub stop_token_ids: Vec<u32>,
+    /// Keep going past EOS / stop tokens (benchmarks that need a fixed length).
+    pub ignore_eos: bool,
+    /// Also return the `n` most likely alternatives' log-probabilities for each token.
+    pub top_logprobs: usize,
+}
+
+/// A request the engine accepts without further checks: it fits the context
+/// and every value is in range.
+#[derive(Clone, Debug)]
+pub struct ValidGenerateRequest {
+    pub(crate) prompt_tokens: Vec<u32>,
+    pub(crate) params: SamplingParams,
+    pub(crate) max_tokens: usize,
+    pub(crate) stop_token_ids: Vec<u32>,
+    pub(crate) top_logprobs: usize,
+}
+
+/// Most alternatives a caller may ask for per token (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+impl ValidGenerateRequest {
+    pub fn prompt_tokens(&self) -> &[u32] {
+        &self.prompt_tokens
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+}
+
+/// What validation needs to know about the model.
+#[derive(Clone, Debug)]
+pub struct ModelLimits {
+    pub vocab_size: usize,
+    pub max_context: usize,
+    /// EOS and end-of-turn ids that stop generation unless `ignore_eos`.
+    pub default_stop_ids: Vec<u32>,
+}
+
+impl GenerateRequest {
+    pub fn validate(self, limits: &ModelLimits) -> Result<ValidGenerateRequest, EngineError> {
+        let bad = |field: &str, message: String| Err(EngineError::Validation { field: field.into(), message });
+        if self.prompt_tokens.is_empty() {
+            return bad("prompt", "must not be empty".into());
+        }
+        if let Some(t) = self.prompt_tokens.iter().find(|t| **t as usize >= limits.vocab_size) {
+            return bad("prompt", format!("token id {t} is outside the vocabulary ({})", limits.vocab_size));
+        }
+        if self.prompt_tokens.len() >= limits.max_context {
+            return bad(
+                "prompt",
+                format!(
+                    "{} tokens leave no room to generate in the context window of {}",
+                    self.prompt_tokens.len(),
+                    limits.max_context
+                ),
+            );
+        }
+        let room = limits.max_context - self.prompt_tokens.len();
+        if self.max_tokens < 1 || self.max_tokens > room {
+            return bad(
+                "max_tokens",
+                format!(
+                    "must be between 1 and {room} (context {} minus {} prompt tokens), got {}",
+                    limits.max_context,
+                    self.prompt_tokens.len(),
+                    self.max_tokens
+                ),
+            );
+        }
+        if self.top_logprobs > MAX_TOP_LOGPROBS {
+            return bad("top_logprobs", format!("must be at most {MAX_TOP_LOGPROBS}, got {}", self.top_logprobs));
+        }
+        self.params.validate(limits.vocab_size)?;
+        let mut stop_token_ids = self.stop_token_ids;
+        if let Some(t) = stop_token_ids.iter().find(|t| **t as usize >= limits.vocab_size) {
+            return bad("stop_token_ids", format!("token id {t} is outside the vocabulary"));
+        }
+        if !self.ignore_eos {
+            stop_token_ids.extend(&limits.default_stop_ids);
+        }
+        stop_token_ids.sort_unstable();
+        stop_token_ids.dedup();
+        Ok(ValidGenerateRequest {
+            prompt_tokens: self.prompt_tokens,
+            params: self.params,
+            max_tokens: self.max_tokens,
+            stop_token_ids,
+            top_logprobs: self.top_logprobs,
+        })
+    }
+}

@@ -1,0 +1,186 @@
+//! Choosing the next token from logits, on the host.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::request::SamplingParams;
+
+/// A sampled token with its log-probability under the model's distribution
+/// (before temperature and truncation) and, if asked, the top alternatives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampled {
+    pub token: u32,
+    pub logprob: f32,
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// Per-sequence sampling state: parameters, RNG and the token counts the
+/// penalties need.
+#[derive(Debug)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    /// Distinct tokens of prompt and output (repetition penalty).
+    seen: Vec<u32>,
+    /// Output token counts (frequency / presence penalties).
+    generated: Vec<(u32, u32)>,
+    top_logprobs: usize,
+}
+
+/// Candidates examined before falling back to a full sort for top-p.
+const TOP_P_WINDOW: usize = 256;
+
+impl Sampler {
+    pub fn new(params: SamplingParams, prompt: &[u32], top_logprobs: usize) -> Self {
+        let seed = params.seed.unwrap_or_else(rand::random);
+        let mut seen = prompt.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        Sampler { params, rng: StdRng::seed_from_u64(seed), seen, generated: Vec::new(), top_logprobs }
+    }
+
+    /// Picks the next token and records it for the penalties.
+    pub fn sample(&mut self, logits: &mut [f32]) -> Sampled {
+        let log_z = log_normalizer(logits);
+        let top_logprobs = top_n(logits, self.top_logprobs).into_iter().map(|(t, l)| (t, l - log_z)).collect();
+        let originals = self.apply_bias_and_penalties(logits);
+        let token = if self.params.is_greedy() { argmax(logits) } else { self.draw(logits) };
+        let raw = originals.iter().find(|(t, _)| *t == token).map_or(logits[token as usize], |o| o.1);
+        self.record(token);
+        Sampled { token, logprob: raw - log_z, top_logprobs }
+    }
+
+    /// Applies logit bias and penalties in place; returns the original values of
+    /// the entries it changed (first change first).
+    fn apply_bias_and_penalties(&self, logits: &mut [f32]) -> Vec<(u32, f32)> {
+        let mut originals = Vec::new();
+        for &(t, b) in &self.params.logit_bias {
+            originals.push((t, logits[t as usize]));
+            logits[t as usize] += b;
+        }
+        let rp = self.params.repetition_penalty;
+        if rp != 1.0 {
+            for &t in &self.seen {
+                let l = &mut logits[t as usize];
+                originals.push((t, *l));
+                *l = if *l > 0.0 { *l / rp } else { *l * rp };
+            }
+        }
+        let (fp, pp) = (self.params.frequency_penalty, self.params.presence_penalty);
+        if fp != 0.0 || pp != 0.0 {
+            for &(t, n) in &self.generated {
+                originals.push((t, logits[t as usize]));
+                logits[t as usize] -= n as f32 * fp + pp;
+            }
+        }
+        originals
+    }
+
+    fn record(&mut self, token: u32) {
+        if let Err(i) = self.seen.binary_search(&token) {
+            self.seen.insert(i, token);
+        }
+        match self.generated.iter_mut().find(|(t, _)| *t == token) {
+            Some((_, n)) => *n += 1,
+            None => self.generated.push((token, 1)),
+        }
+    }
+
+    /// Temperature, then top-k, top-p and min-p truncation, then a draw.
+    fn draw(&mut self, logits: &[f32]) -> u32 {
+        let inv_t = 1.0 / self.params.temperature;
+        let k = if self.params.top_k == 0 { logits.len() } else { self.params.top_k.min(logits.len()) };
+        let mut cand: Vec<(u32, f32)> = if k < logits.len() {
+            top_n(logits, k)
+        } else {
+            logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect()
+        };
+        let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+        let mut total = 0.0;
+        for c in cand.iter_mut() {
+            c.1 = ((c.1 - max) * inv_t).exp();
+            total += c.1;
+        }
+        if self.params.min_p > 0.0 {
+            // The most likely token has weight exp(0) = 1 after the shift above.
+            let floor = self.params.min_p;
+            cand.retain(|c| c.1 >= floor);
+            total = cand.iter().map(|c| c.1).sum();
+        }
+        if self.params.top_p < 1.0 {
+            total = truncate_top_p(&mut cand, total, self.params.top_p);
+        }
+        let mut r = self.rng.random::<f32>() * total;
+        for &(t, w) in &cand {
+            if r < w {
+                return t;
+            }
+            r -= w;
+        }
+        cand.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map(|c| c.0).unwrap_or(0)
+    }
+}
+
+/// Keeps the smallest most-likely prefix whose weight reaches `p * total`;
+/// returns the kept weight. Sorts a window first and the rest only if needed.
+fn truncate_top_p(cand: &mut Vec<(u32, f32)>, total: f32, p: f32) -> f32 {
+    let target = p * total;
+    let by_weight = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
+    let window = TOP_P_WINDOW.min(cand.len());
+    if window < cand.len() {
+        cand.select_nth_unstable_by(window - 1, by_weight);
+    }
+    cand[..window].sort_unstable_by(by_weight);
+    let mut kept = 0.0;
+    for i in 0..window {
+        kept += cand[i].1;
+        if kept >= target {
+            cand.truncate(i + 1);
+            return kept;
+        }
+    }
+    cand.sort_unstable_by(by_weight);
+    kept = 0.0;
+    for i in 0..cand.len() {
+        kept += cand[i].1;
+        if kept >= target {
+            cand.truncate(i + 1);
+            break;
+        }
+    }
+    kept
+}
+
+/// `log(sum(exp(l)))` of raw logits.
+fn log_normalizer(logits: &[f32]) -> f32 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+    max + sum.ln()
+}
+
+pub(crate) fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The `n` largest logits, most likely first.
+pub(crate) fn top_n(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    let n = n.min(all.len());
+    all.select_nth_unstable_by(n - 1, |a, b| b.1.total_cmp(&a.1));
+    all.truncate(n);
+    all.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    all
+}
+
+#[cfg(test)]
+#[path = "sampling_tests.rs"]
+mod tests;

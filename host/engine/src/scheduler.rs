@@ -1,0 +1,171 @@
+//! The engine loop: continuous batching on a dedicated thread.
+//!
+//! Each step runs one forward pass over every running sequence: one token for
+//! those decoding, a chunk of the prompt for those prefilling (bounded by
+//! `prefill_chunk`, so a long prompt never stalls the decodes for long). New
+//! requests join at the next step; finished or cancelled ones leave.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use kiln_model::{KvCache, Model, SeqBatchItem};
+use kiln_tokenizer::{IncrementalDecoder, Tokenizer};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::sampling::Sampler;
+use crate::{EngineConfig, EngineStats, FinishReason, TokenEvent, Usage, ValidGenerateRequest};
+
+pub(crate) struct Job {
+    pub request: ValidGenerateRequest,
+    pub events: UnboundedSender<TokenEvent>,
+}
+
+struct Sequence {
+    prompt: Vec<u32>,
+    prefilled: usize,
+    input: Vec<u32>,
+    cache: KvCache,
+    sampler: Sampler,
+    decoder: IncrementalDecoder<Arc<Tokenizer>>,
+    /// The token sampled last step: the next step's input.
+    last: Option<u32>,
+    generated: usize,
+    max_tokens: usize,
+    stop_ids: Vec<u32>,
+    events: UnboundedSender<TokenEvent>,
+}
+
+impl Sequence {
+    fn usage(&self) -> Usage {
+        Usage { prompt_tokens: self.prompt.len(), completion_tokens: self.generated }
+    }
+}
+
+pub(crate) fn run(model: Arc<Model>, tokenizer: Arc<Tokenizer>, jobs: Receiver<Job>, config: EngineConfig, stats: Arc<EngineStats>) {
+    let mut running: Vec<Sequence> = Vec::new();
+    let mut disconnected = false;
+    loop {
+        while running.len() < config.max_batch && !disconnected {
+            let job = if running.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            } else {
+                match jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        disconnected = true;
+                        break;
+                    }
+                }
+            };
+            stats.queued.fetch_sub(1, Ordering::Relaxed);
+            if job.events.is_closed() {
+                continue;
+            }
+            let r = job.request;
+            running.push(Sequence {
+                sampler: Sampler::new(r.params, &r.prompt_tokens, r.top_logprobs),
+                prefilled: 0,
+                input: Vec::new(),
+                cache: model.new_cache(),
+                decoder: IncrementalDecoder::new(tokenizer.clone(), true),
+                last: None,
+                generated: 0,
+                max_tokens: r.max_tokens,
+                stop_ids: r.stop_token_ids,
+                prompt: r.prompt_tokens,
+                events: job.events,
+            });
+        }
+        // A dropped stream is a cancelled request: free its slot before the step.
+        running.retain(|s| !s.events.is_closed());
+        stats.active.store(running.len(), Ordering::Relaxed);
+        if running.is_empty() {
+            if disconnected {
+                return;
+            }
+            continue;
+        }
+        step(&model, &mut running, &config, &stats);
+        stats.active.store(running.len(), Ordering::Relaxed);
+    }
+}
+
+/// Plans and runs one forward pass, then samples and emits for every sequence
+/// that produced logits. Finished sequences are removed.
+fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats: &EngineStats) {
+    let decoding = running.iter().filter(|s| s.prefilled == s.prompt.len()).count();
+    let mut budget = config.prefill_chunk.saturating_sub(decoding).max(1);
+    for seq in running.iter_mut() {
+        seq.input.clear();
+        if seq.prefilled < seq.prompt.len() {
+            let take = (seq.prompt.len() - seq.prefilled).min(budget);
+            seq.input.extend_from_slice(&seq.prompt[seq.prefilled..seq.prefilled + take]);
+            seq.prefilled += take;
+            budget -= take;
+        } else if let Some(last) = seq.last {
+            seq.input.push(last);
+        }
+    }
+    let mut items: Vec<SeqBatchItem<'_>> = running
+        .iter_mut()
+        .filter(|s| !s.input.is_empty())
+        .map(|s| SeqBatchItem { tokens: &s.input, logits: s.prefilled == s.prompt.len(), cache: &mut s.cache })
+        .collect();
+    let result = model.forward(&mut items);
+    drop(items);
+    stats.steps.fetch_add(1, Ordering::Relaxed);
+    let logits = match result {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "forward pass failed; failing the batch");
+            for seq in running.drain(..) {
+                let _ = seq.events.send(TokenEvent::Failed(e.to_string()));
+            }
+            return;
+        }
+    };
+    let mut logits = logits.into_iter();
+    running.retain_mut(|seq| {
+        if seq.input.is_empty() {
+            return true;
+        }
+        let Some(Some(mut l)) = logits.next() else { return true };
+        let sampled = seq.sampler.sample(&mut l);
+        seq.generated += 1;
+        seq.last = Some(sampled.token);
+        stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        let stop = seq.stop_ids.binary_search(&sampled.token).is_ok();
+        if !stop {
+            let text = seq.decoder.push(sampled.token);
+            let event = TokenEvent::Token {
+                id: sampled.token,
+                text,
+                logprob: sampled.logprob,
+                top_logprobs: sampled.top_logprobs,
+            };
+            if seq.events.send(event).is_err() {
+                return false;
+            }
+        }
+        let reason = if stop {
+            Some(FinishReason::Stop)
+        } else if seq.generated >= seq.max_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => {
+                let tail = seq.decoder.finish();
+                let _ = seq.events.send(TokenEvent::Finished { reason, usage: seq.usage(), tail });
+                false
+            }
+            None => true,
+        }
+    });
+}

@@ -1,0 +1,177 @@
+//! The scheduler on the real default model: join, leave, cancel, overload,
+//! and batch invariance of greedy decoding.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use kiln_model::Model;
+use kiln_tokenizer::Tokenizer;
+
+use crate::{Backend, Engine, EngineConfig, EngineError, FinishReason, GenerateRequest, SamplingParams, TokenEvent};
+
+fn model_path() -> PathBuf {
+    if let Ok(p) = std::env::var("KILN_MODEL") {
+        return p.into();
+    }
+    let cache = std::env::var_os("KILN_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
+        base.join("kiln/models")
+    });
+    let p = cache.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.exists(), "{} is missing: run `kiln pull` (or set KILN_MODEL)", p.display());
+    p
+}
+
+fn loaded() -> (Arc<Model>, Arc<Tokenizer>) {
+    static LOADED: OnceLock<(Arc<Model>, Arc<Tokenizer>)> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let path = model_path();
+            let model = Model::load(&path, Some(1024)).expect("model loads");
+            let mut f = std::fs::File::open(&path).unwrap();
+            let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+            (Arc::new(model), Arc::new(Tokenizer::from_gguf(&content).unwrap()))
+        })
+        .clone()
+}
+
+fn engine(config: EngineConfig) -> Engine {
+    let (m, t) = loaded();
+    Engine::start(m, t, config)
+}
+
+fn prompt(text: &str) -> Vec<u32> {
+    let (_, t) = loaded();
+    t.encode(&format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"), true).unwrap()
+}
+
+fn greedy(tokens: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest { prompt_tokens: tokens, params: SamplingParams::greedy(), max_tokens, ..Default::default() }
+}
+
+/// Collects a stream to (token ids, finish reason).
+fn collect(mut s: crate::TokenStream) -> (Vec<u32>, FinishReason) {
+    let mut ids = Vec::new();
+    loop {
+        match s.blocking_next().expect("stream ended without Finished") {
+            TokenEvent::Token { id, .. } => ids.push(id),
+            TokenEvent::Finished { reason, usage, .. } => {
+                assert!(usage.completion_tokens >= ids.len());
+                return (ids, reason);
+            }
+            TokenEvent::Failed(e) => panic!("generation failed: {e}"),
+        }
+    }
+}
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn greedy_tokens_are_the_same_alone_or_in_a_batch_of_eight_mixed_lengths() {
+    let texts = [
+        "What is 2+2?",
+        "Name three colours.",
+        "Write a haiku about the sea and the wind that blows across the waves at night.",
+        "hi",
+        "Explain what a CPU cache is in one sentence.",
+        "List the days of the week.",
+        "Translate 'good morning' to French.",
+        "What is the capital of Japan? Answer briefly, then say why it matters historically.",
+    ];
+    let alone_engine = engine(EngineConfig::default());
+    let alone: Vec<Vec<u32>> = texts.iter().map(|t| collect(alone_engine.generate(greedy(prompt(t), 24)).unwrap()).0).collect();
+    drop(alone_engine);
+    // A small prefill chunk forces prompts to be prefilled over several steps while others decode.
+    let batched = engine(EngineConfig { prefill_chunk: 16, ..EngineConfig::default() });
+    let streams: Vec<_> = texts.iter().map(|t| batched.generate(greedy(prompt(t), 24)).unwrap()).collect();
+    for (i, s) in streams.into_iter().enumerate() {
+        assert_eq!(collect(s).0, alone[i], "sequence {i} changed when batched");
+    }
+}
+
+#[test]
+fn a_request_joins_a_running_batch_and_finished_ones_leave() {
+    let e = engine(EngineConfig::default());
+    let long = e.generate(GenerateRequest { ignore_eos: true, ..greedy(prompt("Count to one hundred."), 60) }).unwrap();
+    wait_until("the first sequence to run", || e.stats().active() == 1);
+    let steps_before = e.stats().steps();
+    let short = e.generate(greedy(prompt("hi"), 4)).unwrap();
+    wait_until("the second to join", || e.stats().active() == 2);
+    let (short_ids, _) = collect(short);
+    assert!(!short_ids.is_empty());
+    let (long_ids, reason) = collect(long);
+    assert_eq!((long_ids.len(), reason), (60, FinishReason::Length));
+    // Both shared steps: far fewer steps than the two would take one after the other.
+    assert!(e.stats().steps() - steps_before < 60 + short_ids.len() as u64);
+    wait_until("the batch to empty", || e.stats().active() == 0);
+}
+
+#[test]
+fn dropping_the_stream_cancels_the_sequence() {
+    let e = engine(EngineConfig::default());
+    let mut s = e.generate(GenerateRequest { ignore_eos: true, ..greedy(prompt("Tell me a long story."), 500) }).unwrap();
+    assert!(matches!(s.blocking_next(), Some(TokenEvent::Token { .. })));
+    assert_eq!(e.stats().active(), 1);
+    let generated = e.stats().generated_tokens();
+    drop(s);
+    wait_until("the cancelled sequence to leave", || e.stats().active() == 0);
+    assert!(e.stats().generated_tokens() - generated < 50, "kept generating after cancel");
+}
+
+#[test]
+fn a_full_queue_answers_overloaded() {
+    let e = engine(EngineConfig { max_batch: 1, max_queue: 1, prefill_chunk: 64 });
+    let running = e.generate(GenerateRequest { ignore_eos: true, ..greedy(prompt("one"), 200) }).unwrap();
+    wait_until("the first to run", || e.stats().active() == 1);
+    let queued = e.generate(greedy(prompt("two"), 2)).unwrap();
+    assert_eq!(e.generate(greedy(prompt("three"), 2)).unwrap_err(), EngineError::Overloaded { queued: 1 });
+    drop(running);
+    assert!(!collect(queued).0.is_empty(), "the queued request runs once a slot frees");
+}
+
+#[test]
+fn same_seed_same_text_when_sampling() {
+    let e = engine(EngineConfig::default());
+    let req = |seed| GenerateRequest {
+        params: SamplingParams { temperature: 1.0, top_p: 0.95, seed: Some(seed), ..SamplingParams::default() },
+        ..greedy(prompt("Invent a name for a cat."), 20)
+    };
+    let a = collect(e.generate(req(11)).unwrap()).0;
+    let b = collect(e.generate(req(11)).unwrap()).0;
+    let c = collect(e.generate(req(12)).unwrap()).0;
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn invalid_requests_are_refused_before_the_engine() {
+    let e = engine(EngineConfig::default());
+    let err = |r: GenerateRequest| match e.generate(r) {
+        Err(EngineError::Validation { field, .. }) => field,
+        other => panic!("expected a validation error, got {other:?}"),
+    };
+    assert_eq!(err(greedy(vec![], 4)), "prompt");
+    assert_eq!(err(greedy(prompt("hi"), 0)), "max_tokens");
+    assert_eq!(err(greedy(prompt("hi"), 5000)), "max_tokens");
+    assert_eq!(err(greedy(vec![1; 1024], 1)), "prompt");
+    assert_eq!(err(greedy(vec![999_999], 1)), "prompt");
+    assert_eq!(err(GenerateRequest { top_logprobs: 21, ..greedy(prompt("hi"), 1) }), "top_logprobs");
+}
+
+#[test]
+fn eos_stops_with_reason_stop_unless_ignored() {
+    let e = engine(EngineConfig::default());
+    let (ids, reason) = collect(e.generate(greedy(prompt("Say just the word yes."), 64)).unwrap());
+    assert_eq!(reason, FinishReason::Stop, "got {} tokens", ids.len());
+    let (ids, reason) = collect(e.generate(GenerateRequest { ignore_eos: true, ..greedy(prompt("Say yes."), 40) }).unwrap());
+    assert_eq!((ids.len(), reason), (40, FinishReason::Length));
+}
