@@ -1,1 +1,123 @@
-fn main() {}
+//! `kiln`: the command line of the kiln inference server.
+//!
+//! `kiln pull` fetches the default model, `kiln generate` streams a chat
+//! answer to stdout, `kiln bench` measures the engine (optionally side by side
+//! with llama.cpp on the same file).
+
+mod bench;
+mod load;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use kiln_engine::{EngineConfig, GenerateRequest, SamplingParams, TokenEvent};
+
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about = "LLM inference server with WebAssembly pipeline plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A local GGUF file; by default SmolLM2-135M-Instruct (Q4_1), fetched on first use.
+    #[arg(long, env = "KILN_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Longest sequence, prompt plus output (default: the model's training context).
+    #[arg(long)]
+    pub max_context: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Fetch the default model into the cache (verifying its sha256).
+    Pull,
+    /// Answer one prompt, streaming only the generated text to stdout.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// 0 is greedy (deterministic).
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f32,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0.0)]
+        min_p: f32,
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        /// A system message (otherwise the model's template decides).
+        #[arg(long)]
+        system: Option<String>,
+        /// Send the prompt as is, without the chat template.
+        #[arg(long)]
+        raw: bool,
+        prompt: String,
+    },
+    /// Measure prefill, decode and batched decode throughput.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,kiln=info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Pull => {
+            let path = kiln_hub::pull(&kiln_hub::ModelSpec::DEFAULT, true)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Generate {
+            model,
+            temperature,
+            max_tokens,
+            seed,
+            top_p,
+            top_k,
+            min_p,
+            repetition_penalty,
+            system,
+            raw,
+            prompt,
+        } => {
+            let loaded = load::load(&model)?;
+            let text = if raw { prompt } else { loaded.chat_prompt(system.as_deref(), &prompt)? };
+            let prompt_tokens = loaded.tokenizer.encode(&text, true)?;
+            let params = SamplingParams { temperature, top_p, top_k, min_p, repetition_penalty, seed, ..Default::default() };
+            let engine = loaded.engine(EngineConfig::default());
+            let max_tokens = max_tokens.min(engine.limits().max_context.saturating_sub(prompt_tokens.len()));
+            let mut stream = engine.generate(GenerateRequest { prompt_tokens, params, max_tokens, ..Default::default() })?;
+            let mut out = std::io::stdout().lock();
+            while let Some(event) = stream.blocking_next() {
+                match event {
+                    TokenEvent::Token { text, .. } => {
+                        out.write_all(text.as_bytes())?;
+                        out.flush()?;
+                    }
+                    TokenEvent::Finished { tail, reason, usage } => {
+                        writeln!(out, "{tail}")?;
+                        tracing::info!(?reason, usage.prompt_tokens, usage.completion_tokens, "done");
+                        break;
+                    }
+                    TokenEvent::Failed(e) => anyhow::bail!("generation failed: {e}"),
+                }
+            }
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(args).context("bench"),
+    }
+}
+
+use kiln_engine::Backend as _;

@@ -1,0 +1,127 @@
+//! kiln-chat: renders chat messages into prompt text with the model's own
+//! Jinja chat template (the `tokenizer.chat_template` of its GGUF), as
+//! Hugging Face's `apply_chat_template` does. Models without one get ChatML.
+
+use minijinja::{Environment, ErrorKind, context};
+use serde::Serialize;
+
+/// One chat turn.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("the model's chat template does not compile: {0}")]
+    Compile(String),
+    #[error("rendering the chat template failed: {0}")]
+    Render(String),
+}
+
+/// ChatML, for models that ship no template.
+pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// A compiled chat template with the special tokens it may refer to.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl ChatTemplate {
+    /// `source`: the model's template, or `None` for [`CHATML`].
+    pub fn new(source: Option<&str>, bos_token: &str, eos_token: &str) -> Result<Self, ChatError> {
+        let mut env = Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        // Python-style `str.strip()` etc., which Hugging Face templates use freely.
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template_owned("chat", source.unwrap_or(CHATML).to_string())
+            .map_err(|e| ChatError::Compile(e.to_string()))?;
+        Ok(ChatTemplate { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+    }
+
+    /// Renders `messages`; `add_generation_prompt` opens the assistant's turn.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatError> {
+        let template = self.env.get_template("chat").map_err(|e| ChatError::Render(e.to_string()))?;
+        template
+            .render(context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token,
+                eos_token => self.eos_token,
+            })
+            .map_err(|e| ChatError::Render(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smollm_template() -> String {
+        let path = std::env::var("KILN_MODEL").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+            let base = std::env::var_os("KILN_CACHE_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME")
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"))
+                    .join("kiln/models")
+            });
+            base.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+        let mut f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}; run `kiln pull`", path.display()));
+        let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+        content.metadata["tokenizer.chat_template"].to_string().unwrap().clone()
+    }
+
+    #[test]
+    fn smollm2_template_inserts_its_default_system_message() {
+        let t = ChatTemplate::new(Some(&smollm_template()), "<|im_start|>", "<|im_end|>").unwrap();
+        let out = t.render(&[ChatMessage::new("user", "What is 2+2?")], true).unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+             <|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn a_given_system_message_replaces_the_default() {
+        let t = ChatTemplate::new(Some(&smollm_template()), "<|im_start|>", "<|im_end|>").unwrap();
+        let msgs = [ChatMessage::new("system", "Be terse."), ChatMessage::new("user", "hi")];
+        let out = t.render(&msgs, false).unwrap();
+        assert_eq!(out, "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n");
+    }
+
+    #[test]
+    fn chatml_is_the_fallback() {
+        let t = ChatTemplate::new(None, "", "").unwrap();
+        let out = t.render(&[ChatMessage::new("user", "hi")], true).unwrap();
+        assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn template_errors_are_reported_not_panicked() {
+        assert!(matches!(ChatTemplate::new(Some("{% for %}"), "", ""), Err(ChatError::Compile(_))));
+        let t = ChatTemplate::new(Some("{{ raise_exception('roles must alternate') }}"), "", "").unwrap();
+        let err = t.render(&[], true).unwrap_err().to_string();
+        assert!(err.contains("roles must alternate"), "{err}");
+    }
+
+    #[test]
+    fn python_string_methods_work() {
+        let t = ChatTemplate::new(Some("{{ messages[0]['content'].strip() }}"), "", "").unwrap();
+        assert_eq!(t.render(&[ChatMessage::new("user", "  x  ")], false).unwrap(), "x");
+    }
+}

@@ -1,0 +1,62 @@
+//! Resolving and loading the model, tokenizer and chat template.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use kiln_chat::{ChatMessage, ChatTemplate};
+use kiln_engine::{Engine, EngineConfig};
+use kiln_model::Model;
+use kiln_tokenizer::Tokenizer;
+
+use crate::ModelArgs;
+
+pub struct Loaded {
+    pub path: PathBuf,
+    pub model: Arc<Model>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub template: ChatTemplate,
+}
+
+/// The model named by `--model`, else the default one (fetched on first use).
+pub fn resolve(args: &ModelArgs) -> Result<PathBuf> {
+    match &args.model {
+        Some(p) => Ok(p.clone()),
+        None => Ok(kiln_hub::ensure_default_model(true)?),
+    }
+}
+
+pub fn load(args: &ModelArgs) -> Result<Loaded> {
+    let path = resolve(args)?;
+    let started = std::time::Instant::now();
+    let model = Model::load(&path, args.max_context)?;
+    let mut file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file)
+        .with_context(|| format!("{} is not a GGUF file", path.display()))?;
+    let tokenizer = Tokenizer::from_gguf(&content)?;
+    let token = |id: Option<u32>| id.and_then(|i| tokenizer.token_str(i)).unwrap_or("").to_string();
+    let template = ChatTemplate::new(model.chat_template(), &token(tokenizer.bos_token_id()), &token(tokenizer.eos_token_id()))?;
+    tracing::info!(
+        model = %path.display(),
+        layers = model.config().n_layer,
+        context = model.max_context(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+    Ok(Loaded { path, model: Arc::new(model), tokenizer: Arc::new(tokenizer), template })
+}
+
+impl Loaded {
+    pub fn chat_prompt(&self, system: Option<&str>, user: &str) -> Result<String> {
+        let mut messages = Vec::new();
+        if let Some(s) = system {
+            messages.push(ChatMessage::new("system", s));
+        }
+        messages.push(ChatMessage::new("user", user));
+        Ok(self.template.render(&messages, true)?)
+    }
+
+    pub fn engine(&self, config: EngineConfig) -> Engine {
+        Engine::start(self.model.clone(), self.tokenizer.clone(), config)
+    }
+}
