@@ -16,6 +16,9 @@ pub struct QuantizedActs {
     pub(crate) qs: Vec<i8>,
     pub(crate) d: Vec<f32>,
     pub(crate) s: Vec<f32>,
+    /// `d * sum(q)` without the f16 rounding of `s`: the AVX-512 `Q8_0` path
+    /// subtracts `128 *` this, which would amplify any rounding 128-fold.
+    pub(crate) sum_d: Vec<f32>,
 }
 
 impl QuantizedActs {
@@ -44,6 +47,8 @@ impl QuantizedActs {
         self.d.resize(rows * nb, 0.0);
         self.s.clear();
         self.s.resize(rows * nb, 0.0);
+        self.sum_d.clear();
+        self.sum_d.resize(rows * nb, 0.0);
         for r in 0..rows {
             let row = &x[r * cols..(r + 1) * cols];
             for (b, chunk) in row.chunks(BLOCK).enumerate() {
@@ -59,8 +64,10 @@ impl QuantizedActs {
                 }
                 // Scales rounded through f16 as llama.cpp's Q8_0/Q8_1 store them, so
                 // kiln's numerics track the reference implementation's.
-                self.d[r * nb + b] = half::f16::from_f32(d).to_f32();
+                let d16 = half::f16::from_f32(d).to_f32();
+                self.d[r * nb + b] = d16;
                 self.s[r * nb + b] = half::f16::from_f32(d * sum as f32).to_f32();
+                self.sum_d[r * nb + b] = d16 * sum as f32;
             }
         }
     }
@@ -71,6 +78,7 @@ impl QuantizedActs {
             qs: &self.qs[r * nb * BLOCK..(r + 1) * nb * BLOCK],
             d: &self.d[r * nb..(r + 1) * nb],
             s: &self.s[r * nb..(r + 1) * nb],
+            sum_d: &self.sum_d[r * nb..(r + 1) * nb],
         }
     }
 }
@@ -81,4 +89,5 @@ pub(crate) struct ActRow<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub s: &'a [f32],
+    pub sum_d: &'a [f32],
 }

@@ -8,6 +8,9 @@ use rayon::prelude::*;
 use crate::acts::{ActRow, QuantizedActs};
 use crate::{BLOCK, Isa, scalar};
 
+/// Activation rows dotted with each weight row while it sits in registers.
+const MAX_GROUP: usize = 8;
+
 /// GGUF formats the kernels run natively.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightFormat {
@@ -163,24 +166,22 @@ impl QMatrix {
         let chunk = n.div_ceil(tasks.max(1));
         let out_ptr = SendPtr(out.as_mut_ptr());
         let run = |start: usize| {
-            let end = (start + chunk).min(n);
+            let rows = start..(start + chunk).min(n);
             let mut b = 0;
             while b < x.rows {
-                let take = (x.rows - b).min(4);
-                for r in start..end {
-                    let w = self.row(r);
-                    let mut res = [0f32; 4];
-                    match take {
-                        4 => res = self.dot::<4>(isa, w, [x.row(b), x.row(b + 1), x.row(b + 2), x.row(b + 3)]),
-                        3 => res[..3].copy_from_slice(&self.dot::<3>(isa, w, [x.row(b), x.row(b + 1), x.row(b + 2)])),
-                        2 => res[..2].copy_from_slice(&self.dot::<2>(isa, w, [x.row(b), x.row(b + 1)])),
-                        _ => res[0] = self.dot::<1>(isa, w, [x.row(b)])[0],
-                    }
-                    for (i, v) in res[..take].iter().enumerate() {
-                        // SAFETY: each task writes only columns `start..end` of the
-                        // output, which no other task touches; `out` outlives the scope.
-                        unsafe { *out_ptr.get().add((b + i) * n + r) = *v };
-                    }
+                let take = (x.rows - b).min(MAX_GROUP);
+                // SAFETY: each task writes only columns `rows` of the output
+                // (which no other task touches) for activation rows `b..b + take`.
+                let out = unsafe { out_ptr.get().add(b * n) };
+                match take {
+                    8 => self.rows_group::<8>(isa, rows.clone(), x, b, out),
+                    7 => self.rows_group::<7>(isa, rows.clone(), x, b, out),
+                    6 => self.rows_group::<6>(isa, rows.clone(), x, b, out),
+                    5 => self.rows_group::<5>(isa, rows.clone(), x, b, out),
+                    4 => self.rows_group::<4>(isa, rows.clone(), x, b, out),
+                    3 => self.rows_group::<3>(isa, rows.clone(), x, b, out),
+                    2 => self.rows_group::<2>(isa, rows.clone(), x, b, out),
+                    _ => self.rows_group::<1>(isa, rows.clone(), x, b, out),
                 }
                 b += take;
             }
@@ -192,23 +193,38 @@ impl QMatrix {
         }
     }
 
-    #[inline(always)]
-    fn dot<const N: usize>(&self, isa: Isa, w: WeightRow<'_>, a: [ActRow<'_>; N]) -> [f32; N] {
-        let npairs = self.nb / 2;
+    pub(crate) fn nb(&self) -> usize {
+        self.nb
+    }
+
+    /// Rows `rows` against activation rows `b..b + N`, into `out` (`N` rows of `self.rows`).
+    fn rows_group<const N: usize>(&self, isa: Isa, rows: std::ops::Range<usize>, x: &QuantizedActs, b: usize, out: *mut f32) {
+        let a: [ActRow<'_>; N] = std::array::from_fn(|i| x.row(b + i));
+        let n = self.rows;
         match (isa, self.format) {
+            // SAFETY (all x86 arms): `Isa` values above Scalar are only produced when
+            // the CPU reports their features; `out` holds N rows of `n` outputs.
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx512Vnni` is only ever produced when the CPU reports
-            // these features; row slices hold exactly `npairs` pairs of blocks.
-            (Isa::Avx512Vnni, WeightFormat::Q4_1) => unsafe { crate::x86::q4_1_avx512::<N>(w, a, npairs) },
+            (Isa::Avx512Vnni, WeightFormat::Q4_1) => unsafe { crate::x86::q4_1_rows_avx512::<N>(self, rows, a, out, n) },
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512Vnni, WeightFormat::Q8_0) => unsafe { crate::x86::q8_0_avx512::<N>(w, a, npairs) },
+            (Isa::Avx512Vnni, WeightFormat::Q8_0) => unsafe { crate::x86::q8_0_rows_avx512::<N>(self, rows, a, out, n) },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above, for AVX2 + FMA + F16C.
-            (Isa::Avx2, WeightFormat::Q4_1) => unsafe { crate::x86::q4_1_avx2::<N>(w, a, npairs) },
+            (Isa::Avx2, WeightFormat::Q4_1) => unsafe { crate::x86::q4_1_rows_avx2::<N>(self, rows, a, out, n) },
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2, WeightFormat::Q8_0) => unsafe { crate::x86::q8_0_avx2::<N>(w, a, npairs) },
-            (_, WeightFormat::Q4_1) => std::array::from_fn(|i| scalar::q4_1(w, a[i], npairs)),
-            (_, WeightFormat::Q8_0) => std::array::from_fn(|i| scalar::q8_0(w, a[i], npairs)),
+            (Isa::Avx2, WeightFormat::Q8_0) => unsafe { crate::x86::q8_0_rows_avx2::<N>(self, rows, a, out, n) },
+            (_, format) => {
+                let npairs = self.nb / 2;
+                for r in rows {
+                    for (i, act) in a.iter().enumerate() {
+                        let v = match format {
+                            WeightFormat::Q4_1 => scalar::q4_1(self.row(r), *act, npairs),
+                            WeightFormat::Q8_0 => scalar::q8_0(self.row(r), *act, npairs),
+                        };
+                        // SAFETY: as above.
+                        unsafe { *out.add(i * n + r) = v };
+                    }
+                }
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use std::array;
 use std::ptr::read_unaligned;
 
 use crate::acts::ActRow;
-use crate::matrix::WeightRow;
+use crate::matrix::{QMatrix, WeightRow};
 
 /// Two `f16` scales at `p` widened to `[s0, s1, 0, 0]`.
 #[inline(always)]
@@ -52,7 +52,8 @@ unsafe fn spread_pair_512(s: __m128) -> __m512 {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn q4_1_avx512<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
+#[inline]
+unsafe fn q4_1_avx512<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
     // SAFETY: see the module's contract; every load is within the row slices.
     unsafe {
         let mask = _mm256_set1_epi8(0x0F);
@@ -78,11 +79,12 @@ pub(crate) unsafe fn q4_1_avx512<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn q8_0_avx512<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
+#[inline]
+unsafe fn q8_0_avx512<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
     // SAFETY: see the module's contract.
     unsafe {
         // VNNI multiplies u8 by i8: feed it `q + 128` and take `128 * sum(a)` back
-        // out through the activation's `s = d * sum(q)`.
+        // out through the activation's exact `d * sum(q)`.
         let flip = _mm512_set1_epi8(-128);
         let mut acc = [_mm512_setzero_ps(); N];
         let mut acc_s = [_mm_setzero_ps(); N];
@@ -95,7 +97,7 @@ pub(crate) unsafe fn q8_0_avx512<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_
                 let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, av);
                 let scale = spread_pair_512(_mm_mul_ps(dw, two_f32(a[n].d.as_ptr().add(2 * p))));
                 acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[n]);
-                acc_s[n] = _mm_fmadd_ps(dw, two_f32(a[n].s.as_ptr().add(2 * p)), acc_s[n]);
+                acc_s[n] = _mm_fmadd_ps(dw, two_f32(a[n].sum_d.as_ptr().add(2 * p)), acc_s[n]);
             }
         }
         array::from_fn(|n| _mm512_reduce_add_ps(acc[n]) - 128.0 * hsum128(acc_s[n]))
@@ -103,7 +105,8 @@ pub(crate) unsafe fn q8_0_avx512<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q4_1_avx2<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
+#[inline]
+unsafe fn q4_1_avx2<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
     // SAFETY: see the module's contract.
     unsafe {
         let mask = _mm256_set1_epi8(0x0F);
@@ -134,7 +137,8 @@ pub(crate) unsafe fn q4_1_avx2<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>;
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q8_0_avx2<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
+#[inline]
+unsafe fn q8_0_avx2<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
     // SAFETY: see the module's contract.
     unsafe {
         let ones = _mm256_set1_epi16(1);
@@ -154,3 +158,36 @@ pub(crate) unsafe fn q8_0_avx2<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>;
         array::from_fn(|n| hsum256(acc[n]))
     }
 }
+
+/// Row loops around the per-row kernels, compiled with the same features so
+/// the kernel inlines and the ISA dispatch happens once per product, not per row.
+macro_rules! row_loop {
+    ($name:ident, $kernel:ident, $features:literal) => {
+        /// Writes `out[i * stride + r]` for every row `r` in `rows` and activation `i`.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn $name<const N: usize>(
+            w: &QMatrix,
+            rows: std::ops::Range<usize>,
+            a: [ActRow<'_>; N],
+            out: *mut f32,
+            stride: usize,
+        ) {
+            let npairs = w.nb() / 2;
+            for r in rows {
+                // SAFETY: the caller guarantees the features, the row range and
+                // that `out` is valid for `N` rows of `stride` values.
+                unsafe {
+                    let res = $kernel::<N>(w.row(r), a, npairs);
+                    for (i, v) in res.iter().enumerate() {
+                        *out.add(i * stride + r) = *v;
+                    }
+                }
+            }
+        }
+    };
+}
+
+row_loop!(q4_1_rows_avx512, q4_1_avx512, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
+row_loop!(q8_0_rows_avx512, q8_0_avx512, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
+row_loop!(q4_1_rows_avx2, q4_1_avx2, "avx2,fma,f16c");
+row_loop!(q8_0_rows_avx2, q8_0_avx2, "avx2,fma,f16c");
