@@ -33,19 +33,18 @@ pub(crate) fn silu_mul(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
 
 #[inline(always)]
 fn dot_body(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators let the compiler keep a vector register busy.
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+    // Fixed-size chunks with independent lanes: the compiler turns this into
+    // vector FMAs (no bounds checks, no serial dependency).
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        let (x, y): (&[f32; 16], &[f32; 16]) = (x.try_into().unwrap(), y.try_into().unwrap());
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
         }
     }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        sum += a[i] * b[i];
-    }
-    sum
+    acc.iter().sum::<f32>() + tail
 }
 
 #[inline(always)]
@@ -86,16 +85,92 @@ fn attend_avx2(q: &[f32], keys: &[f32], values: &[f32], stride: usize, len: usiz
     attend_body(q, keys, values, stride, len, scores, out)
 }
 
+/// AVX-512 attention for head sizes that are a multiple of 16 (at most 256):
+/// the query and the output stay in registers for the whole pass.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_avx512(q: &[f32], keys: &[f32], values: &[f32], stride: usize, len: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const MAX_VECS: usize = 16;
+    let nv = q.len() / 16;
+    let scale = 1.0 / (q.len() as f32).sqrt();
+    assert!(nv <= MAX_VECS && q.len() % 16 == 0 && out.len() == q.len());
+    assert!(len == 0 || (len - 1) * stride + q.len() <= keys.len().min(values.len()));
+    // SAFETY: AVX-512F is enabled; every load is within `q`, `keys`, `values`
+    // (checked above) and every store within `out`.
+    unsafe {
+        let mut qv = [_mm512_setzero_ps(); MAX_VECS];
+        for (j, v) in qv.iter_mut().enumerate().take(nv) {
+            *v = _mm512_loadu_ps(q.as_ptr().add(16 * j));
+        }
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for p in 0..len {
+            let k = keys.as_ptr().add(p * stride);
+            let mut acc = _mm512_setzero_ps();
+            for (j, v) in qv.iter().enumerate().take(nv) {
+                acc = _mm512_fmadd_ps(*v, _mm512_loadu_ps(k.add(16 * j)), acc);
+            }
+            let s = _mm512_reduce_add_ps(acc) * scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut total = 0.0;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        let inv = 1.0 / total;
+        let mut acc = [_mm512_setzero_ps(); MAX_VECS];
+        for (p, s) in scores.iter().enumerate() {
+            let w = _mm512_set1_ps(s * inv);
+            let v = values.as_ptr().add(p * stride);
+            for (j, a) in acc.iter_mut().enumerate().take(nv) {
+                *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(v.add(16 * j)), *a);
+            }
+        }
+        for (j, a) in acc.iter().enumerate().take(nv) {
+            _mm512_storeu_ps(out.as_mut_ptr().add(16 * j), *a);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum AttnIsa {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+fn attn_isa() -> AttnIsa {
+    use std::sync::OnceLock;
+    static ISA: OnceLock<AttnIsa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::env::var("KILN_ISA").as_deref() != Ok("scalar") {
+                if is_x86_feature_detected!("avx512f") && std::env::var("KILN_ISA").as_deref() != Ok("avx2") {
+                    return AttnIsa::Avx512;
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    return AttnIsa::Avx2;
+                }
+            }
+        }
+        AttnIsa::Portable
+    })
+}
+
 /// Softmax attention of one query head; `keys`/`values` start at the KV head.
 pub(crate) fn attend(q: &[f32], keys: &[f32], values: &[f32], stride: usize, len: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static AVX2: OnceLock<bool> = OnceLock::new();
-        if *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-            // SAFETY: the CPU reports AVX2 and FMA.
-            return unsafe { attend_avx2(q, keys, values, stride, len, scores, out) };
+    match attn_isa() {
+        // SAFETY: the CPU reports the features of the chosen path.
+        AttnIsa::Avx512 if q.len() % 16 == 0 && q.len() <= 256 => {
+            return unsafe { attend_avx512(q, keys, values, stride, len, scores, out) };
         }
+        AttnIsa::Avx2 | AttnIsa::Avx512 => return unsafe { attend_avx2(q, keys, values, stride, len, scores, out) },
+        AttnIsa::Portable => {}
     }
     attend_body(q, keys, values, stride, len, scores, out)
 }
@@ -124,6 +199,24 @@ mod tests {
         attend(&q, &k, &v, 4, 2, &mut Vec::new(), &mut out);
         let e = std::f32::consts::E;
         assert!((out[0] - 1.0 / (1.0 + e)).abs() < 1e-6 && (out[1] - e / (1.0 + e)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn every_attention_path_agrees_with_the_portable_one() {
+        let hd = 64;
+        let len = 37;
+        let stride = 3 * hd;
+        let f = |i: usize| ((i * 7919 % 997) as f32 / 498.0 - 1.0) * 2.0;
+        let q: Vec<f32> = (0..hd).map(f).collect();
+        let k: Vec<f32> = (0..len * stride).map(|i| f(i + 11)).collect();
+        let v: Vec<f32> = (0..len * stride).map(|i| f(i + 29)).collect();
+        let mut want = vec![0.0; hd];
+        attend_body(&q, &k[hd..], &v[hd..], stride, len, &mut Vec::new(), &mut want);
+        let mut got = vec![0.0; hd];
+        attend(&q, &k[hd..], &v[hd..], stride, len, &mut Vec::new(), &mut got);
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
     }
 
     #[test]
