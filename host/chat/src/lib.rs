@@ -71,15 +71,7 @@ mod tests {
     use super::*;
 
     fn smollm_template() -> String {
-        let path = std::env::var("KILN_MODEL").map(std::path::PathBuf::from).unwrap_or_else(|_| {
-            let base = std::env::var_os("KILN_CACHE_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
-                std::env::var_os("XDG_CACHE_HOME")
-                    .map(std::path::PathBuf::from)
-                    .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"))
-                    .join("kiln/models")
-            });
-            base.join("SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
+        let path = kiln_hub::resolve_model(None, false).expect("the default model is needed by these tests");
         let mut f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}; run `kiln pull`", path.display()));
         let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
         content.metadata["tokenizer.chat_template"].to_string().unwrap().clone()

@@ -67,10 +67,8 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
 /// Submits every prompt at once; returns each sequence's token arrival times.
 fn run_batch(engine: &Engine, prompts: Vec<Vec<u32>>, max_tokens: usize) -> Result<(Instant, Vec<Vec<Instant>>)> {
     let start = Instant::now();
-    let streams = prompts
-        .into_iter()
-        .map(|p| engine.generate(request(p, max_tokens)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let streams =
+        prompts.into_iter().map(|p| engine.generate(request(p, max_tokens))).collect::<Result<Vec<_>, _>>()?;
     let handles: Vec<_> = streams
         .into_iter()
         .map(|mut s| {
@@ -162,7 +160,12 @@ fn print_table(r: &Value) {
         ("ttft_ms", "time to first token, ms (128-token prompt)"),
     ];
     let has_anchor = r.get("llama_cpp").is_some();
-    println!("{:<44} {:>10}{}", "", "kiln", if has_anchor { format!(" {:>10} {:>7}", "llama.cpp", "ratio") } else { String::new() });
+    println!(
+        "{:<44} {:>10}{}",
+        "",
+        "kiln",
+        if has_anchor { format!(" {:>10} {:>7}", "llama.cpp", "ratio") } else { String::new() }
+    );
     for (k, label) in rows {
         let ours = r[k].as_f64().unwrap_or(f64::NAN);
         if has_anchor && k != "ttft_ms" {
@@ -179,13 +182,36 @@ fn print_table(r: &Value) {
 fn llama_cpp(dir: &Path, model: &Path, threads: usize, runs: usize) -> Result<Value> {
     let t = threads.to_string();
     let m = model.to_str().context("model path is not UTF-8")?;
-    let bench = json_lines(
-        Command::new(dir.join("llama-bench"))
-            .args(["-m", m, "-t", &t, "-p", "128", "-n", "128", "-r", &runs.max(2).to_string(), "-o", "jsonl"]),
-    )?;
+    let bench = json_lines(Command::new(dir.join("llama-bench")).args([
+        "-m",
+        m,
+        "-t",
+        &t,
+        "-p",
+        "128",
+        "-n",
+        "128",
+        "-r",
+        &runs.max(2).to_string(),
+        "-o",
+        "jsonl",
+    ]))?;
     let pick = |key: &str| bench.iter().find(|l| l[key].as_u64() == Some(128)).and_then(|l| l["avg_ts"].as_f64());
     let batched = json_lines(Command::new(dir.join("llama-batched-bench")).args([
-        "-m", m, "-t", &t, "-c", "4096", "-npp", "32", "-ntg", "128", "-npl", "1,4,16", "--output-format", "jsonl",
+        "-m",
+        m,
+        "-t",
+        &t,
+        "-c",
+        "4096",
+        "-npp",
+        "32",
+        "-ntg",
+        "128",
+        "-npl",
+        "1,4,16",
+        "--output-format",
+        "jsonl",
     ]))?;
     let tg = |pl: u64| batched.iter().find(|l| l["pl"].as_u64() == Some(pl)).and_then(|l| l["speed_tg"].as_f64());
     Ok(json!({
@@ -208,4 +234,3 @@ fn json_lines(cmd: &mut Command) -> Result<Vec<Value>> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect())
 }
-

@@ -20,10 +20,7 @@ pub struct Loaded {
 
 /// The model named by `--model`, else the default one (fetched on first use).
 pub fn resolve(args: &ModelArgs) -> Result<PathBuf> {
-    match &args.model {
-        Some(p) => Ok(p.clone()),
-        None => Ok(kiln_hub::ensure_default_model(true)?),
-    }
+    Ok(kiln_hub::resolve_model(args.model.clone(), true)?)
 }
 
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
@@ -35,7 +32,8 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         .with_context(|| format!("{} is not a GGUF file", path.display()))?;
     let tokenizer = Tokenizer::from_gguf(&content)?;
     let token = |id: Option<u32>| id.and_then(|i| tokenizer.token_str(i)).unwrap_or("").to_string();
-    let template = ChatTemplate::new(model.chat_template(), &token(tokenizer.bos_token_id()), &token(tokenizer.eos_token_id()))?;
+    let template =
+        ChatTemplate::new(model.chat_template(), &token(tokenizer.bos_token_id()), &token(tokenizer.eos_token_id()))?;
     tracing::info!(
         model = %path.display(),
         layers = model.config().n_layer,

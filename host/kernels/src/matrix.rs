@@ -66,7 +66,7 @@ impl QMatrix {
     /// Repacks GGUF block data of a `rows x cols` matrix. Returns `None` when
     /// `raw` does not have the size that format and shape imply.
     pub fn from_gguf(format: WeightFormat, rows: usize, cols: usize, raw: &[u8]) -> Option<Self> {
-        if cols % BLOCK != 0 || raw.len() != rows * cols / BLOCK * format.raw_block_bytes() {
+        if !cols.is_multiple_of(BLOCK) || raw.len() != rows * cols / BLOCK * format.raw_block_bytes() {
             return None;
         }
         let raw_nb = cols / BLOCK;
@@ -198,16 +198,27 @@ impl QMatrix {
     }
 
     /// Rows `rows` against activation rows `b..b + N`, into `out` (`N` rows of `self.rows`).
-    fn rows_group<const N: usize>(&self, isa: Isa, rows: std::ops::Range<usize>, x: &QuantizedActs, b: usize, out: *mut f32) {
+    fn rows_group<const N: usize>(
+        &self,
+        isa: Isa,
+        rows: std::ops::Range<usize>,
+        x: &QuantizedActs,
+        b: usize,
+        out: *mut f32,
+    ) {
         let a: [ActRow<'_>; N] = std::array::from_fn(|i| x.row(b + i));
         let n = self.rows;
         match (isa, self.format) {
             // SAFETY (all x86 arms): `Isa` values above Scalar are only produced when
             // the CPU reports their features; `out` holds N rows of `n` outputs.
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512Vnni, WeightFormat::Q4_1) => unsafe { crate::x86::q4_1_rows_avx512::<N>(self, rows, a, out, n) },
+            (Isa::Avx512Vnni, WeightFormat::Q4_1) => unsafe {
+                crate::x86::q4_1_rows_avx512::<N>(self, rows, a, out, n)
+            },
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512Vnni, WeightFormat::Q8_0) => unsafe { crate::x86::q8_0_rows_avx512::<N>(self, rows, a, out, n) },
+            (Isa::Avx512Vnni, WeightFormat::Q8_0) => unsafe {
+                crate::x86::q8_0_rows_avx512::<N>(self, rows, a, out, n)
+            },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, WeightFormat::Q4_1) => unsafe { crate::x86::q4_1_rows_avx2::<N>(self, rows, a, out, n) },
             #[cfg(target_arch = "x86_64")]

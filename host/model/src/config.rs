@@ -29,10 +29,8 @@ const LLAMA_LIKE: &[&str] = &["llama", "mistral"];
 
 impl ModelConfig {
     pub fn from_gguf(content: &Content) -> Result<Self> {
-        let arch = get(content, "general.architecture")?
-            .to_string()
-            .map_err(|e| meta_err("general.architecture", e))?
-            .clone();
+        let arch =
+            get(content, "general.architecture")?.to_string().map_err(|e| meta_err("general.architecture", e))?.clone();
         if !LLAMA_LIKE.contains(&arch.as_str()) {
             return Err(ModelError::Unsupported(format!(
                 "architecture `{arch}`; kiln runs Llama-family models ({})",
@@ -46,10 +44,8 @@ impl ModelConfig {
         let n_embd = u("embedding_length")?;
         let n_head = u("attention.head_count")?;
         let n_head_kv = u("attention.head_count_kv").unwrap_or(n_head);
-        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 || n_embd % n_head != 0 {
-            return Err(ModelError::Unsupported(format!(
-                "{n_head} query heads, {n_head_kv} KV heads, width {n_embd}"
-            )));
+        if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) || !n_embd.is_multiple_of(n_head) {
+            return Err(ModelError::Unsupported(format!("{n_head} query heads, {n_head_kv} KV heads, width {n_embd}")));
         }
         let head_dim = n_embd / n_head;
         let rope_dim = u("rope.dimension_count").unwrap_or(head_dim);

@@ -61,8 +61,9 @@ impl Linear {
     /// 4-8x the memory; the reference the quantized paths are checked against).
     pub fn from_raw(name: &str, raw: RawTensor, f32_weights: bool) -> Result<Linear> {
         if let (Some(format), false) = (native_format(raw.dtype), f32_weights) {
-            let m = QMatrix::from_gguf(format, raw.rows, raw.cols, &raw.data).ok_or_else(|| {
-                ModelError::Tensor { name: name.into(), reason: "size does not match its shape".into() }
+            let m = QMatrix::from_gguf(format, raw.rows, raw.cols, &raw.data).ok_or_else(|| ModelError::Tensor {
+                name: name.into(),
+                reason: "size does not match its shape".into(),
             })?;
             return Ok(Linear::Native(Arc::new(m)));
         }
@@ -81,7 +82,14 @@ impl Linear {
 
     /// `out = x W^T` for `n` rows of `x`. `acts` is the caller's scratch for the
     /// quantized copy of `x`, already filled when `quantized` is true.
-    pub fn forward(&self, x: &[f32], n: usize, acts: &mut QuantizedActs, quantized: bool, out: &mut [f32]) -> Result<()> {
+    pub fn forward(
+        &self,
+        x: &[f32],
+        n: usize,
+        acts: &mut QuantizedActs,
+        quantized: bool,
+        out: &mut [f32],
+    ) -> Result<()> {
         match self {
             Linear::Native(m) => {
                 if !quantized {

@@ -30,7 +30,10 @@ struct Block {
 enum Embedding {
     /// Rows dequantized on lookup; shared with a tied output head.
     Native(Arc<QMatrix>),
-    Dense { values: Vec<f32>, cols: usize },
+    Dense {
+        values: Vec<f32>,
+        cols: usize,
+    },
 }
 
 /// How to load a model.
@@ -88,8 +91,8 @@ impl Model {
     pub fn load_with(path: &Path, options: LoadOptions) -> Result<Model> {
         let display = path.display().to_string();
         let mut file = File::open(path).map_err(|source| ModelError::Io { path: display.clone(), source })?;
-        let content = Content::read(&mut file)
-            .map_err(|e| ModelError::Gguf { path: display.clone(), reason: e.to_string() })?;
+        let content =
+            Content::read(&mut file).map_err(|e| ModelError::Gguf { path: display.clone(), reason: e.to_string() })?;
         Self::from_gguf(&content, &mut file, options.f32_weights).map(|m| m.with_max_context(options.max_context))
     }
 

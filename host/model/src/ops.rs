@@ -57,7 +57,15 @@ fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
 /// One query head attending over `len` cached positions of one KV head.
 /// `keys`/`values` rows are `stride` apart, starting at the head's offset.
 #[inline(always)]
-fn attend_body(q: &[f32], keys: &[f32], values: &[f32], stride: usize, len: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
+fn attend_body(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    len: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let hd = q.len();
     let scale = 1.0 / (hd as f32).sqrt();
     scores.clear();
@@ -81,7 +89,15 @@ fn attend_body(q: &[f32], keys: &[f32], values: &[f32], stride: usize, len: usiz
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn attend_avx2(q: &[f32], keys: &[f32], values: &[f32], stride: usize, len: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
+fn attend_avx2(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    len: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     attend_body(q, keys, values, stride, len, scores, out)
 }
 
@@ -89,12 +105,20 @@ fn attend_avx2(q: &[f32], keys: &[f32], values: &[f32], stride: usize, len: usiz
 /// the query and the output stay in registers for the whole pass.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn attend_avx512(q: &[f32], keys: &[f32], values: &[f32], stride: usize, len: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
+unsafe fn attend_avx512(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    len: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
     const MAX_VECS: usize = 16;
     let nv = q.len() / 16;
     let scale = 1.0 / (q.len() as f32).sqrt();
-    assert!(nv <= MAX_VECS && q.len() % 16 == 0 && out.len() == q.len());
+    assert!(nv <= MAX_VECS && q.len().is_multiple_of(16) && out.len() == q.len());
     assert!(len == 0 || (len - 1) * stride + q.len() <= keys.len().min(values.len()));
     // SAFETY: AVX-512F is enabled; every load is within `q`, `keys`, `values`
     // (checked above) and every store within `out`.
@@ -162,11 +186,19 @@ fn attn_isa() -> AttnIsa {
 }
 
 /// Softmax attention of one query head; `keys`/`values` start at the KV head.
-pub(crate) fn attend(q: &[f32], keys: &[f32], values: &[f32], stride: usize, len: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
+pub(crate) fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    len: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     match attn_isa() {
         // SAFETY: the CPU reports the features of the chosen path.
-        AttnIsa::Avx512 if q.len() % 16 == 0 && q.len() <= 256 => {
+        AttnIsa::Avx512 if q.len().is_multiple_of(16) && q.len() <= 256 => {
             return unsafe { attend_avx512(q, keys, values, stride, len, scores, out) };
         }
         AttnIsa::Avx2 | AttnIsa::Avx512 => return unsafe { attend_avx2(q, keys, values, stride, len, scores, out) },

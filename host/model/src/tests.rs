@@ -8,20 +8,9 @@ use candle_transformers::models::quantized_llama::ModelWeights;
 
 use crate::{LoadOptions, Model, SeqBatchItem};
 
-/// The default model: `$KILN_MODEL`, else kiln's cache (`kiln pull` puts it there).
+/// The real default model (`$KILN_MODEL`, else kiln's cache, fetched on first use).
 fn model_path() -> PathBuf {
-    if let Ok(p) = std::env::var("KILN_MODEL") {
-        return p.into();
-    }
-    let cache = std::env::var_os("KILN_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-        base.join("kiln/models")
-    });
-    let p = cache.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} is missing: run `kiln pull` (or set KILN_MODEL)", p.display());
-    p
+    kiln_hub::resolve_model(None, false).expect("the default model is needed by these tests")
 }
 
 fn reference(path: &PathBuf) -> ModelWeights {
@@ -45,7 +34,10 @@ fn argmax(v: &[f32]) -> u32 {
     v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32
 }
 
-const PROMPT: &[u32] = &[1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2, 198, 1, 4093, 198, 1780, 314, 216, 34, 31, 34, 47, 2, 198, 1, 520, 9531, 198];
+const PROMPT: &[u32] = &[
+    1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2, 198,
+    1, 4093, 198, 1780, 314, 216, 34, 31, 34, 47, 2, 198, 1, 520, 9531, 198,
+];
 
 /// Exact arithmetic on both sides: every matrix dequantized to f32 (candle's
 /// `CANDLE_DEQUANTIZE_ALL`), so this checks the architecture (norms, RoPE,
@@ -149,4 +141,3 @@ fn a_missing_file_names_the_path() {
     let err = Model::load(std::path::Path::new("/nonexistent/model.gguf"), None).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/model.gguf"), "{err}");
 }
-

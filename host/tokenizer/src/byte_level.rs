@@ -42,11 +42,7 @@ pub(crate) fn char_to_byte(c: char) -> Option<u8> {
 /// (some converters store such tokens verbatim), so it is taken as-is, as the `tokenizers`
 /// ByteLevel decoder does.
 pub(crate) fn decode_token(token: &str) -> Vec<u8> {
-    token
-        .chars()
-        .map(char_to_byte)
-        .collect::<Option<Vec<u8>>>()
-        .unwrap_or_else(|| token.as_bytes().to_vec())
+    token.chars().map(char_to_byte).collect::<Option<Vec<u8>>>().unwrap_or_else(|| token.as_bytes().to_vec())
 }
 
 #[cfg(test)]

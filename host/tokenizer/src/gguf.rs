@@ -82,23 +82,16 @@ impl GgufVocab {
             .map(|v| as_string(TOKENS, v).map(str::to_owned))
             .collect::<Result<Vec<_>, _>>()?;
         if tokens.is_empty() || u32::try_from(tokens.len()).is_err() {
-            return Err(bad(
-                TOKENS,
-                format!("vocabulary of {} tokens", tokens.len()),
-            ));
+            return Err(bad(TOKENS, format!("vocabulary of {} tokens", tokens.len())));
         }
 
         let kinds = match array(md, TOKEN_TYPE)? {
             None => vec![TokenKind::Normal; tokens.len()],
-            Some(types) if types.len() == tokens.len() => types
-                .iter()
-                .map(|v| as_int(TOKEN_TYPE, v).map(TokenKind::from_gguf))
-                .collect::<Result<_, _>>()?,
+            Some(types) if types.len() == tokens.len() => {
+                types.iter().map(|v| as_int(TOKEN_TYPE, v).map(TokenKind::from_gguf)).collect::<Result<_, _>>()?
+            }
             Some(types) => {
-                return Err(bad(
-                    TOKEN_TYPE,
-                    format!("{} entries for {} tokens", types.len(), tokens.len()),
-                ));
+                return Err(bad(TOKEN_TYPE, format!("{} entries for {} tokens", types.len(), tokens.len())));
             }
         };
 
@@ -108,9 +101,7 @@ impl GgufVocab {
             .map(|v| {
                 let m = as_string(MERGES, v)?;
                 // Byte-level tokens never contain a raw space, so the first one is the separator.
-                let (a, b) = m
-                    .split_once(' ')
-                    .ok_or_else(|| bad(MERGES, format!("merge {m:?} has no space")))?;
+                let (a, b) = m.split_once(' ').ok_or_else(|| bad(MERGES, format!("merge {m:?} has no space")))?;
                 Ok((a.to_owned(), b.to_owned()))
             })
             .collect::<Result<Vec<_>, TokenizerError>>()?;
@@ -129,16 +120,10 @@ impl GgufVocab {
         let add_bos = boolean(md, ADD_BOS)?.unwrap_or(false);
         let add_eos = boolean(md, ADD_EOS)?.unwrap_or(false);
         if add_bos && ids.bos.is_none() {
-            return Err(bad(
-                ADD_BOS,
-                "set, but there is no valid bos_token_id".into(),
-            ));
+            return Err(bad(ADD_BOS, "set, but there is no valid bos_token_id".into()));
         }
         if add_eos && ids.eos.is_none() {
-            return Err(bad(
-                ADD_EOS,
-                "set, but there is no valid eos_token_id".into(),
-            ));
+            return Err(bad(ADD_EOS, "set, but there is no valid eos_token_id".into()));
         }
 
         Ok(Self {
@@ -161,10 +146,7 @@ fn bad(key: &'static str, detail: String) -> TokenizerError {
 fn as_string<'a>(key: &'static str, v: &'a Value) -> Result<&'a str, TokenizerError> {
     match v {
         Value::String(s) => Ok(s),
-        other => Err(bad(
-            key,
-            format!("expected a string, got {:?}", other.value_type()),
-        )),
+        other => Err(bad(key, format!("expected a string, got {:?}", other.value_type()))),
     }
 }
 
@@ -180,33 +162,21 @@ fn as_int(key: &'static str, v: &Value) -> Result<i64, TokenizerError> {
         Value::I64(x) => x,
         Value::U64(x) => i64::try_from(x).map_err(|_| bad(key, format!("{x} is too large")))?,
         ref other => {
-            return Err(bad(
-                key,
-                format!("expected an integer, got {:?}", other.value_type()),
-            ));
+            return Err(bad(key, format!("expected an integer, got {:?}", other.value_type())));
         }
     };
     Ok(n)
 }
 
-fn string<'a>(
-    md: &'a HashMap<String, Value>,
-    key: &'static str,
-) -> Result<Option<&'a str>, TokenizerError> {
+fn string<'a>(md: &'a HashMap<String, Value>, key: &'static str) -> Result<Option<&'a str>, TokenizerError> {
     md.get(key).map(|v| as_string(key, v)).transpose()
 }
 
-fn array<'a>(
-    md: &'a HashMap<String, Value>,
-    key: &'static str,
-) -> Result<Option<&'a [Value]>, TokenizerError> {
+fn array<'a>(md: &'a HashMap<String, Value>, key: &'static str) -> Result<Option<&'a [Value]>, TokenizerError> {
     match md.get(key) {
         None => Ok(None),
         Some(Value::Array(items)) => Ok(Some(items)),
-        Some(other) => Err(bad(
-            key,
-            format!("expected an array, got {:?}", other.value_type()),
-        )),
+        Some(other) => Err(bad(key, format!("expected an array, got {:?}", other.value_type()))),
     }
 }
 
@@ -218,11 +188,7 @@ fn boolean(md: &HashMap<String, Value>, key: &'static str) -> Result<Option<bool
     }
 }
 
-fn token_id(
-    md: &HashMap<String, Value>,
-    key: &'static str,
-    n_vocab: usize,
-) -> Result<Option<u32>, TokenizerError> {
+fn token_id(md: &HashMap<String, Value>, key: &'static str, n_vocab: usize) -> Result<Option<u32>, TokenizerError> {
     let Some(v) = md.get(key) else {
         return Ok(None);
     };

@@ -13,7 +13,8 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use crate::TokenizerError;
 
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PreTokenizerKind {
@@ -31,10 +32,11 @@ impl PreTokenizerKind {
     /// Maps a `tokenizer.ggml.pre` value; `None` means the name is not recognised.
     pub fn from_name(name: &str) -> Option<Self> {
         let kind = match name {
-            "gpt2" | "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "jina-v2-es" | "jina-v2-de"
-            | "jina-v2-code" | "gigachat" | "roberta-bpe" => Self::Gpt2,
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
-            | "minerva" => Self::DigitsThenGpt2,
+            "gpt2" | "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "jina-v2-es" | "jina-v2-de" | "jina-v2-code"
+            | "gigachat" | "roberta-bpe" => Self::Gpt2,
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
+                Self::DigitsThenGpt2
+            }
             "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "pixtral" => Self::Llama3,
             "qwen2" | "deepseek-r1-qwen" | "megrez" => Self::Qwen2,
             _ => return None,
@@ -54,12 +56,8 @@ impl PreTokenizerKind {
         let byte_level_only = ByteLevel::new(false, true, false);
         let pt = match self {
             Self::Gpt2 => byte_level_with_regex.into(),
-            Self::DigitsThenGpt2 => {
-                Sequence::new(vec![Digits::new(true).into(), byte_level_with_regex.into()]).into()
-            }
-            Self::Llama3 => {
-                Sequence::new(vec![split(LLAMA3_REGEX)?, byte_level_only.into()]).into()
-            }
+            Self::DigitsThenGpt2 => Sequence::new(vec![Digits::new(true).into(), byte_level_with_regex.into()]).into(),
+            Self::Llama3 => Sequence::new(vec![split(LLAMA3_REGEX)?, byte_level_only.into()]).into(),
             Self::Qwen2 => Sequence::new(vec![split(QWEN2_REGEX)?, byte_level_only.into()]).into(),
         };
         Ok(pt)
@@ -67,12 +65,8 @@ impl PreTokenizerKind {
 }
 
 fn split(regex: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
-    let split = Split::new(
-        SplitPattern::Regex(regex.to_owned()),
-        SplitDelimiterBehavior::Isolated,
-        false,
-    )
-    .map_err(TokenizerError::Backend)?;
+    let split = Split::new(SplitPattern::Regex(regex.to_owned()), SplitDelimiterBehavior::Isolated, false)
+        .map_err(TokenizerError::Backend)?;
     Ok(split.into())
 }
 
@@ -85,54 +79,30 @@ mod tests {
     fn words(kind: PreTokenizerKind, text: &str) -> Vec<String> {
         let mut s = PreTokenizedString::from(text);
         kind.build().unwrap().pre_tokenize(&mut s).unwrap();
-        s.get_splits(OffsetReferential::Original, OffsetType::Byte)
-            .into_iter()
-            .map(|(w, _, _)| w.to_owned())
-            .collect()
+        s.get_splits(OffsetReferential::Original, OffsetType::Byte).into_iter().map(|(w, _, _)| w.to_owned()).collect()
     }
 
     #[test]
     fn digit_handling_differs_per_kind() {
         let text = "x 12345";
         assert_eq!(words(PreTokenizerKind::Gpt2, text), ["x", "Ġ12345"]);
-        assert_eq!(
-            words(PreTokenizerKind::DigitsThenGpt2, text),
-            ["x", "Ġ", "1", "2", "3", "4", "5"]
-        );
-        assert_eq!(
-            words(PreTokenizerKind::Llama3, text),
-            ["x", "Ġ", "123", "45"]
-        );
-        assert_eq!(
-            words(PreTokenizerKind::Qwen2, text),
-            ["x", "Ġ", "1", "2", "3", "4", "5"]
-        );
+        assert_eq!(words(PreTokenizerKind::DigitsThenGpt2, text), ["x", "Ġ", "1", "2", "3", "4", "5"]);
+        assert_eq!(words(PreTokenizerKind::Llama3, text), ["x", "Ġ", "123", "45"]);
+        assert_eq!(words(PreTokenizerKind::Qwen2, text), ["x", "Ġ", "1", "2", "3", "4", "5"]);
     }
 
     #[test]
     fn whitespace_runs_leave_one_space_for_the_next_word() {
         let text = "a   b\n\nc";
         // A run followed by a word gives up its last character, even when that is a newline.
-        assert_eq!(
-            words(PreTokenizerKind::Gpt2, text),
-            ["a", "ĠĠ", "Ġb", "Ċ", "Ċ", "c"]
-        );
-        assert_eq!(
-            words(PreTokenizerKind::Llama3, "a\n\nb's"),
-            ["a", "ĊĊ", "b", "'s"]
-        );
+        assert_eq!(words(PreTokenizerKind::Gpt2, text), ["a", "ĠĠ", "Ġb", "Ċ", "Ċ", "c"]);
+        assert_eq!(words(PreTokenizerKind::Llama3, "a\n\nb's"), ["a", "ĊĊ", "b", "'s"]);
     }
 
     #[test]
     fn names() {
-        assert_eq!(
-            PreTokenizerKind::from_name("smollm"),
-            Some(PreTokenizerKind::DigitsThenGpt2)
-        );
-        assert_eq!(
-            PreTokenizerKind::from_name("llama-bpe"),
-            Some(PreTokenizerKind::Llama3)
-        );
+        assert_eq!(PreTokenizerKind::from_name("smollm"), Some(PreTokenizerKind::DigitsThenGpt2));
+        assert_eq!(PreTokenizerKind::from_name("llama-bpe"), Some(PreTokenizerKind::Llama3));
         assert_eq!(PreTokenizerKind::from_name("no-such-model"), None);
     }
 }

@@ -21,11 +21,7 @@ pub struct IncrementalDecoder<T: Borrow<Tokenizer>> {
 
 impl<T: Borrow<Tokenizer>> IncrementalDecoder<T> {
     pub fn new(tokenizer: T, skip_special: bool) -> Self {
-        Self {
-            tokenizer,
-            skip_special,
-            pending: Vec::with_capacity(16),
-        }
+        Self { tokenizer, skip_special, pending: Vec::with_capacity(16) }
     }
 
     /// Feed one generated id; returns the text it completed (possibly empty). Ids outside the
@@ -101,10 +97,7 @@ mod tests {
         let mut streamed = String::new();
         for &i in &ids {
             let piece = dec.push(i);
-            assert!(
-                !piece.contains('\u{FFFD}'),
-                "partial character leaked at id {i}: {piece:?}"
-            );
+            assert!(!piece.contains('\u{FFFD}'), "partial character leaked at id {i}: {piece:?}");
             streamed.push_str(&piece);
         }
         streamed.push_str(&dec.finish());
@@ -142,9 +135,7 @@ mod tests {
 
     #[test]
     fn incremental_skip_special() {
-        let ids = tok()
-            .encode("<|im_start|>assistant\nHi there<|im_end|>", true)
-            .unwrap();
+        let ids = tok().encode("<|im_start|>assistant\nHi there<|im_end|>", true).unwrap();
         for skip in [false, true] {
             let mut dec = IncrementalDecoder::new(tok(), skip);
             let mut s: String = ids.iter().map(|&i| dec.push(i)).collect();
@@ -161,16 +152,10 @@ mod tests {
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut ids = Vec::new();
         for _ in 0..20_000 {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             // Bias towards the low ids, where the single-byte tokens live.
             let r = (state >> 33) % n;
-            ids.push(if state & 1 == 0 {
-                (r % 300) as u32
-            } else {
-                r as u32
-            });
+            ids.push(if state & 1 == 0 { (r % 300) as u32 } else { r as u32 });
         }
         let mut dec = IncrementalDecoder::new(tok(), true);
         let mut streamed = String::new();

@@ -69,12 +69,7 @@ impl Tokenizer {
         };
 
         // Like llama.cpp's token_to_id map, a duplicated string resolves to its last id.
-        let vocab: Vocab = v
-            .tokens
-            .iter()
-            .zip(0u32..)
-            .map(|(t, i)| (t.clone(), i))
-            .collect();
+        let vocab: Vocab = v.tokens.iter().zip(0u32..).map(|(t, i)| (t.clone(), i)).collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, std::mem::take(&mut v.merges))
             .ignore_merges(pre_kind.ignore_merges())
@@ -94,9 +89,7 @@ impl Tokenizer {
             }
             match kind {
                 TokenKind::Control => special.push(AddedToken::from(text.clone(), true)),
-                TokenKind::UserDefined => {
-                    user_defined.push(AddedToken::from(text.clone(), false).normalized(false))
-                }
+                TokenKind::UserDefined => user_defined.push(AddedToken::from(text.clone(), false).normalized(false)),
                 TokenKind::Normal | TokenKind::Byte => {}
             }
         }
@@ -111,9 +104,7 @@ impl Tokenizer {
         offsets.push(0);
         for (text, kind) in v.tokens.iter().zip(&v.kinds) {
             match kind {
-                TokenKind::Control | TokenKind::UserDefined => {
-                    bytes.extend_from_slice(text.as_bytes())
-                }
+                TokenKind::Control | TokenKind::UserDefined => bytes.extend_from_slice(text.as_bytes()),
                 TokenKind::Byte => match parse_byte_token(text) {
                     Some(b) => bytes.push(b),
                     None => bytes.extend(byte_level::decode_token(text)),
@@ -149,14 +140,8 @@ impl Tokenizer {
     /// than mapped to an unknown token, matching llama.cpp; `unknown_token_id` is often a real
     /// control token such as `<|endoftext|>` that must not appear in a prompt by accident.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
-        let inner = if parse_special {
-            &self.with_special
-        } else {
-            &self.plain
-        };
-        let encoding = inner
-            .encode_fast(text, false)
-            .map_err(TokenizerError::Backend)?;
+        let inner = if parse_special { &self.with_special } else { &self.plain };
+        let encoding = inner.encode_fast(text, false).map_err(TokenizerError::Backend)?;
         let mut ids = Vec::with_capacity(encoding.len() + 2);
         ids.extend(self.ids.bos.filter(|_| self.add_bos));
         ids.extend_from_slice(encoding.get_ids());
@@ -170,17 +155,13 @@ impl Tokenizer {
         let mut bytes = Vec::with_capacity(ids.len() * 4);
         for &id in ids {
             if (id as usize) >= self.tokens.len() {
-                return Err(TokenizerError::UnknownTokenId {
-                    id,
-                    vocab_size: self.tokens.len(),
-                });
+                return Err(TokenizerError::UnknownTokenId { id, vocab_size: self.tokens.len() });
             }
             if !(skip_special && self.is_special(id)) {
                 bytes.extend_from_slice(self.token_bytes(id));
             }
         }
-        Ok(String::from_utf8(bytes)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+        Ok(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -280,20 +261,11 @@ fn parse_byte_token(text: &str) -> Option<u8> {
 }
 
 fn stop_ids(v: &GgufVocab) -> Vec<u32> {
-    let by_name = v
-        .tokens
-        .iter()
-        .zip(&v.kinds)
-        .zip(0u32..)
-        .filter_map(|((text, kind), id)| {
-            (*kind == TokenKind::Control && END_OF_TURN.contains(&text.as_str())).then_some(id)
-        });
+    let by_name = v.tokens.iter().zip(&v.kinds).zip(0u32..).filter_map(|((text, kind), id)| {
+        (*kind == TokenKind::Control && END_OF_TURN.contains(&text.as_str())).then_some(id)
+    });
     let mut out: Vec<u32> = Vec::new();
-    for id in [v.ids.eos, v.ids.eot, v.ids.eom]
-        .into_iter()
-        .flatten()
-        .chain(by_name)
-    {
+    for id in [v.ids.eos, v.ids.eot, v.ids.eom].into_iter().flatten().chain(by_name) {
         if !out.contains(&id) {
             out.push(id);
         }

@@ -1,0 +1,32 @@
+//! kiln's end-to-end tests: the real `kiln` binary on the real default model.
+//!
+//! The model comes from `$KILN_MODEL` or kiln's cache, fetched on first use.
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The `kiln` binary cargo built for these tests.
+pub fn kiln() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("running kiln")
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The real default model (`$KILN_MODEL`, else kiln's cache, fetched on first use).
+pub fn model_path() -> PathBuf {
+    kiln_hub::resolve_model(None, false).expect("the default model is needed by these tests")
+}
