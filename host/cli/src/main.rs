@@ -102,7 +102,10 @@ fn main() -> Result<()> {
             let mut stream =
                 engine.generate(GenerateRequest { prompt_tokens, params, max_tokens, ..Default::default() })?;
             let mut out = std::io::stdout().lock();
-            while let Some(event) = stream.blocking_next() {
+            loop {
+                let Some(event) = stream.blocking_next() else {
+                    anyhow::bail!("the engine stopped before the answer was complete (see the log above)");
+                };
                 match event {
                     TokenEvent::Token { text, .. } => {
                         out.write_all(text.as_bytes())?;

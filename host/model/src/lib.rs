@@ -44,3 +44,6 @@ pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod format_tests;

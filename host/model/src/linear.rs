@@ -1,13 +1,13 @@
 //! Weight matrices: native kernels for `Q4_1`/`Q8_0`, candle-core's quantized
 //! matmul for every other GGUF format.
 
-use std::borrow::Cow;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{Device, Module, Tensor};
 use kiln_kernels::{QMatrix, QuantizedActs, WeightFormat};
 
@@ -67,8 +67,7 @@ impl Linear {
             })?;
             return Ok(Linear::Native(Arc::new(m)));
         }
-        let storage = QStorage::from_data(Cow::Owned(raw.data), &Device::Cpu, raw.dtype)?;
-        let qt = QTensor::new(storage, (raw.rows, raw.cols))?;
+        let qt = qtensor_from_ggml(raw.dtype, &raw.data, vec![raw.rows, raw.cols], &Device::Cpu)?;
         let mm = if f32_weights { QMatMul::Tensor(qt.dequantize(&Device::Cpu)?) } else { QMatMul::from_qtensor(qt)? };
         Ok(Linear::Candle { mm, rows: raw.rows, cols: raw.cols })
     }
