@@ -19,24 +19,17 @@ const LAYERS: usize = 2;
 fn write_model(dtype: GgmlDType, dir: &std::path::Path) -> std::path::PathBuf {
     let dev = Device::Cpu;
     let mut seed = 1u32;
-    let mut rand = |rows: usize, cols: usize, scale: f32| {
+    // A random `rows x cols` matrix quantized to `dtype`.
+    let mut matrix = |rows: usize, cols: usize| {
         let v: Vec<f32> = (0..rows * cols)
             .map(|_| {
                 seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((seed >> 8) as f32 / (1 << 24) as f32 - 0.5) * scale
+                ((seed >> 8) as f32 / (1 << 24) as f32 - 0.5) * 0.2
             })
             .collect();
-        Tensor::from_vec(v, (rows, cols), &dev).unwrap()
+        QTensor::quantize(&Tensor::from_vec(v, (rows, cols), &dev).unwrap(), dtype).unwrap()
     };
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let mut matrix = |name: String,
-                      rows: usize,
-                      cols: usize,
-                      t: &mut Vec<(String, QTensor)>,
-                      r: &mut dyn FnMut(usize, usize, f32) -> Tensor| {
-        t.push((name, QTensor::quantize(&r(rows, cols, 0.2), dtype).unwrap()));
-    };
-    matrix("token_embd.weight".into(), VOCAB, D, &mut tensors, &mut rand);
+    let mut tensors: Vec<(String, QTensor)> = vec![("token_embd.weight".into(), matrix(VOCAB, D))];
     let ones =
         |n: usize| QTensor::quantize(&Tensor::ones(n, candle_core::DType::F32, &dev).unwrap(), GgmlDType::F32).unwrap();
     tensors.push(("output_norm.weight".into(), ones(D)));
@@ -50,7 +43,7 @@ fn write_model(dtype: GgmlDType, dir: &std::path::Path) -> std::path::PathBuf {
             ("ffn_up", FF, D),
             ("ffn_down", D, FF),
         ] {
-            matrix(format!("blk.{l}.{name}.weight"), rows, cols, &mut tensors, &mut rand);
+            tensors.push((format!("blk.{l}.{name}.weight"), matrix(rows, cols)));
         }
         tensors.push((format!("blk.{l}.attn_norm.weight"), ones(D)));
         tensors.push((format!("blk.{l}.ffn_norm.weight"), ones(D)));
