@@ -258,7 +258,11 @@ impl Model {
                 let q = &qkv[row * qkv_w + head * hd..][..hd];
                 let (k, v) = &caches[item].layers[l];
                 let off = (head / group) * hd;
-                ops::attend(q, &k[off..], &v[off..], kvd, pos + 1, scores, out);
+                ops::attend(
+                    ops::HeadAttention { q, keys: &k[off..], values: &v[off..], stride: kvd, len: pos + 1 },
+                    scores,
+                    out,
+                );
             });
             block.wo.forward(&attn, t, &mut acts, &mut proj)?;
             x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);

@@ -54,72 +54,64 @@ fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
-/// One query head attending over `len` cached positions of one KV head.
-/// `keys`/`values` rows are `stride` apart, starting at the head's offset.
+/// One query head and the cached keys/values it attends over: `len` positions
+/// whose rows are `stride` apart, starting at the KV head's offset.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HeadAttention<'a> {
+    pub q: &'a [f32],
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub stride: usize,
+    pub len: usize,
+}
+
+/// `scores = exp(scores - max)`; returns `1 / sum`.
 #[inline(always)]
-fn attend_body(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    stride: usize,
-    len: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let hd = q.len();
-    let scale = 1.0 / (hd as f32).sqrt();
-    scores.clear();
-    let mut max = f32::NEG_INFINITY;
-    for p in 0..len {
-        let s = dot_body(q, &keys[p * stride..][..hd]) * scale;
-        max = max.max(s);
-        scores.push(s);
-    }
+fn softmax_weights(scores: &mut [f32], max: f32) -> f32 {
     let mut total = 0.0;
     for s in scores.iter_mut() {
         *s = (*s - max).exp();
         total += *s;
     }
+    1.0 / total
+}
+
+#[inline(always)]
+fn attend_body(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+    let hd = h.q.len();
+    let scale = 1.0 / (hd as f32).sqrt();
+    scores.clear();
+    let mut max = f32::NEG_INFINITY;
+    for p in 0..h.len {
+        let s = dot_body(h.q, &h.keys[p * h.stride..][..hd]) * scale;
+        max = max.max(s);
+        scores.push(s);
+    }
+    let inv = softmax_weights(scores, max);
     out.fill(0.0);
-    let inv = 1.0 / total;
     for (p, s) in scores.iter().enumerate() {
-        axpy_body(out, s * inv, &values[p * stride..][..hd]);
+        axpy_body(out, s * inv, &h.values[p * h.stride..][..hd]);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn attend_avx2(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    stride: usize,
-    len: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    attend_body(q, keys, values, stride, len, scores, out)
+fn attend_avx2(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+    attend_body(h, scores, out)
 }
 
 /// AVX-512 attention for head sizes that are a multiple of 16 (at most 256):
 /// the query and the output stay in registers for the whole pass.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn attend_avx512(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    stride: usize,
-    len: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
+unsafe fn attend_avx512(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     use std::arch::x86_64::*;
     const MAX_VECS: usize = 16;
+    let (q, stride, len) = (h.q, h.stride, h.len);
     let nv = q.len() / 16;
     let scale = 1.0 / (q.len() as f32).sqrt();
     assert!(nv <= MAX_VECS && q.len().is_multiple_of(16) && out.len() == q.len());
-    assert!(len == 0 || (len - 1) * stride + q.len() <= keys.len().min(values.len()));
+    assert!(len == 0 || (len - 1) * stride + q.len() <= h.keys.len().min(h.values.len()));
     // SAFETY: AVX-512F is enabled; every load is within `q`, `keys`, `values`
     // (checked above) and every store within `out`.
     unsafe {
@@ -130,7 +122,7 @@ unsafe fn attend_avx512(
         scores.clear();
         let mut max = f32::NEG_INFINITY;
         for p in 0..len {
-            let k = keys.as_ptr().add(p * stride);
+            let k = h.keys.as_ptr().add(p * stride);
             let mut acc = _mm512_setzero_ps();
             for (j, v) in qv.iter().enumerate().take(nv) {
                 acc = _mm512_fmadd_ps(*v, _mm512_loadu_ps(k.add(16 * j)), acc);
@@ -139,16 +131,11 @@ unsafe fn attend_avx512(
             max = max.max(s);
             scores.push(s);
         }
-        let mut total = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            total += *s;
-        }
-        let inv = 1.0 / total;
+        let inv = softmax_weights(scores, max);
         let mut acc = [_mm512_setzero_ps(); MAX_VECS];
         for (p, s) in scores.iter().enumerate() {
             let w = _mm512_set1_ps(s * inv);
-            let v = values.as_ptr().add(p * stride);
+            let v = h.values.as_ptr().add(p * stride);
             for (j, a) in acc.iter_mut().enumerate().take(nv) {
                 *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(v.add(16 * j)), *a);
             }
@@ -185,26 +172,18 @@ fn attn_isa() -> AttnIsa {
     })
 }
 
-/// Softmax attention of one query head; `keys`/`values` start at the KV head.
-pub(crate) fn attend(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    stride: usize,
-    len: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
+/// Softmax attention of one query head, into `out` (`scores` is scratch).
+pub(crate) fn attend(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     match attn_isa() {
         // SAFETY: the CPU reports the features of the chosen path.
-        AttnIsa::Avx512 if q.len().is_multiple_of(16) && q.len() <= 256 => {
-            return unsafe { attend_avx512(q, keys, values, stride, len, scores, out) };
+        AttnIsa::Avx512 if h.q.len().is_multiple_of(16) && h.q.len() <= 256 => {
+            return unsafe { attend_avx512(h, scores, out) };
         }
-        AttnIsa::Avx2 | AttnIsa::Avx512 => return unsafe { attend_avx2(q, keys, values, stride, len, scores, out) },
+        AttnIsa::Avx2 | AttnIsa::Avx512 => return unsafe { attend_avx2(h, scores, out) },
         AttnIsa::Portable => {}
     }
-    attend_body(q, keys, values, stride, len, scores, out)
+    attend_body(h, scores, out)
 }
 
 #[cfg(test)]
@@ -217,7 +196,7 @@ mod tests {
         let k = [0.5, 0.5, 0.5, 0.5];
         let v = [1.0, 2.0, 3.0, 4.0];
         let mut out = [0.0; 4];
-        attend(&q, &k, &v, 4, 1, &mut Vec::new(), &mut out);
+        attend(HeadAttention { q: &q, keys: &k, values: &v, stride: 4, len: 1 }, &mut Vec::new(), &mut out);
         assert_eq!(out, v);
     }
 
@@ -228,7 +207,7 @@ mod tests {
         let k = [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0];
         let v = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0];
         let mut out = [0.0; 4];
-        attend(&q, &k, &v, 4, 2, &mut Vec::new(), &mut out);
+        attend(HeadAttention { q: &q, keys: &k, values: &v, stride: 4, len: 2 }, &mut Vec::new(), &mut out);
         let e = std::f32::consts::E;
         assert!((out[0] - 1.0 / (1.0 + e)).abs() < 1e-6 && (out[1] - e / (1.0 + e)).abs() < 1e-6);
     }
@@ -243,9 +222,9 @@ mod tests {
         let k: Vec<f32> = (0..len * stride).map(|i| f(i + 11)).collect();
         let v: Vec<f32> = (0..len * stride).map(|i| f(i + 29)).collect();
         let mut want = vec![0.0; hd];
-        attend_body(&q, &k[hd..], &v[hd..], stride, len, &mut Vec::new(), &mut want);
+        attend_body(HeadAttention { q: &q, keys: &k[hd..], values: &v[hd..], stride, len }, &mut Vec::new(), &mut want);
         let mut got = vec![0.0; hd];
-        attend(&q, &k[hd..], &v[hd..], stride, len, &mut Vec::new(), &mut got);
+        attend(HeadAttention { q: &q, keys: &k[hd..], values: &v[hd..], stride, len }, &mut Vec::new(), &mut got);
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
