@@ -122,15 +122,21 @@ fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats
         .filter(|s| !s.input.is_empty())
         .map(|s| SeqBatchItem { tokens: &s.input, logits: s.prefilled == s.prompt.len(), cache: &mut s.cache })
         .collect();
-    let result = model.forward(&mut items);
+    // A panic in the forward pass (a bug) fails this batch, whose caches it may
+    // have left half-written, but not the engine: later requests still run.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.forward(&mut items)));
     drop(items);
     stats.steps.fetch_add(1, Ordering::Relaxed);
     let logits = match result {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "forward pass failed; failing the batch");
+        Ok(Ok(l)) => l,
+        failure => {
+            let reason = match failure {
+                Ok(Err(e)) => e.to_string(),
+                _ => "internal error in the forward pass".to_string(),
+            };
+            tracing::error!(error = %reason, sequences = running.len(), "forward pass failed; failing the batch");
             for seq in running.drain(..) {
-                let _ = seq.events.send(TokenEvent::Failed(e.to_string()));
+                let _ = seq.events.send(TokenEvent::Failed(reason.clone()));
             }
             return;
         }
