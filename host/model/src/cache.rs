@@ -1,10 +1,16 @@
 //! Per-sequence key/value cache.
 
+/// Positions per key block: attention scores 16 positions with one vector
+/// multiply-add per head dimension, with no horizontal sums.
+pub(crate) const KEY_BLOCK: usize = 16;
+
 /// Keys and values of every layer for one sequence, grown as it advances
 /// (memory follows the tokens actually held, not the context maximum).
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    /// Per layer: `len x (n_head_kv * head_dim)` keys, then values.
+    /// Per layer: keys, then values. Values are `len x kv_dim`, row-major.
+    /// Keys are stored transposed in blocks of [`KEY_BLOCK`] positions: element
+    /// `(pos, c)` lives at `(pos / KEY_BLOCK) * kv_dim * KEY_BLOCK + c * KEY_BLOCK + pos % KEY_BLOCK`.
     pub(crate) layers: Vec<(Vec<f32>, Vec<f32>)>,
     pub(crate) len: usize,
 }
@@ -12,6 +18,22 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(n_layer: usize) -> Self {
         KvCache { layers: vec![(Vec::new(), Vec::new()); n_layer], len: 0 }
+    }
+
+    /// Stores layer `layer`'s key and value rows for position `pos`.
+    pub(crate) fn append(&mut self, layer: usize, pos: usize, key: &[f32], value: &[f32]) {
+        let kv_dim = key.len();
+        let (keys, values) = &mut self.layers[layer];
+        let block = (pos / KEY_BLOCK) * kv_dim * KEY_BLOCK;
+        if keys.len() < block + kv_dim * KEY_BLOCK {
+            keys.resize(block + kv_dim * KEY_BLOCK, 0.0);
+        }
+        let lane = pos % KEY_BLOCK;
+        for (c, k) in key.iter().enumerate() {
+            keys[block + c * KEY_BLOCK + lane] = *k;
+        }
+        debug_assert_eq!(values.len(), pos * kv_dim, "positions are appended in order");
+        values.extend_from_slice(value);
     }
 
     /// Tokens held.

@@ -245,10 +245,8 @@ impl Model {
                     ops::rope_interleaved(&mut head[..cfg.rope_dim], cos, sin);
                 }
             }
-            for (row, &(i, _)) in qkv.chunks_exact(qkv_w).zip(&rows) {
-                let (k, v) = &mut items[i].cache.layers[l];
-                k.extend_from_slice(&row[d..d + kvd]);
-                v.extend_from_slice(&row[d + kvd..]);
+            for (row, &(i, pos)) in qkv.chunks_exact(qkv_w).zip(&rows) {
+                items[i].cache.append(l, pos, &row[d..d + kvd], &row[d + kvd..]);
             }
             let caches: Vec<&KvCache> = items.iter().map(|it| &*it.cache).collect();
             let group = n_head / n_kv;
@@ -256,10 +254,10 @@ impl Model {
                 let (row, head) = (idx / n_head, idx % n_head);
                 let (item, pos) = rows[row];
                 let q = &qkv[row * qkv_w + head * hd..][..hd];
-                let (k, v) = &caches[item].layers[l];
-                let off = (head / group) * hd;
+                let (keys, values) = &caches[item].layers[l];
+                let head_offset = (head / group) * hd;
                 ops::attend(
-                    ops::HeadAttention { q, keys: &k[off..], values: &v[off..], stride: kvd, len: pos + 1 },
+                    ops::HeadAttention { q, keys, values, kv_dim: kvd, head_offset, len: pos + 1 },
                     scores,
                     out,
                 );

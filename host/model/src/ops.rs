@@ -1,5 +1,7 @@
 //! The small per-token operations of a Llama block, as fused loops.
 
+use crate::cache::KEY_BLOCK;
+
 /// `out = x / rms(x) * weight`, row by row.
 pub(crate) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len();
@@ -32,36 +34,22 @@ pub(crate) fn silu_mul(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
 }
 
 #[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f32 {
-    // Fixed-size chunks with independent lanes: the compiler turns this into
-    // vector FMAs (no bounds checks, no serial dependency).
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        let (x, y): (&[f32; 16], &[f32; 16]) = (x.try_into().unwrap(), y.try_into().unwrap());
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-#[inline(always)]
 fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += a * x;
     }
 }
 
-/// One query head and the cached keys/values it attends over: `len` positions
-/// whose rows are `stride` apart, starting at the KV head's offset.
+/// One query head and the cache it attends over: keys in the blocked layout
+/// of [`crate::KvCache`], values row-major, both `kv_dim` wide; the head's KV
+/// head starts at column `head_offset`; positions `0..len`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct HeadAttention<'a> {
     pub q: &'a [f32],
     pub keys: &'a [f32],
     pub values: &'a [f32],
-    pub stride: usize,
+    pub kv_dim: usize,
+    pub head_offset: usize,
     pub len: usize,
 }
 
@@ -81,16 +69,26 @@ fn attend_body(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     let hd = h.q.len();
     let scale = 1.0 / (hd as f32).sqrt();
     scores.clear();
-    let mut max = f32::NEG_INFINITY;
-    for p in 0..h.len {
-        let s = dot_body(h.q, &h.keys[p * h.stride..][..hd]) * scale;
-        max = max.max(s);
-        scores.push(s);
+    for b in 0..h.len.div_ceil(KEY_BLOCK) {
+        let base = b * h.kv_dim * KEY_BLOCK + h.head_offset * KEY_BLOCK;
+        let block = &h.keys[base..base + hd * KEY_BLOCK];
+        // Sixteen positions at once: one multiply-add per head dimension and
+        // position lane, no horizontal sums (the layout's reason to be).
+        let mut acc = [0f32; KEY_BLOCK];
+        for (qj, k) in h.q.iter().zip(block.chunks_exact(KEY_BLOCK)) {
+            let k: &[f32; KEY_BLOCK] = k.try_into().expect("chunks_exact");
+            for l in 0..KEY_BLOCK {
+                acc[l] += qj * k[l];
+            }
+        }
+        let take = (h.len - b * KEY_BLOCK).min(KEY_BLOCK);
+        scores.extend(acc[..take].iter().map(|s| s * scale));
     }
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     let inv = softmax_weights(scores, max);
     out.fill(0.0);
     for (p, s) in scores.iter().enumerate() {
-        axpy_body(out, s * inv, &h.values[p * h.stride..][..hd]);
+        axpy_body(out, s * inv, &h.values[p * h.kv_dim + h.head_offset..][..hd]);
     }
 }
 
@@ -100,50 +98,10 @@ fn attend_avx2(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     attend_body(h, scores, out)
 }
 
-/// AVX-512 attention for head sizes that are a multiple of 16 (at most 256):
-/// the query and the output stay in registers for the whole pass.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn attend_avx512(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    const MAX_VECS: usize = 16;
-    let (q, stride, len) = (h.q, h.stride, h.len);
-    let nv = q.len() / 16;
-    let scale = 1.0 / (q.len() as f32).sqrt();
-    assert!(nv <= MAX_VECS && q.len().is_multiple_of(16) && out.len() == q.len());
-    assert!(len == 0 || (len - 1) * stride + q.len() <= h.keys.len().min(h.values.len()));
-    // SAFETY: AVX-512F is enabled; every load is within `q`, `keys`, `values`
-    // (checked above) and every store within `out`.
-    unsafe {
-        let mut qv = [_mm512_setzero_ps(); MAX_VECS];
-        for (j, v) in qv.iter_mut().enumerate().take(nv) {
-            *v = _mm512_loadu_ps(q.as_ptr().add(16 * j));
-        }
-        scores.clear();
-        let mut max = f32::NEG_INFINITY;
-        for p in 0..len {
-            let k = h.keys.as_ptr().add(p * stride);
-            let mut acc = _mm512_setzero_ps();
-            for (j, v) in qv.iter().enumerate().take(nv) {
-                acc = _mm512_fmadd_ps(*v, _mm512_loadu_ps(k.add(16 * j)), acc);
-            }
-            let s = _mm512_reduce_add_ps(acc) * scale;
-            max = max.max(s);
-            scores.push(s);
-        }
-        let inv = softmax_weights(scores, max);
-        let mut acc = [_mm512_setzero_ps(); MAX_VECS];
-        for (p, s) in scores.iter().enumerate() {
-            let w = _mm512_set1_ps(s * inv);
-            let v = h.values.as_ptr().add(p * stride);
-            for (j, a) in acc.iter_mut().enumerate().take(nv) {
-                *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(v.add(16 * j)), *a);
-            }
-        }
-        for (j, a) in acc.iter().enumerate().take(nv) {
-            _mm512_storeu_ps(out.as_mut_ptr().add(16 * j), *a);
-        }
-    }
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn attend_avx512(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+    attend_body(h, scores, out)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -176,11 +134,9 @@ fn attn_isa() -> AttnIsa {
 pub(crate) fn attend(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     match attn_isa() {
-        // SAFETY: the CPU reports the features of the chosen path.
-        AttnIsa::Avx512 if h.q.len().is_multiple_of(16) && h.q.len() <= 256 => {
-            return unsafe { attend_avx512(h, scores, out) };
-        }
-        AttnIsa::Avx2 | AttnIsa::Avx512 => return unsafe { attend_avx2(h, scores, out) },
+        // SAFETY (both arms): the CPU reports the features of the chosen path.
+        AttnIsa::Avx512 => return unsafe { attend_avx512(h, scores, out) },
+        AttnIsa::Avx2 => return unsafe { attend_avx2(h, scores, out) },
         AttnIsa::Portable => {}
     }
     attend_body(h, scores, out)
@@ -190,43 +146,65 @@ pub(crate) fn attend(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32
 mod tests {
     use super::*;
 
+    use crate::KvCache;
+
+    /// A one-layer cache holding `keys`/`values` rows (each `kv_dim` wide).
+    fn cache(keys: &[Vec<f32>], values: &[Vec<f32>]) -> KvCache {
+        let mut c = KvCache::new(1);
+        for (pos, (k, v)) in keys.iter().zip(values).enumerate() {
+            c.append(0, pos, k, v);
+        }
+        c
+    }
+
+    fn run(q: &[f32], c: &KvCache, kv_dim: usize, head_offset: usize, portable: bool) -> Vec<f32> {
+        let (keys, values) = &c.layers[0];
+        let h = HeadAttention { q, keys, values, kv_dim, head_offset, len: values.len() / kv_dim };
+        let mut out = vec![0.0; q.len()];
+        if portable {
+            attend_body(h, &mut Vec::new(), &mut out);
+        } else {
+            attend(h, &mut Vec::new(), &mut out);
+        }
+        out
+    }
+
     #[test]
     fn attention_over_one_position_returns_its_value() {
-        let q = [1.0, 0.0, 0.0, 0.0];
-        let k = [0.5, 0.5, 0.5, 0.5];
-        let v = [1.0, 2.0, 3.0, 4.0];
-        let mut out = [0.0; 4];
-        attend(HeadAttention { q: &q, keys: &k, values: &v, stride: 4, len: 1 }, &mut Vec::new(), &mut out);
-        assert_eq!(out, v);
+        let c = cache(&[vec![0.5; 4]], &[vec![1.0, 2.0, 3.0, 4.0]]);
+        assert_eq!(run(&[1.0, 0.0, 0.0, 0.0], &c, 4, 0, false), [1.0, 2.0, 3.0, 4.0]);
     }
 
     #[test]
     fn attention_weights_follow_softmax_of_scaled_scores() {
         // Two positions, head dim 4: scores q.k/2 = [0, 1] -> weights [1/(1+e), e/(1+e)].
-        let q = [2.0, 0.0, 0.0, 0.0];
-        let k = [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0];
-        let v = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0];
-        let mut out = [0.0; 4];
-        attend(HeadAttention { q: &q, keys: &k, values: &v, stride: 4, len: 2 }, &mut Vec::new(), &mut out);
+        let c = cache(&[vec![0.0; 4], vec![1.0, 0.0, 0.0, 0.0]], &[vec![1.0, 0.0, 0.0, 0.0], vec![0.0, 1.0, 0.0, 0.0]]);
+        let out = run(&[2.0, 0.0, 0.0, 0.0], &c, 4, 0, false);
         let e = std::f32::consts::E;
         assert!((out[0] - 1.0 / (1.0 + e)).abs() < 1e-6 && (out[1] - e / (1.0 + e)).abs() < 1e-6);
     }
 
     #[test]
-    fn every_attention_path_agrees_with_the_portable_one() {
-        let hd = 64;
-        let len = 37;
-        let stride = 3 * hd;
+    fn every_attention_path_matches_plain_softmax_attention_across_key_blocks() {
+        let (hd, kv_dim, offset, len) = (64, 192, 64, 37);
         let f = |i: usize| ((i * 7919 % 997) as f32 / 498.0 - 1.0) * 2.0;
         let q: Vec<f32> = (0..hd).map(f).collect();
-        let k: Vec<f32> = (0..len * stride).map(|i| f(i + 11)).collect();
-        let v: Vec<f32> = (0..len * stride).map(|i| f(i + 29)).collect();
-        let mut want = vec![0.0; hd];
-        attend_body(HeadAttention { q: &q, keys: &k[hd..], values: &v[hd..], stride, len }, &mut Vec::new(), &mut want);
-        let mut got = vec![0.0; hd];
-        attend(HeadAttention { q: &q, keys: &k[hd..], values: &v[hd..], stride, len }, &mut Vec::new(), &mut got);
-        for (a, b) in got.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        let keys: Vec<Vec<f32>> = (0..len).map(|p| (0..kv_dim).map(|c| f(p * kv_dim + c + 11)).collect()).collect();
+        let values: Vec<Vec<f32>> = (0..len).map(|p| (0..kv_dim).map(|c| f(p * kv_dim + c + 29)).collect()).collect();
+        let scores: Vec<f32> = keys
+            .iter()
+            .map(|k| q.iter().zip(&k[offset..offset + hd]).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt())
+            .collect();
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let total: f32 = scores.iter().map(|s| (s - max).exp()).sum();
+        let want: Vec<f32> = (0..hd)
+            .map(|j| scores.iter().zip(&values).map(|(s, v)| (s - max).exp() / total * v[offset + j]).sum())
+            .collect();
+        let c = cache(&keys, &values);
+        for portable in [true, false] {
+            for (a, b) in run(&q, &c, kv_dim, offset, portable).iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "portable={portable}: {a} vs {b}");
+            }
         }
     }
 
