@@ -56,7 +56,8 @@ pub enum TokenEvent {
         id: u32,
         /// Text this token completes; empty while a multi-byte character is incomplete.
         text: String,
-        logprob: f32,
+        /// Present when the request asked for log-probabilities.
+        logprob: Option<f32>,
         top_logprobs: Vec<(u32, f32)>,
     },
     Finished {
@@ -150,7 +151,12 @@ impl Engine {
             max_context: model.max_context(),
             default_stop_ids: tokenizer.stop_token_ids().to_vec(),
         };
-        let (tx, rx) = sync_channel(config.max_queue.max(1));
+        let config = EngineConfig {
+            max_batch: config.max_batch.max(1),
+            max_queue: config.max_queue.max(1),
+            prefill_chunk: config.prefill_chunk.max(1),
+        };
+        let (tx, rx) = sync_channel(config.max_queue);
         let stats = Arc::new(EngineStats::default());
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
@@ -172,6 +178,12 @@ impl Backend for Engine {
     }
 
     fn submit(&self, request: ValidGenerateRequest) -> Result<TokenStream, EngineError> {
+        if request.checked_for != (self.limits.vocab_size, self.limits.max_context) {
+            return Err(EngineError::Validation {
+                field: "request".into(),
+                message: "was validated against another model's limits".into(),
+            });
+        }
         let (tx, rx) = unbounded_channel();
         let jobs = self.jobs.as_ref().ok_or(EngineError::Stopped)?;
         self.stats.queued.fetch_add(1, Ordering::Relaxed);

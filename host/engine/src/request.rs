@@ -76,10 +76,15 @@ impl SamplingParams {
         Ok(())
     }
 
+    /// Greedy when `temperature` is 0 (or so small that `1 / temperature`
+    /// would overflow the softmax) or only one candidate is kept.
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0 || self.top_k == 1
+        self.temperature < GREEDY_BELOW || self.top_k == 1
     }
 }
+
+/// Temperatures below this sample greedily.
+pub const GREEDY_BELOW: f32 = 1e-5;
 
 /// A generation request before validation.
 #[derive(Clone, Debug, Default)]
@@ -91,6 +96,8 @@ pub struct GenerateRequest {
     pub stop_token_ids: Vec<u32>,
     /// Keep going past EOS / stop tokens (benchmarks that need a fixed length).
     pub ignore_eos: bool,
+    /// Report each sampled token's log-probability (costs a pass over the vocabulary).
+    pub logprobs: bool,
     /// Also return the `n` most likely alternatives' log-probabilities for each token.
     pub top_logprobs: usize,
 }
@@ -103,7 +110,11 @@ pub struct ValidGenerateRequest {
     pub(crate) params: SamplingParams,
     pub(crate) max_tokens: usize,
     pub(crate) stop_token_ids: Vec<u32>,
+    pub(crate) logprobs: bool,
     pub(crate) top_logprobs: usize,
+    /// The limits it was checked against: an engine refuses a request checked
+    /// for another model.
+    pub(crate) checked_for: (usize, usize),
 }
 
 /// Most alternatives a caller may ask for per token (OpenAI's limit).
@@ -181,7 +192,9 @@ impl GenerateRequest {
             params: self.params,
             max_tokens: self.max_tokens,
             stop_token_ids,
+            logprobs: self.logprobs || self.top_logprobs > 0,
             top_logprobs: self.top_logprobs,
+            checked_for: (limits.vocab_size, limits.max_context),
         })
     }
 }

@@ -10,7 +10,8 @@ use crate::request::SamplingParams;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sampled {
     pub token: u32,
-    pub logprob: f32,
+    /// Present when the request asked for log-probabilities.
+    pub logprob: Option<f32>,
     pub top_logprobs: Vec<(u32, f32)>,
 }
 
@@ -24,6 +25,7 @@ pub struct Sampler {
     seen: Vec<u32>,
     /// Output token counts (frequency / presence penalties).
     generated: Vec<(u32, u32)>,
+    logprobs: bool,
     top_logprobs: usize,
 }
 
@@ -31,23 +33,28 @@ pub struct Sampler {
 const TOP_P_WINDOW: usize = 256;
 
 impl Sampler {
-    pub fn new(params: SamplingParams, prompt: &[u32], top_logprobs: usize) -> Self {
+    /// `logprobs`: compute each token's log-probability (and `top_logprobs`
+    /// alternatives), a full pass over the vocabulary per token.
+    pub fn new(params: SamplingParams, prompt: &[u32], logprobs: bool, top_logprobs: usize) -> Self {
         let seed = params.seed.unwrap_or_else(rand::random);
         let mut seen = prompt.to_vec();
         seen.sort_unstable();
         seen.dedup();
-        Sampler { params, rng: StdRng::seed_from_u64(seed), seen, generated: Vec::new(), top_logprobs }
+        Sampler { params, rng: StdRng::seed_from_u64(seed), seen, generated: Vec::new(), logprobs, top_logprobs }
     }
 
     /// Picks the next token and records it for the penalties.
     pub fn sample(&mut self, logits: &mut [f32]) -> Sampled {
-        let log_z = log_normalizer(logits);
-        let top_logprobs = top_n(logits, self.top_logprobs).into_iter().map(|(t, l)| (t, l - log_z)).collect();
+        let log_z = self.logprobs.then(|| log_normalizer(logits));
+        let top_logprobs = match log_z {
+            Some(z) => top_n(logits, self.top_logprobs).into_iter().map(|(t, l)| (t, l - z)).collect(),
+            None => Vec::new(),
+        };
         let originals = self.apply_bias_and_penalties(logits);
         let token = if self.params.is_greedy() { argmax(logits) } else { self.draw(logits) };
         let raw = originals.iter().find(|(t, _)| *t == token).map_or(logits[token as usize], |o| o.1);
         self.record(token);
-        Sampled { token, logprob: raw - log_z, top_logprobs }
+        Sampled { token, logprob: log_z.map(|z| raw - z), top_logprobs }
     }
 
     /// Applies logit bias and penalties in place; returns the original values of
@@ -86,7 +93,8 @@ impl Sampler {
         }
     }
 
-    /// Temperature, then top-k, top-p and min-p truncation, then a draw.
+    /// Top-k, temperature, then top-p and min-p truncation (HF / vLLM order),
+    /// then a draw.
     fn draw(&mut self, logits: &[f32]) -> u32 {
         let inv_t = 1.0 / self.params.temperature;
         let k = if self.params.top_k == 0 { logits.len() } else { self.params.top_k.min(logits.len()) };
@@ -101,14 +109,14 @@ impl Sampler {
             c.1 = ((c.1 - max) * inv_t).exp();
             total += c.1;
         }
+        if self.params.top_p < 1.0 {
+            total = truncate_top_p(&mut cand, total, self.params.top_p);
+        }
         if self.params.min_p > 0.0 {
             // The most likely token has weight exp(0) = 1 after the shift above.
             let floor = self.params.min_p;
             cand.retain(|c| c.1 >= floor);
             total = cand.iter().map(|c| c.1).sum();
-        }
-        if self.params.top_p < 1.0 {
-            total = truncate_top_p(&mut cand, total, self.params.top_p);
         }
         let mut r = self.rng.random::<f32>() * total;
         for &(t, w) in &cand {
@@ -117,7 +125,8 @@ impl Sampler {
             }
             r -= w;
         }
-        cand.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map(|c| c.0).unwrap_or(0)
+        // Rounding left `r` just past the end: the last candidate is the draw.
+        cand.last().map_or_else(|| argmax(logits), |c| c.0)
     }
 }
 

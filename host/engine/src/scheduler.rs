@@ -13,7 +13,9 @@ use kiln_model::{KvCache, Model, SeqBatchItem};
 use kiln_tokenizer::{IncrementalDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::sampling::Sampler;
+use rayon::prelude::*;
+
+use crate::sampling::{Sampled, Sampler};
 use crate::{EngineConfig, EngineStats, FinishReason, TokenEvent, Usage, ValidGenerateRequest};
 
 pub(crate) struct Job {
@@ -74,7 +76,7 @@ pub(crate) fn run(
             }
             let r = job.request;
             running.push(Sequence {
-                sampler: Sampler::new(r.params, &r.prompt_tokens, r.top_logprobs),
+                sampler: Sampler::new(r.params, &r.prompt_tokens, r.logprobs, r.top_logprobs),
                 prefilled: 0,
                 input: Vec::new(),
                 cache: model.new_cache(),
@@ -141,13 +143,20 @@ fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats
             return;
         }
     };
+    // Logits come back for the sequences that had input; line them up with
+    // `running`, then sample every sequence in parallel on the pool (a pass
+    // over the vocabulary each).
     let mut logits = logits.into_iter();
+    let mut per_seq: Vec<Option<Vec<f32>>> =
+        running.iter().map(|s| if s.input.is_empty() { None } else { logits.next().flatten() }).collect();
+    let sampled: Vec<Option<Sampled>> = running
+        .par_iter_mut()
+        .zip(per_seq.par_iter_mut())
+        .map(|(seq, l)| l.as_mut().map(|l| seq.sampler.sample(l)))
+        .collect();
+    let mut sampled = sampled.into_iter();
     running.retain_mut(|seq| {
-        if seq.input.is_empty() {
-            return true;
-        }
-        let Some(Some(mut l)) = logits.next() else { return true };
-        let sampled = seq.sampler.sample(&mut l);
+        let Some(Some(sampled)) = sampled.next() else { return true };
         seq.generated += 1;
         seq.last = Some(sampled.token);
         stats.generated_tokens.fetch_add(1, Ordering::Relaxed);

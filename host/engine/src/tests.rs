@@ -168,3 +168,19 @@ fn eos_stops_with_reason_stop_unless_ignored() {
         collect(e.generate(GenerateRequest { ignore_eos: true, ..greedy(prompt("Say yes."), 40) }).unwrap());
     assert_eq!((ids.len(), reason), (40, FinishReason::Length));
 }
+
+#[test]
+fn zero_sized_config_values_are_clamped_not_hung() {
+    let e = engine(EngineConfig { max_batch: 0, max_queue: 0, prefill_chunk: 0 });
+    let (ids, _) = collect(e.generate(greedy(prompt("hi"), 3)).unwrap());
+    assert!(!ids.is_empty());
+}
+
+#[test]
+fn a_request_validated_for_other_limits_is_refused() {
+    let e = engine(EngineConfig::default());
+    let mut limits = e.limits().clone();
+    limits.max_context = 1_000_000;
+    let valid = greedy(prompt("hi"), 100_000).validate(&limits).unwrap();
+    assert!(matches!(e.submit(valid), Err(EngineError::Validation { .. })));
+}

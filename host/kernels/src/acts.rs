@@ -50,8 +50,8 @@ impl QuantizedActs {
         self.sum_d.clear();
         self.sum_d.resize(rows * nb, 0.0);
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU reports the features `quantize_avx2` is compiled for.
+        if crate::Isa::current() != crate::Isa::Scalar {
+            // SAFETY: every non-scalar `Isa` implies AVX2 and FMA.
             unsafe { self.quantize_avx2(x) };
             return;
         }

@@ -3,7 +3,7 @@
 //! Weights in GGUF's `Q4_1` and `Q8_0` formats are repacked once at load into
 //! a layout that AVX2 and AVX-512 dot products read in one pass, and every
 //! activation row is quantized to 8 bits per 32-element block. One weight row
-//! is then dotted against up to four activation rows at a time, so a batch of
+//! is then dotted against up to eight activation rows at a time, so a batch of
 //! sequences reads the weights once per step (a matrix-matrix product, not
 //! sixteen matrix-vector ones).
 //!
@@ -60,6 +60,19 @@ impl Isa {
             }
         }
         Isa::Scalar
+    }
+
+    /// The path every kernel of this process uses: [`Isa::detect`], once.
+    pub fn current() -> Isa {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(Isa::detect)
+    }
+
+    /// `self`, or the best this CPU has if `self` asks for more (running an
+    /// instruction the CPU lacks would be undefined behaviour).
+    pub(crate) fn supported(self) -> Isa {
+        let best = Self::best_available();
+        if self as u8 > best as u8 { best } else { self }
     }
 
     /// Every path this machine can run, lowest first (used by the tests).

@@ -1,7 +1,5 @@
 //! Quantized weight matrices repacked for the kernels, and the batched product driver.
 
-use std::sync::OnceLock;
-
 use half::f16;
 use rayon::prelude::*;
 
@@ -10,6 +8,8 @@ use crate::{BLOCK, Isa, scalar};
 
 /// Activation rows dotted with each weight row while it sits in registers.
 const MAX_GROUP: usize = 8;
+/// Weight rows per cache block (64 rows of 1536 Q4_1 weights: 48 KiB).
+const ROW_BLOCK: usize = 64;
 
 /// GGUF formats the kernels run natively.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,11 +55,6 @@ pub(crate) struct WeightRow<'a> {
     pub qs: &'a [u8],
     pub d: &'a [f16],
     pub m: &'a [f16],
-}
-
-fn global_isa() -> Isa {
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(Isa::detect)
 }
 
 impl QMatrix {
@@ -151,11 +146,13 @@ impl QMatrix {
     /// `out[i][r] = dot(weight row r, activation row i)`: `out` is
     /// `x.rows() x self.rows()`, row-major. Runs on the rayon pool.
     pub fn matmul(&self, x: &QuantizedActs, out: &mut [f32]) {
-        self.matmul_with(global_isa(), x, out)
+        self.matmul_with(Isa::current(), x, out)
     }
 
-    /// [`Self::matmul`] on a given instruction set (tests compare them).
+    /// [`Self::matmul`] on a given instruction set (tests and benchmarks compare
+    /// them); one this CPU lacks falls back to the best it has.
     pub fn matmul_with(&self, isa: Isa, x: &QuantizedActs, out: &mut [f32]) {
+        let isa = isa.supported();
         assert_eq!(x.cols, self.cols, "activation width != weight columns");
         assert_eq!(x.nb, self.nb);
         assert_eq!(out.len(), x.rows * self.rows, "output shape mismatch");
@@ -166,24 +163,29 @@ impl QMatrix {
         let chunk = n.div_ceil(tasks.max(1));
         let out_ptr = SendPtr(out.as_mut_ptr());
         let run = |start: usize| {
-            let rows = start..(start + chunk).min(n);
-            let mut b = 0;
-            while b < x.rows {
-                let take = (x.rows - b).min(MAX_GROUP);
-                // SAFETY: each task writes only columns `rows` of the output
-                // (which no other task touches) for activation rows `b..b + take`.
-                let out = unsafe { out_ptr.get().add(b * n) };
-                match take {
-                    8 => self.rows_group::<8>(isa, rows.clone(), x, b, out),
-                    7 => self.rows_group::<7>(isa, rows.clone(), x, b, out),
-                    6 => self.rows_group::<6>(isa, rows.clone(), x, b, out),
-                    5 => self.rows_group::<5>(isa, rows.clone(), x, b, out),
-                    4 => self.rows_group::<4>(isa, rows.clone(), x, b, out),
-                    3 => self.rows_group::<3>(isa, rows.clone(), x, b, out),
-                    2 => self.rows_group::<2>(isa, rows.clone(), x, b, out),
-                    _ => self.rows_group::<1>(isa, rows.clone(), x, b, out),
+            let end = (start + chunk).min(n);
+            // Row blocks outside, activation groups inside: a block's weights are
+            // read from memory once and stay in cache for every group.
+            for block_start in (start..end).step_by(ROW_BLOCK) {
+                let rows = block_start..(block_start + ROW_BLOCK).min(end);
+                let mut b = 0;
+                while b < x.rows {
+                    let take = (x.rows - b).min(MAX_GROUP);
+                    // SAFETY: each task writes only columns `rows` of the output
+                    // (which no other task touches) for activation rows `b..b + take`.
+                    let out = unsafe { out_ptr.get().add(b * n) };
+                    match take {
+                        8 => self.rows_group::<8>(isa, rows.clone(), x, b, out),
+                        7 => self.rows_group::<7>(isa, rows.clone(), x, b, out),
+                        6 => self.rows_group::<6>(isa, rows.clone(), x, b, out),
+                        5 => self.rows_group::<5>(isa, rows.clone(), x, b, out),
+                        4 => self.rows_group::<4>(isa, rows.clone(), x, b, out),
+                        3 => self.rows_group::<3>(isa, rows.clone(), x, b, out),
+                        2 => self.rows_group::<2>(isa, rows.clone(), x, b, out),
+                        _ => self.rows_group::<1>(isa, rows.clone(), x, b, out),
+                    }
+                    b += take;
                 }
-                b += take;
             }
         };
         if tasks <= 1 {
@@ -209,8 +211,8 @@ impl QMatrix {
         let a: [ActRow<'_>; N] = std::array::from_fn(|i| x.row(b + i));
         let n = self.rows;
         match (isa, self.format) {
-            // SAFETY (all x86 arms): `Isa` values above Scalar are only produced when
-            // the CPU reports their features; `out` holds N rows of `n` outputs.
+            // SAFETY (all x86 arms): `matmul_with` clamped `isa` to what the CPU
+            // reports; `out` holds N rows of `n` outputs.
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512Vnni, WeightFormat::Q4_1) => unsafe {
                 crate::x86::q4_1_rows_avx512::<N>(self, rows, a, out, n)

@@ -1,6 +1,6 @@
 //! AVX2 and AVX-512 VNNI kernels. Each processes one pair of blocks (64
 //! weights) per iteration and dots it with `N` activation rows, so the
-//! weights are unpacked once for up to four sequences.
+//! weights are unpacked once for up to eight sequences.
 //!
 //! Safety contract for every function here: the CPU supports the enabled
 //! features, `w` and each `a[i]` hold at least `npairs` pairs of blocks.
@@ -19,11 +19,12 @@ unsafe fn two_f16(p: *const half::f16) -> __m128 {
     unsafe { _mm_cvtph_ps(_mm_cvtsi32_si128(read_unaligned(p as *const i32))) }
 }
 
-/// Two `f32` values at `p` as `[v0, v1, 0, 0]`.
+/// Two `f32` values at `p` as `[v0, v1, 0, 0]` (an unaligned 64-bit load).
 #[inline(always)]
 unsafe fn two_f32(p: *const f32) -> __m128 {
-    // SAFETY: callers pass a pointer to two readable f32 values.
-    unsafe { _mm_castpd_ps(_mm_load_sd(p as *const f64)) }
+    // SAFETY: callers pass a pointer to two readable f32 values; `movq` has no
+    // alignment requirement.
+    unsafe { _mm_castsi128_ps(_mm_loadl_epi64(p as *const __m128i)) }
 }
 
 #[inline(always)]

@@ -104,40 +104,15 @@ fn attend_avx512(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     attend_body(h, scores, out)
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum AttnIsa {
-    Portable,
-    Avx2,
-    Avx512,
-}
-
-fn attn_isa() -> AttnIsa {
-    use std::sync::OnceLock;
-    static ISA: OnceLock<AttnIsa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::env::var("KILN_ISA").as_deref() != Ok("scalar") {
-                if is_x86_feature_detected!("avx512f") && std::env::var("KILN_ISA").as_deref() != Ok("avx2") {
-                    return AttnIsa::Avx512;
-                }
-                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                    return AttnIsa::Avx2;
-                }
-            }
-        }
-        AttnIsa::Portable
-    })
-}
-
 /// Softmax attention of one query head, into `out` (`scores` is scratch).
 pub(crate) fn attend(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    match attn_isa() {
-        // SAFETY (both arms): the CPU reports the features of the chosen path.
-        AttnIsa::Avx512 => return unsafe { attend_avx512(h, scores, out) },
-        AttnIsa::Avx2 => return unsafe { attend_avx2(h, scores, out) },
-        AttnIsa::Portable => {}
+    match kiln_kernels::Isa::current() {
+        // SAFETY (both arms): the kernels' ISA implies these features
+        // (AVX-512 VNNI: AVX-512F, AVX2, FMA; AVX2: AVX2, FMA).
+        kiln_kernels::Isa::Avx512Vnni => return unsafe { attend_avx512(h, scores, out) },
+        kiln_kernels::Isa::Avx2 => return unsafe { attend_avx2(h, scores, out) },
+        kiln_kernels::Isa::Scalar => {}
     }
     attend_body(h, scores, out)
 }
