@@ -32,8 +32,16 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         .with_context(|| format!("{} is not a GGUF file", path.display()))?;
     let tokenizer = Tokenizer::from_gguf(&content)?;
     let token = |id: Option<u32>| id.and_then(|i| tokenizer.token_str(i)).unwrap_or("").to_string();
-    let template =
-        ChatTemplate::new(model.chat_template(), &token(tokenizer.bos_token_id()), &token(tokenizer.eos_token_id()))?;
+    let (bos, eos) = (token(tokenizer.bos_token_id()), token(tokenizer.eos_token_id()));
+    let template = match ChatTemplate::new(model.chat_template(), &bos, &eos) {
+        Ok(t) => t,
+        Err(e) => {
+            // A template minijinja cannot compile should not stop the model from
+            // serving raw prompts: fall back to ChatML and say so.
+            tracing::warn!(error = %e, "the model's chat template does not compile; using ChatML");
+            ChatTemplate::new(None, &bos, &eos)?
+        }
+    };
     tracing::info!(
         model = %path.display(),
         layers = model.config().n_layer,

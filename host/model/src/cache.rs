@@ -13,16 +13,19 @@ pub struct KvCache {
     /// `(pos, c)` lives at `(pos / KEY_BLOCK) * kv_dim * KEY_BLOCK + c * KEY_BLOCK + pos % KEY_BLOCK`.
     pub(crate) layers: Vec<(Vec<f32>, Vec<f32>)>,
     pub(crate) len: usize,
+    /// Width of a key or value row (set by the first append).
+    kv_dim: usize,
 }
 
 impl KvCache {
     pub fn new(n_layer: usize) -> Self {
-        KvCache { layers: vec![(Vec::new(), Vec::new()); n_layer], len: 0 }
+        KvCache { layers: vec![(Vec::new(), Vec::new()); n_layer], len: 0, kv_dim: 0 }
     }
 
     /// Stores layer `layer`'s key and value rows for position `pos`.
     pub(crate) fn append(&mut self, layer: usize, pos: usize, key: &[f32], value: &[f32]) {
         let kv_dim = key.len();
+        self.kv_dim = kv_dim;
         let (keys, values) = &mut self.layers[layer];
         let block = (pos / KEY_BLOCK) * kv_dim * KEY_BLOCK;
         if keys.len() < block + kv_dim * KEY_BLOCK {
@@ -34,6 +37,15 @@ impl KvCache {
         }
         debug_assert_eq!(values.len(), pos * kv_dim, "positions are appended in order");
         values.extend_from_slice(value);
+    }
+
+    /// Drops rows appended past `len` (a step that failed half-way).
+    pub(crate) fn rollback(&mut self) {
+        let (len, kv_dim) = (self.len, self.kv_dim);
+        for (keys, values) in &mut self.layers {
+            keys.truncate(len.div_ceil(KEY_BLOCK) * kv_dim * KEY_BLOCK);
+            values.truncate(len * kv_dim);
+        }
     }
 
     /// Tokens held.

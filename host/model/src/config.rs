@@ -17,6 +17,8 @@ pub struct ModelConfig {
     pub head_dim: usize,
     pub rope_dim: usize,
     pub rope_freq_base: f32,
+    /// Positions are divided by this (`rope.scaling.type = linear`); 1 otherwise.
+    pub rope_linear_scale: f32,
     pub rms_eps: f32,
     /// Context length the model was trained with.
     pub n_ctx_train: usize,
@@ -49,6 +51,25 @@ impl ModelConfig {
         }
         let head_dim = n_embd / n_head;
         let rope_dim = u("rope.dimension_count").unwrap_or(head_dim);
+        if rope_dim > head_dim || rope_dim % 2 != 0 {
+            return Err(ModelError::Unsupported(format!("RoPE over {rope_dim} of {head_dim} head dimensions")));
+        }
+        let scaling = content.metadata.get(&format!("{arch}.rope.scaling.type")).and_then(|v| v.to_string().ok());
+        let rope_linear_scale = match scaling.map(String::as_str) {
+            None | Some("none") => 1.0,
+            Some("linear") => {
+                let key = format!("{arch}.rope.scaling.factor");
+                content
+                    .metadata
+                    .get(&key)
+                    .map(|v| v.to_f32().map_err(|e| meta_err(&key, e)))
+                    .transpose()?
+                    .unwrap_or(1.0)
+            }
+            Some(other) => {
+                return Err(ModelError::Unsupported(format!("RoPE scaling `{other}` (kiln runs none and linear)")));
+            }
+        };
         let f = |key: &str, default: f32| -> Result<f32> {
             let full = format!("{arch}.{key}");
             match content.metadata.get(&full) {
@@ -74,6 +95,7 @@ impl ModelConfig {
             head_dim,
             rope_dim,
             rope_freq_base: f("rope.freq_base", 10_000.0)?,
+            rope_linear_scale,
             rms_eps: f("attention.layer_norm_rms_epsilon", 1e-5)?,
             n_ctx_train: u("context_length")?,
             vocab_size,

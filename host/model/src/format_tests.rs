@@ -17,6 +17,11 @@ const LAYERS: usize = 2;
 /// Writes a 2-layer Llama (width 256: K-quants need 256-wide rows) whose
 /// matrices are all `dtype`; returns the file.
 fn write_model(dtype: GgmlDType, dir: &std::path::Path) -> std::path::PathBuf {
+    write_model_with(dtype, dir, vec![])
+}
+
+/// [`write_model`] with extra metadata entries.
+fn write_model_with(dtype: GgmlDType, dir: &std::path::Path, extra: Vec<(&str, Value)>) -> std::path::PathBuf {
     let dev = Device::Cpu;
     let mut seed = 1u32;
     // A random `rows x cols` matrix quantized to `dtype`.
@@ -60,7 +65,8 @@ fn write_model(dtype: GgmlDType, dir: &std::path::Path) -> std::path::PathBuf {
         ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
         ("llama.rope.freq_base", Value::F32(10_000.0)),
     ];
-    let path = dir.join(format!("tiny-{dtype:?}.gguf"));
+    let meta: Vec<(&str, Value)> = meta.into_iter().chain(extra).collect();
+    let path = dir.join(format!("tiny-{dtype:?}-{}.gguf", meta.len()));
     let mut f = std::fs::File::create(&path).unwrap();
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -115,4 +121,40 @@ fn every_supported_format_loads_and_matches_candle() {
         assert!(err < tolerance, "{dtype:?}: kiln vs candle relative error {err}");
         assert!(relative_error(&ours, &exact) < 5e-2, "{dtype:?}: quantized path far from exact");
     }
+}
+
+fn load_error(path: &std::path::Path) -> String {
+    Model::load(path, None).expect_err("should be refused").to_string()
+}
+
+#[test]
+fn unsupported_rope_scaling_is_refused_and_linear_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let yarn =
+        write_model_with(GgmlDType::Q8_0, dir.path(), vec![("llama.rope.scaling.type", Value::String("yarn".into()))]);
+    assert!(load_error(&yarn).contains("yarn"), "{}", load_error(&yarn));
+    let linear = write_model_with(
+        GgmlDType::Q8_0,
+        dir.path(),
+        vec![
+            ("llama.rope.scaling.type", Value::String("linear".into())),
+            ("llama.rope.scaling.factor", Value::F32(2.0)),
+        ],
+    );
+    let tokens = [5u32, 17, 200, 3];
+    // Linear scaling changes positions, so logits beyond the first token change.
+    assert_ne!(
+        kiln_logits(&linear, &tokens, true),
+        kiln_logits(&write_model(GgmlDType::Q8_0, dir.path()), &tokens, true)
+    );
+}
+
+#[test]
+fn a_truncated_file_names_the_tensor_that_runs_past_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_model(GgmlDType::Q8_0, dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
+    let err = load_error(&path);
+    assert!(err.contains("past the end of the file"), "{err}");
 }

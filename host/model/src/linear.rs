@@ -33,10 +33,18 @@ pub(crate) fn read_raw(file: &mut File, content: &Content, name: &str) -> Result
     if cols % block != 0 {
         return Err(err(format!("{cols} columns is not a multiple of the block size {block}")));
     }
-    let size = rows * cols / block * info.ggml_dtype.type_size();
+    let size = rows
+        .checked_mul(cols / block)
+        .and_then(|n| n.checked_mul(info.ggml_dtype.type_size()))
+        .ok_or_else(|| err(format!("{rows}x{cols} is too large")))?;
+    let start = content.tensor_data_offset.saturating_add(info.offset);
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    if start.saturating_add(size as u64) > file_len {
+        return Err(err(format!("needs {size} bytes at offset {start}, past the end of the file ({file_len} bytes)")));
+    }
     let mut data = vec![0u8; size];
     let io = |e: std::io::Error| err(format!("reading {size} bytes: {e}"));
-    file.seek(SeekFrom::Start(content.tensor_data_offset + info.offset)).map_err(io)?;
+    file.seek(SeekFrom::Start(start)).map_err(io)?;
     file.read_exact(&mut data).map_err(io)?;
     Ok(RawTensor { dtype: info.ggml_dtype, rows, cols, data })
 }
@@ -76,6 +84,13 @@ impl Linear {
         match self {
             Linear::Native(m) => m.rows(),
             Linear::Candle { rows, .. } => *rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Linear::Native(m) => m.cols(),
+            Linear::Candle { cols, .. } => *cols,
         }
     }
 
@@ -141,6 +156,10 @@ impl FusedLinear {
 
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.parts[0].cols()
     }
 
     /// `out` (`n x rows`) = `x` (`n x cols`) times every part, side by side.

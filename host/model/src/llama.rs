@@ -36,6 +36,10 @@ enum Embedding {
     },
 }
 
+/// Default cap on sequence length: models trained on 128k contexts would
+/// otherwise size their RoPE tables (and let KV caches grow) that far.
+pub const DEFAULT_MAX_CONTEXT: usize = 8192;
+
 /// How to load a model.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadOptions {
@@ -66,6 +70,8 @@ pub struct Model {
     blocks: Vec<Block>,
     output_norm: Vec<f32>,
     output: Linear,
+    /// Per-frequency divisors (`rope_freqs.weight`, as Llama 3.1+ ship).
+    rope_freq_factors: Option<Vec<f32>>,
     /// `max_context x rope_dim/2` cosines and sines.
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
@@ -97,7 +103,11 @@ impl Model {
     }
 
     fn with_max_context(mut self, max_context: Option<usize>) -> Model {
-        let max = max_context.unwrap_or(self.config.n_ctx_train).clamp(1, self.config.n_ctx_train.max(1));
+        let trained = self.config.n_ctx_train.max(1);
+        let max = max_context.unwrap_or(trained.min(DEFAULT_MAX_CONTEXT)).clamp(1, trained);
+        if max_context.is_none() && max < trained {
+            tracing::info!(trained, max, "context capped by default; pass a larger max context to use more");
+        }
         self.max_context = max;
         self.build_rope_table();
         self
@@ -141,15 +151,41 @@ impl Model {
                 gate_up: FusedLinear::load(file, content, &[n("ffn_gate"), n("ffn_up")], f32_weights)?,
                 down: FusedLinear::load(file, content, &[n("ffn_down")], f32_weights)?,
             };
-            let kv = config.n_head_kv * config.head_dim;
-            if block.qkv.rows() != config.n_embd + 2 * kv || block.gate_up.rows() != 2 * config.n_ff {
-                return Err(ModelError::Tensor { name: n("attn_q"), reason: "shapes disagree with metadata".into() });
-            }
+            let (d, kv, ff) = (config.n_embd, config.n_head_kv * config.head_dim, config.n_ff);
+            expect_shape(&n("attn_q/k/v"), (block.qkv.rows(), block.qkv.cols()), (d + 2 * kv, d))?;
+            expect_shape(&n("attn_output"), (block.wo.rows(), block.wo.cols()), (d, d))?;
+            expect_shape(&n("ffn_gate/up"), (block.gate_up.rows(), block.gate_up.cols()), (2 * ff, d))?;
+            expect_shape(&n("ffn_down"), (block.down.rows(), block.down.cols()), (d, ff))?;
+            expect_shape(&n("attn_norm"), (1, block.attn_norm.len()), (1, d))?;
+            expect_shape(&n("ffn_norm"), (1, block.ffn_norm.len()), (1, d))?;
             blocks.push(block);
         }
+        if output.cols() != config.n_embd || output.rows() < config.vocab_size {
+            return Err(ModelError::Tensor {
+                name: "output.weight".into(),
+                reason: format!(
+                    "shape {}x{}, expected at least {}x{}",
+                    output.rows(),
+                    output.cols(),
+                    config.vocab_size,
+                    config.n_embd
+                ),
+            });
+        }
+        let output_norm = vec(file, "output_norm.weight")?;
+        expect_shape("output_norm.weight", (1, output_norm.len()), (1, config.n_embd))?;
+        let rope_freq_factors = match content.tensor_infos.get("rope_freqs.weight") {
+            None => None,
+            Some(_) => {
+                let f = vec(file, "rope_freqs.weight")?;
+                expect_shape("rope_freqs.weight", (1, f.len()), (1, config.rope_dim / 2))?;
+                Some(f)
+            }
+        };
         let chat_template = content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
         Ok(Model {
-            output_norm: vec(file, "output_norm.weight")?,
+            output_norm,
+            rope_freq_factors,
             max_context: config.n_ctx_train,
             config,
             embedding,
@@ -164,7 +200,11 @@ impl Model {
     fn build_rope_table(&mut self) {
         let half = self.config.rope_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / self.config.rope_freq_base.powf(2.0 * i as f32 / self.config.rope_dim as f32))
+            .map(|i| {
+                let f = 1.0 / self.config.rope_freq_base.powf(2.0 * i as f32 / self.config.rope_dim as f32);
+                let factor = self.rope_freq_factors.as_ref().map_or(1.0, |v| v[i]);
+                f / factor / self.config.rope_linear_scale
+            })
             .collect();
         self.rope_cos = Vec::with_capacity(self.max_context * half);
         self.rope_sin = Vec::with_capacity(self.max_context * half);
@@ -236,39 +276,53 @@ impl Model {
         let mut h = vec![0f32; t * cfg.n_ff];
         let mut acts = QuantizedActs::new();
         let half = cfg.rope_dim / 2;
-        for (l, block) in self.blocks.iter().enumerate() {
-            ops::rms_norm(&x, &block.attn_norm, cfg.rms_eps, &mut xn);
-            block.qkv.forward(&xn, t, &mut acts, &mut qkv)?;
-            for (row, &(_, pos)) in qkv.chunks_exact_mut(qkv_w).zip(&rows) {
-                let (cos, sin) = (&self.rope_cos[pos * half..][..half], &self.rope_sin[pos * half..][..half]);
-                for head in row[..d + kvd].chunks_exact_mut(hd) {
-                    ops::rope_interleaved(&mut head[..cfg.rope_dim], cos, sin);
+        // A failed product (candle's formats can fail) must not leave caches with
+        // rows past their length: roll every cache back before reporting it.
+        let ran = (|| -> Result<()> {
+            for (l, block) in self.blocks.iter().enumerate() {
+                ops::rms_norm(&x, &block.attn_norm, cfg.rms_eps, &mut xn);
+                block.qkv.forward(&xn, t, &mut acts, &mut qkv)?;
+                for (row, &(_, pos)) in qkv.chunks_exact_mut(qkv_w).zip(&rows) {
+                    let (cos, sin) = (&self.rope_cos[pos * half..][..half], &self.rope_sin[pos * half..][..half]);
+                    for head in row[..d + kvd].chunks_exact_mut(hd) {
+                        ops::rope_interleaved(&mut head[..cfg.rope_dim], cos, sin);
+                    }
                 }
-            }
-            for (row, &(i, pos)) in qkv.chunks_exact(qkv_w).zip(&rows) {
-                items[i].cache.append(l, pos, &row[d..d + kvd], &row[d + kvd..]);
-            }
-            let caches: Vec<&KvCache> = items.iter().map(|it| &*it.cache).collect();
-            let group = n_head / n_kv;
-            attn.par_chunks_mut(hd).with_min_len(group).enumerate().for_each_init(Vec::new, |scores, (idx, out)| {
-                let (row, head) = (idx / n_head, idx % n_head);
-                let (item, pos) = rows[row];
-                let q = &qkv[row * qkv_w + head * hd..][..hd];
-                let (keys, values) = &caches[item].layers[l];
-                let head_offset = (head / group) * hd;
-                ops::attend(
-                    ops::HeadAttention { q, keys, values, kv_dim: kvd, head_offset, len: pos + 1 },
-                    scores,
-                    out,
+                for (row, &(i, pos)) in qkv.chunks_exact(qkv_w).zip(&rows) {
+                    items[i].cache.append(l, pos, &row[d..d + kvd], &row[d + kvd..]);
+                }
+                let caches: Vec<&KvCache> = items.iter().map(|it| &*it.cache).collect();
+                let group = n_head / n_kv;
+                attn.par_chunks_mut(hd).with_min_len(group).enumerate().for_each_init(
+                    Vec::new,
+                    |scores, (idx, out)| {
+                        let (row, head) = (idx / n_head, idx % n_head);
+                        let (item, pos) = rows[row];
+                        let q = &qkv[row * qkv_w + head * hd..][..hd];
+                        let (keys, values) = &caches[item].layers[l];
+                        let head_offset = (head / group) * hd;
+                        ops::attend(
+                            ops::HeadAttention { q, keys, values, kv_dim: kvd, head_offset, len: pos + 1 },
+                            scores,
+                            out,
+                        );
+                    },
                 );
-            });
-            block.wo.forward(&attn, t, &mut acts, &mut proj)?;
-            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
-            ops::rms_norm(&x, &block.ffn_norm, cfg.rms_eps, &mut xn);
-            block.gate_up.forward(&xn, t, &mut acts, &mut gate_up)?;
-            ops::silu_mul(&gate_up, cfg.n_ff, &mut h);
-            block.down.forward(&h, t, &mut acts, &mut proj)?;
-            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+                block.wo.forward(&attn, t, &mut acts, &mut proj)?;
+                x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+                ops::rms_norm(&x, &block.ffn_norm, cfg.rms_eps, &mut xn);
+                block.gate_up.forward(&xn, t, &mut acts, &mut gate_up)?;
+                ops::silu_mul(&gate_up, cfg.n_ff, &mut h);
+                block.down.forward(&h, t, &mut acts, &mut proj)?;
+                x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+            }
+            Ok(())
+        })();
+        if let Err(e) = ran {
+            for item in items.iter_mut() {
+                item.cache.rollback();
+            }
+            return Err(e);
         }
         for item in items.iter_mut() {
             item.cache.len += item.tokens.len();
@@ -307,4 +361,14 @@ impl Model {
             }
         }
     }
+}
+
+fn expect_shape(name: &str, got: (usize, usize), want: (usize, usize)) -> Result<()> {
+    if got == want {
+        return Ok(());
+    }
+    Err(ModelError::Tensor {
+        name: name.into(),
+        reason: format!("shape {}x{} disagrees with the metadata ({}x{})", got.0, got.1, want.0, want.1),
+    })
 }
