@@ -27,7 +27,8 @@ pub struct BenchArgs {
     /// them on the same file (`-t THREADS`) and report kiln/llama.cpp ratios.
     #[arg(long)]
     compare_llama_cpp: Option<PathBuf>,
-    #[arg(long, default_value_t = 2)]
+    /// Threads for kiln's kernels and for llama.cpp (`-t`).
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(2, |n| n.get()))]
     threads: usize,
 }
 
@@ -99,6 +100,8 @@ fn steady_decode_tps(times: &[Vec<Instant>]) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    // kiln and llama.cpp get the same number of threads.
+    rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global().context("sizing the thread pool")?;
     let loaded = load::load(&args.model)?;
     let engine = loaded.engine(EngineConfig { max_batch: 16, max_queue: 64, prefill_chunk: 512 });
     let runs = args.runs.max(1);

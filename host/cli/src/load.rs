@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use kiln_chat::{ChatMessage, ChatTemplate};
 use kiln_engine::{Engine, EngineConfig};
-use kiln_model::Model;
+use kiln_model::{LoadOptions, Model};
 use kiln_tokenizer::Tokenizer;
 
 use crate::ModelArgs;
@@ -26,10 +26,12 @@ pub fn resolve(args: &ModelArgs) -> Result<PathBuf> {
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let path = resolve(args)?;
     let started = std::time::Instant::now();
-    let model = Model::load(&path, args.max_context)?;
-    let mut file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file = std::fs::File::open(&path).with_context(|| format!("cannot open model file {}", path.display()))?;
     let content = candle_core::quantized::gguf_file::Content::read(&mut file)
-        .with_context(|| format!("{} is not a GGUF file", path.display()))?;
+        .with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
+    let options = LoadOptions { max_context: args.max_context, ..LoadOptions::default() };
+    let model =
+        Model::from_content(&content, &mut file, options).with_context(|| format!("loading {}", path.display()))?;
     let tokenizer = Tokenizer::from_gguf(&content)?;
     let token = |id: Option<u32>| id.and_then(|i| tokenizer.token_str(i)).unwrap_or("").to_string();
     let (bos, eos) = (token(tokenizer.bos_token_id()), token(tokenizer.eos_token_id()));

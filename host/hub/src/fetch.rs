@@ -106,7 +106,7 @@ fn bar(progress: bool, total: Option<u64>, msg: String) -> ProgressBar {
 /// the network or the disk correctly.
 fn copy_hashing(
     src: &mut impl Read,
-    dst: &mut File,
+    dst: &mut impl Write,
     dst_path: &Path,
     bar: &ProgressBar,
 ) -> Result<Result<String, io::Error>, HubError> {
@@ -208,18 +208,9 @@ pub(crate) fn hash_file(path: &Path, progress: bool) -> Result<String, HubError>
     let mut file = File::open(path).map_err(HubError::io("could not open", path))?;
     let len = file.metadata().map(|m| m.len()).ok();
     let bar = bar(progress, len, "verifying cached model".to_owned());
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf).map_err(HubError::io("could not read", path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        bar.inc(n as u64);
-    }
+    let hash = copy_hashing(&mut file, &mut io::sink(), path, &bar)?.map_err(HubError::io("could not read", path))?;
     bar.finish_and_clear();
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hash)
 }
 
 #[cfg(test)]

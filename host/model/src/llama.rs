@@ -4,9 +4,10 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::QMatMul;
+use candle_core::Device;
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::Content;
-use candle_core::{DType, Device};
 use kiln_kernels::{QMatrix, QuantizedActs};
 use rayon::prelude::*;
 
@@ -30,10 +31,9 @@ struct Block {
 enum Embedding {
     /// Rows dequantized on lookup; shared with a tied output head.
     Native(Arc<QMatrix>),
-    Dense {
-        values: Vec<f32>,
-        cols: usize,
-    },
+    /// Any other GGUF format, kept as is and dequantized a row per lookup
+    /// (a whole f32 copy would be ~1 GB for a 1B model's 128k vocabulary).
+    Rows { dtype: GgmlDType, cols: usize, row_bytes: usize, raw: Vec<u8> },
 }
 
 /// Default cap on sequence length: models trained on 128k contexts would
@@ -99,7 +99,13 @@ impl Model {
         let mut file = File::open(path).map_err(|source| ModelError::Io { path: display.clone(), source })?;
         let content =
             Content::read(&mut file).map_err(|e| ModelError::Gguf { path: display.clone(), reason: e.to_string() })?;
-        Self::from_gguf(&content, &mut file, options.f32_weights).map(|m| m.with_max_context(options.max_context))
+        Self::from_content(&content, &mut file, options)
+    }
+
+    /// Loads from a GGUF header already read from `file` (callers that also
+    /// build the tokenizer from it read the file's metadata once).
+    pub fn from_content(content: &Content, file: &mut File, options: LoadOptions) -> Result<Model> {
+        Self::from_gguf(content, file, options.f32_weights).map(|m| m.with_max_context(options.max_context))
     }
 
     fn with_max_context(mut self, max_context: Option<usize>) -> Model {
@@ -123,16 +129,14 @@ impl Model {
                 reason: format!("shape {}x{}, expected {}x{}", embd.rows, embd.cols, config.vocab_size, config.n_embd),
             });
         }
+        let quantized_rows = (embd.dtype, embd.cols, embd.data.clone());
         let embd_linear = Linear::from_raw("token_embd.weight", embd, f32_weights)?;
         let embedding = match &embd_linear {
             Linear::Native(m) => Embedding::Native(m.clone()),
-            Linear::Candle { mm, cols, .. } => {
-                let w = match mm {
-                    QMatMul::QTensor(q) => q.dequantize(&Device::Cpu)?,
-                    QMatMul::Tensor(t) => t.clone(),
-                    QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
-                };
-                Embedding::Dense { values: w.flatten_all()?.to_vec1()?, cols: *cols }
+            Linear::Candle { .. } => {
+                let (dtype, cols, raw) = quantized_rows;
+                let row_bytes = cols / dtype.block_size() * dtype.type_size();
+                Embedding::Rows { dtype, cols, row_bytes, raw }
             }
         };
         let output = if content.tensor_infos.contains_key("output.weight") {
@@ -266,7 +270,7 @@ impl Model {
         let mut x = vec![0f32; t * d];
         let tokens = items.iter().flat_map(|it| it.tokens.iter().copied());
         for (row, tok) in x.chunks_exact_mut(d).zip(tokens) {
-            self.embed(tok, row);
+            self.embed(tok, row)?;
         }
         let mut xn = vec![0f32; t * d];
         let mut qkv = vec![0f32; t * qkv_w];
@@ -353,13 +357,16 @@ impl Model {
         Ok(out)
     }
 
-    fn embed(&self, token: u32, out: &mut [f32]) {
+    fn embed(&self, token: u32, out: &mut [f32]) -> Result<()> {
         match &self.embedding {
             Embedding::Native(m) => m.dequantize_row(token as usize, out),
-            Embedding::Dense { values, cols } => {
-                out.copy_from_slice(&values[token as usize * cols..][..*cols]);
+            Embedding::Rows { dtype, cols, row_bytes, raw } => {
+                let bytes = &raw[token as usize * row_bytes..][..*row_bytes];
+                let row = qtensor_from_ggml(*dtype, bytes, vec![*cols], &Device::Cpu)?.dequantize(&Device::Cpu)?;
+                out.copy_from_slice(&row.to_vec1::<f32>()?);
             }
         }
+        Ok(())
     }
 }
 
