@@ -23,14 +23,58 @@ pub(crate) fn rope_interleaved(head: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// SwiGLU: `out = silu(gate) * up` where each input row is `[gate | up]`.
-pub(crate) fn silu_mul(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
+/// `e^x` to ~2 ulp for `x` in [-87, 88] (clamped outside), written so that it
+/// vectorizes: libm's `expf` is a call per value, and softmax and SiLU take
+/// one per score and per FFN unit of every token.
+#[inline(always)]
+pub(crate) fn fast_exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    // Cody-Waite: ln 2 split so `x - n ln 2` stays exact for |n| <= 127.
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    // Minimax polynomial for e^r on [-ln2/2, ln2/2] (Cephes' expf).
+    let p = 1.987_569_1e-4f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5e-1;
+    let p = p * r * r + r + 1.0;
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+#[inline(always)]
+fn silu_mul_body(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
     for (row, o) in gate_up.chunks_exact(2 * n_ff).zip(out.chunks_exact_mut(n_ff)) {
         let (g, u) = row.split_at(n_ff);
         for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-            *o = g / (1.0 + (-g).exp()) * u;
+            *o = g / (1.0 + fast_exp(-g)) * u;
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn silu_mul_avx512(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
+    silu_mul_body(gate_up, n_ff, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn silu_mul_avx2(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
+    silu_mul_body(gate_up, n_ff, out)
+}
+
+/// SwiGLU: `out = silu(gate) * up` where each input row is `[gate | up]`.
+pub(crate) fn silu_mul(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    match kiln_kernels::Isa::current() {
+        // SAFETY (both arms): the kernels' ISA implies these features.
+        kiln_kernels::Isa::Avx512Vnni => return unsafe { silu_mul_avx512(gate_up, n_ff, out) },
+        kiln_kernels::Isa::Avx2 => return unsafe { silu_mul_avx2(gate_up, n_ff, out) },
+        kiln_kernels::Isa::Scalar => {}
+    }
+    silu_mul_body(gate_up, n_ff, out)
 }
 
 #[inline(always)]
@@ -53,27 +97,34 @@ pub(crate) struct HeadAttention<'a> {
     pub len: usize,
 }
 
-/// `scores = exp(scores - max)`; returns `1 / sum`.
+/// `scores = exp(scores - max)`; returns `1 / sum`. Two passes, so the
+/// exponentials vectorize (a running float sum in the same loop would pin it
+/// to one lane: float adds may not be reordered).
 #[inline(always)]
 fn softmax_weights(scores: &mut [f32], max: f32) -> f32 {
-    let mut total = 0.0;
     for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        total += *s;
+        *s = fast_exp(*s - max);
     }
-    1.0 / total
+    let mut acc = [0f32; 16];
+    let chunks = scores.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..16 {
+            acc[l] += c[l];
+        }
+    }
+    1.0 / (acc.iter().sum::<f32>() + tail)
 }
 
+/// Scaled scores of positions `0..len`, 16 per key block: one multiply-add per
+/// head dimension and position lane, no horizontal sums.
 #[inline(always)]
-fn attend_body(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+fn scores_portable(h: &HeadAttention<'_>, scores: &mut Vec<f32>) {
     let hd = h.q.len();
     let scale = 1.0 / (hd as f32).sqrt();
-    scores.clear();
     for b in 0..h.len.div_ceil(KEY_BLOCK) {
         let base = b * h.kv_dim * KEY_BLOCK + h.head_offset * KEY_BLOCK;
         let block = &h.keys[base..base + hd * KEY_BLOCK];
-        // Sixteen positions at once: one multiply-add per head dimension and
-        // position lane, no horizontal sums (the layout's reason to be).
         let mut acc = [0f32; KEY_BLOCK];
         for (qj, k) in h.q.iter().zip(block.chunks_exact(KEY_BLOCK)) {
             let k: &[f32; KEY_BLOCK] = k.try_into().expect("chunks_exact");
@@ -84,12 +135,56 @@ fn attend_body(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
         let take = (h.len - b * KEY_BLOCK).min(KEY_BLOCK);
         scores.extend(acc[..take].iter().map(|s| s * scale));
     }
+}
+
+/// [`scores_portable`] with four independent FMA chains per block (one
+/// chain of 64 dependent adds would wait on each add's latency).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn scores_avx512(h: &HeadAttention<'_>, scores: &mut Vec<f32>) {
+    use std::arch::x86_64::*;
+    let hd = h.q.len();
+    let blocks = h.len.div_ceil(KEY_BLOCK);
+    if blocks == 0 {
+        return;
+    }
+    let last = (blocks - 1) * h.kv_dim * KEY_BLOCK + (h.head_offset + hd) * KEY_BLOCK;
+    assert!(last <= h.keys.len(), "key blocks out of range");
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut lanes = [0f32; KEY_BLOCK];
+    for b in 0..blocks {
+        // SAFETY: AVX-512F is enabled; every load is below `last`, checked above.
+        unsafe {
+            let k = h.keys.as_ptr().add(b * h.kv_dim * KEY_BLOCK + h.head_offset * KEY_BLOCK);
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for (j, &qj) in h.q.iter().enumerate() {
+                acc[j % 4] = _mm512_fmadd_ps(_mm512_set1_ps(qj), _mm512_loadu_ps(k.add(j * KEY_BLOCK)), acc[j % 4]);
+            }
+            let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+            _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_mul_ps(sum, _mm512_set1_ps(scale)));
+        }
+        let take = (h.len - b * KEY_BLOCK).min(KEY_BLOCK);
+        scores.extend_from_slice(&lanes[..take]);
+    }
+}
+
+/// Softmax over `scores` (already filled) and the weighted sum of values.
+#[inline(always)]
+fn attend_values(h: &HeadAttention<'_>, scores: &mut [f32], out: &mut [f32]) {
+    let hd = h.q.len();
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     let inv = softmax_weights(scores, max);
     out.fill(0.0);
     for (p, s) in scores.iter().enumerate() {
         axpy_body(out, s * inv, &h.values[p * h.kv_dim + h.head_offset..][..hd]);
     }
+}
+
+#[inline(always)]
+fn attend_body(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+    scores.clear();
+    scores_portable(&h, scores);
+    attend_values(&h, scores, out);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -101,7 +196,9 @@ fn attend_avx2(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 fn attend_avx512(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
-    attend_body(h, scores, out)
+    scores.clear();
+    scores_avx512(&h, scores);
+    attend_values(&h, scores, out);
 }
 
 /// Softmax attention of one query head, into `out` (`scores` is scratch).
@@ -181,6 +278,18 @@ mod tests {
                 assert!((a - b).abs() < 1e-5, "portable={portable}: {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn fast_exp_matches_libm() {
+        let mut worst = 0f32;
+        for i in -87_000..88_000 {
+            let x = i as f32 / 1000.0;
+            let (got, want) = (fast_exp(x), x.exp());
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 1e-6, "worst relative error {worst}");
+        assert_eq!(fast_exp(-1000.0), (-87f32).exp());
     }
 
     #[test]
