@@ -156,11 +156,22 @@ fn scores_avx512(h: &HeadAttention<'_>, scores: &mut Vec<f32>) {
         // SAFETY: AVX-512F is enabled; every load is below `last`, checked above.
         unsafe {
             let k = h.keys.as_ptr().add(b * h.kv_dim * KEY_BLOCK + h.head_offset * KEY_BLOCK);
-            let mut acc = [_mm512_setzero_ps(); 4];
-            for (j, &qj) in h.q.iter().enumerate() {
-                acc[j % 4] = _mm512_fmadd_ps(_mm512_set1_ps(qj), _mm512_loadu_ps(k.add(j * KEY_BLOCK)), acc[j % 4]);
+            let (mut a0, mut a1, mut a2, mut a3) =
+                (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
+            let quads = h.q.chunks_exact(4);
+            let rest = quads.remainder();
+            for (i, q) in quads.enumerate() {
+                let kj = k.add(4 * i * KEY_BLOCK);
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[0]), _mm512_loadu_ps(kj), a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(q[1]), _mm512_loadu_ps(kj.add(KEY_BLOCK)), a1);
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(q[2]), _mm512_loadu_ps(kj.add(2 * KEY_BLOCK)), a2);
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(q[3]), _mm512_loadu_ps(kj.add(3 * KEY_BLOCK)), a3);
             }
-            let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+            for (j, &qj) in rest.iter().enumerate() {
+                let kj = k.add((hd - rest.len() + j) * KEY_BLOCK);
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(qj), _mm512_loadu_ps(kj), a0);
+            }
+            let sum = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
             _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_mul_ps(sum, _mm512_set1_ps(scale)));
         }
         let take = (h.len - b * KEY_BLOCK).min(KEY_BLOCK);
@@ -193,12 +204,48 @@ fn attend_avx2(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     attend_body(h, scores, out)
 }
 
+/// The weighted sum of value rows with the output in `NV` registers (head
+/// size `16 * NV`), so each position costs `NV` FMAs and no stores.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn values_avx512<const NV: usize>(h: &HeadAttention<'_>, weights: &[f32], inv: f32, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(out.len() == 16 * NV && h.q.len() == 16 * NV);
+    let end = weights.len().saturating_sub(1) * h.kv_dim + h.head_offset + 16 * NV;
+    assert!(weights.is_empty() || end <= h.values.len(), "value rows out of range");
+    // SAFETY: AVX-512F is enabled; loads stay below `end`, stores within `out`.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); NV];
+        for (p, w) in weights.iter().enumerate() {
+            let v = h.values.as_ptr().add(p * h.kv_dim + h.head_offset);
+            let w = _mm512_set1_ps(w * inv);
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(v.add(16 * j)), *a);
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(16 * j), *a);
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 fn attend_avx512(h: HeadAttention<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     scores.clear();
     scores_avx512(&h, scores);
-    attend_values(&h, scores, out);
+    match h.q.len() {
+        64 | 128 => {
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let inv = softmax_weights(scores, max);
+            if h.q.len() == 64 {
+                values_avx512::<4>(&h, scores, inv, out)
+            } else {
+                values_avx512::<8>(&h, scores, inv, out)
+            }
+        }
+        _ => attend_values(&h, scores, out),
+    }
 }
 
 /// Softmax attention of one query head, into `out` (`scores` is scratch).
