@@ -35,7 +35,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let tokenizer = Tokenizer::from_gguf(&content)?;
     let token = |id: Option<u32>| id.and_then(|i| tokenizer.token_str(i)).unwrap_or("").to_string();
     let (bos, eos) = (token(tokenizer.bos_token_id()), token(tokenizer.eos_token_id()));
-    let template = match ChatTemplate::new(model.chat_template(), &bos, &eos) {
+    let template = match ChatTemplate::new(tokenizer.chat_template(), &bos, &eos) {
         Ok(t) => t,
         Err(e) => {
             // A template minijinja cannot compile should not stop the model from

@@ -75,7 +75,6 @@ pub struct Model {
     /// `max_context x rope_dim/2` cosines and sines.
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
-    chat_template: Option<String>,
 }
 
 fn f32_vector(raw: RawTensor, name: &str) -> Result<Vec<f32>> {
@@ -186,7 +185,6 @@ impl Model {
                 Some(f)
             }
         };
-        let chat_template = content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
         Ok(Model {
             output_norm,
             rope_freq_factors,
@@ -197,7 +195,6 @@ impl Model {
             output,
             rope_cos: Vec::new(),
             rope_sin: Vec::new(),
-            chat_template,
         })
     }
 
@@ -227,11 +224,6 @@ impl Model {
 
     pub fn max_context(&self) -> usize {
         self.max_context
-    }
-
-    /// The Jinja chat template shipped in the GGUF, if any.
-    pub fn chat_template(&self) -> Option<&str> {
-        self.chat_template.as_deref()
     }
 
     pub fn new_cache(&self) -> KvCache {
