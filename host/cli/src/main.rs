@@ -1,11 +1,12 @@
 //! `kiln`: the command line of the kiln inference server.
 //!
-//! `kiln pull` fetches the default model, `kiln generate` streams a chat
-//! answer to stdout, `kiln bench` measures the engine (optionally side by side
+//! `kiln serve` serves the HTTP API, `kiln pull` fetches the default model,
+//! `kiln generate` streams a chat answer to stdout, `kiln bench` measures the engine (optionally side by side
 //! with llama.cpp on the same file).
 
 mod bench;
 mod load;
+mod serve;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ pub struct ModelArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve the HTTP API (the guide's endpoints and OpenAI's) on a model.
+    Serve(serve::ServeArgs),
     /// Fetch the default model into the cache (verifying its sha256).
     Pull,
     /// Answer one prompt, streaming only the generated text to stdout.
@@ -125,6 +128,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args).context("bench"),
     }
 }

@@ -76,6 +76,11 @@ pub struct TokenStream {
 }
 
 impl TokenStream {
+    /// A stream fed by `events`: what test doubles of [`Backend`] return.
+    pub fn from_receiver(events: UnboundedReceiver<TokenEvent>) -> Self {
+        TokenStream { events }
+    }
+
     pub async fn next(&mut self) -> Option<TokenEvent> {
         self.events.recv().await
     }

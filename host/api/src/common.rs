@@ -1,0 +1,46 @@
+//! Types shared by several endpoints.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// One stop string or several: generation ends before the first occurrence,
+/// which is not included in the output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StopSequences {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StopSequences {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            StopSequences::One(s) => vec![s],
+            StopSequences::Many(v) => v,
+        }
+    }
+}
+
+/// Token counts of one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
+        let (p, c) = (prompt_tokens as u32, completion_tokens as u32);
+        Usage { prompt_tokens: p, completion_tokens: c, total_tokens: p + c }
+    }
+}
+
+/// Why generation ended: `stop` (an end-of-sequence token or a stop string) or
+/// `length` (`max_tokens` or the context window reached).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+}

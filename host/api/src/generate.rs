@@ -1,0 +1,83 @@
+//! The guide's endpoints: `POST /v1/generate` and `POST /v1/generate/stream`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{FinishReason, StopSequences, Usage};
+
+/// A prompt to answer. By default the prompt is a user message rendered with
+/// the model's chat template; `raw: true` sends it to the model as is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    /// Most tokens to generate.
+    #[serde(default = "default_max_tokens")]
+    #[schema(default = 512, minimum = 1)]
+    pub max_tokens: u32,
+    /// 0 is greedy (deterministic).
+    #[serde(default = "default_temperature")]
+    #[schema(default = 0.7, minimum = 0.0)]
+    pub temperature: f32,
+    /// Answer as Server-Sent Events (as `/v1/generate/stream` does).
+    #[serde(default)]
+    pub stream: bool,
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
+    pub top_p: Option<f32>,
+    /// 0 disables.
+    pub top_k: Option<u32>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub min_p: Option<f32>,
+    #[schema(exclusive_minimum = 0.0)]
+    pub repetition_penalty: Option<f32>,
+    #[schema(minimum = -2.0, maximum = 2.0)]
+    pub frequency_penalty: Option<f32>,
+    #[schema(minimum = -2.0, maximum = 2.0)]
+    pub presence_penalty: Option<f32>,
+    /// Same seed and request: same output.
+    pub seed: Option<u64>,
+    /// Up to 16 strings that end generation (not included in the text).
+    pub stop: Option<StopSequences>,
+    /// Keep generating past end-of-sequence tokens, up to `max_tokens`.
+    #[serde(default)]
+    pub ignore_eos: bool,
+    /// Skip the chat template: the prompt is the model's input as is.
+    #[serde(default)]
+    pub raw: bool,
+    /// A system message for the chat template (ignored with `raw`).
+    pub system: Option<String>,
+    /// Must name the served model when given.
+    pub model: Option<String>,
+}
+
+fn default_max_tokens() -> u32 {
+    512
+}
+
+fn default_temperature() -> f32 {
+    0.7
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GenerateResponse {
+    pub text: String,
+    /// Prompt plus generated tokens.
+    pub tokens_used: u32,
+    pub model: String,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+}
+
+/// One streamed event: the text decoded since the previous one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GenerateChunk {
+    pub text: String,
+}
+
+/// The last event before `data: [DONE]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GenerateStreamEnd {
+    pub finish_reason: FinishReason,
+    pub tokens_used: u32,
+    pub model: String,
+    pub usage: Usage,
+}

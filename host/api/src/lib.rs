@@ -1,0 +1,16 @@
+//! kiln-api: the wire types of kiln's HTTP API, and nothing else.
+//!
+//! Two families share this crate: the endpoints of the guide kiln grew from
+//! ([`generate`]) and the OpenAI-compatible API ([`openai`]), plus token
+//! counting ([`tokenize`]). Every type derives its OpenAPI schema, so the
+//! document served at `/openapi.json` is generated from the same definitions
+//! the server (de)serializes. Validation against a model lives in the server.
+
+pub mod common;
+pub mod error;
+pub mod generate;
+pub mod openai;
+pub mod tokenize;
+
+pub use common::{FinishReason, StopSequences, Usage};
+pub use error::{ErrorBody, ErrorDetail};

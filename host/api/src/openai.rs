@@ -1,0 +1,255 @@
+//! The OpenAI-compatible API, in OpenAI's exact shapes: chat completions,
+//! completions and models. Fields kiln adds (`top_k`, `min_p`,
+//! `repetition_penalty`, `ignore_eos`) are extensions vLLM and llama.cpp
+//! accept too; unknown fields are ignored, as OpenAI's clients expect.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{FinishReason, StopSequences, Usage};
+
+/// Sampling fields shared by chat completions and completions.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SamplingFields {
+    /// Default 1; 0 is greedy.
+    #[schema(minimum = 0.0)]
+    pub temperature: Option<f32>,
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
+    pub top_p: Option<f32>,
+    /// Only 1 is supported.
+    pub n: Option<u32>,
+    pub stop: Option<StopSequences>,
+    #[schema(minimum = -2.0, maximum = 2.0)]
+    pub presence_penalty: Option<f32>,
+    #[schema(minimum = -2.0, maximum = 2.0)]
+    pub frequency_penalty: Option<f32>,
+    /// Token id (as a string) to a bias in [-100, 100] added to its logit.
+    pub logit_bias: Option<HashMap<String, f32>>,
+    pub seed: Option<u64>,
+    /// Accepted and ignored (OpenAI uses it for abuse monitoring).
+    pub user: Option<String>,
+    /// Extension: keep the k most likely tokens (0 disables).
+    pub top_k: Option<u32>,
+    /// Extension: drop tokens less likely than `min_p` times the most likely one.
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub min_p: Option<f32>,
+    /// Extension: llama.cpp's repetition penalty (1 disables).
+    #[schema(exclusive_minimum = 0.0)]
+    pub repetition_penalty: Option<f32>,
+    /// Extension: keep generating past end-of-sequence tokens, up to the token limit.
+    pub ignore_eos: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` (and no choices) before `[DONE]`.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// One chat turn. `content` is a string or a list of text parts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChatMessage {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
+    pub role: String,
+    pub content: Option<MessageContent>,
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+/// A part of a message; only `{"type": "text", "text": ...}` is supported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+/// `{"type": "text"}`, or `json_object` / `json_schema` (these need a
+/// pipeline with a JSON-constraining sampler plugin).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResponseFormat {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[schema(value_type = Option<Object>)]
+    pub json_schema: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChatCompletionRequest {
+    /// The served model's id (see `GET /v1/models`); may be omitted.
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    /// Deprecated by OpenAI in favour of `max_completion_tokens`; either works.
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    /// Return each output token's log-probability.
+    pub logprobs: Option<bool>,
+    /// With `logprobs`: the 0 to 20 most likely alternatives at each position.
+    pub top_logprobs: Option<u32>,
+    pub response_format: Option<ResponseFormat>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AssistantMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChatLogprobs {
+    pub content: Vec<TokenLogprob>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: FinishReason,
+}
+
+/// `object: "chat.completion"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChatDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChatChunkChoice {
+    pub index: u32,
+    pub delta: ChatDelta,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// `object: "chat.completion.chunk"`: one streamed event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChunkChoice>,
+    /// Only on the last chunk, and only with `stream_options.include_usage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// A prompt as text or token ids; a list must hold exactly one prompt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PromptInput {
+    Text(String),
+    Tokens(Vec<u32>),
+    Texts(Vec<String>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    pub prompt: PromptInput,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    /// Default 16, as OpenAI's.
+    pub max_tokens: Option<u32>,
+    /// The 0 to 5 most likely alternatives to report at each position.
+    pub logprobs: Option<u32>,
+    /// Prepend the prompt to the returned text.
+    #[serde(default)]
+    pub echo: bool,
+    /// Not supported (no fill-in-the-middle); refused when given.
+    pub suffix: Option<String>,
+    /// Only 1 is supported.
+    pub best_of: Option<u32>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<HashMap<String, f32>>,
+    pub text_offset: Vec<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub text: String,
+    pub logprobs: Option<CompletionLogprobs>,
+    /// `null` on streamed chunks until the last.
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// `object: "text_completion"`, whole or as one streamed chunk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Completion {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+    /// Extension: the context window (prompt plus output).
+    pub max_model_len: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}

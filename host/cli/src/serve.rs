@@ -1,0 +1,86 @@
+//! `kiln serve`: the HTTP API on a loaded model.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use kiln_engine::EngineConfig;
+use kiln_server::{AppState, ServedModel, ServerConfig};
+
+use crate::{ModelArgs, load};
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on (`0.0.0.0` for every interface).
+    #[arg(long, env = "KILN_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on; 0 picks a free one (printed at start).
+    #[arg(long, env = "KILN_PORT", default_value_t = 8000)]
+    port: u16,
+    /// The model's name in the API (default: the file name without `.gguf`).
+    #[arg(long)]
+    model_id: Option<String>,
+    /// Sequences decoded together in one step.
+    #[arg(long, default_value_t = EngineConfig::default().max_batch)]
+    max_batch: usize,
+    /// Requests waiting for a batch slot before new ones get 503.
+    #[arg(long, default_value_t = EngineConfig::default().max_queue)]
+    max_queue: usize,
+    /// Larger request bodies get 413.
+    #[arg(long, default_value_t = ServerConfig::default().max_body_bytes)]
+    max_body_bytes: usize,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let loaded = load::load(&args.model)?;
+    let id = args.model_id.clone().unwrap_or_else(|| {
+        let name = loaded.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        name.strip_suffix(".gguf").unwrap_or(&name).to_string()
+    });
+    let engine =
+        loaded.engine(EngineConfig { max_batch: args.max_batch, max_queue: args.max_queue, ..EngineConfig::default() });
+    let config = ServerConfig { max_body_bytes: args.max_body_bytes, ..ServerConfig::default() };
+    let state = AppState::new(Arc::new(engine), ServedModel::new(id, loaded.tokenizer, loaded.template), config);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        let address = listener.local_addr()?;
+        tracing::info!(%address, model = %state.model().id, "serving; API docs at /docs");
+        // One line on stdout that scripts (and the tests) wait for.
+        println!("listening on http://{address}");
+        kiln_server::serve(listener, kiln_server::router(state), shutdown_signal()).await.context("serving")
+    })
+}
+
+/// Ctrl-C or SIGTERM: stop accepting connections, let open requests finish.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing open requests");
+}

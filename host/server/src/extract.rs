@@ -1,0 +1,57 @@
+//! `ApiJson<T>`: a JSON body extractor whose failures name the field.
+//!
+//! Unlike `axum::Json` it does not insist on a `Content-Type` (so
+//! `curl -d '{...}'` works) and answers in kiln's error envelope:
+//! 400 for text that is not JSON, 422 for JSON of the wrong shape (with the
+//! path of the offending field), 413 past the body limit.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::ApiError;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<BodyLimit>().map(|l| l.0);
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge { limit: limit.unwrap_or_default() }
+            } else {
+                ApiError::MalformedJson(rejection.body_text())
+            }
+        })?;
+        parse(&bytes).map(ApiJson)
+    }
+}
+
+/// The configured body limit, for the 413 message.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let param = (path != ".").then_some(path);
+                let message = match &param {
+                    Some(p) => format!("`{p}`: {inner}"),
+                    None => inner.to_string(),
+                };
+                ApiError::InvalidType { param, message }
+            }
+            _ => ApiError::MalformedJson(inner.to_string()),
+        }
+    })?;
+    de.end().map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    Ok(value)
+}

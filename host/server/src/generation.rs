@@ -1,0 +1,186 @@
+//! One generation as every endpoint sees it: a specification checked
+//! against the model, then pieces of text (stop strings applied, log-
+//! probabilities attached) and one finish.
+//!
+//! A [`Generation`] owns the engine's token stream: dropping it (a client
+//! gone, a handler future cancelled) cancels the sequence at the next step.
+
+use std::collections::VecDeque;
+
+use kiln_api::{FinishReason, Usage};
+use kiln_engine::{GenerateRequest, SamplingParams, TokenEvent, TokenStream};
+
+use crate::stop::{MAX_STOP_BYTES, MAX_STOP_STRINGS, StopMatcher};
+use crate::{ApiError, AppState};
+
+/// What an endpoint asks for, in the engine's terms.
+#[derive(Debug, Default)]
+pub struct GenerationSpec {
+    pub prompt_tokens: Vec<u32>,
+    pub params: SamplingParams,
+    /// `None`: as many as the context window leaves.
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    pub ignore_eos: bool,
+    pub logprobs: bool,
+    pub top_logprobs: usize,
+}
+
+/// A sampled token's log-probability and its most likely alternatives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    pub id: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Piece {
+    /// Text to send, with the log-probabilities of the tokens that produced it
+    /// (empty unless asked for).
+    Text {
+        text: String,
+        tokens: Vec<TokenLogprobs>,
+    },
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+    },
+}
+
+#[derive(Debug)]
+pub struct Generation {
+    /// `None` once finished: dropping the stream cancels what is left.
+    stream: Option<TokenStream>,
+    stop: StopMatcher,
+    ready: VecDeque<Piece>,
+    pending_logprobs: Vec<TokenLogprobs>,
+    prompt_tokens: usize,
+    generated: usize,
+}
+
+/// A whole generation, for non-streaming answers.
+#[derive(Debug)]
+pub struct Collected {
+    pub text: String,
+    pub tokens: Vec<TokenLogprobs>,
+    pub reason: FinishReason,
+    pub usage: Usage,
+}
+
+impl GenerationSpec {
+    /// Validates against the served model and submits to the engine.
+    pub fn start(self, state: &AppState) -> Result<Generation, ApiError> {
+        if self.stop.len() > MAX_STOP_STRINGS {
+            return Err(ApiError::invalid("stop", format!("at most {MAX_STOP_STRINGS} stop strings are allowed")));
+        }
+        if let Some(bad) = self.stop.iter().find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid(
+                "stop",
+                format!("stop strings must be 1 to {MAX_STOP_BYTES} bytes long, got {} bytes", bad.len()),
+            ));
+        }
+        let backend = state.backend();
+        let limits = backend.limits();
+        let prompt_tokens = self.prompt_tokens.len();
+        let max_tokens = match self.max_tokens {
+            Some(n) => n as usize,
+            None => limits.max_context.saturating_sub(prompt_tokens).max(1),
+        };
+        let request = GenerateRequest {
+            prompt_tokens: self.prompt_tokens,
+            params: self.params,
+            max_tokens,
+            stop_token_ids: Vec::new(),
+            ignore_eos: self.ignore_eos,
+            logprobs: self.logprobs,
+            top_logprobs: self.top_logprobs,
+        }
+        .validate(limits)?;
+        let stream = backend.submit(request)?;
+        Ok(Generation {
+            stream: Some(stream),
+            stop: StopMatcher::new(self.stop),
+            ready: VecDeque::new(),
+            pending_logprobs: Vec::new(),
+            prompt_tokens,
+            generated: 0,
+        })
+    }
+}
+
+impl Generation {
+    /// The next piece; `None` after [`Piece::Finished`] or an error.
+    pub async fn next(&mut self) -> Option<Result<Piece, ApiError>> {
+        loop {
+            if let Some(piece) = self.ready.pop_front() {
+                return Some(Ok(piece));
+            }
+            let stream = self.stream.as_mut()?;
+            let Some(event) = stream.next().await else {
+                self.stream = None;
+                return Some(Err(ApiError::Internal("the engine dropped the sequence without finishing it".into())));
+            };
+            match event {
+                TokenEvent::Token { id, text, logprob, top_logprobs } => {
+                    self.generated += 1;
+                    if let Some(logprob) = logprob {
+                        self.pending_logprobs.push(TokenLogprobs { id, logprob, top: top_logprobs });
+                    }
+                    let released = self.stop.push(&text);
+                    self.release(released.text);
+                    if released.stopped {
+                        self.finish(FinishReason::Stop, Usage::new(self.prompt_tokens, self.generated));
+                    }
+                }
+                TokenEvent::Finished { reason, usage, tail } => {
+                    let released = self.stop.push(&tail);
+                    self.release(released.text);
+                    let reason = if released.stopped {
+                        FinishReason::Stop
+                    } else {
+                        let rest = self.stop.finish();
+                        self.release(rest);
+                        match reason {
+                            kiln_engine::FinishReason::Stop => FinishReason::Stop,
+                            kiln_engine::FinishReason::Length => FinishReason::Length,
+                        }
+                    };
+                    self.finish(reason, Usage::new(usage.prompt_tokens, usage.completion_tokens));
+                }
+                TokenEvent::Failed(message) => {
+                    self.stream = None;
+                    return Some(Err(ApiError::Internal(format!("generation failed: {message}"))));
+                }
+            }
+        }
+    }
+
+    /// Runs to the end (a dropped future cancels the sequence).
+    pub async fn collect(mut self) -> Result<Collected, ApiError> {
+        let (mut text, mut logprobs) = (String::new(), Vec::new());
+        while let Some(piece) = self.next().await {
+            match piece? {
+                Piece::Text { text: t, tokens } => {
+                    text.push_str(&t);
+                    logprobs.extend(tokens);
+                }
+                Piece::Finished { reason, usage } => return Ok(Collected { text, tokens: logprobs, reason, usage }),
+            }
+        }
+        Err(ApiError::Internal("the generation ended without a finish".into()))
+    }
+
+    fn release(&mut self, text: String) {
+        if !text.is_empty() {
+            let tokens = std::mem::take(&mut self.pending_logprobs);
+            self.ready.push_back(Piece::Text { text, tokens });
+        }
+    }
+
+    fn finish(&mut self, reason: FinishReason, usage: Usage) {
+        // Ends the engine's sequence now if a stop string cut it short.
+        self.stream = None;
+        self.ready.push_back(Piece::Finished { reason, usage });
+    }
+}

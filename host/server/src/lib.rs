@@ -1,0 +1,171 @@
+//! kiln-server: kiln's HTTP API on axum.
+//!
+//! The guide's endpoints (`/v1/generate`, `/v1/generate/stream`), the
+//! OpenAI-compatible API (`/v1/chat/completions`, `/v1/completions`,
+//! `/v1/models`), token counting (`/v1/tokenize`, `/v1/detokenize`) and the
+//! OpenAPI document with an offline docs page (`/openapi.json`, `/docs`).
+//! It reaches the engine only through [`kiln_engine::Backend`] with validated
+//! requests, so it knows nothing of models or kernels; errors become HTTP
+//! answers in one place ([`ApiError`]).
+
+mod error;
+mod extract;
+mod generation;
+mod openapi;
+mod routes;
+mod stop;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Extension};
+use axum::routing::{get, post};
+use kiln_chat::{ChatMessage, ChatTemplate};
+use kiln_engine::Backend;
+use kiln_tokenizer::Tokenizer;
+
+pub use error::ApiError;
+pub use openapi::ApiDoc;
+
+/// The model being served, as the API presents it.
+#[derive(Debug)]
+pub struct ServedModel {
+    /// The name clients pass as `model` (and see in `GET /v1/models`).
+    pub id: String,
+    /// Unix time the server loaded it.
+    pub created: u64,
+    pub tokenizer: Arc<Tokenizer>,
+    pub template: ChatTemplate,
+}
+
+impl ServedModel {
+    pub fn new(id: impl Into<String>, tokenizer: Arc<Tokenizer>, template: ChatTemplate) -> Self {
+        ServedModel { id: id.into(), created: unix_now(), tokenizer, template }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// A comment line is sent on a stream idle this long, so proxies keep it open.
+    pub sse_keep_alive: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { max_body_bytes: 2 << 20, sse_keep_alive: Duration::from_secs(15) }
+    }
+}
+
+/// What every handler shares: the engine, the model's tokenizer and template.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    model: ServedModel,
+    config: ServerConfig,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("model", &self.inner.model.id).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn new(backend: Arc<dyn Backend>, model: ServedModel, config: ServerConfig) -> Self {
+        AppState { inner: Arc::new(Inner { backend, model, config }) }
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.inner.backend.as_ref()
+    }
+
+    pub fn model(&self) -> &ServedModel {
+        &self.inner.model
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// A request may omit `model`; if it names one, it must be the served one.
+    pub(crate) fn check_model(&self, requested: Option<&str>) -> Result<(), ApiError> {
+        match requested {
+            Some(name) if name != self.inner.model.id => Err(ApiError::ModelNotFound(name.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Text to token ids; special tokens written out in the text (as chat
+    /// templates produce them) become their ids.
+    pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
+        self.inner.model.tokenizer.encode(text, true).map_err(|e| ApiError::Internal(format!("tokenizer: {e}")))
+    }
+
+    /// Renders chat messages with the model's template, opening the assistant's turn.
+    pub(crate) fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ApiError> {
+        // A template may refuse a conversation (`raise_exception`, e.g. roles
+        // out of order): that is the client's to fix.
+        self.inner
+            .model
+            .template
+            .render(messages, add_generation_prompt)
+            .map_err(|e| ApiError::invalid("messages", e.to_string()))
+    }
+}
+
+/// Every route of the API, with the body limit and JSON fallbacks.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config().max_body_bytes;
+    Router::new()
+        .route("/v1/generate", post(routes::generate::generate))
+        .route("/v1/generate/stream", post(routes::generate::generate_stream))
+        .route("/v1/chat/completions", post(routes::chat::chat_completions))
+        .route("/v1/completions", post(routes::completions::completions))
+        .route("/v1/models", get(routes::models::list_models))
+        .route("/v1/models/{*id}", get(routes::models::retrieve_model))
+        .route("/v1/tokenize", post(routes::tokenize::tokenize))
+        .route("/v1/detokenize", post(routes::tokenize::detokenize))
+        .merge(openapi::docs_router())
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(Extension(extract::BodyLimit(limit)))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets open
+/// requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Streamed tokens are small writes: without TCP_NODELAY, Nagle's algorithm
+    // would hold each one back waiting for the client's ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,201 @@
+//! `POST /v1/chat/completions`, in OpenAI's shapes.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::sse::Event;
+use axum::response::{IntoResponse, Response};
+use kiln_api::ErrorBody;
+use kiln_api::openai::{
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
+    ChatDelta, ChatLogprobs, ChatMessage, MessageContent, TokenLogprob, TopLogprob,
+};
+use kiln_engine::MAX_TOP_LOGPROBS;
+
+use super::openai::sampling;
+use super::{completion_id, json_event, sse, token_text};
+use crate::extract::ApiJson;
+use crate::generation::{GenerationSpec, Piece, TokenLogprobs};
+use crate::{ApiError, AppState, unix_now};
+
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
+/// Answer a conversation, rendered with the model's chat template.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "A `chat.completion`, or with `stream: true` `chat.completion.chunk` events ending with `data: [DONE]`",
+            content((ChatCompletion = "application/json"), (ChatCompletionChunk = "text/event-stream"))),
+        (status = 400, description = "A value out of range, an unknown model, a prompt over the context", body = ErrorBody),
+        (status = 413, description = "Body over the size limit", body = ErrorBody),
+        (status = 422, description = "A missing field or one of the wrong type", body = ErrorBody),
+        (status = 503, description = "At capacity; retry after `Retry-After` seconds", body = ErrorBody),
+    ))]
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    state.check_model(req.model.as_deref())?;
+    if let Some(format) = req.response_format.as_ref().filter(|f| f.kind != "text") {
+        return Err(ApiError::invalid(
+            "response_format",
+            format!("`{}` needs a pipeline with a JSON-constraining sampler plugin; this server has none", format.kind),
+        ));
+    }
+    let logprobs = req.logprobs.unwrap_or(false);
+    let top_logprobs = req.top_logprobs.unwrap_or(0) as usize;
+    if top_logprobs > 0 && !logprobs {
+        return Err(ApiError::invalid("top_logprobs", "requires `logprobs: true`"));
+    }
+    if top_logprobs > MAX_TOP_LOGPROBS {
+        return Err(ApiError::invalid("top_logprobs", format!("must be at most {MAX_TOP_LOGPROBS}")));
+    }
+    let messages = chat_messages(req.messages)?;
+    if messages.is_empty() {
+        return Err(ApiError::invalid("messages", "must hold at least one message"));
+    }
+    let prompt = state.render_chat(&messages, true)?;
+    let sampling = sampling(req.sampling)?;
+    let generation = GenerationSpec {
+        prompt_tokens: state.encode(&prompt)?,
+        params: sampling.params,
+        max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        stop: sampling.stop,
+        ignore_eos: sampling.ignore_eos,
+        logprobs,
+        top_logprobs,
+    }
+    .start(&state)
+    .map_err(|e| match e {
+        // The client wrote messages, not a prompt: point there.
+        ApiError::InvalidValue { param, message, code } if param == "prompt" => {
+            ApiError::InvalidValue { param: "messages".into(), message, code }
+        }
+        other => other,
+    })?;
+
+    let (id, created, model) = (completion_id("chatcmpl"), unix_now(), state.model().id.clone());
+    if !req.stream {
+        let done = generation.collect().await?;
+        return Ok(Json(ChatCompletion {
+            id,
+            object: "chat.completion".into(),
+            created,
+            model,
+            choices: vec![ChatChoice {
+                index: 0,
+                message: AssistantMessage { role: "assistant".into(), content: done.text },
+                logprobs: logprobs.then(|| chat_logprobs(&state, &done.tokens)),
+                finish_reason: done.reason,
+            }],
+            usage: done.usage,
+        })
+        .into_response());
+    }
+
+    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let chunk = move |choices, usage| ChatCompletionChunk {
+        id: id.clone(),
+        object: "chat.completion.chunk".into(),
+        created,
+        model: model.clone(),
+        choices,
+        usage,
+    };
+    let first = chunk(
+        vec![ChatChunkChoice {
+            index: 0,
+            delta: ChatDelta { role: Some("assistant".into()), content: Some(String::new()) },
+            logprobs: None,
+            finish_reason: None,
+        }],
+        None,
+    );
+    let mut opened = false;
+    let state2 = state.clone();
+    Ok(sse(&state, generation, move |piece| {
+        let mut events: Vec<Event> = Vec::with_capacity(2);
+        if !std::mem::replace(&mut opened, true) {
+            events.push(json_event(&first));
+        }
+        match piece {
+            Piece::Text { text, tokens } => events.push(json_event(&chunk(
+                vec![ChatChunkChoice {
+                    index: 0,
+                    delta: ChatDelta { role: None, content: Some(text) },
+                    logprobs: logprobs.then(|| chat_logprobs(&state2, &tokens)),
+                    finish_reason: None,
+                }],
+                None,
+            ))),
+            Piece::Finished { reason, usage } => {
+                events.push(json_event(&chunk(
+                    vec![ChatChunkChoice {
+                        index: 0,
+                        delta: ChatDelta::default(),
+                        logprobs: None,
+                        finish_reason: Some(reason),
+                    }],
+                    None,
+                )));
+                if include_usage {
+                    events.push(json_event(&chunk(Vec::new(), Some(usage))));
+                }
+            }
+        }
+        events
+    }))
+}
+
+/// OpenAI's messages as the chat template takes them.
+pub(crate) fn chat_messages(messages: Vec<ChatMessage>) -> Result<Vec<kiln_chat::ChatMessage>, ApiError> {
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if !ROLES.contains(&m.role.as_str()) {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].role"),
+                    format!("unknown role {:?}; expected one of {}", m.role, ROLES.join(", ")),
+                ));
+            }
+            let content = match m.content {
+                None => String::new(),
+                Some(MessageContent::Text(text)) => text,
+                Some(MessageContent::Parts(parts)) => {
+                    let mut text = String::new();
+                    for (j, part) in parts.into_iter().enumerate() {
+                        match (part.kind.as_str(), part.text) {
+                            ("text", Some(t)) => text.push_str(&t),
+                            _ => {
+                                return Err(ApiError::invalid(
+                                    format!("messages[{i}].content[{j}]"),
+                                    format!("only text parts (with `text`) are supported, got type {:?}", part.kind),
+                                ));
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            Ok(kiln_chat::ChatMessage::new(m.role, content))
+        })
+        .collect()
+}
+
+fn chat_logprobs(state: &AppState, tokens: &[TokenLogprobs]) -> ChatLogprobs {
+    let content = tokens
+        .iter()
+        .map(|t| {
+            let (token, bytes) = token_text(state, t.id);
+            let top_logprobs = t
+                .top
+                .iter()
+                .map(|&(id, logprob)| {
+                    let (token, bytes) = token_text(state, id);
+                    TopLogprob { token, logprob, bytes }
+                })
+                .collect();
+            TokenLogprob { token, logprob: t.logprob, bytes, top_logprobs }
+        })
+        .collect();
+    ChatLogprobs { content }
+}

@@ -1,0 +1,37 @@
+//! `GET /v1/models` and `GET /v1/models/{id}`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use kiln_api::ErrorBody;
+use kiln_api::openai::{ModelCard, ModelList};
+
+use crate::{ApiError, AppState};
+
+/// The served model (kiln serves one model per process).
+#[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, body = ModelList)))]
+pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
+    Json(ModelList { object: "list".into(), data: vec![card(&state)] })
+}
+
+/// One model by id.
+#[utoipa::path(get, path = "/v1/models/{id}", tag = "openai",
+    params(("id" = String, Path, description = "The model's id")),
+    responses((status = 200, body = ModelCard), (status = 400, description = "No such model", body = ErrorBody)))]
+pub async fn retrieve_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelCard>, ApiError> {
+    state.check_model(Some(&id))?;
+    Ok(Json(card(&state)))
+}
+
+fn card(state: &AppState) -> ModelCard {
+    let model = state.model();
+    ModelCard {
+        id: model.id.clone(),
+        object: "model".into(),
+        created: model.created,
+        owned_by: "kiln".into(),
+        max_model_len: state.backend().limits().max_context as u32,
+    }
+}
