@@ -6,6 +6,7 @@
 //! with a [`ValidGenerateRequest`]; the HTTP layer and the CLI both do.
 //! Dropping the returned [`TokenStream`] cancels the sequence at the next step.
 
+mod prefix_cache;
 mod request;
 mod sampling;
 mod scheduler;
@@ -98,6 +99,7 @@ pub struct EngineStats {
     pub(crate) queued: AtomicUsize,
     pub(crate) steps: AtomicU64,
     pub(crate) generated_tokens: AtomicU64,
+    pub(crate) prefix_reused_tokens: AtomicU64,
 }
 
 impl EngineStats {
@@ -114,6 +116,10 @@ impl EngineStats {
     }
     pub fn generated_tokens(&self) -> u64 {
         self.generated_tokens.load(Ordering::Relaxed)
+    }
+    /// Prompt tokens whose keys and values were reused from an earlier request.
+    pub fn prefix_reused_tokens(&self) -> u64 {
+        self.prefix_reused_tokens.load(Ordering::Relaxed)
     }
 }
 
@@ -132,11 +138,14 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Most tokens a step spends on prompts (prefill is chunked to this size).
     pub prefill_chunk: usize,
+    /// Bytes of prompt keys and values kept for reuse by later requests with
+    /// the same prefix; 0 disables.
+    pub prefix_cache_bytes: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_batch: 16, max_queue: 64, prefill_chunk: 256 }
+        EngineConfig { max_batch: 16, max_queue: 64, prefill_chunk: 256, prefix_cache_bytes: 256 << 20 }
     }
 }
 
@@ -160,6 +169,7 @@ impl Engine {
             max_batch: config.max_batch.max(1),
             max_queue: config.max_queue.max(1),
             prefill_chunk: config.prefill_chunk.max(1),
+            ..config
         };
         let (tx, rx) = sync_channel(config.max_queue);
         let stats = Arc::new(EngineStats::default());

@@ -15,6 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use rayon::prelude::*;
 
+use crate::prefix_cache::PrefixCache;
 use crate::sampling::{Sampled, Sampler};
 use crate::{EngineConfig, EngineStats, FinishReason, TokenEvent, Usage, ValidGenerateRequest};
 
@@ -36,6 +37,8 @@ struct Sequence {
     max_tokens: usize,
     stop_ids: Vec<u32>,
     events: UnboundedSender<TokenEvent>,
+    /// Finished this step: leaves the batch, its prompt's cache kept for reuse.
+    finished: bool,
 }
 
 impl Sequence {
@@ -52,6 +55,7 @@ pub(crate) fn run(
     stats: Arc<EngineStats>,
 ) {
     let mut running: Vec<Sequence> = Vec::new();
+    let mut prefixes = PrefixCache::new(config.prefix_cache_bytes);
     let mut disconnected = false;
     loop {
         while running.len() < config.max_batch && !disconnected {
@@ -75,11 +79,18 @@ pub(crate) fn run(
                 continue;
             }
             let r = job.request;
+            let cache = match prefixes.lookup(&r.prompt_tokens) {
+                Some(cache) => {
+                    stats.prefix_reused_tokens.fetch_add(cache.len() as u64, Ordering::Relaxed);
+                    cache
+                }
+                None => model.new_cache(),
+            };
             running.push(Sequence {
                 sampler: Sampler::new(r.params, &r.prompt_tokens, r.logprobs, r.top_logprobs),
-                prefilled: 0,
+                prefilled: cache.len(),
                 input: Vec::new(),
-                cache: model.new_cache(),
+                cache,
                 decoder: IncrementalDecoder::new(tokenizer.clone(), true),
                 last: None,
                 generated: 0,
@@ -87,10 +98,13 @@ pub(crate) fn run(
                 stop_ids: r.stop_token_ids,
                 prompt: r.prompt_tokens,
                 events: job.events,
+                finished: false,
             });
         }
         // A dropped stream is a cancelled request: free its slot before the step.
-        running.retain(|s| !s.events.is_closed());
+        for seq in running.extract_if(.., |s| s.events.is_closed()) {
+            prefixes.insert(seq.prompt, seq.cache);
+        }
         stats.active.store(running.len(), Ordering::Relaxed);
         if running.is_empty() {
             if disconnected {
@@ -99,12 +113,15 @@ pub(crate) fn run(
             continue;
         }
         step(&model, &mut running, &config, &stats);
+        for seq in running.extract_if(.., |s| s.finished) {
+            prefixes.insert(seq.prompt, seq.cache);
+        }
         stats.active.store(running.len(), Ordering::Relaxed);
     }
 }
 
 /// Plans and runs one forward pass, then samples and emits for every sequence
-/// that produced logits. Finished sequences are removed.
+/// that produced logits. Finished sequences are marked for the caller to remove.
 fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats: &EngineStats) {
     let decoding = running.iter().filter(|s| s.prefilled == s.prompt.len()).count();
     let mut budget = config.prefill_chunk.saturating_sub(decoding).max(1);
@@ -155,8 +172,9 @@ fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats
         .map(|(seq, l)| l.as_mut().map(|l| seq.sampler.sample(l)))
         .collect();
     let mut sampled = sampled.into_iter();
-    running.retain_mut(|seq| {
-        let Some(Some(sampled)) = sampled.next() else { return true };
+    // Finished sequences are only marked here; the caller takes them out.
+    for seq in running.iter_mut() {
+        let Some(Some(sampled)) = sampled.next() else { continue };
         seq.generated += 1;
         seq.last = Some(sampled.token);
         stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
@@ -170,7 +188,8 @@ fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats
                 top_logprobs: sampled.top_logprobs,
             };
             if seq.events.send(event).is_err() {
-                return false;
+                seq.finished = true;
+                continue;
             }
         }
         let reason = if stop {
@@ -180,13 +199,10 @@ fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats
         } else {
             None
         };
-        match reason {
-            Some(reason) => {
-                let tail = seq.decoder.finish();
-                let _ = seq.events.send(TokenEvent::Finished { reason, usage: seq.usage(), tail });
-                false
-            }
-            None => true,
+        if let Some(reason) = reason {
+            let tail = seq.decoder.finish();
+            let _ = seq.events.send(TokenEvent::Finished { reason, usage: seq.usage(), tail });
+            seq.finished = true;
         }
-    });
+    }
 }

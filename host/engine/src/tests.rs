@@ -121,7 +121,7 @@ fn dropping_the_stream_cancels_the_sequence() {
 
 #[test]
 fn a_full_queue_answers_overloaded() {
-    let e = engine(EngineConfig { max_batch: 1, max_queue: 1, prefill_chunk: 64 });
+    let e = engine(EngineConfig { max_batch: 1, max_queue: 1, prefill_chunk: 64, ..EngineConfig::default() });
     let running = e.generate(GenerateRequest { ignore_eos: true, ..greedy(prompt("one"), 200) }).unwrap();
     wait_until("the first to run", || e.stats().active() == 1);
     let queued = e.generate(greedy(prompt("two"), 2)).unwrap();
@@ -171,7 +171,7 @@ fn eos_stops_with_reason_stop_unless_ignored() {
 
 #[test]
 fn zero_sized_config_values_are_clamped_not_hung() {
-    let e = engine(EngineConfig { max_batch: 0, max_queue: 0, prefill_chunk: 0 });
+    let e = engine(EngineConfig { max_batch: 0, max_queue: 0, prefill_chunk: 0, prefix_cache_bytes: 0 });
     let (ids, _) = collect(e.generate(greedy(prompt("hi"), 3)).unwrap());
     assert!(!ids.is_empty());
 }
@@ -183,4 +183,36 @@ fn a_request_validated_for_other_limits_is_refused() {
     limits.max_context = 1_000_000;
     let valid = greedy(prompt("hi"), 100_000).validate(&limits).unwrap();
     assert!(matches!(e.submit(valid), Err(EngineError::Validation { .. })));
+}
+
+#[test]
+fn a_repeated_prompt_prefix_is_reused_and_gives_the_same_tokens() {
+    let warm = engine(EngineConfig::default());
+    let cold = engine(EngineConfig { prefix_cache_bytes: 0, ..EngineConfig::default() });
+    let owls = prompt("Tell me about owls.");
+    let first = collect(warm.generate(greedy(owls.clone(), 24)).unwrap());
+    assert_eq!(warm.stats().prefix_reused_tokens(), 0);
+    let again = collect(warm.generate(greedy(owls.clone(), 24)).unwrap());
+    // All but the last prompt token, which must run to give the first logits.
+    assert_eq!(warm.stats().prefix_reused_tokens(), owls.len() as u64 - 1);
+    assert_eq!(first, again);
+
+    // Another question behind the same template reuses the shared part only.
+    let bees = prompt("Tell me about bees.");
+    let shared = owls.iter().zip(&bees).take_while(|(a, b)| a == b).count();
+    assert!(shared > 3 && shared < bees.len());
+    let reused_before = warm.stats().prefix_reused_tokens();
+    let from_prefix = collect(warm.generate(greedy(bees.clone(), 24)).unwrap());
+    assert_eq!(warm.stats().prefix_reused_tokens() - reused_before, shared as u64);
+    assert_eq!(from_prefix, collect(cold.generate(greedy(bees, 24)).unwrap()));
+    assert_eq!(cold.stats().prefix_reused_tokens(), 0);
+}
+
+#[test]
+fn prefixes_larger_than_the_prefix_cache_are_not_kept() {
+    let tiny = engine(EngineConfig { prefix_cache_bytes: 1024, ..EngineConfig::default() });
+    let p = prompt("Tell me about owls.");
+    collect(tiny.generate(greedy(p.clone(), 4)).unwrap());
+    collect(tiny.generate(greedy(p, 4)).unwrap());
+    assert_eq!(tiny.stats().prefix_reused_tokens(), 0);
 }

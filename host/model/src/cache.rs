@@ -48,6 +48,27 @@ impl KvCache {
         }
     }
 
+    /// A new cache holding this one's first `len` positions (a shared prompt
+    /// prefix), copying only what it keeps.
+    pub fn prefix(&self, len: usize) -> KvCache {
+        let len = len.min(self.len);
+        let kv_dim = self.kv_dim;
+        let layers = self
+            .layers
+            .iter()
+            .map(|(keys, values)| {
+                (keys[..len.div_ceil(KEY_BLOCK) * kv_dim * KEY_BLOCK].to_vec(), values[..len * kv_dim].to_vec())
+            })
+            .collect();
+        KvCache { layers, len, kv_dim }
+    }
+
+    /// Keeps the first `len` positions only.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+        self.rollback();
+    }
+
     /// Tokens held.
     pub fn len(&self) -> usize {
         self.len
