@@ -1,1 +1,166 @@
+//! The HTTP API through `Router::oneshot`, on the real default model (and,
+//! for failures a real engine cannot be made to produce on demand, on fake
+//! backends), plus cancellation over a real socket.
 
+mod cancel;
+mod docs;
+mod errors;
+mod generate;
+mod openai;
+mod tokenize;
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use kiln_chat::ChatTemplate;
+use kiln_engine::{Backend, EngineStats, ModelLimits, TokenEvent, TokenStream, ValidGenerateRequest};
+use kiln_engine::{Engine, EngineConfig, EngineError};
+use kiln_model::Model;
+use kiln_tokenizer::Tokenizer;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use crate::{AppState, ServedModel, ServerConfig, router};
+
+pub const MODEL_ID: &str = "smollm2-test";
+/// A small context keeps the "prompt too long" tests cheap.
+pub const CONTEXT: usize = 1024;
+
+fn loaded() -> (Arc<Model>, Arc<Tokenizer>) {
+    static LOADED: OnceLock<(Arc<Model>, Arc<Tokenizer>)> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let path = kiln_hub::resolve_model(None, false).expect("the default model is needed by these tests");
+            let model = Model::load(&path, Some(CONTEXT)).expect("model loads");
+            let mut f = std::fs::File::open(&path).unwrap();
+            let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+            (Arc::new(model), Arc::new(Tokenizer::from_gguf(&content).unwrap()))
+        })
+        .clone()
+}
+
+fn served(tokenizer: Arc<Tokenizer>) -> ServedModel {
+    let template = ChatTemplate::new(tokenizer.chat_template(), "", "<|im_end|>").unwrap();
+    ServedModel::new(MODEL_ID, tokenizer, template)
+}
+
+/// The API on the real model; the engine is returned to watch its counters.
+pub fn real_app() -> (Router, Arc<Engine>) {
+    real_app_with(ServerConfig::default())
+}
+
+pub fn real_app_with(config: ServerConfig) -> (Router, Arc<Engine>) {
+    let (model, tokenizer) = loaded();
+    let engine = Arc::new(Engine::start(model, tokenizer.clone(), EngineConfig::default()));
+    let state = AppState::new(engine.clone(), served(tokenizer), config);
+    (router(state), engine)
+}
+
+/// What a fake backend does with every request.
+#[derive(Debug, Clone)]
+pub enum Fake {
+    Overloaded,
+    /// Emits these texts as tokens, then fails.
+    FailAfter(Vec<&'static str>),
+}
+
+#[derive(Debug)]
+struct FakeBackend {
+    fake: Fake,
+    limits: ModelLimits,
+    stats: EngineStats,
+}
+
+impl Backend for FakeBackend {
+    fn limits(&self) -> &ModelLimits {
+        &self.limits
+    }
+
+    fn submit(&self, _: ValidGenerateRequest) -> Result<TokenStream, EngineError> {
+        match &self.fake {
+            Fake::Overloaded => Err(EngineError::Overloaded { queued: 64 }),
+            Fake::FailAfter(texts) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                for (i, text) in texts.iter().enumerate() {
+                    let token =
+                        TokenEvent::Token { id: i as u32, text: text.to_string(), logprob: None, top_logprobs: vec![] };
+                    tx.send(token).unwrap();
+                }
+                tx.send(TokenEvent::Failed("matmul kernel fault at 0xdeadbeef".into())).unwrap();
+                Ok(TokenStream::from_receiver(rx))
+            }
+        }
+    }
+
+    fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+}
+
+pub fn fake_app(fake: Fake) -> Router {
+    let (_, tokenizer) = loaded();
+    let limits = ModelLimits { vocab_size: tokenizer.vocab_size(), max_context: CONTEXT, default_stop_ids: vec![] };
+    let backend = FakeBackend { fake, limits, stats: EngineStats::default() };
+    router(AppState::new(Arc::new(backend), served(tokenizer), ServerConfig::default()))
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The `data:` payloads of a Server-Sent Events body, in order.
+    pub fn events(&self) -> Vec<String> {
+        let text = std::str::from_utf8(&self.body).unwrap();
+        text.split("\n\n")
+            .filter_map(|event| event.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_string))
+            .collect()
+    }
+
+    /// The JSON events, without the final `[DONE]` (asserted present).
+    pub fn json_events(&self) -> Vec<Value> {
+        let mut events = self.events();
+        assert_eq!(events.pop().as_deref(), Some("[DONE]"), "a stream ends with [DONE]");
+        events.iter().map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}"))).collect()
+    }
+
+    /// The error envelope, after checking the status.
+    pub fn error(&self, status: StatusCode) -> Value {
+        assert_eq!(self.status, status, "{}", String::from_utf8_lossy(&self.body));
+        let body = self.json();
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        assert!(body["error"]["type"].is_string(), "{body}");
+        body["error"].clone()
+    }
+}
+
+pub async fn send(app: &Router, request: Request<Body>) -> Answer {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Answer { status, headers, body }
+}
+
+pub async fn post(app: &Router, path: &str, body: Value) -> Answer {
+    post_raw(app, path, body.to_string()).await
+}
+
+pub async fn post_raw(app: &Router, path: &str, body: impl Into<Body>) -> Answer {
+    let request = Request::post(path).header("content-type", "application/json").body(body.into()).unwrap();
+    send(app, request).await
+}
+
+pub async fn get(app: &Router, path: &str) -> Answer {
+    send(app, Request::get(path).body(Body::empty()).unwrap()).await
+}

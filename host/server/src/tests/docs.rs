@@ -1,0 +1,48 @@
+//! The OpenAPI document and the offline docs page.
+
+use axum::http::StatusCode;
+
+use super::{get, real_app};
+
+#[tokio::test]
+async fn openapi_is_3_1_and_documents_every_endpoint_with_its_schemas() {
+    let (app, _) = real_app();
+    let doc = get(&app, "/openapi.json").await.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/v1/generate",
+        "/v1/generate/stream",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/v1/models/{id}",
+        "/v1/tokenize",
+        "/v1/detokenize",
+    ] {
+        assert!(paths.contains_key(path), "{path} is not documented");
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for schema in ["GenerateRequest", "ChatCompletionRequest", "ChatCompletionChunk", "ErrorBody", "Usage"] {
+        assert!(schemas.contains_key(schema), "{schema} is missing");
+    }
+    let generate = &schemas["GenerateRequest"]["properties"];
+    assert_eq!(generate["max_tokens"]["default"], 512);
+}
+
+#[tokio::test]
+async fn the_docs_page_and_its_assets_are_served_without_a_cdn() {
+    let (app, _) = real_app();
+    let page = get(&app, "/docs/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let html = String::from_utf8(page.body.to_vec()).unwrap();
+    assert!(html.contains("swagger-ui"), "{html}");
+    assert!(!html.contains("https://") && !html.contains("http://"), "the page loads nothing from the internet");
+    for asset in ["swagger-ui.css", "swagger-ui-bundle.js", "swagger-initializer.js"] {
+        let answer = get(&app, &format!("/docs/{asset}")).await;
+        assert_eq!(answer.status, StatusCode::OK, "{asset}");
+        assert!(answer.body.len() > 100, "{asset}");
+    }
+    let init = get(&app, "/docs/swagger-initializer.js").await;
+    assert!(String::from_utf8_lossy(&init.body).contains("/openapi.json"));
+}

@@ -1,0 +1,137 @@
+//! Bad input gets a clear 4xx naming the problem; failures never leak internals.
+
+use axum::http::StatusCode;
+use kiln_engine::Backend;
+use serde_json::json;
+
+use super::{CONTEXT, Fake, fake_app, get, post, post_raw, real_app, real_app_with};
+use crate::ServerConfig;
+
+#[tokio::test]
+async fn malformed_json_is_400_and_wrong_types_are_422_naming_the_field() {
+    let (app, _) = real_app();
+    for path in ["/v1/generate", "/v1/chat/completions", "/v1/completions", "/v1/tokenize"] {
+        let error = post_raw(&app, path, "{\"prompt\": ").await.error(StatusCode::BAD_REQUEST);
+        assert_eq!(error["code"], "invalid_json", "{path}");
+    }
+    let error = post(&app, "/v1/generate", json!({"prompt": 42})).await.error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error["param"], "prompt");
+    let error = post(&app, "/v1/generate", json!({"max_tokens": 5})).await.error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(error["message"].as_str().unwrap().contains("prompt"), "{error}");
+    let body = json!({"messages": [{"role": "user", "content": 7}]});
+    let error = post(&app, "/v1/chat/completions", body).await.error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error["param"], "messages[0].content");
+    let error = post(&app, "/v1/generate", json!({"prompt": "x", "max_tokens": -1})).await;
+    assert_eq!(error.error(StatusCode::UNPROCESSABLE_ENTITY)["param"], "max_tokens");
+}
+
+#[tokio::test]
+async fn out_of_range_values_are_400_naming_the_field() {
+    let (app, engine) = real_app();
+    let cases = [
+        (json!({"temperature": -0.5}), "temperature"),
+        (json!({"top_p": 0.0}), "top_p"),
+        (json!({"top_p": 1.5}), "top_p"),
+        (json!({"min_p": 2.0}), "min_p"),
+        (json!({"max_tokens": 0}), "max_tokens"),
+        (json!({"max_tokens": CONTEXT}), "max_tokens"),
+        (json!({"presence_penalty": 3.0}), "presence_penalty"),
+        (json!({"stop": [""]}), "stop"),
+        (json!({"model": "gpt-4o"}), "model"),
+    ];
+    for (extra, field) in cases {
+        let mut body = json!({"prompt": "hello"});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let error = post(&app, "/v1/generate", body).await.error(StatusCode::BAD_REQUEST);
+        assert_eq!(error["param"], field, "{error}");
+        assert!(error["message"].as_str().unwrap().contains(field) || field == "stop" || field == "model", "{error}");
+    }
+    let chat = |extra: serde_json::Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": "hi"}]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let chat_cases = [
+        (chat(json!({"n": 2})), "n"),
+        (chat(json!({"top_logprobs": 2})), "top_logprobs"),
+        (chat(json!({"logprobs": true, "top_logprobs": 21})), "top_logprobs"),
+        (chat(json!({"logit_bias": {"not-a-token": 1}})), "logit_bias"),
+        (chat(json!({"logit_bias": {"999999": 1}})), "logit_bias"),
+        (chat(json!({"response_format": {"type": "json_object"}})), "response_format"),
+        (json!({"messages": []}), "messages"),
+        (json!({"messages": [{"role": "wizard", "content": "hi"}]}), "messages[0].role"),
+        (json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}), "messages[0].content[0]"),
+    ];
+    for (body, field) in chat_cases {
+        let error = post(&app, "/v1/chat/completions", body).await.error(StatusCode::BAD_REQUEST);
+        assert_eq!(error["param"], field, "{error}");
+    }
+    let completion_cases = [
+        (json!({"prompt": "x", "suffix": "y"}), "suffix"),
+        (json!({"prompt": ["a", "b"]}), "prompt"),
+        (json!({"prompt": [1, 2, 999999]}), "prompt"),
+    ];
+    for (body, field) in completion_cases {
+        let error = post(&app, "/v1/completions", body).await.error(StatusCode::BAD_REQUEST);
+        assert_eq!(error["param"], field, "{error}");
+    }
+    assert_eq!(engine.stats().generated_tokens(), 0, "nothing invalid reached the engine");
+}
+
+#[tokio::test]
+async fn a_prompt_longer_than_the_context_is_400_context_length_exceeded() {
+    let (app, _) = real_app();
+    let long = "word ".repeat(CONTEXT + 10);
+    let error = post(&app, "/v1/generate", json!({"prompt": long, "raw": true})).await.error(StatusCode::BAD_REQUEST);
+    assert_eq!(error["code"], "context_length_exceeded");
+    assert_eq!(error["param"], "prompt");
+    let body = json!({"messages": [{"role": "user", "content": long}]});
+    let error = post(&app, "/v1/chat/completions", body).await.error(StatusCode::BAD_REQUEST);
+    assert_eq!(error["param"], "messages");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let (app, _) = real_app_with(ServerConfig { max_body_bytes: 4096, ..ServerConfig::default() });
+    let body = json!({"prompt": "x".repeat(5000)});
+    let error = post(&app, "/v1/generate", body).await.error(StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(error["message"].as_str().unwrap().contains("4096"), "{error}");
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_and_wrong_methods_405_in_json() {
+    let (app, _) = real_app();
+    assert_eq!(get(&app, "/v2/everything").await.error(StatusCode::NOT_FOUND)["code"], "not_found");
+    assert_eq!(get(&app, "/v1/generate").await.error(StatusCode::METHOD_NOT_ALLOWED)["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn an_overloaded_engine_is_503_with_retry_after() {
+    let app = fake_app(Fake::Overloaded);
+    let answer = post(&app, "/v1/generate", json!({"prompt": "hi"})).await;
+    assert_eq!(answer.headers["retry-after"], "1");
+    assert_eq!(answer.error(StatusCode::SERVICE_UNAVAILABLE)["type"], "overloaded_error");
+}
+
+#[tokio::test]
+async fn an_engine_failure_is_500_without_internal_details() {
+    let app = fake_app(Fake::FailAfter(vec!["Hello", " world"]));
+    let answer = post(&app, "/v1/chat/completions", json!({"messages": [{"role": "user", "content": "hi"}]})).await;
+    let error = answer.error(StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(error["type"], "server_error");
+    assert!(!error["message"].as_str().unwrap().contains("deadbeef"), "{error}");
+}
+
+#[tokio::test]
+async fn a_failure_midway_through_a_stream_ends_it_with_an_error_event_then_done() {
+    let app = fake_app(Fake::FailAfter(vec!["Hello", " world"]));
+    let answer = post(&app, "/v1/generate/stream", json!({"prompt": "hi"})).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let events = answer.json_events();
+    assert_eq!(events[0]["text"], "Hello");
+    assert_eq!(events[1]["text"], " world");
+    let error = &events[2]["error"];
+    assert_eq!(error["type"], "server_error");
+    assert!(!error["message"].as_str().unwrap().contains("deadbeef"));
+    assert_eq!(events.len(), 3);
+}
