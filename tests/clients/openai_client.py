@@ -1,0 +1,63 @@
+"""The official `openai` package against a running `kiln serve`.
+
+usage: python3 openai_client.py BASE_URL   (e.g. http://127.0.0.1:8000/v1)
+Exits non-zero, with the failing check, if kiln is not what the client expects.
+"""
+import sys
+
+import openai
+
+client = openai.OpenAI(base_url=sys.argv[1], api_key="sk-kiln-test", max_retries=0, timeout=120)
+checks = 0
+
+
+def check(name, ok, detail=""):
+    global checks
+    if not ok:
+        sys.exit(f"FAILED {name}: {detail}")
+    checks += 1
+
+
+models = client.models.list()
+model = models.data[0].id
+check("models list", len(models.data) == 1 and models.data[0].object == "model", models)
+
+messages = [{"role": "user", "content": "What is the capital of France?"}]
+chat = client.chat.completions.create(model=model, messages=messages, max_tokens=24, temperature=0)
+answer = chat.choices[0].message.content
+check("chat completion", chat.object == "chat.completion" and answer and chat.choices[0].message.role == "assistant", chat)
+check("chat usage", chat.usage.completion_tokens >= 1 and chat.usage.total_tokens == chat.usage.prompt_tokens + chat.usage.completion_tokens, chat.usage)
+
+stream = client.chat.completions.create(model=model, messages=messages, max_tokens=24, temperature=0, stream=True,
+                                        stream_options={"include_usage": True})
+pieces, usage, finish = [], None, None
+for chunk in stream:
+    if chunk.usage:
+        usage = chunk.usage
+    if chunk.choices:
+        pieces.append(chunk.choices[0].delta.content or "")
+        finish = chunk.choices[0].finish_reason or finish
+check("streamed chat text", "".join(pieces) == answer, ("".join(pieces), answer))
+check("streamed chat usage", usage is not None and usage.completion_tokens == chat.usage.completion_tokens, usage)
+check("streamed chat finish", finish == chat.choices[0].finish_reason, finish)
+
+fixed = client.chat.completions.create(model=model, messages=messages, max_tokens=40, temperature=0,
+                                       extra_body={"ignore_eos": True})
+check("ignore_eos", fixed.usage.completion_tokens == 40 and fixed.choices[0].finish_reason == "length", fixed.usage)
+
+completion = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0)
+check("completion", completion.object == "text_completion" and completion.choices[0].text, completion)
+
+try:
+    client.chat.completions.create(model="no-such-model", messages=messages)
+    check("unknown model refused", False, "no exception")
+except openai.BadRequestError as e:
+    check("unknown model refused", e.status_code == 400 and "no-such-model" in e.message, e)
+
+try:
+    client.chat.completions.create(model=model, messages=messages, temperature=-1)
+    check("bad temperature refused", False, "no exception")
+except openai.BadRequestError as e:
+    check("bad temperature refused", e.body.get("param") == "temperature", e.body)
+
+print(f"openai {openai.__version__}: {checks} checks passed")

@@ -1,0 +1,151 @@
+//! `kiln serve` as users run it: the real binary on a real socket, and the
+//! official `openai` Python client against it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::kiln;
+
+/// A running `kiln serve`, killed on drop.
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut child = kiln()
+            .args(["serve", "--port", "0", "--max-context", "2048"])
+            .stdout(Stdio::piped())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("starting kiln serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(address) = line.strip_prefix("listening on http://") {
+                    let _ = tx.send(address.to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(address) => Server { child, address },
+            Err(_) => {
+                let _ = child.kill();
+                panic!("kiln serve did not start: {}", std::fs::read_to_string(log.path()).unwrap_or_default());
+            }
+        }
+    }
+
+    /// Sends one request on a fresh connection; returns the socket to read from.
+    fn send(&self, method: &str, path: &str, body: &str) -> TcpStream {
+        let mut socket = TcpStream::connect(&self.address).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.address,
+            body.len()
+        );
+        socket.write_all(head.as_bytes()).unwrap();
+        socket.write_all(body.as_bytes()).unwrap();
+        socket
+    }
+
+    /// Status line and body of a whole (non-streamed) answer.
+    fn request(&self, method: &str, path: &str, body: &str) -> (String, String) {
+        let mut text = String::new();
+        self.send(method, path, body).read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        (head.lines().next().unwrap().to_string(), body.to_string())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn serve_answers_the_guides_generate_over_http() {
+    let server = Server::start();
+    let (status, body) = server.request("POST", "/v1/generate", r#"{"prompt": "What is 2+2?", "max_tokens": 16}"#);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(!body["text"].as_str().unwrap().is_empty());
+    assert_eq!(body["model"], "SmolLM2-135M-Instruct.Q4_1");
+    let (status, body) = server.request("POST", "/v1/generate", r#"{"prompt": "x", "temperature": -1}"#);
+    assert_eq!(status, "HTTP/1.1 400 Bad Request", "{body}");
+}
+
+#[test]
+fn serve_streams_tokens_one_by_one_as_they_are_generated() {
+    let server = Server::start();
+    let body = r#"{"prompt": "Tell me about rivers.", "max_tokens": 40, "ignore_eos": true, "temperature": 0}"#;
+    let mut socket = server.send("POST", "/v1/generate/stream", body);
+    let (mut seen, mut arrivals) = (Vec::new(), Vec::new());
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = socket.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        let events = buf[..n].windows(6).filter(|w| w == b"data: ").count();
+        arrivals.push((Instant::now(), events));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8(seen).unwrap();
+    assert!(text.contains("text/event-stream"), "{text}");
+    let events: usize = arrivals.iter().map(|(_, n)| n).sum();
+    // 40 tokens (a token may complete no character and send nothing), the finish, [DONE].
+    assert!((20..=42).contains(&events), "{events} events: {text}");
+    assert_eq!(text.rfind("data: "), text.find("data: [DONE]"), "the last event is [DONE]: {text}");
+    // Events come as they are generated, not in one burst at the end.
+    let reads_with_events = arrivals.iter().filter(|(_, n)| *n > 0).count();
+    assert!(reads_with_events >= 10, "events arrived in only {reads_with_events} reads");
+    let spread = arrivals.last().unwrap().0 - arrivals.first().unwrap().0;
+    assert!(spread > Duration::from_millis(20), "all events within {spread:?}");
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `python3` with the official `openai` package, installed from the package
+/// index (tests/clients/requirements.txt) if it is missing.
+fn python_with_openai() -> Command {
+    let has_openai = |python: &str| {
+        Command::new(python).args(["-c", "import openai"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    };
+    if !has_openai("python3") {
+        let requirements = repo_root().join("tests/clients/requirements.txt");
+        let status = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(&requirements)
+            .status()
+            .expect("python3 is needed for the OpenAI client test");
+        assert!(status.success(), "pip install -r {} failed", requirements.display());
+    }
+    Command::new("python3")
+}
+
+#[test]
+fn the_official_openai_python_client_works_against_kiln_serve() {
+    let server = Server::start();
+    let script = repo_root().join("tests/clients/openai_client.py");
+    let out = python_with_openai()
+        .arg(&script)
+        .arg(format!("http://{}/v1", server.address))
+        .output()
+        .expect("running the OpenAI client script");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("checks passed"), "{stdout}");
+}
