@@ -10,10 +10,10 @@ use crate::{FinishReason, StopSequences, Usage};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GenerateRequest {
     pub prompt: String,
-    /// Most tokens to generate.
-    #[serde(default = "default_max_tokens")]
+    /// Most tokens to generate. Unset: 512, or what the context window
+    /// leaves after the prompt if that is less.
     #[schema(default = 512, minimum = 1)]
-    pub max_tokens: u32,
+    pub max_tokens: Option<u32>,
     /// 0 is greedy (deterministic).
     #[serde(default = "default_temperature")]
     #[schema(default = 0.7, minimum = 0.0)]
@@ -47,10 +47,6 @@ pub struct GenerateRequest {
     pub system: Option<String>,
     /// Must name the served model when given.
     pub model: Option<String>,
-}
-
-fn default_max_tokens() -> u32 {
-    512
 }
 
 fn default_temperature() -> f32 {

@@ -10,36 +10,81 @@ use utoipa::ToSchema;
 
 use crate::{FinishReason, StopSequences, Usage};
 
-/// Sampling fields shared by chat completions and completions.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+/// Sampling fields shared by chat completions and completions, moved out of
+/// either request by its `take_sampling`.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SamplingFields {
-    /// Default 1; 0 is greedy.
-    #[schema(minimum = 0.0)]
     pub temperature: Option<f32>,
-    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub top_p: Option<f32>,
-    /// Only 1 is supported.
     pub n: Option<u32>,
     pub stop: Option<StopSequences>,
-    #[schema(minimum = -2.0, maximum = 2.0)]
     pub presence_penalty: Option<f32>,
-    #[schema(minimum = -2.0, maximum = 2.0)]
     pub frequency_penalty: Option<f32>,
-    /// Token id (as a string) to a bias in [-100, 100] added to its logit.
     pub logit_bias: Option<HashMap<String, f32>>,
     pub seed: Option<u64>,
-    /// Accepted and ignored (OpenAI uses it for abuse monitoring).
-    pub user: Option<String>,
-    /// Extension: keep the k most likely tokens (0 disables).
     pub top_k: Option<u32>,
-    /// Extension: drop tokens less likely than `min_p` times the most likely one.
-    #[schema(minimum = 0.0, maximum = 1.0)]
     pub min_p: Option<f32>,
-    /// Extension: llama.cpp's repetition penalty (1 disables).
-    #[schema(exclusive_minimum = 0.0)]
     pub repetition_penalty: Option<f32>,
-    /// Extension: keep generating past end-of-sequence tokens, up to the token limit.
     pub ignore_eos: Option<bool>,
+}
+
+/// Declares a request struct with the shared sampling fields spelled out.
+/// (`#[serde(flatten)]` would be shorter, but a flattened field with a wrong
+/// type loses its name in the deserializer's error, and clients must be told
+/// which field is wrong.)
+macro_rules! with_sampling_fields {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($body)*
+            /// Default 1; 0 is greedy.
+            #[schema(minimum = 0.0)]
+            pub temperature: Option<f32>,
+            #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
+            pub top_p: Option<f32>,
+            /// Only 1 is supported.
+            pub n: Option<u32>,
+            pub stop: Option<StopSequences>,
+            #[schema(minimum = -2.0, maximum = 2.0)]
+            pub presence_penalty: Option<f32>,
+            #[schema(minimum = -2.0, maximum = 2.0)]
+            pub frequency_penalty: Option<f32>,
+            /// Token id (as a string) to a bias in [-100, 100] added to its logit.
+            pub logit_bias: Option<HashMap<String, f32>>,
+            pub seed: Option<u64>,
+            /// Accepted and ignored (OpenAI uses it for abuse monitoring).
+            pub user: Option<String>,
+            /// Extension: keep the k most likely tokens (0 disables).
+            pub top_k: Option<u32>,
+            /// Extension: drop tokens less likely than `min_p` times the most likely one.
+            #[schema(minimum = 0.0, maximum = 1.0)]
+            pub min_p: Option<f32>,
+            /// Extension: llama.cpp's repetition penalty (1 disables).
+            #[schema(exclusive_minimum = 0.0)]
+            pub repetition_penalty: Option<f32>,
+            /// Extension: keep generating past end-of-sequence tokens, up to the token limit.
+            pub ignore_eos: Option<bool>,
+        }
+
+        impl $name {
+            pub fn take_sampling(&mut self) -> SamplingFields {
+                SamplingFields {
+                    temperature: self.temperature,
+                    top_p: self.top_p,
+                    n: self.n,
+                    stop: self.stop.take(),
+                    presence_penalty: self.presence_penalty,
+                    frequency_penalty: self.frequency_penalty,
+                    logit_bias: self.logit_bias.take(),
+                    seed: self.seed,
+                    top_k: self.top_k,
+                    min_p: self.min_p,
+                    repetition_penalty: self.repetition_penalty,
+                    ignore_eos: self.ignore_eos,
+                }
+            }
+        }
+    };
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -83,6 +128,7 @@ pub struct ResponseFormat {
     pub json_schema: Option<serde_json::Value>,
 }
 
+with_sampling_fields! {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
     /// The served model's id (see `GET /v1/models`); may be omitted.
@@ -99,8 +145,10 @@ pub struct ChatCompletionRequest {
     /// With `logprobs`: the 0 to 20 most likely alternatives at each position.
     pub top_logprobs: Option<u32>,
     pub response_format: Option<ResponseFormat>,
-    #[serde(flatten)]
-    pub sampling: SamplingFields,
+    /// Tool calling is not supported: a non-empty list is refused.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tools: Option<Vec<serde_json::Value>>,
+}
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -187,6 +235,7 @@ pub enum PromptInput {
     TokenLists(Vec<Vec<u32>>),
 }
 
+with_sampling_fields! {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CompletionRequest {
     pub model: Option<String>,
@@ -205,8 +254,7 @@ pub struct CompletionRequest {
     pub suffix: Option<String>,
     /// Only 1 is supported.
     pub best_of: Option<u32>,
-    #[serde(flatten)]
-    pub sampling: SamplingFields,
+}
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -1,6 +1,7 @@
 //! `kiln serve`: the HTTP API on a loaded model.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kiln_engine::EngineConfig;
@@ -30,6 +31,12 @@ pub struct ServeArgs {
     /// Larger request bodies get 413.
     #[arg(long, default_value_t = ServerConfig::default().max_body_bytes)]
     max_body_bytes: usize,
+    /// Memory for reusing shared prompt prefixes across requests, in MiB (0 disables).
+    #[arg(long, default_value_t = EngineConfig::default().prefix_cache_bytes >> 20)]
+    prefix_cache_mib: usize,
+    /// On Ctrl-C or SIGTERM, seconds open requests may run before they are cut.
+    #[arg(long, default_value_t = ServerConfig::default().drain_timeout.as_secs())]
+    drain_timeout_secs: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -38,9 +45,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let name = loaded.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         name.strip_suffix(".gguf").unwrap_or(&name).to_string()
     });
-    let engine =
-        loaded.engine(EngineConfig { max_batch: args.max_batch, max_queue: args.max_queue, ..EngineConfig::default() });
-    let config = ServerConfig { max_body_bytes: args.max_body_bytes, ..ServerConfig::default() };
+    let engine = loaded.engine(EngineConfig {
+        max_batch: args.max_batch,
+        max_queue: args.max_queue,
+        prefix_cache_bytes: args.prefix_cache_mib << 20,
+        ..EngineConfig::default()
+    });
+    let drain_timeout = Duration::from_secs(args.drain_timeout_secs);
+    let config = ServerConfig { max_body_bytes: args.max_body_bytes, drain_timeout, ..ServerConfig::default() };
     let state = AppState::new(Arc::new(engine), ServedModel::new(id, loaded.tokenizer, loaded.template), config);
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
@@ -52,7 +64,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         tracing::info!(%address, model = %state.model().id, "serving; API docs at /docs");
         // One line on stdout that scripts (and the tests) wait for.
         println!("listening on http://{address}");
-        kiln_server::serve(listener, kiln_server::router(state), shutdown_signal()).await.context("serving")
+        kiln_server::serve(listener, kiln_server::router(state), shutdown_signal(), drain_timeout)
+            .await
+            .context("serving")
     })
 }
 

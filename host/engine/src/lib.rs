@@ -28,6 +28,9 @@ pub use sampling::{Sampled, Sampler};
 pub enum EngineError {
     #[error("invalid `{field}`: {message}")]
     Validation { field: String, message: String },
+    /// The prompt alone fills the context window.
+    #[error("the prompt's {prompt_tokens} tokens leave no room to generate in the context window of {max_context}")]
+    PromptTooLong { prompt_tokens: usize, max_context: usize },
     #[error("the engine is at capacity ({queued} requests queued); retry later")]
     Overloaded { queued: usize },
     #[error("the engine has stopped")]
@@ -100,6 +103,7 @@ pub struct EngineStats {
     pub(crate) steps: AtomicU64,
     pub(crate) generated_tokens: AtomicU64,
     pub(crate) prefix_reused_tokens: AtomicU64,
+    pub(crate) prefix_cache_bytes: AtomicUsize,
 }
 
 impl EngineStats {
@@ -120,6 +124,10 @@ impl EngineStats {
     /// Prompt tokens whose keys and values were reused from an earlier request.
     pub fn prefix_reused_tokens(&self) -> u64 {
         self.prefix_reused_tokens.load(Ordering::Relaxed)
+    }
+    /// Memory held by the prefix cache.
+    pub fn prefix_cache_bytes(&self) -> usize {
+        self.prefix_cache_bytes.load(Ordering::Relaxed)
     }
 }
 

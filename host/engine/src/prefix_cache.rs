@@ -31,6 +31,11 @@ impl PrefixCache {
         PrefixCache { entries: VecDeque::new(), bytes: 0, capacity_bytes }
     }
 
+    /// Memory held, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// A cache holding the longest stored prefix of `prompt`, never all of it:
     /// the last prompt token must still run to give the first logits.
     pub fn lookup(&mut self, prompt: &[u32]) -> Option<KvCache> {
@@ -57,17 +62,21 @@ impl PrefixCache {
             return;
         }
         tokens.truncate(len);
-        cache.truncate(len);
-        // An entry this one extends (or repeats) is redundant.
-        if let Some(i) = self.entries.iter().position(|e| tokens.starts_with(&e.tokens)) {
-            let old = self.entries.remove(i).expect("index from position");
-            self.bytes -= old.cache.size_in_bytes();
-        } else if self.entries.iter().any(|e| e.tokens.starts_with(&tokens)) {
+        // A stored entry that already covers this prefix only gets fresher.
+        if let Some(i) = self.entries.iter().position(|e| e.tokens.starts_with(&tokens)) {
+            let entry = self.entries.remove(i).expect("index from position");
+            self.entries.push_back(entry);
             return;
         }
+        cache.truncate(len);
         let size = cache.size_in_bytes();
         if size > self.capacity_bytes {
             return;
+        }
+        // An entry this one extends is redundant.
+        if let Some(i) = self.entries.iter().position(|e| tokens.starts_with(&e.tokens)) {
+            let old = self.entries.remove(i).expect("index from position");
+            self.bytes -= old.cache.size_in_bytes();
         }
         while self.bytes + size > self.capacity_bytes {
             let Some(old) = self.entries.pop_front() else { break };

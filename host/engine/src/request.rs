@@ -153,14 +153,10 @@ impl GenerateRequest {
             return bad("prompt", format!("token id {t} is outside the vocabulary ({})", limits.vocab_size));
         }
         if self.prompt_tokens.len() >= limits.max_context {
-            return bad(
-                "prompt",
-                format!(
-                    "{} tokens leave no room to generate in the context window of {}",
-                    self.prompt_tokens.len(),
-                    limits.max_context
-                ),
-            );
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: self.prompt_tokens.len(),
+                max_context: limits.max_context,
+            });
         }
         let room = limits.max_context - self.prompt_tokens.len();
         if self.max_tokens < 1 || self.max_tokens > room {

@@ -116,6 +116,7 @@ pub(crate) fn run(
         for seq in running.extract_if(.., |s| s.finished) {
             prefixes.insert(seq.prompt, seq.cache);
         }
+        stats.prefix_cache_bytes.store(prefixes.bytes(), Ordering::Relaxed);
         stats.active.store(running.len(), Ordering::Relaxed);
     }
 }

@@ -154,7 +154,10 @@ fn invalid_requests_are_refused_before_the_engine() {
     assert_eq!(err(greedy(vec![], 4)), "prompt");
     assert_eq!(err(greedy(prompt("hi"), 0)), "max_tokens");
     assert_eq!(err(greedy(prompt("hi"), 5000)), "max_tokens");
-    assert_eq!(err(greedy(vec![1; 1024], 1)), "prompt");
+    assert!(matches!(
+        e.generate(greedy(vec![1; 1024], 1)),
+        Err(EngineError::PromptTooLong { prompt_tokens: 1024, max_context: 1024 })
+    ));
     assert_eq!(err(greedy(vec![999_999], 1)), "prompt");
     assert_eq!(err(GenerateRequest { top_logprobs: 21, ..greedy(prompt("hi"), 1) }), "top_logprobs");
 }
@@ -215,4 +218,19 @@ fn prefixes_larger_than_the_prefix_cache_are_not_kept() {
     collect(tiny.generate(greedy(p.clone(), 4)).unwrap());
     collect(tiny.generate(greedy(p, 4)).unwrap());
     assert_eq!(tiny.stats().prefix_reused_tokens(), 0);
+}
+
+#[test]
+fn a_kept_prefix_holds_the_prompts_memory_not_the_generations() {
+    let e = engine(EngineConfig::default());
+    let p = prompt("Tell me a story.");
+    let request = GenerateRequest { ignore_eos: true, ..greedy(p.clone(), 400) };
+    assert_eq!(collect(e.generate(request).unwrap()).0.len(), 400);
+    wait_until("the prefix to be kept", || e.stats().prefix_cache_bytes() > 0);
+    let (model, _) = loaded();
+    let c = model.config();
+    let kv_dim = c.n_head_kv * c.head_dim;
+    // Keys are stored in blocks of 16 positions.
+    let per_layer = (p.len().div_ceil(16) * 16 + p.len()) * kv_dim * 4;
+    assert_eq!(e.stats().prefix_cache_bytes(), c.n_layer * per_layer);
 }

@@ -63,10 +63,15 @@ impl KvCache {
         KvCache { layers, len, kv_dim }
     }
 
-    /// Keeps the first `len` positions only.
+    /// Keeps the first `len` positions only, and gives back the memory of the
+    /// rest (a cache kept for reuse must not hold its generation's growth).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
         self.rollback();
+        for (keys, values) in &mut self.layers {
+            keys.shrink_to_fit();
+            values.shrink_to_fit();
+        }
     }
 
     /// Tokens held.
@@ -78,8 +83,8 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Bytes held by keys and values.
+    /// Bytes of memory held for keys and values (allocated, not just used).
     pub fn size_in_bytes(&self) -> usize {
-        self.layers.iter().map(|(k, v)| (k.len() + v.len()) * 4).sum()
+        self.layers.iter().map(|(k, v)| (k.capacity() + v.capacity()) * size_of::<f32>()).sum()
     }
 }

@@ -25,6 +25,9 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("the model `{0}` does not exist; see GET /v1/models")]
     ModelNotFound(String),
+    /// A model looked up by path (`GET /v1/models/{id}`): a missing resource.
+    #[error("the model `{0}` does not exist; see GET /v1/models")]
+    NoSuchModel(String),
     #[error("no such endpoint: {method} {path}")]
     RouteNotFound { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
@@ -50,7 +53,7 @@ impl ApiError {
             }
             ApiError::InvalidType { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::RouteNotFound { .. } | ApiError::NoSuchModel(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Overloaded { .. } | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -68,6 +71,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => ("invalid_request_error", None, Some("payload_too_large")),
             ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model".into()), Some("model_not_found")),
             ApiError::RouteNotFound { .. } => ("not_found_error", None, Some("not_found")),
+            ApiError::NoSuchModel(_) => ("not_found_error", Some("id".into()), Some("model_not_found")),
             ApiError::MethodNotAllowed { .. } => ("invalid_request_error", None, Some("method_not_allowed")),
             ApiError::Overloaded { .. } => ("overloaded_error", None, Some("overloaded")),
             ApiError::Unavailable => ("overloaded_error", None, Some("unavailable")),
@@ -85,11 +89,14 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Validation { field, message } => {
-                // OpenAI's clients look for this code to tell a too-long prompt apart.
-                let code =
-                    (field == "prompt" && message.contains("context window")).then_some("context_length_exceeded");
-                ApiError::InvalidValue { message: format!("invalid `{field}`: {message}"), param: field, code }
+                ApiError::InvalidValue { message: format!("invalid `{field}`: {message}"), param: field, code: None }
             }
+            e @ EngineError::PromptTooLong { .. } => ApiError::InvalidValue {
+                param: "prompt".into(),
+                message: e.to_string(),
+                // OpenAI's clients look for this code to tell a too-long prompt apart.
+                code: Some("context_length_exceeded"),
+            },
             EngineError::Overloaded { queued } => ApiError::Overloaded { queued },
             EngineError::Stopped => ApiError::Unavailable,
         }

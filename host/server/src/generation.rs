@@ -18,8 +18,12 @@ use crate::{ApiError, AppState};
 pub struct GenerationSpec {
     pub prompt_tokens: Vec<u32>,
     pub params: SamplingParams,
-    /// `None`: as many as the context window leaves.
+    /// What the client asked for; `None`: `default_max_tokens`.
     pub max_tokens: Option<u32>,
+    /// The endpoint's default, capped to what the context window leaves (a
+    /// client that did not choose a limit is not refused for it); `None`:
+    /// all the room there is.
+    pub default_max_tokens: Option<u32>,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
     pub logprobs: bool,
@@ -37,7 +41,8 @@ pub struct TokenLogprobs {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Piece {
     /// Text to send, with the log-probabilities of the tokens that produced it
-    /// (empty unless asked for).
+    /// (empty unless asked for). The text is empty only for the last piece,
+    /// when it carries the log-probabilities of tokens that left no text.
     Text {
         text: String,
         tokens: Vec<TokenLogprobs>,
@@ -83,9 +88,11 @@ impl GenerationSpec {
         let backend = state.backend();
         let limits = backend.limits();
         let prompt_tokens = self.prompt_tokens.len();
-        let max_tokens = match self.max_tokens {
-            Some(n) => n as usize,
-            None => limits.max_context.saturating_sub(prompt_tokens).max(1),
+        let room = limits.max_context.saturating_sub(prompt_tokens).max(1);
+        let max_tokens = match (self.max_tokens, self.default_max_tokens) {
+            (Some(n), _) => n as usize,
+            (None, Some(default)) => (default as usize).min(room),
+            (None, None) => room,
         };
         let request = GenerateRequest {
             prompt_tokens: self.prompt_tokens,
@@ -181,6 +188,12 @@ impl Generation {
     fn finish(&mut self, reason: FinishReason, usage: Usage) {
         // Ends the engine's sequence now if a stop string cut it short.
         self.stream = None;
+        // Every generated token's log-probability is reported, also for tokens
+        // whose text was cut by a stop string or completed no character.
+        if !self.pending_logprobs.is_empty() {
+            let tokens = std::mem::take(&mut self.pending_logprobs);
+            self.ready.push_back(Piece::Text { text: String::new(), tokens });
+        }
         self.ready.push_back(Piece::Finished { reason, usage });
     }
 }

@@ -52,11 +52,18 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// A comment line is sent on a stream idle this long, so proxies keep it open.
     pub sse_keep_alive: Duration,
+    /// After a shutdown signal, how long open requests and streams may run
+    /// before their connections are closed.
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_body_bytes: 2 << 20, sse_keep_alive: Duration::from_secs(15) }
+        ServerConfig {
+            max_body_bytes: 2 << 20,
+            sse_keep_alive: Duration::from_secs(15),
+            drain_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -103,26 +110,50 @@ impl AppState {
         }
     }
 
-    /// Text to token ids; special tokens written out in the text (as chat
-    /// templates produce them) become their ids.
-    pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
-        self.inner.model.tokenizer.encode(text, true).map_err(|e| ApiError::Internal(format!("tokenizer: {e}")))
+    /// A prompt's token ids. Rendering and tokenizing run on the blocking
+    /// pool: a prompt can be megabytes, and the async workers serve every
+    /// open stream.
+    pub(crate) async fn prompt_tokens(&self, prompt: Prompt) -> Result<Vec<u32>, ApiError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let model = &state.inner.model;
+            let text = match prompt {
+                Prompt::Text(text) => text,
+                // A template may refuse a conversation (`raise_exception`, e.g.
+                // roles out of order): that is the client's to fix.
+                Prompt::Chat { messages, add_generation_prompt } => model
+                    .template
+                    .render(&messages, add_generation_prompt)
+                    .map_err(|e| ApiError::invalid("messages", e.to_string()))?,
+            };
+            // Special tokens written out in the text (as chat templates write
+            // them) become their ids.
+            model.tokenizer.encode(&text, true).map_err(|e| ApiError::Internal(format!("tokenizer: {e}")))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("tokenizing task: {e}")))?
     }
 
-    /// Renders chat messages with the model's template, opening the assistant's turn.
-    pub(crate) fn render_chat(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String, ApiError> {
-        // A template may refuse a conversation (`raise_exception`, e.g. roles
-        // out of order): that is the client's to fix.
-        self.inner
-            .model
-            .template
-            .render(messages, add_generation_prompt)
-            .map_err(|e| ApiError::invalid("messages", e.to_string()))
+    /// Token ids to text; ids the tokenizer does not know are the client's mistake.
+    pub(crate) fn decode(&self, param: &str, tokens: &[u32]) -> Result<String, ApiError> {
+        let vocab = self.inner.model.tokenizer.vocab_size().min(self.backend().limits().vocab_size);
+        if let Some((i, id)) = tokens.iter().enumerate().find(|(_, id)| **id as usize >= vocab) {
+            return Err(ApiError::invalid(
+                format!("{param}[{i}]"),
+                format!("{id} is outside the vocabulary ({vocab})"),
+            ));
+        }
+        self.inner.model.tokenizer.decode(tokens, false).map_err(|e| ApiError::invalid(param, e.to_string()))
     }
+}
+
+/// What a request asks the model to continue.
+#[derive(Debug)]
+pub(crate) enum Prompt {
+    /// Text as the model sees it.
+    Text(String),
+    /// Messages to render with the model's chat template.
+    Chat { messages: Vec<ChatMessage>, add_generation_prompt: bool },
 }
 
 /// Every route of the API, with the body limit and JSON fallbacks.
@@ -146,11 +177,12 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets open
-/// requests finish.
+/// requests finish for up to `drain_timeout`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    drain_timeout: Duration,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     // Streamed tokens are small writes: without TCP_NODELAY, Nagle's algorithm
@@ -160,7 +192,26 @@ pub async fn serve(
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = signalled.send(true);
+    });
+    // A stream may run for minutes; past the drain timeout its connection is
+    // closed (which cancels its sequence) rather than holding the exit.
+    let deadline = async move {
+        if on_signal.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(drain_timeout).await;
+    };
+    tokio::select! {
+        result = server => result,
+        () = deadline => {
+            tracing::warn!(?drain_timeout, "requests still open after the drain timeout; closing them");
+            Ok(())
+        }
+    }
 }
 
 pub(crate) fn unix_now() -> u64 {

@@ -3,8 +3,11 @@
 //! compiled into the binary (`utoipa-swagger-ui`'s `vendored` feature), so
 //! `/docs` works with no internet access.
 
+use std::collections::BTreeMap;
+
 use axum::Router;
-use utoipa::OpenApi;
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::{IntoResponses, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::routes;
@@ -26,7 +29,7 @@ use crate::routes;
         routes::tokenize::tokenize,
         routes::tokenize::detokenize,
     ),
-    components(schemas(kiln_api::generate::GenerateStreamEnd)),
+    components(schemas(kiln_api::generate::GenerateStreamEnd, kiln_api::ErrorBody)),
     tags(
         (name = "generate", description = "The guide's endpoints"),
         (name = "openai", description = "OpenAI-compatible API"),
@@ -38,4 +41,26 @@ pub struct ApiDoc;
 /// `/openapi.json` and the docs page at `/docs`.
 pub fn docs_router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()).into()
+}
+
+/// The failures every generating endpoint documents, all as `ErrorBody`.
+#[derive(Debug)]
+pub(crate) struct GenerationErrors;
+
+impl IntoResponses for GenerationErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        [
+            ("400", "Malformed JSON, a value out of range, an unknown model, a prompt over the context"),
+            ("413", "Body over the size limit"),
+            ("422", "A missing field or one of the wrong type (`param` names it)"),
+            ("503", "At capacity; retry after `Retry-After` seconds"),
+        ]
+        .into_iter()
+        .map(|(status, description)| {
+            let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+            let response = ResponseBuilder::new().description(description).content("application/json", body).build();
+            (status.to_string(), response.into())
+        })
+        .collect()
+    }
 }

@@ -4,7 +4,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use kiln_api::ErrorBody;
 use kiln_api::openai::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
     ChatDelta, ChatLogprobs, ChatMessage, MessageContent, TokenLogprob, TopLogprob,
@@ -15,7 +14,8 @@ use super::openai::sampling;
 use super::{completion_id, json_event, sse, token_text};
 use crate::extract::ApiJson;
 use crate::generation::{GenerationSpec, Piece, TokenLogprobs};
-use crate::{ApiError, AppState, unix_now};
+use crate::openapi::GenerationErrors;
+use crate::{ApiError, AppState, Prompt, unix_now};
 
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
@@ -24,16 +24,16 @@ const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
     responses(
         (status = 200, description = "A `chat.completion`, or with `stream: true` `chat.completion.chunk` events ending with `data: [DONE]`",
             content((ChatCompletion = "application/json"), (ChatCompletionChunk = "text/event-stream"))),
-        (status = 400, description = "A value out of range, an unknown model, a prompt over the context", body = ErrorBody),
-        (status = 413, description = "Body over the size limit", body = ErrorBody),
-        (status = 422, description = "A missing field or one of the wrong type", body = ErrorBody),
-        (status = 503, description = "At capacity; retry after `Retry-After` seconds", body = ErrorBody),
+        GenerationErrors,
     ))]
 pub async fn chat_completions(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<ChatCompletionRequest>,
+    ApiJson(mut req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     state.check_model(req.model.as_deref())?;
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::invalid("tools", "tool calling is not supported"));
+    }
     if let Some(format) = req.response_format.as_ref().filter(|f| f.kind != "text") {
         return Err(ApiError::invalid(
             "response_format",
@@ -48,16 +48,18 @@ pub async fn chat_completions(
     if top_logprobs > MAX_TOP_LOGPROBS {
         return Err(ApiError::invalid("top_logprobs", format!("must be at most {MAX_TOP_LOGPROBS}")));
     }
-    let messages = chat_messages(req.messages)?;
+    let messages = chat_messages(std::mem::take(&mut req.messages))?;
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "must hold at least one message"));
     }
-    let prompt = state.render_chat(&messages, true)?;
-    let sampling = sampling(req.sampling)?;
+    let sampling = sampling(req.take_sampling())?;
+    let prompt_tokens = state.prompt_tokens(Prompt::Chat { messages, add_generation_prompt: true }).await?;
+    let max_tokens_field = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
     let generation = GenerationSpec {
-        prompt_tokens: state.encode(&prompt)?,
+        prompt_tokens,
         params: sampling.params,
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        default_max_tokens: None,
         stop: sampling.stop,
         ignore_eos: sampling.ignore_eos,
         logprobs,
@@ -65,9 +67,12 @@ pub async fn chat_completions(
     }
     .start(&state)
     .map_err(|e| match e {
-        // The client wrote messages, not a prompt: point there.
+        // Name the fields the client wrote: messages, not a prompt.
         ApiError::InvalidValue { param, message, code } if param == "prompt" => {
             ApiError::InvalidValue { param: "messages".into(), message, code }
+        }
+        ApiError::InvalidValue { param, message, code } if param == "max_tokens" => {
+            ApiError::InvalidValue { param: max_tokens_field.into(), message, code }
         }
         other => other,
     })?;

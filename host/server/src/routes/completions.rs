@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use kiln_api::ErrorBody;
 use kiln_api::FinishReason;
 use kiln_api::openai::{Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptInput};
 
@@ -14,24 +13,24 @@ use super::openai::sampling;
 use super::{completion_id, json_event, sse, token_text};
 use crate::extract::ApiJson;
 use crate::generation::{GenerationSpec, Piece, TokenLogprobs};
-use crate::{ApiError, AppState, unix_now};
+use crate::openapi::GenerationErrors;
+use crate::{ApiError, AppState, Prompt, unix_now};
 
 /// OpenAI's default `max_tokens` for completions.
 const DEFAULT_MAX_TOKENS: u32 = 16;
+/// OpenAI's limit on alternatives per position for completions.
+const MAX_LOGPROBS: u32 = 5;
 
 /// Continue a prompt (text or token ids).
 #[utoipa::path(post, path = "/v1/completions", tag = "openai", request_body = CompletionRequest,
     responses(
         (status = 200, description = "A `text_completion`, or with `stream: true` `text_completion` chunks ending with `data: [DONE]`",
             content((Completion = "application/json"), (Completion = "text/event-stream"))),
-        (status = 400, description = "A value out of range, an unknown model, a prompt over the context", body = ErrorBody),
-        (status = 413, description = "Body over the size limit", body = ErrorBody),
-        (status = 422, description = "A missing field or one of the wrong type", body = ErrorBody),
-        (status = 503, description = "At capacity; retry after `Retry-After` seconds", body = ErrorBody),
+        GenerationErrors,
     ))]
 pub async fn completions(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<CompletionRequest>,
+    ApiJson(mut req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     state.check_model(req.model.as_deref())?;
     if req.suffix.is_some() {
@@ -40,13 +39,17 @@ pub async fn completions(
     if let Some(best_of) = req.best_of.filter(|b| *b != 1) {
         return Err(ApiError::invalid("best_of", format!("only best_of=1 is supported, got {best_of}")));
     }
-    let (prompt_text, prompt_tokens) = prompt(&state, req.prompt)?;
+    if let Some(n) = req.logprobs.filter(|n| *n > MAX_LOGPROBS) {
+        return Err(ApiError::invalid("logprobs", format!("must be at most {MAX_LOGPROBS}, got {n}")));
+    }
+    let sampling = sampling(req.take_sampling())?;
+    let (prompt_tokens, echo) = prompt(&state, req.prompt, req.echo).await?;
     let top = req.logprobs.map(|n| n as usize);
-    let sampling = sampling(req.sampling)?;
     let generation = GenerationSpec {
         prompt_tokens,
         params: sampling.params,
-        max_tokens: Some(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
+        max_tokens: req.max_tokens,
+        default_max_tokens: Some(DEFAULT_MAX_TOKENS),
         stop: sampling.stop,
         ignore_eos: sampling.ignore_eos,
         logprobs: top.is_some(),
@@ -54,7 +57,6 @@ pub async fn completions(
     }
     .start(&state)?;
 
-    let echo = req.echo.then_some(prompt_text);
     let (id, created, model) = (completion_id("cmpl"), unix_now(), state.model().id.clone());
     let completion = move |choices, usage| Completion {
         id: id.clone(),
@@ -64,30 +66,25 @@ pub async fn completions(
         choices,
         usage,
     };
-    if !req.stream {
-        let done = generation.collect().await?;
-        let mut text = echo.unwrap_or_default();
-        let start = text.len();
-        text.push_str(&done.text);
-        let choice = CompletionChoice {
-            index: 0,
-            logprobs: top.map(|_| completion_logprobs(&state, &done.tokens, start)),
-            text,
-            finish_reason: Some(done.reason),
-        };
-        return Ok(Json(completion(vec![choice], Some(done.usage))).into_response());
-    }
-
-    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-    let mut offset = echo.as_ref().map_or(0, String::len);
-    let mut echo = echo.filter(|e| !e.is_empty());
-    let state2 = state.clone();
     let choice = |text: String, logprobs, finish_reason: Option<FinishReason>| CompletionChoice {
         index: 0,
         text,
         logprobs,
         finish_reason,
     };
+    // `text_offset` counts characters from the start of the returned text.
+    let mut offset = echo.as_ref().map_or(0, |e| e.chars().count());
+    if !req.stream {
+        let done = generation.collect().await?;
+        let logprobs = top.map(|_| completion_logprobs(&state, &done.tokens, &mut offset));
+        let text = echo.unwrap_or_default() + &done.text;
+        let answer = completion(vec![choice(text, logprobs, Some(done.reason))], Some(done.usage));
+        return Ok(Json(answer).into_response());
+    }
+
+    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let mut echo = echo.filter(|e| !e.is_empty());
+    let state2 = state.clone();
     Ok(sse(&state, generation, move |piece| {
         let mut events = Vec::with_capacity(2);
         if let Some(prompt) = echo.take() {
@@ -95,8 +92,7 @@ pub async fn completions(
         }
         match piece {
             Piece::Text { text, tokens } => {
-                let logprobs = top.map(|_| completion_logprobs(&state2, &tokens, offset));
-                offset += text.len();
+                let logprobs = top.map(|_| completion_logprobs(&state2, &tokens, &mut offset));
                 events.push(json_event(&completion(vec![choice(text, logprobs, None)], None)));
             }
             Piece::Finished { reason, usage } => {
@@ -110,22 +106,21 @@ pub async fn completions(
     }))
 }
 
-/// The prompt's text (for `echo`) and its tokens. A list must hold one prompt.
-fn prompt(state: &AppState, input: PromptInput) -> Result<(String, Vec<u32>), ApiError> {
+/// The prompt's tokens, and its text when `echo` wants it back. A list must
+/// hold exactly one prompt.
+async fn prompt(state: &AppState, input: PromptInput, echo: bool) -> Result<(Vec<u32>, Option<String>), ApiError> {
     let one = |n: usize| match n {
         1 => Ok(()),
         _ => Err(ApiError::invalid("prompt", format!("exactly one prompt per request is supported, got {n}"))),
     };
     let tokens = match input {
         PromptInput::Text(text) => {
-            let tokens = state.encode(&text)?;
-            return Ok((text, tokens));
+            return Ok((state.prompt_tokens(Prompt::Text(text.clone())).await?, echo.then_some(text)));
         }
         PromptInput::Texts(mut texts) => {
             one(texts.len())?;
             let text = texts.remove(0);
-            let tokens = state.encode(&text)?;
-            return Ok((text, tokens));
+            return Ok((state.prompt_tokens(Prompt::Text(text.clone())).await?, echo.then_some(text)));
         }
         PromptInput::Tokens(tokens) => tokens,
         PromptInput::TokenLists(mut lists) => {
@@ -133,22 +128,19 @@ fn prompt(state: &AppState, input: PromptInput) -> Result<(String, Vec<u32>), Ap
             lists.remove(0)
         }
     };
-    let vocab = state.backend().limits().vocab_size;
-    if let Some(id) = tokens.iter().find(|id| **id as usize >= vocab) {
-        return Err(ApiError::invalid("prompt", format!("token id {id} is outside the vocabulary ({vocab})")));
-    }
-    let text = state.model().tokenizer.decode(&tokens, false).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok((text, tokens))
+    // Decoding also checks every id against the vocabulary.
+    let text = state.decode("prompt", &tokens)?;
+    Ok((tokens, echo.then_some(text)))
 }
 
-/// OpenAI's legacy logprobs; `text_offset` counts from `start` in the returned text.
-fn completion_logprobs(state: &AppState, tokens: &[TokenLogprobs], start: usize) -> CompletionLogprobs {
+/// OpenAI's legacy logprobs; `offset` is where the first token starts in the
+/// returned text, in characters, and is moved past the last.
+fn completion_logprobs(state: &AppState, tokens: &[TokenLogprobs], offset: &mut usize) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
-    let mut offset = start;
     for t in tokens {
-        let (text, bytes) = token_text(state, t.id);
-        out.text_offset.push(offset as u32);
-        offset += bytes.len();
+        let (text, _) = token_text(state, t.id);
+        out.text_offset.push(*offset as u32);
+        *offset += text.chars().count();
         out.tokens.push(text);
         out.token_logprobs.push(t.logprob);
         out.top_logprobs.push(t.top.iter().map(|&(id, lp)| (token_text(state, id).0, lp)).collect::<HashMap<_, _>>());

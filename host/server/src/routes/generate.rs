@@ -3,31 +3,28 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use kiln_api::ErrorBody;
 use kiln_api::generate::{GenerateChunk, GenerateRequest, GenerateResponse, GenerateStreamEnd};
 use kiln_chat::ChatMessage;
 
 use super::{Knobs, json_event, sse};
 use crate::extract::ApiJson;
 use crate::generation::{Generation, GenerationSpec, Piece};
-use crate::{ApiError, AppState};
+use crate::openapi::GenerationErrors;
+use crate::{ApiError, AppState, Prompt};
 
 /// Generate an answer to a prompt; with `stream: true`, as Server-Sent Events.
 #[utoipa::path(post, path = "/v1/generate", tag = "generate", request_body = GenerateRequest,
     responses(
         (status = 200, description = "The answer (or, with `stream: true`, events as from `/v1/generate/stream`)",
             content((GenerateResponse = "application/json"), (GenerateChunk = "text/event-stream"))),
-        (status = 400, description = "Malformed JSON or a value out of range", body = ErrorBody),
-        (status = 413, description = "Body over the size limit", body = ErrorBody),
-        (status = 422, description = "A missing field or one of the wrong type", body = ErrorBody),
-        (status = 503, description = "At capacity; retry after `Retry-After` seconds", body = ErrorBody),
+        GenerationErrors,
     ))]
 pub async fn generate(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Response, ApiError> {
     let stream = req.stream;
-    let generation = start(&state, req)?;
+    let generation = start(&state, req).await?;
     if stream {
         return Ok(stream_events(&state, generation));
     }
@@ -48,32 +45,33 @@ pub async fn generate(
     responses(
         (status = 200, description = "`data: {\"text\": ...}` events, a `GenerateStreamEnd` event, then `data: [DONE]`",
             content((GenerateChunk = "text/event-stream"))),
-        (status = 400, description = "Malformed JSON or a value out of range", body = ErrorBody),
-        (status = 422, description = "A missing field or one of the wrong type", body = ErrorBody),
-        (status = 503, description = "At capacity", body = ErrorBody),
+        GenerationErrors,
     ))]
 pub async fn generate_stream(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Response, ApiError> {
-    let generation = start(&state, req)?;
+    let generation = start(&state, req).await?;
     Ok(stream_events(&state, generation))
 }
 
-fn start(state: &AppState, req: GenerateRequest) -> Result<Generation, ApiError> {
+/// The guide's `max_tokens` default.
+const DEFAULT_MAX_TOKENS: u32 = 512;
+
+async fn start(state: &AppState, req: GenerateRequest) -> Result<Generation, ApiError> {
     state.check_model(req.model.as_deref())?;
     if req.prompt.is_empty() {
         return Err(ApiError::invalid("prompt", "must not be empty"));
     }
-    let text = if req.raw {
-        req.prompt
+    let prompt = if req.raw {
+        Prompt::Text(req.prompt)
     } else {
         let mut messages = Vec::with_capacity(2);
         if let Some(system) = req.system {
             messages.push(ChatMessage::new("system", system));
         }
         messages.push(ChatMessage::new("user", req.prompt));
-        state.render_chat(&messages, true)?
+        Prompt::Chat { messages, add_generation_prompt: true }
     };
     let knobs = Knobs {
         temperature: req.temperature,
@@ -86,9 +84,10 @@ fn start(state: &AppState, req: GenerateRequest) -> Result<Generation, ApiError>
         seed: req.seed,
     };
     GenerationSpec {
-        prompt_tokens: state.encode(&text)?,
+        prompt_tokens: state.prompt_tokens(prompt).await?,
         params: knobs.into_params(Vec::new()),
-        max_tokens: Some(req.max_tokens),
+        max_tokens: req.max_tokens,
+        default_max_tokens: Some(DEFAULT_MAX_TOKENS),
         stop: req.stop.map(|s| s.into_vec()).unwrap_or_default(),
         ignore_eos: req.ignore_eos,
         ..GenerationSpec::default()
@@ -99,6 +98,7 @@ fn start(state: &AppState, req: GenerateRequest) -> Result<Generation, ApiError>
 fn stream_events(state: &AppState, generation: Generation) -> Response {
     let model = state.model().id.clone();
     sse(state, generation, move |piece| match piece {
+        Piece::Text { text, .. } if text.is_empty() => vec![],
         Piece::Text { text, .. } => vec![json_event(&GenerateChunk { text })],
         Piece::Finished { reason, usage } => vec![json_event(&GenerateStreamEnd {
             finish_reason: reason,

@@ -1,6 +1,7 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`.
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use kiln_api::ErrorBody;
 use kiln_api::openai::{ModelCard, ModelList};
@@ -16,12 +17,15 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
 /// One model by id.
 #[utoipa::path(get, path = "/v1/models/{id}", tag = "openai",
     params(("id" = String, Path, description = "The model's id")),
-    responses((status = 200, body = ModelCard), (status = 400, description = "No such model", body = ErrorBody)))]
+    responses((status = 200, body = ModelCard), (status = 404, description = "No such model", body = ErrorBody)))]
 pub async fn retrieve_model(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ModelCard>, ApiError> {
-    state.check_model(Some(&id))?;
+    let Path(id) = id.map_err(|e| ApiError::invalid("id", e.body_text()))?;
+    if id != state.model().id {
+        return Err(ApiError::NoSuchModel(id));
+    }
     Ok(Json(card(&state)))
 }
 

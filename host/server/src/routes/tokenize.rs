@@ -7,7 +7,7 @@ use kiln_api::tokenize::{DetokenizeRequest, DetokenizeResponse, TokenizeRequest,
 
 use super::chat::chat_messages;
 use crate::extract::ApiJson;
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, Prompt};
 
 /// Count a prompt's tokens: either `prompt` as is, or `messages` rendered with
 /// the chat template exactly as a chat completion would be.
@@ -18,12 +18,14 @@ pub async fn tokenize(
     ApiJson(req): ApiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     state.check_model(req.model.as_deref())?;
-    let text = match (req.prompt, req.messages) {
-        (Some(prompt), None) => prompt,
-        (None, Some(messages)) => state.render_chat(&chat_messages(messages)?, req.add_generation_prompt)?,
+    let prompt = match (req.prompt, req.messages) {
+        (Some(text), None) => Prompt::Text(text),
+        (None, Some(messages)) => {
+            Prompt::Chat { messages: chat_messages(messages)?, add_generation_prompt: req.add_generation_prompt }
+        }
         _ => return Err(ApiError::invalid("prompt", "give exactly one of `prompt` and `messages`")),
     };
-    let tokens = state.encode(&text)?;
+    let tokens = state.prompt_tokens(prompt).await?;
     Ok(Json(TokenizeResponse {
         count: tokens.len() as u32,
         tokens,
@@ -39,14 +41,6 @@ pub async fn detokenize(
     ApiJson(req): ApiJson<DetokenizeRequest>,
 ) -> Result<Json<DetokenizeResponse>, ApiError> {
     state.check_model(req.model.as_deref())?;
-    let vocab = state.backend().limits().vocab_size;
-    if let Some((i, id)) = req.tokens.iter().enumerate().find(|(_, id)| **id as usize >= vocab) {
-        return Err(ApiError::invalid(format!("tokens[{i}]"), format!("{id} is outside the vocabulary ({vocab})")));
-    }
-    let prompt = state
-        .model()
-        .tokenizer
-        .decode(&req.tokens, false)
-        .map_err(|e| ApiError::Internal(format!("tokenizer: {e}")))?;
+    let prompt = state.decode("tokens", &req.tokens)?;
     Ok(Json(DetokenizeResponse { prompt }))
 }

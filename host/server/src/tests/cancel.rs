@@ -16,7 +16,7 @@ async fn serve() -> (std::net::SocketAddr, Arc<Engine>) {
     let (app, engine) = real_app();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(crate::serve(listener, app, std::future::pending()));
+    tokio::spawn(crate::serve(listener, app, std::future::pending(), Duration::from_secs(1)));
     (address, engine)
 }
 

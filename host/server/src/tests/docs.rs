@@ -26,6 +26,14 @@ async fn openapi_is_3_1_and_documents_every_endpoint_with_its_schemas() {
     for schema in ["GenerateRequest", "ChatCompletionRequest", "ChatCompletionChunk", "ErrorBody", "Usage"] {
         assert!(schemas.contains_key(schema), "{schema} is missing");
     }
+    for path in ["/v1/generate", "/v1/chat/completions", "/v1/completions"] {
+        let responses = doc["paths"][path]["post"]["responses"].as_object().unwrap();
+        for status in ["200", "400", "413", "422", "503"] {
+            assert!(responses.contains_key(status), "{path} does not document {status}");
+        }
+        let error = &responses["422"]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(error, "#/components/schemas/ErrorBody");
+    }
     let generate = &schemas["GenerateRequest"]["properties"];
     assert_eq!(generate["max_tokens"]["default"], 512);
 }

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::{CONTEXT, Fake, fake_app, get, post, post_raw, real_app, real_app_with};
 use crate::ServerConfig;
+use serde_json::Value;
 
 #[tokio::test]
 async fn malformed_json_is_400_and_wrong_types_are_422_naming_the_field() {
@@ -69,7 +70,7 @@ async fn out_of_range_values_are_400_naming_the_field() {
     let completion_cases = [
         (json!({"prompt": "x", "suffix": "y"}), "suffix"),
         (json!({"prompt": ["a", "b"]}), "prompt"),
-        (json!({"prompt": [1, 2, 999999]}), "prompt"),
+        (json!({"prompt": [1, 2, 999999]}), "prompt[2]"),
     ];
     for (body, field) in completion_cases {
         let error = post(&app, "/v1/completions", body).await.error(StatusCode::BAD_REQUEST);
@@ -134,4 +135,74 @@ async fn a_failure_midway_through_a_stream_ends_it_with_an_error_event_then_done
     assert_eq!(error["type"], "server_error");
     assert!(!error["message"].as_str().unwrap().contains("deadbeef"));
     assert_eq!(events.len(), 3);
+}
+
+#[tokio::test]
+async fn a_wrong_type_in_a_shared_sampling_field_names_the_field() {
+    let (app, _) = real_app();
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"});
+    let error = post(&app, "/v1/chat/completions", chat).await.error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error["param"], "temperature");
+    let completion = json!({"prompt": "hi", "n": -1});
+    let error = post(&app, "/v1/completions", completion).await.error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error["param"], "n");
+}
+
+#[tokio::test]
+async fn errors_name_the_field_the_client_wrote() {
+    let (app, _) = real_app();
+    let chat = |extra: Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": "hi"}]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let cases = [
+        (chat(json!({"max_completion_tokens": 0})), "max_completion_tokens"),
+        (chat(json!({"max_tokens": 0})), "max_tokens"),
+        (chat(json!({"tools": [{"type": "function", "function": {"name": "f"}}]})), "tools"),
+    ];
+    for (body, field) in cases {
+        let error = post(&app, "/v1/chat/completions", body).await.error(StatusCode::BAD_REQUEST);
+        assert_eq!(error["param"], field, "{error}");
+    }
+    let error = post(&app, "/v1/completions", json!({"prompt": "hi", "logprobs": 6})).await;
+    assert_eq!(error.error(StatusCode::BAD_REQUEST)["param"], "logprobs");
+    // An empty tool list is what some clients always send: not refused.
+    let answer = post(&app, "/v1/chat/completions", chat(json!({"tools": [], "max_tokens": 1}))).await;
+    assert_eq!(answer.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_unset_max_tokens_fits_what_the_context_leaves() {
+    let (app, _) = real_app();
+    // About 1000 of the 1024 positions: the default 512 would not fit.
+    let prompt = "word ".repeat(1000);
+    let body = json!({"prompt": prompt, "raw": true, "ignore_eos": true, "temperature": 0});
+    let answer = post(&app, "/v1/generate", body).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", String::from_utf8_lossy(&answer.body));
+    let usage = &answer.json()["usage"];
+    assert_eq!(usage["total_tokens"], CONTEXT, "{usage}");
+}
+
+#[tokio::test]
+async fn ids_past_the_tokenizers_list_are_400_not_500() {
+    let app = fake_app(Fake::Overloaded);
+    let (_, tokenizer) = super::loaded();
+    let id = tokenizer.vocab_size() + super::PADDED_IDS / 2;
+    let error = post(&app, "/v1/detokenize", json!({"tokens": [1, id]})).await.error(StatusCode::BAD_REQUEST);
+    assert_eq!(error["param"], "tokens[1]");
+    let body = json!({"prompt": [1, id], "echo": true});
+    let error = post(&app, "/v1/completions", body).await.error(StatusCode::BAD_REQUEST);
+    assert_eq!(error["param"], "prompt[1]");
+}
+
+#[tokio::test]
+async fn a_quiet_stream_sends_keep_alive_comments() {
+    let config = ServerConfig { sse_keep_alive: std::time::Duration::from_millis(50), ..ServerConfig::default() };
+    let app = super::fake_app_with(Fake::Slow(std::time::Duration::from_millis(400)), config);
+    let answer = post(&app, "/v1/generate/stream", json!({"prompt": "hi"})).await;
+    let body = String::from_utf8(answer.body.to_vec()).unwrap();
+    let comments = body.split("\n\n").filter(|event| event.starts_with(':')).count();
+    assert!(comments >= 2, "{body}");
+    assert_eq!(answer.json_events()[0]["text"], "late");
 }

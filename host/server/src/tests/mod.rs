@@ -65,6 +65,8 @@ pub enum Fake {
     Overloaded,
     /// Emits these texts as tokens, then fails.
     FailAfter(Vec<&'static str>),
+    /// Says nothing for this long, then one token and the finish.
+    Slow(std::time::Duration),
 }
 
 #[derive(Debug)]
@@ -92,6 +94,19 @@ impl Backend for FakeBackend {
                 tx.send(TokenEvent::Failed("matmul kernel fault at 0xdeadbeef".into())).unwrap();
                 Ok(TokenStream::from_receiver(rx))
             }
+            Fake::Slow(delay) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let delay = *delay;
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let token = TokenEvent::Token { id: 0, text: "late".into(), logprob: None, top_logprobs: vec![] };
+                    let usage = kiln_engine::Usage { prompt_tokens: 1, completion_tokens: 1 };
+                    let finish =
+                        TokenEvent::Finished { reason: kiln_engine::FinishReason::Length, usage, tail: String::new() };
+                    let _ = tx.send(token).and_then(|()| tx.send(finish));
+                });
+                Ok(TokenStream::from_receiver(rx))
+            }
         }
     }
 
@@ -100,11 +115,20 @@ impl Backend for FakeBackend {
     }
 }
 
+/// Ids past the tokenizer's list that the fake model accepts, as in GGUFs
+/// whose embedding table is padded.
+pub const PADDED_IDS: usize = 64;
+
 pub fn fake_app(fake: Fake) -> Router {
+    fake_app_with(fake, ServerConfig::default())
+}
+
+pub fn fake_app_with(fake: Fake, config: ServerConfig) -> Router {
     let (_, tokenizer) = loaded();
-    let limits = ModelLimits { vocab_size: tokenizer.vocab_size(), max_context: CONTEXT, default_stop_ids: vec![] };
+    let vocab_size = tokenizer.vocab_size() + PADDED_IDS;
+    let limits = ModelLimits { vocab_size, max_context: CONTEXT, default_stop_ids: vec![] };
     let backend = FakeBackend { fake, limits, stats: EngineStats::default() };
-    router(AppState::new(Arc::new(backend), served(tokenizer), ServerConfig::default()))
+    router(AppState::new(Arc::new(backend), served(tokenizer), config))
 }
 
 pub struct Answer {

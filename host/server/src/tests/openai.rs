@@ -124,6 +124,43 @@ async fn models_lists_the_served_model_and_retrieves_it_by_id() {
     assert_eq!(list["data"][0]["object"], "model");
     assert_eq!(list["data"][0]["max_model_len"], super::CONTEXT);
     assert_eq!(get(&app, &format!("/v1/models/{MODEL_ID}")).await.json(), list["data"][0]);
-    let missing = get(&app, "/v1/models/gpt-4o").await.error(StatusCode::BAD_REQUEST);
+    let missing = get(&app, "/v1/models/gpt-4o").await.error(StatusCode::NOT_FOUND);
     assert_eq!(missing["code"], "model_not_found");
+}
+
+#[tokio::test]
+async fn logprobs_cover_every_token_also_when_a_stop_string_cuts_the_text() {
+    let (app, _) = real_app();
+    let base = json!({"messages": [{"role": "user", "content": "Count from 1 to 20."}], "max_tokens": 40,
+        "temperature": 0, "logprobs": true});
+    let free = post(&app, "/v1/chat/completions", base.clone()).await.json();
+    let text = free["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let mut cut = base.clone();
+    cut["stop"] = json!("5");
+    for stream in [false, true] {
+        cut["stream"] = json!(stream);
+        let answer = post(&app, "/v1/chat/completions", cut.clone()).await;
+        let (content, logprobs, usage) = if stream {
+            let events = answer.json_events();
+            let content: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+            let logprobs: Vec<Value> = events
+                .iter()
+                .filter_map(|e| e["choices"][0]["logprobs"]["content"].as_array())
+                .flatten()
+                .cloned()
+                .collect();
+            (content, logprobs, None)
+        } else {
+            let body = answer.json();
+            let content = body["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+            let logprobs = body["choices"][0]["logprobs"]["content"].as_array().unwrap().clone();
+            (content, logprobs, Some(body["usage"]["completion_tokens"].clone()))
+        };
+        assert_eq!(content, text[..text.find('5').unwrap()], "stream: {stream}");
+        let tokens: String = logprobs.iter().map(|t| t["token"].as_str().unwrap()).collect();
+        assert!(tokens.starts_with(&content) && tokens.contains('5'), "{tokens:?} stream: {stream}");
+        if let Some(usage) = usage {
+            assert_eq!(usage, logprobs.len(), "one entry per generated token");
+        }
+    }
 }
