@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::kiln;
@@ -118,34 +118,46 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// `python3` with the official `openai` package, installed from the package
-/// index (tests/clients/requirements.txt) if it is missing.
-fn python_with_openai() -> Command {
-    let has_openai = |python: &str| {
-        Command::new(python).args(["-c", "import openai"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-    };
-    if !has_openai("python3") {
-        let requirements = repo_root().join("tests/clients/requirements.txt");
-        let status = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "-r"])
-            .arg(&requirements)
+/// Runs a client script from tests/clients with `python3`, after installing
+/// the packages of tests/clients/requirements.txt from the package index if
+/// they are missing; returns its stdout, failing the test with its output if
+/// it fails.
+fn run_client(script: &str, url: &str) -> String {
+    let clients = repo_root().join("tests/clients");
+    // Once per test run, and never two pip installs at the same time.
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let installed = Command::new("python3")
+            .args(["-c", "import openai, openapi_spec_validator"])
+            .stderr(Stdio::null())
             .status()
-            .expect("python3 is needed for the OpenAI client test");
-        assert!(status.success(), "pip install -r {} failed", requirements.display());
-    }
-    Command::new("python3")
+            .is_ok_and(|s| s.success());
+        if !installed {
+            let requirements = clients.join("requirements.txt");
+            let status = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+                .arg(&requirements)
+                .status()
+                .expect("python3 is needed for the client tests");
+            assert!(status.success(), "pip install -r {} failed", requirements.display());
+        }
+    });
+    let out = Command::new("python3").arg(clients.join(script)).arg(url).output().expect("running python3");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{script} failed:\n{stdout}{stderr}");
+    stdout.into_owned()
 }
 
 #[test]
 fn the_official_openai_python_client_works_against_kiln_serve() {
     let server = Server::start();
-    let script = repo_root().join("tests/clients/openai_client.py");
-    let out = python_with_openai()
-        .arg(&script)
-        .arg(format!("http://{}/v1", server.address))
-        .output()
-        .expect("running the OpenAI client script");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stdout}{stderr}");
+    let stdout = run_client("openai_client.py", &format!("http://{}/v1", server.address));
     assert!(stdout.contains("checks passed"), "{stdout}");
+}
+
+#[test]
+fn the_served_openapi_document_is_valid_openapi_3_1() {
+    let server = Server::start();
+    let stdout = run_client("openapi_check.py", &format!("http://{}", server.address));
+    assert!(stdout.contains("valid"), "{stdout}");
 }

@@ -9,7 +9,7 @@ use kiln_api::openai::{ModelCard, ModelList};
 use crate::{ApiError, AppState};
 
 /// The served model (kiln serves one model per process).
-#[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, body = ModelList)))]
+#[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, description = "The served model", body = ModelList)))]
 pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     Json(ModelList { object: "list".into(), data: vec![card(&state)] })
 }
@@ -17,7 +17,7 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
 /// One model by id.
 #[utoipa::path(get, path = "/v1/models/{id}", tag = "openai",
     params(("id" = String, Path, description = "The model's id")),
-    responses((status = 200, body = ModelCard), (status = 404, description = "No such model", body = ErrorBody)))]
+    responses((status = 200, description = "The model", body = ModelCard), (status = 404, description = "No such model", body = ErrorBody)))]
 pub async fn retrieve_model(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,

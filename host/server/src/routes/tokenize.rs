@@ -12,7 +12,11 @@ use crate::{ApiError, AppState, Prompt};
 /// Count a prompt's tokens: either `prompt` as is, or `messages` rendered with
 /// the chat template exactly as a chat completion would be.
 #[utoipa::path(post, path = "/v1/tokenize", tag = "tokens", request_body = TokenizeRequest,
-    responses((status = 200, body = TokenizeResponse), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "The token ids", body = TokenizeResponse),
+        (status = 400, description = "Neither or both of `prompt` and `messages`, or messages the template refuses", body = ErrorBody),
+        (status = 422, description = "A missing field or one of the wrong type", body = ErrorBody),
+    ))]
 pub async fn tokenize(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<TokenizeRequest>,
@@ -35,7 +39,11 @@ pub async fn tokenize(
 
 /// Turn token ids back into text (special tokens included).
 #[utoipa::path(post, path = "/v1/detokenize", tag = "tokens", request_body = DetokenizeRequest,
-    responses((status = 200, body = DetokenizeResponse), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "The text", body = DetokenizeResponse),
+        (status = 400, description = "An id outside the vocabulary", body = ErrorBody),
+        (status = 422, description = "A missing field or one of the wrong type", body = ErrorBody),
+    ))]
 pub async fn detokenize(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<DetokenizeRequest>,
