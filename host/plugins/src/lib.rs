@@ -1,0 +1,89 @@
+//! kiln-plugins: the plugin runtime. Loads WebAssembly components written
+//! against `wit/` and runs them under a deadline per call and a memory cap
+//! per instance, on wasmtime.
+//!
+//! A plugin file is compiled once: the compiled artifact is cached on disk
+//! by the file's sha256 and the engine's compatibility hash, so a restart (or
+//! another replica sharing the cache) loads it in a millisecond. Each
+//! request gets its own cheap instance (pre-instantiated, pooling
+//! allocator): a plugin that traps, loops or exhausts its memory fails that
+//! request only, with an error naming the plugin and its version.
+
+mod limits;
+mod runtime;
+mod sampler;
+mod state;
+
+use std::fmt;
+
+pub use runtime::{Loaded, Runtime, RuntimeConfig};
+pub use sampler::{Candidate, SamplerPlugin, SamplerSession, SamplingParams, StepPlan};
+
+/// The three kinds of plugin, one WIT world each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PluginKind {
+    Template,
+    Sampler,
+    PostProcess,
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PluginKind::Template => "template",
+            PluginKind::Sampler => "sampler",
+            PluginKind::PostProcess => "post-process",
+        })
+    }
+}
+
+/// Who a plugin says it is, with the sha256 of its file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub kind: PluginKind,
+    /// Hex sha256 of the component file.
+    pub sha256: String,
+}
+
+impl fmt::Display for PluginInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+/// The model's vocabulary, as samplers see it through their host import.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Vocabulary {
+    pub tokens: Vec<Vec<u8>>,
+    pub stop_ids: Vec<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("cannot read plugin file {path}: {message}")]
+    Read { path: String, message: String },
+    /// Not a component, not one of kiln's worlds, or failing its smoke call.
+    #[error("{path} is not a usable kiln plugin: {message}")]
+    Invalid { path: String, message: String },
+    /// The plugin ran past its per-call deadline.
+    #[error("plugin {plugin} exceeded its time limit of {limit_ms} ms")]
+    Timeout { plugin: String, limit_ms: u64 },
+    /// The plugin tried to grow its memory past the cap.
+    #[error("plugin {plugin} exceeded its memory limit of {limit_mib} MiB")]
+    OutOfMemory { plugin: String, limit_mib: usize },
+    /// The plugin trapped (a panic, an unreachable, a bad memory access).
+    #[error("plugin {plugin} crashed: {message}")]
+    Trap { plugin: String, message: String },
+    /// The plugin answered, but with an error of its own or an answer the
+    /// host cannot use (e.g. a token id outside the vocabulary).
+    #[error("plugin {plugin} failed: {message}")]
+    Refused { plugin: String, message: String },
+    #[error("plugin runtime: {0}")]
+    Runtime(String),
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! Sampler plugins on the host side: one session per sequence.
+
+use std::sync::Arc;
+
+use wasmtime::Store;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceAny};
+
+use crate::runtime::Shared;
+use crate::state::{HostState, call_failed, new_store};
+use crate::{PluginError, PluginInfo, PluginKind};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "kiln:plugin/sampler-plugin",
+    });
+}
+
+pub use bindings::exports::kiln::plugin::sampler::{Candidate, StepPlan};
+pub use bindings::kiln::plugin::types::SamplingParams;
+
+impl bindings::kiln::plugin::types::Host for HostState {}
+
+impl bindings::kiln::plugin::vocabulary::Host for HostState {
+    fn size(&mut self) -> u32 {
+        self.vocabulary.tokens.len() as u32
+    }
+
+    fn tokens(&mut self) -> Vec<Vec<u8>> {
+        self.vocabulary.tokens.clone()
+    }
+
+    fn stop_ids(&mut self) -> Vec<u32> {
+        self.vocabulary.stop_ids.clone()
+    }
+}
+
+/// A sampler plugin, linked and pre-instantiated: starting a session is a
+/// fresh instance (microseconds).
+pub struct SamplerPlugin {
+    info: PluginInfo,
+    pre: bindings::SamplerPluginPre<HostState>,
+    runtime: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SamplerPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SamplerPlugin").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+impl SamplerPlugin {
+    /// Links the component and makes a smoke call (`info`), so a file that
+    /// cannot serve never replaces one that can.
+    pub(crate) fn new(runtime: Arc<Shared>, component: Component, sha256: String) -> wasmtime::Result<Self> {
+        let mut linker = Linker::new(&runtime.engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::SamplerPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        let pre = bindings::SamplerPluginPre::new(linker.instantiate_pre(&component)?)?;
+        let mut store = new_store(&runtime);
+        let instance = pre.instantiate(&mut store)?;
+        let info = instance.kiln_plugin_sampler().call_info(&mut store)?;
+        let info = PluginInfo {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            kind: PluginKind::Sampler,
+            sha256,
+        };
+        Ok(SamplerPlugin { info, pre, runtime })
+    }
+
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// A new sequence in a fresh instance.
+    pub fn start(
+        self: &Arc<Self>,
+        params: SamplingParams,
+        prompt: &[u32],
+        config: &[(String, String)],
+    ) -> Result<SamplerSession, PluginError> {
+        let mut store = new_store(&self.runtime);
+        let plugin = self.info.to_string();
+        let instance = match self.pre.instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(e) => return Err(call_failed(e, &store, &plugin, &self.runtime)),
+        };
+        store.set_epoch_deadline(self.runtime.deadline_ticks);
+        let created =
+            instance.kiln_plugin_sampler().sequence().call_create(&mut store, params, prompt, &config.to_vec());
+        let sequence = match created {
+            Ok(Ok(sequence)) => sequence,
+            Ok(Err(message)) => return Err(PluginError::Refused { plugin, message }),
+            Err(e) => return Err(call_failed(e, &store, &plugin, &self.runtime)),
+        };
+        Ok(SamplerSession { plugin: self.clone(), store, instance, sequence })
+    }
+}
+
+/// One sequence's sampler: its own store and instance.
+pub struct SamplerSession {
+    plugin: Arc<SamplerPlugin>,
+    store: Store<HostState>,
+    instance: bindings::SamplerPlugin,
+    sequence: ResourceAny,
+}
+
+impl std::fmt::Debug for SamplerSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SamplerSession").field("plugin", &self.plugin.info).finish_non_exhaustive()
+    }
+}
+
+impl SamplerSession {
+    pub fn plugin(&self) -> &PluginInfo {
+        &self.plugin.info
+    }
+
+    /// The plan for the next token; `last` is the token emitted before it.
+    pub fn step(&mut self, last: Option<u32>) -> Result<StepPlan, PluginError> {
+        self.store.set_epoch_deadline(self.plugin.runtime.deadline_ticks);
+        let result = self.instance.kiln_plugin_sampler().sequence().call_step(&mut self.store, self.sequence, last);
+        let plan = result.map_err(|e| self.failed(e))?;
+        check_plan(&plan, self.plugin.runtime.vocabulary.tokens.len())
+            .map_err(|message| PluginError::Refused { plugin: self.plugin.info.to_string(), message })?;
+        Ok(plan)
+    }
+
+    /// The sampler's pick among `candidates`; an id not among them is refused.
+    pub fn choose(&mut self, candidates: &[Candidate]) -> Result<u32, PluginError> {
+        self.store.set_epoch_deadline(self.plugin.runtime.deadline_ticks);
+        let sampler = self.instance.kiln_plugin_sampler();
+        let id =
+            sampler.sequence().call_choose(&mut self.store, self.sequence, candidates).map_err(|e| self.failed(e))?;
+        if candidates.iter().any(|c| c.id == id) {
+            Ok(id)
+        } else {
+            Err(PluginError::Refused {
+                plugin: self.plugin.info.to_string(),
+                message: format!("chose token {id}, which is not among the {} candidates", candidates.len()),
+            })
+        }
+    }
+
+    fn failed(&self, error: wasmtime::Error) -> PluginError {
+        call_failed(error, &self.store, &self.plugin.info.to_string(), &self.plugin.runtime)
+    }
+}
+
+/// A plan the host can carry out: every id inside the vocabulary.
+fn check_plan(plan: &StepPlan, vocab: usize) -> Result<(), String> {
+    let outside = |what: &str, id: u32| Err(format!("{what} token {id} is outside the vocabulary ({vocab})"));
+    if let Some(&id) = plan.forced.iter().find(|&&id| id as usize >= vocab) {
+        return outside("forced", id);
+    }
+    if let Some(&(id, _)) = plan.bias.iter().find(|(id, _)| *id as usize >= vocab) {
+        return outside("biased", id);
+    }
+    if let Some((_, b)) = plan.bias.iter().find(|(_, b)| !b.is_finite()) {
+        return Err(format!("a bias of {b} is not a finite number"));
+    }
+    if plan.allowed.len() > vocab.div_ceil(64) {
+        return Err(format!("the allowed set has {} words for a vocabulary of {vocab}", plan.allowed.len()));
+    }
+    Ok(())
+}

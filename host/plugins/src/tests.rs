@@ -1,0 +1,127 @@
+//! The runtime on real components built from source by `build.rs`: the
+//! first-party default sampler and a guest that misbehaves on purpose.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{Loaded, PluginError, PluginKind, Runtime, RuntimeConfig, SamplerPlugin, SamplingParams, Vocabulary};
+
+fn built(name: &str) -> PathBuf {
+    PathBuf::from(env!("KILN_BUILT_PLUGINS")).join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+fn vocabulary() -> Arc<Vocabulary> {
+    Arc::new(Vocabulary { tokens: (0..100u32).map(|i| format!("t{i}").into_bytes()).collect(), stop_ids: vec![0] })
+}
+
+fn runtime() -> Runtime {
+    let config =
+        RuntimeConfig { call_timeout: Duration::from_millis(50), memory_limit: 16 << 20, ..RuntimeConfig::default() };
+    Runtime::new(config, vocabulary()).unwrap()
+}
+
+fn sampler(runtime: &Runtime, name: &str) -> Arc<SamplerPlugin> {
+    match runtime.load(&built(name)).unwrap_or_else(|e| panic!("{e}")) {
+        Loaded::Sampler(s) => s,
+    }
+}
+
+fn params() -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        repetition_penalty: 1.0,
+        frequency_penalty: 0.0,
+        presence_penalty: 0.0,
+    }
+}
+
+fn mode(m: &str) -> Vec<(String, String)> {
+    vec![("mode".to_string(), m.to_string())]
+}
+
+#[test]
+fn the_default_sampler_loads_and_plans_plain_sampling() {
+    let rt = runtime();
+    let plugin = sampler(&rt, "default-sampler");
+    let info = plugin.info();
+    assert_eq!(
+        (info.name.as_str(), info.version.as_str(), info.kind),
+        ("default-sampler", "0.1.0", PluginKind::Sampler)
+    );
+    assert_eq!(info.sha256.len(), 64);
+    let mut session = plugin.start(params(), &[1, 2, 3], &[]).unwrap();
+    for last in [None, Some(5), Some(6)] {
+        let plan = session.step(last).unwrap();
+        assert!(plan.params.is_none() && plan.bias.is_empty() && plan.allowed.is_empty() && plan.forced.is_empty());
+        assert!(!plan.stop && plan.choose_from == 0);
+    }
+}
+
+#[test]
+fn a_compiled_plugin_is_cached_and_a_restart_does_not_recompile() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig { cache_dir: Some(dir.path().to_path_buf()), ..RuntimeConfig::default() };
+    let first = Runtime::new(config.clone(), vocabulary()).unwrap();
+    first.load(&built("default-sampler")).unwrap();
+    assert_eq!(first.compilations(), 1);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "one artifact in the cache");
+    drop(first);
+    let restarted = Runtime::new(config, vocabulary()).unwrap();
+    let loaded = restarted.load(&built("default-sampler")).unwrap();
+    assert_eq!(restarted.compilations(), 0, "loaded from the cache");
+    assert_eq!(loaded.info().name, "default-sampler");
+}
+
+#[test]
+fn a_file_that_is_not_a_component_is_refused_with_its_path() {
+    let rt = runtime();
+    let err = rt.load_bytes("broken.wasm", b"\0asm garbage").unwrap_err();
+    assert!(matches!(err, PluginError::Invalid { .. }), "{err}");
+    assert!(err.to_string().contains("broken.wasm"), "{err}");
+}
+
+#[test]
+fn hostile_guests_fail_only_their_own_session() {
+    let rt = runtime();
+    let plugin = sampler(&rt, "hostile-sampler");
+    let named = |e: &PluginError| assert!(e.to_string().contains("hostile-sampler@0.1.0"), "{e}");
+
+    let err = plugin.start(params(), &[1], &mode("loop")).unwrap().step(None).unwrap_err();
+    assert!(matches!(err, PluginError::Timeout { limit_ms: 50, .. }), "{err}");
+    named(&err);
+
+    let err = plugin.start(params(), &[1], &mode("memory")).unwrap().step(None).unwrap_err();
+    assert!(matches!(err, PluginError::OutOfMemory { limit_mib: 16, .. }), "{err}");
+    named(&err);
+
+    let err = plugin.start(params(), &[1], &mode("trap")).unwrap().step(None).unwrap_err();
+    assert!(matches!(err, PluginError::Trap { .. }), "{err}");
+    assert!(err.to_string().contains("panics on purpose"), "the panic message is reported: {err}");
+    named(&err);
+
+    let err = plugin.start(params(), &[1], &mode("garbage")).unwrap().step(None).unwrap_err();
+    assert!(matches!(err, PluginError::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+
+    let err = plugin.start(params(), &[1], &mode("refuse")).unwrap_err();
+    assert!(err.to_string().contains("refuses to start"), "{err}");
+
+    // The plugin, and a session of it that behaves, are untouched.
+    let mut fine = plugin.start(params(), &[1], &mode("behave")).unwrap();
+    assert!(!fine.step(None).unwrap().stop);
+}
+
+#[test]
+fn a_session_that_timed_out_does_not_slow_the_next() {
+    let rt = runtime();
+    let plugin = sampler(&rt, "hostile-sampler");
+    let _ = plugin.start(params(), &[1], &mode("loop")).unwrap().step(None);
+    let mut fine = plugin.start(params(), &[1], &mode("behave")).unwrap();
+    for _ in 0..100 {
+        fine.step(Some(1)).unwrap();
+    }
+}

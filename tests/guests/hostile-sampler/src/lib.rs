@@ -1,0 +1,40 @@
+//! A sampler that misbehaves on purpose, chosen by its `mode` config value:
+//! `loop` (never returns), `memory` (allocates without end), `trap`
+//! (panics), `garbage` (forces a token outside the vocabulary), `refuse`
+//! (refuses to start). Any other mode behaves: it samples normally.
+//! The runtime must contain each to the request that uses it.
+
+use kiln_sdk::Config;
+use kiln_sdk::sampler::{Sampler, SamplingParams, StepPlan};
+
+#[derive(Debug)]
+pub struct Hostile {
+    mode: String,
+    hoard: Vec<Vec<u8>>,
+}
+
+impl Sampler for Hostile {
+    fn new(_: SamplingParams, _: &[u32], config: &Config) -> Result<Self, String> {
+        let mode = config.get("mode").unwrap_or("behave").to_string();
+        if mode == "refuse" {
+            return Err("this sampler refuses to start".into());
+        }
+        Ok(Hostile { mode, hoard: Vec::new() })
+    }
+
+    fn step(&mut self, _last: Option<u32>) -> StepPlan {
+        match self.mode.as_str() {
+            "loop" => loop {
+                std::hint::black_box(&mut self.hoard);
+            },
+            "memory" => loop {
+                self.hoard.push(vec![1u8; 1 << 20]);
+            },
+            "trap" => panic!("the hostile sampler panics on purpose"),
+            "garbage" => StepPlan::force(vec![u32::MAX]),
+            _ => StepPlan::sample(),
+        }
+    }
+}
+
+kiln_sdk::export_sampler!(Hostile);
