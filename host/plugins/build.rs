@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Packages built to components: the first-party plugins, then test guests.
-const PLUGINS: &[&str] = &["default-sampler", "hostile-sampler"];
+const PLUGINS: &[&str] = &["default-sampler", "chat-template", "stop-sequences", "redact", "hostile-sampler"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

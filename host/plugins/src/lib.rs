@@ -10,14 +10,18 @@
 //! request only, with an error naming the plugin and its version.
 
 mod limits;
+mod post_process;
 mod runtime;
 mod sampler;
 mod state;
+mod template;
 
 use std::fmt;
 
+pub use post_process::{ChunkAction, FinishReason, PostProcessPlugin, PostProcessSession};
 pub use runtime::{Loaded, Runtime, RuntimeConfig};
 pub use sampler::{Candidate, SamplerPlugin, SamplerSession, SamplingParams, StepPlan};
+pub use template::{ChatMessage, Rendered, TemplateInput, TemplatePlugin};
 
 /// The three kinds of plugin, one WIT world each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use crate::post_process::PostProcessPlugin;
 use crate::sampler::SamplerPlugin;
+use crate::template::TemplatePlugin;
 use crate::{PluginError, PluginKind, Vocabulary};
 
 /// How often the deadline clock ticks: the resolution of call deadlines.
@@ -61,13 +63,17 @@ pub(crate) struct Shared {
 /// A loaded plugin of any kind, ready to serve requests.
 #[derive(Debug, Clone)]
 pub enum Loaded {
+    Template(Arc<TemplatePlugin>),
     Sampler(Arc<SamplerPlugin>),
+    PostProcess(Arc<PostProcessPlugin>),
 }
 
 impl Loaded {
     pub fn info(&self) -> &crate::PluginInfo {
         match self {
+            Loaded::Template(p) => p.info(),
             Loaded::Sampler(p) => p.info(),
+            Loaded::PostProcess(p) => p.info(),
         }
     }
 }
@@ -132,17 +138,24 @@ impl Runtime {
         let invalid = |message: String| PluginError::Invalid { path: origin.to_string(), message };
         let sha256 = hex::encode(Sha256::digest(bytes));
         let component = self.compile(&sha256, bytes).map_err(|e| invalid(format!("{e:#}")))?;
-        match kind_of(&self.shared.engine, &component) {
+        let shared = self.shared.clone();
+        let loaded = match kind_of(&shared.engine, &component) {
+            Some(PluginKind::Template) => {
+                TemplatePlugin::new(shared, component, sha256).map(|p| Loaded::Template(Arc::new(p)))
+            }
             Some(PluginKind::Sampler) => {
-                let plugin = SamplerPlugin::new(self.shared.clone(), component, sha256)
-                    .map_err(|e| invalid(format!("{e:#}")))?;
-                Ok(Loaded::Sampler(Arc::new(plugin)))
+                SamplerPlugin::new(shared, component, sha256).map(|p| Loaded::Sampler(Arc::new(p)))
             }
-            Some(kind) => Err(invalid(format!("{kind} plugins are not supported yet by this runtime"))),
+            Some(PluginKind::PostProcess) => {
+                PostProcessPlugin::new(shared, component, sha256).map(|p| Loaded::PostProcess(Arc::new(p)))
+            }
             None => {
-                Err(invalid("it exports none of kiln's plugin interfaces (template, sampler, post-process)".into()))
+                return Err(invalid(
+                    "it exports none of kiln's plugin interfaces (template, sampler, post-process)".into(),
+                ));
             }
-        }
+        };
+        loaded.map_err(|e| invalid(format!("{e:#}")))
     }
 
     /// Compiles, or loads the artifact a previous compile left in the cache.

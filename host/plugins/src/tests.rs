@@ -24,6 +24,7 @@ fn runtime() -> Runtime {
 fn sampler(runtime: &Runtime, name: &str) -> Arc<SamplerPlugin> {
     match runtime.load(&built(name)).unwrap_or_else(|e| panic!("{e}")) {
         Loaded::Sampler(s) => s,
+        other => panic!("{name} is not a sampler: {other:?}"),
     }
 }
 
@@ -124,4 +125,71 @@ fn a_session_that_timed_out_does_not_slow_the_next() {
     for _ in 0..100 {
         fine.step(Some(1)).unwrap();
     }
+}
+
+fn load(runtime: &Runtime, name: &str) -> Loaded {
+    runtime.load(&built(name)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Feeds chunks through a post-process component; returns the text out and
+/// whether it stopped the generation.
+fn post_process(runtime: &Runtime, name: &str, stop: &[&str], chunks: &[&str]) -> (String, bool) {
+    let Loaded::PostProcess(plugin) = load(runtime, name) else { panic!("{name} is not a post-processor") };
+    let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
+    let mut session = plugin.start(&stop, &[]).unwrap();
+    let mut out = String::new();
+    for chunk in chunks {
+        match session.on_chunk(chunk).unwrap() {
+            crate::ChunkAction::Emit(text) => out.push_str(&text),
+            crate::ChunkAction::Stop(text) => return (out + &text, true),
+            crate::ChunkAction::Abort(message) => panic!("aborted: {message}"),
+        }
+    }
+    out.push_str(&session.finish(crate::FinishReason::Length).unwrap());
+    (out, false)
+}
+
+#[test]
+fn the_stop_sequences_component_holds_back_matches_that_straddle_chunks() {
+    let rt = runtime();
+    assert_eq!(post_process(&rt, "stop-sequences", &["STOP"], &["one ST", "O", "P two"]), ("one ".into(), true));
+    assert_eq!(post_process(&rt, "stop-sequences", &["STOP"], &["one ST", "ILL"]), ("one STILL".into(), false));
+}
+
+#[test]
+fn the_redact_component_masks_secrets_split_across_chunks() {
+    let rt = runtime();
+    let chunks = ["mail jane", ".doe@exa", "mple.com, key sk-abcdef", "ghijklmnopqrst done"];
+    let (text, stopped) = post_process(&rt, "redact", &[], &chunks);
+    assert_eq!(text, "mail [email], key [api-key] done");
+    assert!(!stopped);
+}
+
+#[test]
+fn the_chat_template_component_renders_as_the_host_does() {
+    let rt = runtime();
+    let Loaded::Template(plugin) = load(&rt, "chat-template") else { panic!("not a template") };
+    let jinja = "{% for m in messages %}{% if loop.first and m.role != 'system' %}<|sys|>default<|end|>{% endif %}\
+        <|{{ m.role }}|>{{ m.content | trim }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
+    let messages = [("user", " Hi there "), ("assistant", "Hello!"), ("user", "Bye")];
+    let input = crate::TemplateInput {
+        messages: messages
+            .iter()
+            .map(|(r, c)| crate::ChatMessage { role: r.to_string(), content: c.to_string() })
+            .collect(),
+        add_generation_prompt: true,
+        chat_template: Some(jinja.into()),
+        bos_token: String::new(),
+        eos_token: "<|end|>".into(),
+        config: Vec::new(),
+    };
+    let rendered = plugin.render(&input).unwrap();
+    let host = kiln_chat::ChatTemplate::new(Some(jinja), "", "<|end|>").unwrap();
+    let host_messages: Vec<_> = messages.iter().map(|(r, c)| kiln_chat::ChatMessage::new(*r, *c)).collect();
+    assert_eq!(rendered.prompt, host.render(&host_messages, true).unwrap());
+    assert!(rendered.prompt.starts_with("<|sys|>default<|end|><|user|>Hi there<|end|>"), "{}", rendered.prompt);
+
+    let refusing = crate::TemplateInput { chat_template: Some("{{ raise_exception('no') }}".into()), ..input };
+    let err = plugin.render(&refusing).unwrap_err();
+    assert!(matches!(err, PluginError::Refused { .. }) && err.to_string().contains("chat-template@0.1.0"), "{err}");
 }

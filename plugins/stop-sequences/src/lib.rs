@@ -1,0 +1,91 @@
+//! stop-sequences: ends the output right before the first stop sequence.
+//! Text that may be the start of a stop sequence is held back until the
+//! next chunk settles it, so a match split across chunks never leaks.
+
+use kiln_sdk::Config;
+use kiln_sdk::post_process::{ChunkAction, FinishReason, PostProcess};
+
+#[derive(Debug)]
+pub struct StopSequences {
+    stops: Vec<String>,
+    held: String,
+}
+
+impl PostProcess for StopSequences {
+    fn new(stop: &[String], _: &Config) -> Result<Self, String> {
+        if stop.iter().any(String::is_empty) {
+            return Err("an empty stop sequence would stop everything".into());
+        }
+        Ok(StopSequences { stops: stop.to_vec(), held: String::new() })
+    }
+
+    fn on_chunk(&mut self, text: &str) -> ChunkAction {
+        self.held.push_str(text);
+        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+            self.held.truncate(at);
+            return ChunkAction::Stop(std::mem::take(&mut self.held));
+        }
+        let keep = self.partial_suffix_len();
+        let cut = self.held.len() - keep;
+        let ready = self.held[..cut].to_string();
+        self.held.drain(..cut);
+        ChunkAction::Emit(ready)
+    }
+
+    fn finish(&mut self, _: FinishReason) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+impl StopSequences {
+    /// The longest suffix of the held text that begins some stop sequence.
+    fn partial_suffix_len(&self) -> usize {
+        let held = self.held.as_str();
+        let longest = self.stops.iter().map(|s| s.len() - 1).max().unwrap_or(0).min(held.len());
+        (1..=longest)
+            .rev()
+            .filter(|n| held.is_char_boundary(held.len() - n))
+            .find(|n| self.stops.iter().any(|s| s.starts_with(&held[held.len() - n..])))
+            .unwrap_or(0)
+    }
+}
+
+kiln_sdk::export_post_process!(StopSequences);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_sdk::testing::{Ended, run_post_process};
+
+    fn run(stops: &[&str], chunks: &[&str]) -> (String, Ended) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut p = StopSequences::new(&stops, &Config::default()).unwrap();
+        run_post_process(&mut p, chunks, FinishReason::Length)
+    }
+
+    #[test]
+    fn a_stop_sequence_straddling_chunks_never_leaks() {
+        assert_eq!(run(&["STOP"], &["hello ST", "O", "P and more"]), ("hello ".into(), Ended::Stopped));
+    }
+
+    #[test]
+    fn a_partial_match_that_does_not_complete_is_released() {
+        assert_eq!(run(&["STOP"], &["a ST", "ART"]), ("a START".into(), Ended::Finished(FinishReason::Length)));
+        assert_eq!(run(&["STOP"], &["a ST"]), ("a ST".into(), Ended::Finished(FinishReason::Length)));
+    }
+
+    #[test]
+    fn the_earliest_of_several_sequences_wins() {
+        assert_eq!(run(&["\n\n", "User:"], &["one\nUser: two\n\n"]), ("one\n".into(), Ended::Stopped));
+    }
+
+    #[test]
+    fn multibyte_text_is_held_on_character_boundaries() {
+        assert_eq!(run(&["日本"], &["今日は日", "本語"]), ("今日は".into(), Ended::Stopped));
+    }
+
+    #[test]
+    fn an_empty_stop_sequence_is_refused() {
+        assert!(StopSequences::new(&[String::new()], &Config::default()).is_err());
+    }
+}
