@@ -6,6 +6,7 @@
 //! with a [`ValidGenerateRequest`]; the HTTP layer and the CLI both do.
 //! Dropping the returned [`TokenStream`] cancels the sequence at the next step.
 
+mod policy;
 mod prefix_cache;
 mod request;
 mod sampling;
@@ -20,6 +21,7 @@ use kiln_model::Model;
 use kiln_tokenizer::Tokenizer;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
+pub use policy::{SamplingPolicy, StepPlan};
 pub use request::{GenerateRequest, MAX_TOP_LOGPROBS, ModelLimits, SamplingParams, ValidGenerateRequest};
 pub use sampling::{Sampled, Sampler};
 
@@ -237,5 +239,7 @@ impl Drop for Engine {
     }
 }
 
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 //! What a caller asks of the engine, and its validated form.
 
-use crate::EngineError;
+use crate::{EngineError, SamplingPolicy};
 
 /// How the next token is chosen. Defaults are neutral (no truncation, no
 /// penalties); `temperature == 0` is greedy.
@@ -87,7 +87,7 @@ impl SamplingParams {
 pub const GREEDY_BELOW: f32 = 1e-5;
 
 /// A generation request before validation.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct GenerateRequest {
     pub prompt_tokens: Vec<u32>,
     pub params: SamplingParams,
@@ -100,11 +100,13 @@ pub struct GenerateRequest {
     pub logprobs: bool,
     /// Also return the `n` most likely alternatives' log-probabilities for each token.
     pub top_logprobs: usize,
+    /// Steers sampling token by token (a sampler plugin); `None`: the params alone.
+    pub policy: Option<Box<dyn SamplingPolicy>>,
 }
 
 /// A request the engine accepts without further checks: it fits the context
 /// and every value is in range.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ValidGenerateRequest {
     pub(crate) prompt_tokens: Vec<u32>,
     pub(crate) params: SamplingParams,
@@ -112,6 +114,7 @@ pub struct ValidGenerateRequest {
     pub(crate) stop_token_ids: Vec<u32>,
     pub(crate) logprobs: bool,
     pub(crate) top_logprobs: usize,
+    pub(crate) policy: Option<Box<dyn SamplingPolicy>>,
     /// The limits it was checked against: an engine refuses a request checked
     /// for another model.
     pub(crate) checked_for: (usize, usize),
@@ -190,6 +193,7 @@ impl GenerateRequest {
             stop_token_ids,
             logprobs: self.logprobs || self.top_logprobs > 0,
             top_logprobs: self.top_logprobs,
+            policy: self.policy,
             checked_for: (limits.vocab_size, limits.max_context),
         })
     }

@@ -3,6 +3,8 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::SamplingPolicy;
+use crate::policy::{StepPlan, allows};
 use crate::request::SamplingParams;
 
 /// A sampled token with its log-probability under the model's distribution
@@ -45,16 +47,68 @@ impl Sampler {
 
     /// Picks the next token and records it for the penalties.
     pub fn sample(&mut self, logits: &mut [f32]) -> Sampled {
+        match self.sample_with(logits, &StepPlan::default(), None) {
+            Ok(sampled) => sampled,
+            // The default plan has no allowed set and asks no policy.
+            Err(_) => unreachable!("the default plan cannot fail"),
+        }
+    }
+
+    /// Picks the next token as a policy's plan says: its bias and allowed set
+    /// on top of the request's, its parameters instead of the request's, and
+    /// with `choose_from`, the policy's choice among the top candidates.
+    pub fn sample_with(
+        &mut self,
+        logits: &mut [f32],
+        plan: &StepPlan,
+        policy: Option<&mut dyn SamplingPolicy>,
+    ) -> Result<Sampled, String> {
         let log_z = self.logprobs.then(|| log_normalizer(logits));
         let top_logprobs = match log_z {
             Some(z) => top_n(logits, self.top_logprobs).into_iter().map(|(t, l)| (t, l - z)).collect(),
             None => Vec::new(),
         };
-        let originals = self.apply_bias_and_penalties(logits);
-        let token = if self.params.is_greedy() { argmax(logits) } else { self.draw(logits) };
+        let mut originals = self.apply_bias_and_penalties(logits);
+        for &(t, b) in &plan.bias {
+            let l = logits.get_mut(t as usize).ok_or_else(|| format!("bias for token {t}, outside the vocabulary"))?;
+            originals.push((t, *l));
+            *l += b;
+        }
+        if let Some(words) = &plan.allowed {
+            let mut any = false;
+            for (id, l) in logits.iter_mut().enumerate() {
+                if allows(words, id as u32) {
+                    any = true;
+                } else {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+            if !any {
+                return Err("the sampler's allowed set allows no token".into());
+            }
+        }
+        let params = plan.params.as_ref().unwrap_or(&self.params);
+        let token = match (plan.choose_from, policy) {
+            (n, Some(policy)) if n > 0 => {
+                let candidates: Vec<(u32, f32)> =
+                    top_n(logits, n as usize).into_iter().filter(|(_, l)| l.is_finite()).collect();
+                let token = policy.choose(&candidates)?;
+                if !candidates.iter().any(|(t, _)| *t == token) {
+                    return Err(format!("the sampler chose token {token}, which is not among the candidates"));
+                }
+                token
+            }
+            _ if params.is_greedy() => argmax(logits),
+            _ => draw(params, &mut self.rng, logits),
+        };
         let raw = originals.iter().find(|(t, _)| *t == token).map_or(logits[token as usize], |o| o.1);
         self.record(token);
-        Sampled { token, logprob: log_z.map(|z| raw - z), top_logprobs }
+        Ok(Sampled { token, logprob: log_z.map(|z| raw - z), top_logprobs })
+    }
+
+    /// Records a token emitted without sampling (forced by a policy), for the penalties.
+    pub fn record_forced(&mut self, token: u32) {
+        self.record(token);
     }
 
     /// Applies logit bias and penalties in place; returns the original values of
@@ -92,42 +146,42 @@ impl Sampler {
             None => self.generated.push((token, 1)),
         }
     }
+}
 
-    /// Top-k, temperature, then top-p and min-p truncation (HF / vLLM order),
-    /// then a draw.
-    fn draw(&mut self, logits: &[f32]) -> u32 {
-        let inv_t = 1.0 / self.params.temperature;
-        let k = if self.params.top_k == 0 { logits.len() } else { self.params.top_k.min(logits.len()) };
-        let mut cand: Vec<(u32, f32)> = if k < logits.len() {
-            top_n(logits, k)
-        } else {
-            logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect()
-        };
-        let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
-        let mut total = 0.0;
-        for c in cand.iter_mut() {
-            c.1 = ((c.1 - max) * inv_t).exp();
-            total += c.1;
-        }
-        if self.params.top_p < 1.0 {
-            total = truncate_top_p(&mut cand, total, self.params.top_p);
-        }
-        if self.params.min_p > 0.0 {
-            // The most likely token has weight exp(0) = 1 after the shift above.
-            let floor = self.params.min_p;
-            cand.retain(|c| c.1 >= floor);
-            total = cand.iter().map(|c| c.1).sum();
-        }
-        let mut r = self.rng.random::<f32>() * total;
-        for &(t, w) in &cand {
-            if r < w {
-                return t;
-            }
-            r -= w;
-        }
-        // Rounding left `r` just past the end: the last candidate is the draw.
-        cand.last().map_or_else(|| argmax(logits), |c| c.0)
+/// Top-k, temperature, then top-p and min-p truncation (HF / vLLM order),
+/// then a draw.
+fn draw(params: &SamplingParams, rng: &mut StdRng, logits: &[f32]) -> u32 {
+    let inv_t = 1.0 / params.temperature;
+    let k = if params.top_k == 0 { logits.len() } else { params.top_k.min(logits.len()) };
+    let mut cand: Vec<(u32, f32)> = if k < logits.len() {
+        top_n(logits, k)
+    } else {
+        logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect()
+    };
+    let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+    let mut total = 0.0;
+    for c in cand.iter_mut() {
+        c.1 = ((c.1 - max) * inv_t).exp();
+        total += c.1;
     }
+    if params.top_p < 1.0 {
+        total = truncate_top_p(&mut cand, total, params.top_p);
+    }
+    if params.min_p > 0.0 {
+        // The most likely token has weight exp(0) = 1 after the shift above.
+        let floor = params.min_p;
+        cand.retain(|c| c.1 >= floor);
+        total = cand.iter().map(|c| c.1).sum();
+    }
+    let mut r = rng.random::<f32>() * total;
+    for &(t, w) in &cand {
+        if r < w {
+            return t;
+        }
+        r -= w;
+    }
+    // Rounding left `r` just past the end: the last candidate is the draw.
+    cand.last().map_or_else(|| argmax(logits), |c| c.0)
 }
 
 /// Keeps the smallest most-likely prefix whose weight reaches `p * total`;

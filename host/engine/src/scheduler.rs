@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::prefix_cache::PrefixCache;
 use crate::sampling::{Sampled, Sampler};
-use crate::{EngineConfig, EngineStats, FinishReason, TokenEvent, Usage, ValidGenerateRequest};
+use crate::{EngineConfig, EngineStats, FinishReason, SamplingPolicy, TokenEvent, Usage, ValidGenerateRequest};
 
 pub(crate) struct Job {
     pub request: ValidGenerateRequest,
@@ -31,7 +31,11 @@ struct Sequence {
     cache: KvCache,
     sampler: Sampler,
     decoder: IncrementalDecoder<Arc<Tokenizer>>,
-    /// The token sampled last step: the next step's input.
+    /// A sampler plugin's per-token plans, when the request has one.
+    policy: Option<Box<dyn SamplingPolicy>>,
+    /// Tokens emitted but not yet run through the model: the next step's input.
+    pending: Vec<u32>,
+    /// The token emitted last (what the policy sees as `last`).
     last: Option<u32>,
     generated: usize,
     max_tokens: usize,
@@ -45,6 +49,67 @@ impl Sequence {
     fn usage(&self) -> Usage {
         Usage { prompt_tokens: self.prompt.len(), completion_tokens: self.generated }
     }
+
+    /// The policy's plan carried out on this step's logits.
+    fn decide(&mut self, logits: &mut [f32]) -> Decision {
+        let Some(policy) = self.policy.as_mut() else {
+            return Decision::Sampled(self.sampler.sample(logits));
+        };
+        let plan = match policy.step(self.last) {
+            Ok(plan) => plan,
+            Err(e) => return Decision::Failed(e),
+        };
+        if plan.stop {
+            return Decision::Stop;
+        }
+        if !plan.forced.is_empty() {
+            return match plan.forced.iter().find(|&&t| t as usize >= logits.len()) {
+                Some(t) => Decision::Failed(format!("forced token {t} is outside the vocabulary")),
+                None => Decision::Forced(plan.forced),
+            };
+        }
+        match self.sampler.sample_with(logits, &plan, Some(policy.as_mut())) {
+            Ok(sampled) => Decision::Sampled(sampled),
+            Err(e) => Decision::Failed(e),
+        }
+    }
+
+    /// Emits one generated token; returns whether the sequence goes on.
+    fn emit(&mut self, token: u32, logprob: Option<f32>, top_logprobs: Vec<(u32, f32)>, stats: &EngineStats) -> bool {
+        self.generated += 1;
+        self.last = Some(token);
+        self.pending.push(token);
+        stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        if self.stop_ids.binary_search(&token).is_ok() {
+            self.finish(FinishReason::Stop);
+            return false;
+        }
+        let text = self.decoder.push(token);
+        if self.events.send(TokenEvent::Token { id: token, text, logprob, top_logprobs }).is_err() {
+            self.finished = true;
+            return false;
+        }
+        if self.generated >= self.max_tokens {
+            self.finish(FinishReason::Length);
+            return false;
+        }
+        true
+    }
+
+    fn finish(&mut self, reason: FinishReason) {
+        let tail = self.decoder.finish();
+        let _ = self.events.send(TokenEvent::Finished { reason, usage: self.usage(), tail });
+        self.finished = true;
+    }
+}
+
+/// What a sequence does with this step's logits.
+enum Decision {
+    Sampled(Sampled),
+    /// Tokens the policy emits without sampling.
+    Forced(Vec<u32>),
+    Stop,
+    Failed(String),
 }
 
 pub(crate) fn run(
@@ -92,6 +157,8 @@ pub(crate) fn run(
                 input: Vec::new(),
                 cache,
                 decoder: IncrementalDecoder::new(tokenizer.clone(), true),
+                policy: r.policy,
+                pending: Vec::new(),
                 last: None,
                 generated: 0,
                 max_tokens: r.max_tokens,
@@ -133,8 +200,8 @@ fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats
             seq.input.extend_from_slice(&seq.prompt[seq.prefilled..seq.prefilled + take]);
             seq.prefilled += take;
             budget -= take;
-        } else if let Some(last) = seq.last {
-            seq.input.push(last);
+        } else {
+            seq.input.append(&mut seq.pending);
         }
     }
     let mut items: Vec<SeqBatchItem<'_>> = running
@@ -167,43 +234,29 @@ fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats
     let mut logits = logits.into_iter();
     let mut per_seq: Vec<Option<Vec<f32>>> =
         running.iter().map(|s| if s.input.is_empty() { None } else { logits.next().flatten() }).collect();
-    let sampled: Vec<Option<Sampled>> = running
-        .par_iter_mut()
-        .zip(per_seq.par_iter_mut())
-        .map(|(seq, l)| l.as_mut().map(|l| seq.sampler.sample(l)))
-        .collect();
-    let mut sampled = sampled.into_iter();
+    let decisions: Vec<Option<Decision>> =
+        running.par_iter_mut().zip(per_seq.par_iter_mut()).map(|(seq, l)| l.as_mut().map(|l| seq.decide(l))).collect();
+    let mut decisions = decisions.into_iter();
     // Finished sequences are only marked here; the caller takes them out.
     for seq in running.iter_mut() {
-        let Some(Some(sampled)) = sampled.next() else { continue };
-        seq.generated += 1;
-        seq.last = Some(sampled.token);
-        stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
-        let stop = seq.stop_ids.binary_search(&sampled.token).is_ok();
-        if !stop {
-            let text = seq.decoder.push(sampled.token);
-            let event = TokenEvent::Token {
-                id: sampled.token,
-                text,
-                logprob: sampled.logprob,
-                top_logprobs: sampled.top_logprobs,
-            };
-            if seq.events.send(event).is_err() {
-                seq.finished = true;
-                continue;
+        let Some(Some(decision)) = decisions.next() else { continue };
+        match decision {
+            Decision::Sampled(s) => {
+                seq.emit(s.token, s.logprob, s.top_logprobs, stats);
             }
-        }
-        let reason = if stop {
-            Some(FinishReason::Stop)
-        } else if seq.generated >= seq.max_tokens {
-            Some(FinishReason::Length)
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            let tail = seq.decoder.finish();
-            let _ = seq.events.send(TokenEvent::Finished { reason, usage: seq.usage(), tail });
-            seq.finished = true;
+            Decision::Forced(tokens) => {
+                for token in tokens {
+                    seq.sampler.record_forced(token);
+                    if !seq.emit(token, None, Vec::new(), stats) {
+                        break;
+                    }
+                }
+            }
+            Decision::Stop => seq.finish(FinishReason::Stop),
+            Decision::Failed(message) => {
+                let _ = seq.events.send(TokenEvent::Failed(format!("sampling policy: {message}")));
+                seq.finished = true;
+            }
         }
     }
 }

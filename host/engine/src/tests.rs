@@ -28,22 +28,22 @@ fn loaded() -> (Arc<Model>, Arc<Tokenizer>) {
         .clone()
 }
 
-fn engine(config: EngineConfig) -> Engine {
+pub(crate) fn engine(config: EngineConfig) -> Engine {
     let (m, t) = loaded();
     Engine::start(m, t, config)
 }
 
-fn prompt(text: &str) -> Vec<u32> {
+pub(crate) fn prompt(text: &str) -> Vec<u32> {
     let (_, t) = loaded();
     t.encode(&format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"), true).unwrap()
 }
 
-fn greedy(tokens: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+pub(crate) fn greedy(tokens: Vec<u32>, max_tokens: usize) -> GenerateRequest {
     GenerateRequest { prompt_tokens: tokens, params: SamplingParams::greedy(), max_tokens, ..Default::default() }
 }
 
 /// Collects a stream to (token ids, finish reason).
-fn collect(mut s: crate::TokenStream) -> (Vec<u32>, FinishReason) {
+pub(crate) fn collect(mut s: crate::TokenStream) -> (Vec<u32>, FinishReason) {
     let mut ids = Vec::new();
     loop {
         match s.blocking_next().expect("stream ended without Finished") {

@@ -102,6 +102,7 @@ impl GenerationSpec {
             ignore_eos: self.ignore_eos,
             logprobs: self.logprobs,
             top_logprobs: self.top_logprobs,
+            policy: None,
         }
         .validate(limits)?;
         let stream = backend.submit(request)?;

@@ -1,0 +1,41 @@
+//! Sampling policies: how a per-sequence policy (a sampler plugin, seen from
+//! the engine, which knows nothing of WebAssembly) steers the host's
+//! sampling. Before each token the engine asks the policy for a
+//! [`StepPlan`] and carries it out; the logits never leave the host.
+
+use crate::SamplingParams;
+
+/// A per-sequence sampling policy.
+pub trait SamplingPolicy: Send + std::fmt::Debug {
+    /// The plan for the next token; `last` is the token emitted before it
+    /// (none at the first step). An error fails the request with its message.
+    fn step(&mut self, last: Option<u32>) -> Result<StepPlan, String>;
+
+    /// Picks the next token among `candidates` (id, logit; most likely
+    /// first) when the plan set `choose_from`.
+    fn choose(&mut self, candidates: &[(u32, f32)]) -> Result<u32, String>;
+}
+
+/// What the policy wants for the next token. The default plan samples with
+/// the request's parameters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepPlan {
+    /// Sampling knobs for this step instead of the request's (its `seed` and
+    /// `logit_bias` are not used: the request's stay).
+    pub params: Option<SamplingParams>,
+    /// Added to these tokens' logits.
+    pub bias: Vec<(u32, f32)>,
+    /// Only these tokens may be sampled: bit `id % 64` of word `id / 64`.
+    pub allowed: Option<Vec<u64>>,
+    /// Emit these tokens without sampling.
+    pub forced: Vec<u32>,
+    /// End the generation now (finish reason `stop`).
+    pub stop: bool,
+    /// Greater than 0: the policy chooses among this many top candidates.
+    pub choose_from: u32,
+}
+
+/// Whether `id` is in an allowed-token bitset.
+pub(crate) fn allows(words: &[u64], id: u32) -> bool {
+    words.get(id as usize / 64).is_some_and(|w| w & (1 << (id % 64)) != 0)
+}
