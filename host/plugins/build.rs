@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Packages built to components: the first-party plugins, then test guests.
-const PLUGINS: &[&str] = &["default-sampler", "chat-template", "stop-sequences", "redact", "hostile-sampler"];
+const PLUGINS: &[&str] =
+    &["default-sampler", "chat-template", "stop-sequences", "redact", "json-mode", "hostile-sampler"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -31,6 +32,11 @@ fn build(root: &Path, target_dir: &Path) {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
+        // Under `cargo clippy` the plugins are linted natively as workspace
+        // members; their wasm build is a plain one.
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CLIPPY_ARGS")
         // Components ship without debug info.
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "true");

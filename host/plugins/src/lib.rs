@@ -23,6 +23,12 @@ pub use runtime::{Loaded, Runtime, RuntimeConfig};
 pub use sampler::{Candidate, SamplerPlugin, SamplerSession, SamplingParams, StepPlan};
 pub use template::{ChatMessage, Rendered, TemplateInput, TemplatePlugin};
 
+/// Where `build.rs` put the first-party plugins (and the test guests) it
+/// built from source.
+pub fn built_plugins_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("KILN_BUILT_PLUGINS"))
+}
+
 /// The three kinds of plugin, one WIT world each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PluginKind {

@@ -1,0 +1,127 @@
+//! json-mode: constrains the output to one syntactically valid JSON object,
+//! whatever the prompt. Before each token it hands the host the set of
+//! tokens that keep the output a valid JSON prefix (a bitset over the
+//! vocabulary); when the object is complete it stops. Given the request's
+//! token budget (`max_tokens` in its config) it closes the object in time,
+//! so even a cut-short answer parses.
+
+mod grammar;
+
+use grammar::{Mode, State};
+use kiln_sdk::sampler::{Sampler, SamplingParams, StepPlan, TokenSet};
+use kiln_sdk::{Config, vocabulary};
+
+#[derive(Debug)]
+pub struct JsonMode {
+    state: State,
+    /// Tokens that may appear outside strings (all bytes in JSON's structural alphabet).
+    structural: Vec<u32>,
+    /// Tokens that are plain string content (no quote, backslash or control byte).
+    plain: Vec<u32>,
+    /// Token ids of single ASCII characters, for closing the object.
+    by_char: [Option<u32>; 128],
+    budget: Option<u32>,
+    emitted: u32,
+    /// Forced tokens already applied to `state`: the host's next `last` is one of them.
+    forced_pending: bool,
+}
+
+/// Special tokens (`<|im_end|>`...) are never part of a JSON answer.
+fn is_special(bytes: &[u8]) -> bool {
+    bytes.len() > 4 && bytes.starts_with(b"<|") && bytes.ends_with(b"|>")
+}
+
+impl Sampler for JsonMode {
+    fn new(_: SamplingParams, _: &[u32], config: &Config) -> Result<Self, String> {
+        let vocab = vocabulary();
+        let (mut structural, mut plain, mut by_char) = (Vec::new(), Vec::new(), [None; 128]);
+        for (id, bytes) in vocab.tokens().iter().enumerate() {
+            let id = id as u32;
+            if bytes.is_empty() || is_special(bytes) || vocab.is_stop(id) {
+                continue;
+            }
+            if bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
+                plain.push(id);
+            }
+            if bytes.iter().all(|b| b" \n\t\r{}[],:\"-+.0123456789eEtrufalsn".contains(b)) {
+                structural.push(id);
+            }
+            if let [b] = bytes[..]
+                && b < 128
+                && by_char[b as usize].is_none()
+            {
+                by_char[b as usize] = Some(id);
+            }
+        }
+        let budget = config
+            .get("max_tokens")
+            .map(|v| v.parse().map_err(|_| format!("config `max_tokens`: {v:?}")))
+            .transpose()?;
+        Ok(JsonMode { state: State::default(), structural, plain, by_char, budget, emitted: 0, forced_pending: false })
+    }
+
+    fn step(&mut self, last: Option<u32>) -> StepPlan {
+        if let Some(token) = last.filter(|_| !std::mem::take(&mut self.forced_pending)) {
+            self.emitted += 1;
+            let bytes = vocabulary().token(token).to_vec();
+            // The host only samples allowed tokens; anything else is a bug to stop on.
+            match self.state.feed_all(&bytes) {
+                Some(state) => self.state = state,
+                None => return StepPlan::stop(),
+            }
+        }
+        if self.state.mode == Mode::Done {
+            return StepPlan::stop();
+        }
+        // Within the budget the object can always be closed: never take a
+        // token after which the closing text would no longer fit.
+        let room = self.budget.map(|b| b.saturating_sub(self.emitted) as usize);
+        if room.is_some_and(|room| room <= self.state.closing_len()) {
+            return self.close();
+        }
+        let allowed = self.allowed(room.map(|room| room - 1));
+        if allowed.is_empty() { self.close() } else { StepPlan::only(allowed) }
+    }
+}
+
+impl JsonMode {
+    /// Every token that keeps the output a valid JSON prefix, and (with a
+    /// budget) leaves `room_after` tokens enough to close it.
+    fn allowed(&self, room_after: Option<usize>) -> TokenSet {
+        let vocab = vocabulary();
+        let mut set = TokenSet::with_size(vocab.size());
+        let fits = |state: &State| room_after.is_none_or(|room| state.closing_len() <= room);
+        let in_plain_string = matches!(self.state.mode, Mode::Str { escape: grammar::Escape::None, .. });
+        // Plain text inside a string leaves the closing text as it is.
+        if in_plain_string && fits(&self.state) {
+            self.plain.iter().for_each(|&id| set.insert(id));
+        }
+        for &id in &self.structural {
+            if !set.contains(id) && self.state.feed_all(vocab.token(id)).is_some_and(|s| fits(&s)) {
+                set.insert(id);
+            }
+        }
+        set
+    }
+
+    /// Forces the text that completes the object, one character a token.
+    fn close(&mut self) -> StepPlan {
+        let closing = self.state.closing();
+        let tokens: Option<Vec<u32>> =
+            closing.bytes().map(|b| self.by_char.get(b as usize).copied().flatten()).collect();
+        match tokens {
+            Some(tokens) if !tokens.is_empty() => {
+                self.state = self.state.feed_all(closing.as_bytes()).unwrap_or(self.state);
+                self.emitted += tokens.len() as u32;
+                self.forced_pending = true;
+                StepPlan::force(tokens)
+            }
+            _ => StepPlan::stop(),
+        }
+    }
+}
+
+kiln_sdk::export_sampler!(JsonMode);
+
+#[cfg(test)]
+mod tests;
