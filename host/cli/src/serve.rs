@@ -53,7 +53,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
     });
     let drain_timeout = Duration::from_secs(args.drain_timeout_secs);
     let config = ServerConfig { max_body_bytes: args.max_body_bytes, drain_timeout, ..ServerConfig::default() };
-    let state = AppState::new(Arc::new(engine), ServedModel::new(id, loaded.tokenizer, loaded.template), config);
+    let served = ServedModel::new(id, loaded.tokenizer.clone(), loaded.template);
+    let state = match pipeline(&loaded.tokenizer) {
+        Ok(pipeline) => AppState::with_pipeline(Arc::new(engine), served, config, Arc::new(pipeline)),
+        Err(e) => {
+            // The API still serves; requests that need a plugin are refused with a clear 400.
+            tracing::error!(error = %e, "the plugin runtime could not start; serving without plugins");
+            AppState::new(Arc::new(engine), served, config)
+        }
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
@@ -68,6 +76,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .await
             .context("serving")
     })
+}
+
+/// The first-party plugins, their compiled form cached next to the models.
+fn pipeline(tokenizer: &kiln_tokenizer::Tokenizer) -> Result<kiln_pipeline::Pipeline> {
+    let config = kiln_plugins::RuntimeConfig {
+        cache_dir: Some(kiln_hub::cache_dir()?.join("compiled-plugins")),
+        ..kiln_plugins::RuntimeConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let pipeline = kiln_pipeline::Pipeline::new(tokenizer, config)?;
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "plugins loaded");
+    Ok(pipeline)
 }
 
 /// Ctrl-C or SIGTERM: stop accepting connections, let open requests finish.

@@ -2,11 +2,49 @@
 //! engine: plugins loaded by the runtime (`kiln-plugins`), seen by the
 //! engine through its own traits (it knows nothing of WebAssembly).
 //!
-//! So far: a sampler plugin's session as the engine's [`SamplingPolicy`].
+//! So far: a sampler plugin's session as the engine's [`SamplingPolicy`],
+//! and the built-in samplers the API asks for (json-mode for
+//! `response_format: {"type": "json_object"}`).
+
+use std::sync::Arc;
 
 use kiln_engine::{SamplingParams, SamplingPolicy, StepPlan};
-use kiln_plugins::{Candidate, PluginError, SamplerSession};
+use kiln_plugins::{Candidate, Loaded, PluginError, Runtime, RuntimeConfig, SamplerPlugin, SamplerSession};
 use kiln_tokenizer::Tokenizer;
+
+/// The plugin runtime for one model, with the first-party plugins loaded.
+#[derive(Debug)]
+pub struct Pipeline {
+    json_mode: Arc<SamplerPlugin>,
+    // Kept last: plugins hold the engine, the runtime owns its deadline clock.
+    _runtime: Runtime,
+}
+
+impl Pipeline {
+    /// Loads the first-party plugins embedded in the binary (compiled once,
+    /// then from `config.cache_dir` on later starts).
+    pub fn new(tokenizer: &Tokenizer, config: RuntimeConfig) -> Result<Pipeline, PluginError> {
+        let runtime = Runtime::new(config, Arc::new(vocabulary(tokenizer)))?;
+        let json_mode = match runtime.load_bytes("json-mode (built in)", kiln_plugins::first_party::JSON_MODE)? {
+            Loaded::Sampler(s) => s,
+            other => return Err(PluginError::Runtime(format!("json-mode loaded as {:?}", other.info().kind))),
+        };
+        Ok(Pipeline { json_mode, _runtime: runtime })
+    }
+
+    /// A json-mode policy for one sequence: its output is one JSON object that
+    /// closes within `max_tokens`.
+    pub fn json_policy(
+        &self,
+        params: &SamplingParams,
+        prompt: &[u32],
+        max_tokens: usize,
+    ) -> Result<Box<dyn SamplingPolicy>, PluginError> {
+        let config = vec![("max_tokens".to_string(), max_tokens.to_string())];
+        let session = self.json_mode.start(plugin_params(params), prompt, &config)?;
+        Ok(Box::new(PluginPolicy::new(session, params.clone())))
+    }
+}
 
 /// The model's vocabulary as sampler plugins see it.
 pub fn vocabulary(tokenizer: &Tokenizer) -> kiln_plugins::Vocabulary {

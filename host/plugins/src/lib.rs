@@ -29,6 +29,21 @@ pub fn built_plugins_dir() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("KILN_BUILT_PLUGINS"))
 }
 
+/// The first-party plugins, built from source by `build.rs` and embedded in
+/// the binary, so a server has them without a plugin directory.
+pub mod first_party {
+    macro_rules! embedded {
+        ($file:literal) => {
+            include_bytes!(concat!(env!("KILN_BUILT_PLUGINS"), "/", $file))
+        };
+    }
+    pub const JSON_MODE: &[u8] = embedded!("json_mode.wasm");
+    pub const DEFAULT_SAMPLER: &[u8] = embedded!("default_sampler.wasm");
+    pub const CHAT_TEMPLATE: &[u8] = embedded!("chat_template.wasm");
+    pub const STOP_SEQUENCES: &[u8] = embedded!("stop_sequences.wasm");
+    pub const REDACT: &[u8] = embedded!("redact.wasm");
+}
+
 /// The three kinds of plugin, one WIT world each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PluginKind {

@@ -36,6 +36,10 @@ pub enum ApiError {
     Overloaded { queued: usize },
     #[error("the engine has stopped; the server is shutting down")]
     Unavailable,
+    /// A plugin failed (trap, time or memory limit, bad output): the message
+    /// names the plugin and its version, and is safe to show.
+    #[error("{0}")]
+    Plugin(String),
     /// A fault on kiln's side; the detail goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -56,7 +60,7 @@ impl ApiError {
             ApiError::RouteNotFound { .. } | ApiError::NoSuchModel(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Overloaded { .. } | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::Plugin(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -76,6 +80,7 @@ impl ApiError {
             ApiError::Overloaded { .. } => ("overloaded_error", None, Some("overloaded")),
             ApiError::Unavailable => ("overloaded_error", None, Some("unavailable")),
             ApiError::Internal(_) => ("server_error", None, None),
+            ApiError::Plugin(_) => ("server_error", None, Some("plugin_error")),
         };
         let message = match self {
             ApiError::Internal(_) => "the server failed to process the request; the details are in its log".into(),

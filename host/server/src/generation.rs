@@ -28,6 +28,8 @@ pub struct GenerationSpec {
     pub ignore_eos: bool,
     pub logprobs: bool,
     pub top_logprobs: usize,
+    /// Constrain the output to one JSON object (the json-mode sampler plugin).
+    pub json: bool,
 }
 
 /// A sampled token's log-probability and its most likely alternatives.
@@ -94,6 +96,20 @@ impl GenerationSpec {
             (None, Some(default)) => (default as usize).min(room),
             (None, None) => room,
         };
+        let policy = match (self.json, state.pipeline()) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(ApiError::invalid(
+                    "response_format",
+                    "`json_object` needs the json-mode plugin, and this server runs without plugins",
+                ));
+            }
+            (true, Some(pipeline)) => Some(
+                pipeline
+                    .json_policy(&self.params, &self.prompt_tokens, max_tokens)
+                    .map_err(|e| ApiError::Plugin(e.to_string()))?,
+            ),
+        };
         let request = GenerateRequest {
             prompt_tokens: self.prompt_tokens,
             params: self.params,
@@ -102,7 +118,7 @@ impl GenerationSpec {
             ignore_eos: self.ignore_eos,
             logprobs: self.logprobs,
             top_logprobs: self.top_logprobs,
-            policy: None,
+            policy,
         }
         .validate(limits)?;
         let stream = backend.submit(request)?;
@@ -158,7 +174,11 @@ impl Generation {
                 }
                 TokenEvent::Failed(message) => {
                     self.stream = None;
-                    return Some(Err(ApiError::Internal(format!("generation failed: {message}"))));
+                    // A plugin's failure names the plugin; anything else is internal.
+                    return Some(Err(match message.strip_prefix("sampling policy: ") {
+                        Some(plugin) => ApiError::Plugin(plugin.to_string()),
+                        None => ApiError::Internal(format!("generation failed: {message}")),
+                    }));
                 }
             }
         }

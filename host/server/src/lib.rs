@@ -24,6 +24,7 @@ use axum::extract::{DefaultBodyLimit, Extension};
 use axum::routing::{get, post};
 use kiln_chat::{ChatMessage, ChatTemplate};
 use kiln_engine::Backend;
+use kiln_pipeline::Pipeline;
 use kiln_tokenizer::Tokenizer;
 
 pub use error::ApiError;
@@ -77,6 +78,8 @@ struct Inner {
     backend: Arc<dyn Backend>,
     model: ServedModel,
     config: ServerConfig,
+    /// Plugins (json-mode for `response_format`); `None`: serving without them.
+    pipeline: Option<Arc<Pipeline>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -87,7 +90,21 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     pub fn new(backend: Arc<dyn Backend>, model: ServedModel, config: ServerConfig) -> Self {
-        AppState { inner: Arc::new(Inner { backend, model, config }) }
+        AppState { inner: Arc::new(Inner { backend, model, config, pipeline: None }) }
+    }
+
+    /// The same state with plugins.
+    pub fn with_pipeline(
+        backend: Arc<dyn Backend>,
+        model: ServedModel,
+        config: ServerConfig,
+        pipeline: Arc<Pipeline>,
+    ) -> Self {
+        AppState { inner: Arc::new(Inner { backend, model, config, pipeline: Some(pipeline) }) }
+    }
+
+    pub(crate) fn pipeline(&self) -> Option<&Pipeline> {
+        self.inner.pipeline.as_deref()
     }
 
     pub fn backend(&self) -> &dyn Backend {

@@ -34,12 +34,16 @@ pub async fn chat_completions(
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::invalid("tools", "tool calling is not supported"));
     }
-    if let Some(format) = req.response_format.as_ref().filter(|f| f.kind != "text") {
-        return Err(ApiError::invalid(
-            "response_format",
-            format!("`{}` needs a pipeline with a JSON-constraining sampler plugin; this server has none", format.kind),
-        ));
-    }
+    let json = match req.response_format.as_ref().map(|f| f.kind.as_str()) {
+        None | Some("text") => false,
+        Some("json_object") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "response_format",
+                format!("`{other}` is not supported; use `text` or `json_object`"),
+            ));
+        }
+    };
     let logprobs = req.logprobs.unwrap_or(false);
     let top_logprobs = req.top_logprobs.unwrap_or(0) as usize;
     if top_logprobs > 0 && !logprobs {
@@ -64,6 +68,7 @@ pub async fn chat_completions(
         ignore_eos: sampling.ignore_eos,
         logprobs,
         top_logprobs,
+        json,
     }
     .start(&state)
     .map_err(|e| match e {

@@ -54,6 +54,7 @@ pub async fn completions(
         ignore_eos: sampling.ignore_eos,
         logprobs: top.is_some(),
         top_logprobs: top.unwrap_or(0),
+        json: false,
     }
     .start(&state)?;
 

@@ -58,7 +58,7 @@ async fn out_of_range_values_are_400_naming_the_field() {
         (chat(json!({"logprobs": true, "top_logprobs": 21})), "top_logprobs"),
         (chat(json!({"logit_bias": {"not-a-token": 1}})), "logit_bias"),
         (chat(json!({"logit_bias": {"999999": 1}})), "logit_bias"),
-        (chat(json!({"response_format": {"type": "json_object"}})), "response_format"),
+        (chat(json!({"response_format": {"type": "json_schema"}})), "response_format"),
         (json!({"messages": []}), "messages"),
         (json!({"messages": [{"role": "wizard", "content": "hi"}]}), "messages[0].role"),
         (json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}), "messages[0].content[0]"),

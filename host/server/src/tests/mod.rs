@@ -19,6 +19,7 @@ use kiln_chat::ChatTemplate;
 use kiln_engine::{Backend, EngineStats, ModelLimits, TokenEvent, TokenStream, ValidGenerateRequest};
 use kiln_engine::{Engine, EngineConfig, EngineError};
 use kiln_model::Model;
+use kiln_pipeline::Pipeline;
 use kiln_tokenizer::Tokenizer;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -55,8 +56,19 @@ pub fn real_app() -> (Router, Arc<Engine>) {
 pub fn real_app_with(config: ServerConfig) -> (Router, Arc<Engine>) {
     let (model, tokenizer) = loaded();
     let engine = Arc::new(Engine::start(model, tokenizer.clone(), EngineConfig::default()));
-    let state = AppState::new(engine.clone(), served(tokenizer), config);
+    let state = AppState::with_pipeline(engine.clone(), served(tokenizer), config, pipeline());
     (router(state), engine)
+}
+
+/// The first-party plugins, loaded once for all tests.
+fn pipeline() -> Arc<Pipeline> {
+    static PIPELINE: OnceLock<Arc<Pipeline>> = OnceLock::new();
+    PIPELINE
+        .get_or_init(|| {
+            let (_, tokenizer) = loaded();
+            Arc::new(Pipeline::new(&tokenizer, kiln_plugins::RuntimeConfig::default()).expect("plugins load"))
+        })
+        .clone()
 }
 
 /// What a fake backend does with every request.

@@ -164,3 +164,38 @@ async fn logprobs_cover_every_token_also_when_a_stop_string_cuts_the_text() {
         }
     }
 }
+
+#[tokio::test]
+async fn response_format_json_object_answers_with_one_json_object() {
+    let (app, _) = real_app();
+    for (content, max_tokens, stream) in [
+        ("Tell me about owls.", 60, false),
+        ("Say hello in plain words.", 20, true),
+        ("List three colours.", 12, false),
+    ] {
+        let body = json!({"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": stream, "response_format": {"type": "json_object"}});
+        let answer = post(&app, "/v1/chat/completions", body).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", String::from_utf8_lossy(&answer.body));
+        let text: String = if stream {
+            answer
+                .json_events()
+                .iter()
+                .filter_map(|e| e["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+                .collect()
+        } else {
+            answer.json()["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+        };
+        let value: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{content:?}: {text:?} is not JSON: {e}"));
+        assert!(value.is_object(), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn json_object_without_plugins_is_refused_naming_response_format() {
+    let app = super::fake_app(super::Fake::Overloaded);
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}});
+    let error = post(&app, "/v1/chat/completions", body).await.error(StatusCode::BAD_REQUEST);
+    assert_eq!(error["param"], "response_format");
+}
