@@ -47,6 +47,8 @@ pub struct GenerateRequest {
     pub system: Option<String>,
     /// Must name the served model when given.
     pub model: Option<String>,
+    /// The plugin pipeline to run (see `GET /v1/plugins`); unset: the server's default.
+    pub pipeline: Option<String>,
 }
 
 fn default_temperature() -> f32 {

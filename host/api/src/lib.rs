@@ -10,6 +10,7 @@ pub mod common;
 pub mod error;
 pub mod generate;
 pub mod openai;
+pub mod plugins;
 pub mod tokenize;
 
 pub use common::{FinishReason, StopSequences, Usage};

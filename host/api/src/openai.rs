@@ -26,6 +26,7 @@ pub struct SamplingFields {
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub ignore_eos: Option<bool>,
+    pub pipeline: Option<String>,
 }
 
 /// Declares a request struct with the shared sampling fields spelled out.
@@ -64,6 +65,8 @@ macro_rules! with_sampling_fields {
             pub repetition_penalty: Option<f32>,
             /// Extension: keep generating past end-of-sequence tokens, up to the token limit.
             pub ignore_eos: Option<bool>,
+            /// Extension: the plugin pipeline to run (see `GET /v1/plugins`); unset: the server's default.
+            pub pipeline: Option<String>,
         }
 
         impl $name {
@@ -81,6 +84,7 @@ macro_rules! with_sampling_fields {
                     min_p: self.min_p,
                     repetition_penalty: self.repetition_penalty,
                     ignore_eos: self.ignore_eos,
+                    pipeline: self.pipeline.take(),
                 }
             }
         }

@@ -15,6 +15,8 @@ pub struct TokenizeRequest {
     /// With `messages`: open the assistant's turn, as chat completions do.
     #[serde(default = "yes")]
     pub add_generation_prompt: bool,
+    /// With `messages`: render with this pipeline's template, as a chat completion naming it would.
+    pub pipeline: Option<String>,
 }
 
 fn yes() -> bool {

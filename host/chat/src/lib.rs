@@ -33,6 +33,7 @@ pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + messa
 #[derive(Debug)]
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -47,9 +48,22 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         });
-        env.add_template_owned("chat", source.unwrap_or(CHATML).to_string())
-            .map_err(|e| ChatError::Compile(e.to_string()))?;
-        Ok(ChatTemplate { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+        let source = source.unwrap_or(CHATML).to_string();
+        env.add_template_owned("chat", source.clone()).map_err(|e| ChatError::Compile(e.to_string()))?;
+        Ok(ChatTemplate { env, source, bos_token: bos_token.into(), eos_token: eos_token.into() })
+    }
+
+    /// The Jinja source this template was compiled from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
     }
 
     /// Renders `messages`; `add_generation_prompt` opens the assistant's turn.

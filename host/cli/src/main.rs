@@ -5,6 +5,7 @@
 //! with llama.cpp on the same file).
 
 mod bench;
+mod config;
 mod load;
 mod serve;
 

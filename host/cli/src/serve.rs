@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kiln_engine::EngineConfig;
-use kiln_server::{AppState, ServedModel, ServerConfig};
+use kiln_server::{AdminAccess, AppState, ServedModel, ServerConfig};
 
+use crate::config::FileConfig;
 use crate::{ModelArgs, load};
 
 #[derive(clap::Args, Debug)]
@@ -37,6 +38,29 @@ pub struct ServeArgs {
     /// On Ctrl-C or SIGTERM, seconds open requests may run before they are cut.
     #[arg(long, default_value_t = ServerConfig::default().drain_timeout.as_secs())]
     drain_timeout_secs: u64,
+    /// The configuration file (plugins and pipelines; see README).
+    #[arg(long, env = "KILN_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// The plugin directory: `<name>.wasm` files, reloaded when they change
+    /// (overrides `plugins.dir`).
+    #[arg(long, env = "KILN_PLUGIN_DIR")]
+    plugin_dir: Option<std::path::PathBuf>,
+    /// Who may manage plugins over HTTP (`/v1/plugins`).
+    #[arg(long, value_enum, default_value_t = Admin::Loopback)]
+    admin: Admin,
+    /// Serve without plugins: only the `native` pipeline.
+    #[arg(long)]
+    no_plugins: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Admin {
+    /// Clients on this machine only.
+    Loopback,
+    /// Every client (behind a trusted network only).
+    Anyone,
+    /// Nobody: plugins change only through their files.
+    None,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -52,15 +76,22 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ..EngineConfig::default()
     });
     let drain_timeout = Duration::from_secs(args.drain_timeout_secs);
-    let config = ServerConfig { max_body_bytes: args.max_body_bytes, drain_timeout, ..ServerConfig::default() };
+    let admin = match args.admin {
+        Admin::Loopback => AdminAccess::Loopback,
+        Admin::Anyone => AdminAccess::Anyone,
+        Admin::None => AdminAccess::Nobody,
+    };
+    let config = ServerConfig { max_body_bytes: args.max_body_bytes, drain_timeout, admin, ..ServerConfig::default() };
     let served = ServedModel::new(id, loaded.tokenizer.clone(), loaded.template);
-    let state = match pipeline(&loaded.tokenizer) {
-        Ok(pipeline) => AppState::with_pipeline(Arc::new(engine), served, config, Arc::new(pipeline)),
-        Err(e) => {
-            // The API still serves; requests that need a plugin are refused with a clear 400.
-            tracing::error!(error = %e, "the plugin runtime could not start; serving without plugins");
-            AppState::new(Arc::new(engine), served, config)
+    let mut _watcher = None;
+    let state = if args.no_plugins {
+        AppState::new(Arc::new(engine), served, config)
+    } else {
+        let plugins = Arc::new(plugin_host(&args, &loaded.tokenizer)?);
+        if plugins.watches() {
+            _watcher = Some(plugins.watch().context("watching the plugin directory")?);
         }
+        AppState::with_plugins(Arc::new(engine), served, config, plugins)
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
@@ -78,16 +109,24 @@ pub fn run(args: ServeArgs) -> Result<()> {
     })
 }
 
-/// The first-party plugins, their compiled form cached next to the models.
-fn pipeline(tokenizer: &kiln_tokenizer::Tokenizer) -> Result<kiln_pipeline::Pipeline> {
-    let config = kiln_plugins::RuntimeConfig {
-        cache_dir: Some(kiln_hub::cache_dir()?.join("compiled-plugins")),
-        ..kiln_plugins::RuntimeConfig::default()
-    };
+fn file_config(args: &ServeArgs) -> Result<FileConfig> {
+    args.config.as_deref().map(FileConfig::read).transpose().map(Option::unwrap_or_default)
+}
+
+/// The built-in plugins, the plugin directory's and the configured
+/// pipelines; compiled plugins are cached next to the models.
+fn plugin_host(args: &ServeArgs, tokenizer: &kiln_tokenizer::Tokenizer) -> Result<kiln_pipeline::PluginHost> {
+    let cache_dir = kiln_hub::cache_dir()?.join("compiled-plugins");
+    let config = file_config(args)?.plugins(args.plugin_dir.clone(), cache_dir)?;
     let started = std::time::Instant::now();
-    let pipeline = kiln_pipeline::Pipeline::new(tokenizer, config)?;
-    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "plugins loaded");
-    Ok(pipeline)
+    let host = kiln_pipeline::PluginHost::new(tokenizer, config).context("loading plugins")?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        default_pipeline = host.default_pipeline(),
+        dir = ?host.dir(),
+        "plugins loaded"
+    );
+    Ok(host)
 }
 
 /// Ctrl-C or SIGTERM: stop accepting connections, let open requests finish.

@@ -1,48 +1,355 @@
 //! kiln-pipeline: the request pipeline between the HTTP layer and the
-//! engine: plugins loaded by the runtime (`kiln-plugins`), seen by the
-//! engine through its own traits (it knows nothing of WebAssembly).
+//! engine. Plugins (loaded by `kiln-plugins`) are grouped into named
+//! pipelines — a template, a sampler, a list of post-processors — and each
+//! request takes a snapshot of the one it names: the versions it starts
+//! with are the versions it finishes with, whatever is reloaded meanwhile.
 //!
-//! So far: a sampler plugin's session as the engine's [`SamplingPolicy`],
-//! and the built-in samplers the API asks for (json-mode for
-//! `response_format: {"type": "json_object"}`).
+//! The engine sees sampler plugins through its own [`SamplingPolicy`] trait
+//! and knows nothing of WebAssembly; the HTTP layer sees [`Resolved`]
+//! pipelines and [`PipelineError`]s.
 
+mod config;
+mod policy;
+mod post;
+mod registry;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use kiln_engine::{SamplingParams, SamplingPolicy, StepPlan};
-use kiln_plugins::{Candidate, Loaded, PluginError, Runtime, RuntimeConfig, SamplerPlugin, SamplerSession};
+use kiln_engine::{SamplingParams, SamplingPolicy};
+use kiln_plugins::{
+    ChatMessage, Loaded, PluginError, PluginKind, PostProcessPlugin, Rendered, Runtime, SamplerPlugin, TemplateInput,
+    TemplatePlugin,
+};
 use kiln_tokenizer::Tokenizer;
 
-/// The plugin runtime for one model, with the first-party plugins loaded.
-#[derive(Debug)]
-pub struct Pipeline {
-    json_mode: Arc<SamplerPlugin>,
-    // Kept last: plugins hold the engine, the runtime owns its deadline clock.
-    _runtime: Runtime,
+pub use config::{DEFAULT_PIPELINE, NATIVE_PIPELINE, PipelineSpec, PluginsConfig, check_name};
+pub use policy::{PluginPolicy, plugin_params};
+pub use post::{PostChain, PostOutput};
+pub use registry::{PluginEntry, Source};
+pub use watch::DirWatcher;
+
+use registry::Registry;
+
+/// The plugin a `response_format: {"type": "json_object"}` request samples with.
+pub const JSON_MODE: &str = "json-mode";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("unknown pipeline {name:?}; this server has {known}")]
+    UnknownPipeline { name: String, known: String },
+    #[error("no plugin is named {0:?}")]
+    UnknownPlugin(String),
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("there is no plugin directory to load files from")]
+    NoPluginDir,
+    #[error("pipeline {pipeline:?} uses {name} as its {needed} plugin, but this is a {found} plugin")]
+    WrongKind { name: String, pipeline: String, needed: PluginKind, found: PluginKind },
+    #[error("plugin {name} was not loaded: {message}")]
+    LoadFailed { name: String, message: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("pipeline configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Io(String),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
 }
 
-impl Pipeline {
-    /// Loads the first-party plugins embedded in the binary (compiled once,
-    /// then from `config.cache_dir` on later starts).
-    pub fn new(tokenizer: &Tokenizer, config: RuntimeConfig) -> Result<Pipeline, PluginError> {
-        let runtime = Runtime::new(config, Arc::new(vocabulary(tokenizer)))?;
-        let json_mode = match runtime.load_bytes("json-mode (built in)", kiln_plugins::first_party::JSON_MODE)? {
-            Loaded::Sampler(s) => s,
-            other => return Err(PluginError::Runtime(format!("json-mode loaded as {:?}", other.info().kind))),
+/// The plugins of one model and the pipelines made of them.
+pub struct PluginHost {
+    registry: Registry,
+    pipelines: BTreeMap<String, Arc<CompiledSpec>>,
+    default_pipeline: String,
+    dir: Option<PathBuf>,
+    watch: bool,
+    // Kept last: plugins hold the engine, the runtime owns its deadline clock.
+    runtime: Runtime,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost").field("pipelines", &self.pipelines.keys()).finish_non_exhaustive()
+    }
+}
+
+/// One plugin's configuration in one pipeline, as the contract passes it.
+type PluginConfig = Arc<Vec<(String, String)>>;
+
+/// A pipeline as configured, with each plugin's configuration ready to pass.
+#[derive(Debug)]
+struct CompiledSpec {
+    spec: PipelineSpec,
+    configs: BTreeMap<String, PluginConfig>,
+}
+
+impl PluginHost {
+    /// Loads the built-in plugins (compiled once, then from the runtime's
+    /// cache directory), then every `<name>.wasm` in the plugin directory, and
+    /// checks every pipeline against what loaded.
+    pub fn new(tokenizer: &Tokenizer, config: PluginsConfig) -> Result<PluginHost, PipelineError> {
+        let runtime = Runtime::new(config.runtime.clone(), Arc::new(vocabulary(tokenizer)))?;
+        let registry = Registry::new(&runtime)?;
+        let mut pipelines = BTreeMap::new();
+        pipelines.insert(DEFAULT_PIPELINE.to_string(), PipelineSpec::first_party_default());
+        pipelines.insert(NATIVE_PIPELINE.to_string(), PipelineSpec::default());
+        for (name, spec) in config.pipelines {
+            check_name(&name).map_err(|e| PipelineError::Config(format!("pipelines.{name}: {e}")))?;
+            if name == NATIVE_PIPELINE {
+                return Err(PipelineError::Config(format!("pipelines.{NATIVE_PIPELINE} is built in (no plugins)")));
+            }
+            pipelines.insert(name, spec);
+        }
+        let pipelines = pipelines.into_iter().map(|(name, spec)| (name, Arc::new(compile(spec)))).collect();
+        let host = PluginHost {
+            registry,
+            pipelines,
+            default_pipeline: config.default_pipeline,
+            dir: config.dir,
+            watch: config.watch,
+            runtime,
         };
-        Ok(Pipeline { json_mode, _runtime: runtime })
+        if !host.pipelines.contains_key(&host.default_pipeline) {
+            return Err(PipelineError::Config(format!(
+                "default_pipeline {:?} is not defined; defined: {}",
+                host.default_pipeline,
+                host.pipeline_names()
+            )));
+        }
+        host.load_dir()?;
+        host.check_pipelines()?;
+        Ok(host)
     }
 
-    /// A json-mode policy for one sequence: its output is one JSON object that
-    /// closes within `max_tokens`.
+    /// Every plugin a pipeline names is loaded, and of the kind it needs.
+    fn check_pipelines(&self) -> Result<(), PipelineError> {
+        let plugins = self.registry.current.load();
+        for (pipeline, compiled) in &self.pipelines {
+            for (name, kind) in compiled.spec.stages() {
+                let found = plugins.get(name).and_then(|e| e.loaded.as_ref()).map(Loaded::kind);
+                match found {
+                    Some(found) if found == kind => {}
+                    Some(found) => {
+                        return Err(PipelineError::WrongKind {
+                            name: name.into(),
+                            pipeline: pipeline.clone(),
+                            needed: kind,
+                            found,
+                        });
+                    }
+                    None => {
+                        return Err(PipelineError::Config(format!(
+                            "pipelines.{pipeline} uses {name:?}, which is neither built in nor a loadable \
+                             {name}.wasm in the plugin directory"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pipelines using `name`, with the kind each needs of it.
+    pub(crate) fn uses(&self, name: &str) -> Vec<(String, PluginKind)> {
+        let mut uses: Vec<_> = self
+            .pipelines
+            .iter()
+            .flat_map(|(p, c)| c.spec.stages().filter(|(n, _)| *n == name).map(|(_, k)| (p.clone(), k)))
+            .collect();
+        if name == JSON_MODE {
+            uses.push(("response_format json_object".into(), PluginKind::Sampler));
+        }
+        uses
+    }
+
+    pub fn default_pipeline(&self) -> &str {
+        &self.default_pipeline
+    }
+
+    /// Pipelines by name.
+    pub fn pipelines(&self) -> impl Iterator<Item = (&str, &PipelineSpec)> {
+        self.pipelines.iter().map(|(n, c)| (n.as_str(), &c.spec))
+    }
+
+    fn pipeline_names(&self) -> String {
+        self.pipelines.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Whether the plugin directory is to be watched (see [`PluginHost::watch`]).
+    pub fn watches(&self) -> bool {
+        self.watch && self.dir.is_some()
+    }
+
+    /// The plugin directory, when there is one.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.dir.as_deref()
+    }
+
+    /// Components compiled since start (loads from the artifact cache do not count).
+    pub fn compilations(&self) -> u64 {
+        self.runtime.compilations()
+    }
+
+    /// A snapshot of the named pipeline (`None`: the default) for one request.
+    pub fn resolve(&self, name: Option<&str>) -> Result<Resolved, PipelineError> {
+        let name = name.unwrap_or(&self.default_pipeline);
+        let compiled = self
+            .pipelines
+            .get(name)
+            .ok_or_else(|| PipelineError::UnknownPipeline { name: name.into(), known: self.pipeline_names() })?;
+        let plugins = self.registry.current.load();
+        let loaded = |plugin: &str| -> Result<(Loaded, PluginConfig), PipelineError> {
+            let loaded = plugins.get(plugin).and_then(|e| e.loaded.clone());
+            let loaded = loaded.ok_or_else(|| PipelineError::UnknownPlugin(plugin.into()))?;
+            Ok((loaded, compiled.configs.get(plugin).cloned().unwrap_or_default()))
+        };
+        let mut resolved = Resolved { name: name.to_string(), template: None, sampler: None, post: Vec::new() };
+        // Kinds were checked when each version was loaded; a mismatch here
+        // would be a registry bug, reported rather than ignored.
+        let mismatch = |plugin: &str, needed, found: &Loaded| PipelineError::WrongKind {
+            name: plugin.into(),
+            pipeline: name.into(),
+            needed,
+            found: found.kind(),
+        };
+        if let Some(t) = &compiled.spec.template {
+            match loaded(t)? {
+                (Loaded::Template(plugin), config) => resolved.template = Some(Stage { plugin, config }),
+                (other, _) => return Err(mismatch(t, PluginKind::Template, &other)),
+            }
+        }
+        if let Some(s) = &compiled.spec.sampler {
+            match loaded(s)? {
+                (Loaded::Sampler(plugin), config) => resolved.sampler = Some(Stage { plugin, config }),
+                (other, _) => return Err(mismatch(s, PluginKind::Sampler, &other)),
+            }
+        }
+        for p in &compiled.spec.post {
+            match loaded(p)? {
+                (Loaded::PostProcess(plugin), config) => resolved.post.push(Stage { plugin, config }),
+                (other, _) => return Err(mismatch(p, PluginKind::PostProcess, &other)),
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// The json-mode sampler, for `response_format: {"type": "json_object"}`:
+    /// its output is one JSON object that closes within `max_tokens`.
     pub fn json_policy(
         &self,
         params: &SamplingParams,
         prompt: &[u32],
         max_tokens: usize,
-    ) -> Result<Box<dyn SamplingPolicy>, PluginError> {
+    ) -> Result<Box<dyn SamplingPolicy>, PipelineError> {
+        let plugins = self.registry.current.load();
+        let Some(Loaded::Sampler(json)) = plugins.get(JSON_MODE).and_then(|e| e.loaded.clone()) else {
+            return Err(PipelineError::UnknownPlugin(JSON_MODE.into()));
+        };
         let config = vec![("max_tokens".to_string(), max_tokens.to_string())];
-        let session = self.json_mode.start(plugin_params(params), prompt, &config)?;
+        let session = json.start(plugin_params(params), prompt, &config)?;
         Ok(Box::new(PluginPolicy::new(session, params.clone())))
+    }
+}
+
+fn compile(spec: PipelineSpec) -> CompiledSpec {
+    let configs = spec
+        .config
+        .iter()
+        .map(|(plugin, kv)| (plugin.clone(), Arc::new(kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect())))
+        .collect();
+    CompiledSpec { spec, configs }
+}
+
+/// One stage of a resolved pipeline: a plugin version and its configuration.
+#[derive(Debug)]
+struct Stage<P> {
+    plugin: Arc<P>,
+    config: PluginConfig,
+}
+
+impl<P> Clone for Stage<P> {
+    fn clone(&self) -> Self {
+        Stage { plugin: self.plugin.clone(), config: self.config.clone() }
+    }
+}
+
+/// The model's own chat template, as template plugins receive it.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelTemplate<'a> {
+    pub source: &'a str,
+    pub bos_token: &'a str,
+    pub eos_token: &'a str,
+}
+
+/// A pipeline as one request runs it: the plugin versions current when it
+/// started, kept to the end.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    name: String,
+    template: Option<Stage<TemplatePlugin>>,
+    sampler: Option<Stage<SamplerPlugin>>,
+    post: Vec<Stage<PostProcessPlugin>>,
+}
+
+impl Resolved {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Renders a conversation with the pipeline's template plugin; `None`
+    /// when it has none (the host renders).
+    pub fn render<'m>(
+        &self,
+        messages: impl IntoIterator<Item = (&'m str, &'m str)>,
+        add_generation_prompt: bool,
+        model: ModelTemplate<'_>,
+    ) -> Option<Result<Rendered, PluginError>> {
+        let stage = self.template.as_ref()?;
+        let input = TemplateInput {
+            messages: messages
+                .into_iter()
+                .map(|(role, content)| ChatMessage { role: role.into(), content: content.into() })
+                .collect(),
+            add_generation_prompt,
+            chat_template: Some(model.source.to_string()),
+            bos_token: model.bos_token.to_string(),
+            eos_token: model.eos_token.to_string(),
+            config: stage.config.to_vec(),
+        };
+        Some(stage.plugin.render(&input))
+    }
+
+    /// The pipeline's sampler for one sequence; `None` when it has none.
+    pub fn sampler(
+        &self,
+        params: &SamplingParams,
+        prompt: &[u32],
+        max_tokens: usize,
+    ) -> Result<Option<Box<dyn SamplingPolicy>>, PluginError> {
+        let Some(stage) = &self.sampler else { return Ok(None) };
+        let mut config = stage.config.to_vec();
+        config.push(("max_tokens".into(), max_tokens.to_string()));
+        let session = stage.plugin.start(plugin_params(params), prompt, &config)?;
+        Ok(Some(Box::new(PluginPolicy::new(session, params.clone()))))
+    }
+
+    /// The post-process chain for one generation; `stop` is every stop
+    /// string in force (the request's and the template's).
+    pub fn post_chain(&self, stop: &[String]) -> Result<PostChain, PluginError> {
+        let sessions = self.post.iter().map(|s| s.plugin.start(stop, &s.config)).collect::<Result<_, _>>()?;
+        Ok(PostChain::new(sessions))
+    }
+
+    /// The plugin versions this pipeline runs, in stage order: what a cached
+    /// answer depends on.
+    pub fn plugins(&self) -> Vec<&kiln_plugins::PluginInfo> {
+        let template = self.template.iter().map(|s| s.plugin.info());
+        let sampler = self.sampler.iter().map(|s| s.plugin.info());
+        template.chain(sampler).chain(self.post.iter().map(|s| s.plugin.info())).collect()
     }
 }
 
@@ -50,71 +357,6 @@ impl Pipeline {
 pub fn vocabulary(tokenizer: &Tokenizer) -> kiln_plugins::Vocabulary {
     let tokens = (0..tokenizer.vocab_size() as u32).map(|id| tokenizer.token_bytes(id).to_vec()).collect();
     kiln_plugins::Vocabulary { tokens, stop_ids: tokenizer.stop_token_ids().to_vec() }
-}
-
-/// The request's parameters in the plugin contract's terms.
-pub fn plugin_params(p: &SamplingParams) -> kiln_plugins::SamplingParams {
-    kiln_plugins::SamplingParams {
-        temperature: p.temperature,
-        top_k: p.top_k as u32,
-        top_p: p.top_p,
-        min_p: p.min_p,
-        repetition_penalty: p.repetition_penalty,
-        frequency_penalty: p.frequency_penalty,
-        presence_penalty: p.presence_penalty,
-    }
-}
-
-/// A sampler plugin's session steering one sequence.
-#[derive(Debug)]
-pub struct PluginPolicy {
-    session: SamplerSession,
-    /// The request's own parameters: a plan's overrides replace the knobs
-    /// only, never the seed or the request's logit bias.
-    base: SamplingParams,
-}
-
-impl PluginPolicy {
-    pub fn new(session: SamplerSession, base: SamplingParams) -> Self {
-        PluginPolicy { session, base }
-    }
-}
-
-fn message(e: PluginError) -> String {
-    e.to_string()
-}
-
-impl SamplingPolicy for PluginPolicy {
-    fn step(&mut self, last: Option<u32>) -> Result<StepPlan, String> {
-        let plan = self.session.step(last).map_err(message)?;
-        let params = plan.params.map(|p| SamplingParams {
-            temperature: p.temperature,
-            top_k: p.top_k as usize,
-            top_p: p.top_p,
-            min_p: p.min_p,
-            repetition_penalty: p.repetition_penalty,
-            frequency_penalty: p.frequency_penalty,
-            presence_penalty: p.presence_penalty,
-            ..self.base.clone()
-        });
-        if let Some(p) = &params {
-            // Out-of-range overrides would break the sampling arithmetic.
-            p.validate(usize::MAX).map_err(|e| format!("plugin {}: {e}", self.session.plugin()))?;
-        }
-        Ok(StepPlan {
-            params,
-            bias: plan.bias,
-            allowed: (!plan.allowed.is_empty()).then_some(plan.allowed),
-            forced: plan.forced,
-            stop: plan.stop,
-            choose_from: plan.choose_from,
-        })
-    }
-
-    fn choose(&mut self, candidates: &[(u32, f32)]) -> Result<u32, String> {
-        let candidates: Vec<Candidate> = candidates.iter().map(|&(id, logit)| Candidate { id, logit }).collect();
-        self.session.choose(&candidates).map_err(message)
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! request only, with an error naming the plugin and its version.
 
 mod limits;
+mod metrics;
 mod post_process;
 mod runtime;
 mod sampler;
@@ -18,6 +19,7 @@ mod template;
 
 use std::fmt;
 
+pub use metrics::{MetricsSnapshot, PluginMetrics};
 pub use post_process::{ChunkAction, FinishReason, PostProcessPlugin, PostProcessSession};
 pub use runtime::{Loaded, Runtime, RuntimeConfig};
 pub use sampler::{Candidate, SamplerPlugin, SamplerSession, SamplingParams, StepPlan};

@@ -1,10 +1,12 @@
 //! Post-process plugins on the host side: one session per generation.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceAny};
 
+use crate::metrics::{MetricsSnapshot, PluginMetrics};
 use crate::runtime::Shared;
 use crate::state::{HostState, call_failed, new_store};
 use crate::{PluginError, PluginInfo, PluginKind};
@@ -26,6 +28,7 @@ pub struct PostProcessPlugin {
     info: PluginInfo,
     pre: bindings::PostProcessPluginPre<HostState>,
     runtime: Arc<Shared>,
+    metrics: PluginMetrics,
 }
 
 impl std::fmt::Debug for PostProcessPlugin {
@@ -50,11 +53,16 @@ impl PostProcessPlugin {
             kind: PluginKind::PostProcess,
             sha256,
         };
-        Ok(PostProcessPlugin { info, pre, runtime })
+        Ok(PostProcessPlugin { info, pre, runtime, metrics: PluginMetrics::default() })
     }
 
     pub fn info(&self) -> &PluginInfo {
         &self.info
+    }
+
+    /// Calls into this version so far.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
     }
 
     /// A new output stream in a fresh instance.
@@ -63,6 +71,13 @@ impl PostProcessPlugin {
         stop: &[String],
         config: &[(String, String)],
     ) -> Result<PostProcessSession, PluginError> {
+        let started = Instant::now();
+        let session = self.open(stop, config);
+        self.metrics.record(started, &session);
+        session
+    }
+
+    fn open(self: &Arc<Self>, stop: &[String], config: &[(String, String)]) -> Result<PostProcessSession, PluginError> {
         let mut store = new_store(&self.runtime);
         let plugin = self.info.to_string();
         let instance = match self.pre.instantiate(&mut store) {
@@ -101,16 +116,22 @@ impl PostProcessSession {
 
     /// What to do with the next decoded chunk.
     pub fn on_chunk(&mut self, text: &str) -> Result<ChunkAction, PluginError> {
+        let started = Instant::now();
         self.store.set_epoch_deadline(self.plugin.runtime.deadline_ticks);
         let output = self.instance.kiln_plugin_post_process().output();
-        output.call_on_chunk(&mut self.store, self.output, text).map_err(|e| self.failed(e))
+        let action = output.call_on_chunk(&mut self.store, self.output, text).map_err(|e| self.failed(e));
+        self.plugin.metrics.record(started, &action);
+        action
     }
 
     /// The end of the generation: the text still held back.
     pub fn finish(&mut self, reason: FinishReason) -> Result<String, PluginError> {
+        let started = Instant::now();
         self.store.set_epoch_deadline(self.plugin.runtime.deadline_ticks);
         let output = self.instance.kiln_plugin_post_process().output();
-        output.call_finish(&mut self.store, self.output, reason).map_err(|e| self.failed(e))
+        let rest = output.call_finish(&mut self.store, self.output, reason).map_err(|e| self.failed(e));
+        self.plugin.metrics.record(started, &rest);
+        rest
     }
 
     fn failed(&self, error: wasmtime::Error) -> PluginError {

@@ -76,6 +76,19 @@ impl Loaded {
             Loaded::PostProcess(p) => p.info(),
         }
     }
+
+    pub fn kind(&self) -> PluginKind {
+        self.info().kind
+    }
+
+    /// Calls into this version so far.
+    pub fn metrics(&self) -> crate::MetricsSnapshot {
+        match self {
+            Loaded::Template(p) => p.metrics(),
+            Loaded::Sampler(p) => p.metrics(),
+            Loaded::PostProcess(p) => p.metrics(),
+        }
+    }
 }
 
 impl Runtime {

@@ -1,10 +1,12 @@
 //! Sampler plugins on the host side: one session per sequence.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceAny};
 
+use crate::metrics::{MetricsSnapshot, PluginMetrics};
 use crate::runtime::Shared;
 use crate::state::{HostState, call_failed, new_store};
 use crate::{PluginError, PluginInfo, PluginKind};
@@ -41,6 +43,7 @@ pub struct SamplerPlugin {
     info: PluginInfo,
     pre: bindings::SamplerPluginPre<HostState>,
     runtime: Arc<Shared>,
+    metrics: PluginMetrics,
 }
 
 impl std::fmt::Debug for SamplerPlugin {
@@ -67,15 +70,32 @@ impl SamplerPlugin {
             kind: PluginKind::Sampler,
             sha256,
         };
-        Ok(SamplerPlugin { info, pre, runtime })
+        Ok(SamplerPlugin { info, pre, runtime, metrics: PluginMetrics::default() })
     }
 
     pub fn info(&self) -> &PluginInfo {
         &self.info
     }
 
+    /// Calls into this version so far.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
     /// A new sequence in a fresh instance.
     pub fn start(
+        self: &Arc<Self>,
+        params: SamplingParams,
+        prompt: &[u32],
+        config: &[(String, String)],
+    ) -> Result<SamplerSession, PluginError> {
+        let started = Instant::now();
+        let session = self.open(params, prompt, config);
+        self.metrics.record(started, &session);
+        session
+    }
+
+    fn open(
         self: &Arc<Self>,
         params: SamplingParams,
         prompt: &[u32],
@@ -120,6 +140,13 @@ impl SamplerSession {
 
     /// The plan for the next token; `last` is the token emitted before it.
     pub fn step(&mut self, last: Option<u32>) -> Result<StepPlan, PluginError> {
+        let started = Instant::now();
+        let plan = self.plan(last);
+        self.plugin.metrics.record(started, &plan);
+        plan
+    }
+
+    fn plan(&mut self, last: Option<u32>) -> Result<StepPlan, PluginError> {
         self.store.set_epoch_deadline(self.plugin.runtime.deadline_ticks);
         let result = self.instance.kiln_plugin_sampler().sequence().call_step(&mut self.store, self.sequence, last);
         let plan = result.map_err(|e| self.failed(e))?;
@@ -130,6 +157,13 @@ impl SamplerSession {
 
     /// The sampler's pick among `candidates`; an id not among them is refused.
     pub fn choose(&mut self, candidates: &[Candidate]) -> Result<u32, PluginError> {
+        let started = Instant::now();
+        let choice = self.pick(candidates);
+        self.plugin.metrics.record(started, &choice);
+        choice
+    }
+
+    fn pick(&mut self, candidates: &[Candidate]) -> Result<u32, PluginError> {
         self.store.set_epoch_deadline(self.plugin.runtime.deadline_ticks);
         let sampler = self.instance.kiln_plugin_sampler();
         let id =

@@ -1,9 +1,11 @@
 //! Template plugins on the host side: one fresh instance per render.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::{Component, HasSelf, Linker};
 
+use crate::metrics::{MetricsSnapshot, PluginMetrics};
 use crate::runtime::Shared;
 use crate::state::{HostState, call_failed, new_store};
 use crate::{PluginError, PluginInfo, PluginKind};
@@ -25,6 +27,7 @@ pub struct TemplatePlugin {
     info: PluginInfo,
     pre: bindings::TemplatePluginPre<HostState>,
     runtime: Arc<Shared>,
+    metrics: PluginMetrics,
 }
 
 impl std::fmt::Debug for TemplatePlugin {
@@ -49,16 +52,28 @@ impl TemplatePlugin {
             kind: PluginKind::Template,
             sha256,
         };
-        Ok(TemplatePlugin { info, pre, runtime })
+        Ok(TemplatePlugin { info, pre, runtime, metrics: PluginMetrics::default() })
     }
 
     pub fn info(&self) -> &PluginInfo {
         &self.info
     }
 
+    /// Calls into this version so far.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
     /// Renders a conversation in a fresh instance. The template's own
     /// refusal comes back as [`PluginError::Refused`] with its message.
     pub fn render(&self, input: &TemplateInput) -> Result<Rendered, PluginError> {
+        let started = Instant::now();
+        let rendered = self.call_render(input);
+        self.metrics.record(started, &rendered);
+        rendered
+    }
+
+    fn call_render(&self, input: &TemplateInput) -> Result<Rendered, PluginError> {
         let mut store = new_store(&self.runtime);
         let plugin = self.info.to_string();
         let rendered = self

@@ -36,6 +36,18 @@ pub enum ApiError {
     Overloaded { queued: usize },
     #[error("the engine has stopped; the server is shutting down")]
     Unavailable,
+    #[error("no plugin is named {0:?}; see GET /v1/plugins")]
+    NoSuchPlugin(String),
+    /// An uploaded or reloaded component that cannot serve (not a kiln
+    /// plugin, the wrong kind for a pipeline using the name, a failing smoke call).
+    #[error("{0}")]
+    InvalidPlugin(String),
+    /// A change the server's state forbids (removing a plugin a pipeline needs).
+    #[error("{0}")]
+    Conflict(String),
+    /// Admin endpoints from a client that is not an admin.
+    #[error("{0}")]
+    Forbidden(String),
     /// A plugin failed (trap, time or memory limit, bad output): the message
     /// names the plugin and its version, and is safe to show.
     #[error("{0}")]
@@ -57,7 +69,12 @@ impl ApiError {
             }
             ApiError::InvalidType { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RouteNotFound { .. } | ApiError::NoSuchModel(_) => StatusCode::NOT_FOUND,
+            ApiError::RouteNotFound { .. } | ApiError::NoSuchModel(_) | ApiError::NoSuchPlugin(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::InvalidPlugin(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Overloaded { .. } | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::Plugin(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -79,6 +96,10 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => ("invalid_request_error", None, Some("method_not_allowed")),
             ApiError::Overloaded { .. } => ("overloaded_error", None, Some("overloaded")),
             ApiError::Unavailable => ("overloaded_error", None, Some("unavailable")),
+            ApiError::NoSuchPlugin(_) => ("not_found_error", Some("name".into()), Some("plugin_not_found")),
+            ApiError::InvalidPlugin(_) => ("invalid_request_error", None, Some("invalid_plugin")),
+            ApiError::Conflict(_) => ("invalid_request_error", None, Some("conflict")),
+            ApiError::Forbidden(_) => ("permission_error", None, Some("forbidden")),
             ApiError::Internal(_) => ("server_error", None, None),
             ApiError::Plugin(_) => ("server_error", None, Some("plugin_error")),
         };
@@ -121,5 +142,26 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+impl From<kiln_pipeline::PipelineError> for ApiError {
+    fn from(e: kiln_pipeline::PipelineError) -> Self {
+        use kiln_pipeline::PipelineError as P;
+        match e {
+            e @ P::UnknownPipeline { .. } => ApiError::InvalidValue {
+                param: "pipeline".into(),
+                message: e.to_string(),
+                code: Some("pipeline_not_found"),
+            },
+            P::UnknownPlugin(name) => ApiError::NoSuchPlugin(name),
+            P::InvalidName(message) => ApiError::invalid("name", message),
+            e @ (P::WrongKind { .. } | P::LoadFailed { .. } | P::Plugin(kiln_plugins::PluginError::Invalid { .. })) => {
+                ApiError::InvalidPlugin(e.to_string())
+            }
+            e @ (P::Conflict(_) | P::NoPluginDir) => ApiError::Conflict(e.to_string()),
+            P::Plugin(e) => ApiError::Plugin(e.to_string()),
+            e @ (P::Config(_) | P::Io(_)) => ApiError::Internal(e.to_string()),
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 
 use kiln_api::{FinishReason, Usage};
 use kiln_engine::{GenerateRequest, SamplingParams, TokenEvent, TokenStream};
+use kiln_pipeline::{PostChain, Resolved};
 
 use crate::stop::{MAX_STOP_BYTES, MAX_STOP_STRINGS, StopMatcher};
 use crate::{ApiError, AppState};
@@ -30,6 +31,8 @@ pub struct GenerationSpec {
     pub top_logprobs: usize,
     /// Constrain the output to one JSON object (the json-mode sampler plugin).
     pub json: bool,
+    /// The plugin versions this request runs (`None`: the host alone).
+    pub pipeline: Option<Resolved>,
 }
 
 /// A sampled token's log-probability and its most likely alternatives.
@@ -60,6 +63,8 @@ pub struct Generation {
     /// `None` once finished: dropping the stream cancels what is left.
     stream: Option<TokenStream>,
     stop: StopMatcher,
+    /// The pipeline's post-processors, after the stop strings.
+    post: PostChain,
     ready: VecDeque<Piece>,
     pending_logprobs: Vec<TokenLogprobs>,
     prompt_tokens: usize,
@@ -96,19 +101,23 @@ impl GenerationSpec {
             (None, Some(default)) => (default as usize).min(room),
             (None, None) => room,
         };
-        let policy = match (self.json, state.pipeline()) {
-            (false, _) => None,
-            (true, None) => {
+        // json-mode replaces the pipeline's sampler: the output must parse.
+        let policy = match (self.json, state.plugins(), &self.pipeline) {
+            (true, None, _) => {
                 return Err(ApiError::invalid(
                     "response_format",
                     "`json_object` needs the json-mode plugin, and this server runs without plugins",
                 ));
             }
-            (true, Some(pipeline)) => Some(
-                pipeline
-                    .json_policy(&self.params, &self.prompt_tokens, max_tokens)
-                    .map_err(|e| ApiError::Plugin(e.to_string()))?,
-            ),
+            (true, Some(plugins), _) => Some(plugins.json_policy(&self.params, &self.prompt_tokens, max_tokens)?),
+            (false, _, Some(pipeline)) => pipeline
+                .sampler(&self.params, &self.prompt_tokens, max_tokens)
+                .map_err(|e| ApiError::Plugin(e.to_string()))?,
+            (false, _, None) => None,
+        };
+        let post = match &self.pipeline {
+            Some(pipeline) => pipeline.post_chain(&self.stop).map_err(|e| ApiError::Plugin(e.to_string()))?,
+            None => PostChain::default(),
         };
         let request = GenerateRequest {
             prompt_tokens: self.prompt_tokens,
@@ -125,6 +134,7 @@ impl GenerationSpec {
         Ok(Generation {
             stream: Some(stream),
             stop: StopMatcher::new(self.stop),
+            post,
             ready: VecDeque::new(),
             pending_logprobs: Vec::new(),
             prompt_tokens,
@@ -151,26 +161,20 @@ impl Generation {
                     if let Some(logprob) = logprob {
                         self.pending_logprobs.push(TokenLogprobs { id, logprob, top: top_logprobs });
                     }
-                    let released = self.stop.push(&text);
-                    self.release(released.text);
-                    if released.stopped {
-                        self.finish(FinishReason::Stop, Usage::new(self.prompt_tokens, self.generated));
+                    let usage = Usage::new(self.prompt_tokens, self.generated);
+                    if let Err(e) = self.pass(&text, None, usage) {
+                        return Some(Err(e));
                     }
                 }
                 TokenEvent::Finished { reason, usage, tail } => {
-                    let released = self.stop.push(&tail);
-                    self.release(released.text);
-                    let reason = if released.stopped {
-                        FinishReason::Stop
-                    } else {
-                        let rest = self.stop.finish();
-                        self.release(rest);
-                        match reason {
-                            kiln_engine::FinishReason::Stop => FinishReason::Stop,
-                            kiln_engine::FinishReason::Length => FinishReason::Length,
-                        }
+                    let reason = match reason {
+                        kiln_engine::FinishReason::Stop => FinishReason::Stop,
+                        kiln_engine::FinishReason::Length => FinishReason::Length,
                     };
-                    self.finish(reason, Usage::new(usage.prompt_tokens, usage.completion_tokens));
+                    let usage = Usage::new(usage.prompt_tokens, usage.completion_tokens);
+                    if let Err(e) = self.pass(&tail, Some(reason), usage) {
+                        return Some(Err(e));
+                    }
                 }
                 TokenEvent::Failed(message) => {
                     self.stream = None;
@@ -199,6 +203,37 @@ impl Generation {
         Err(ApiError::Internal("the generation ended without a finish".into()))
     }
 
+    /// Runs decoded text through the stop strings, then the post-processors;
+    /// `end` is the engine's finish, when this is the last text. Finishes the
+    /// generation when either stops it.
+    fn pass(&mut self, text: &str, end: Option<FinishReason>, usage: Usage) -> Result<(), ApiError> {
+        let released = self.stop.push(text);
+        let mut out = self.post.push(&released.text).map_err(plugin_failed)?;
+        let mut post_stopped = out.stopped;
+        let Some(mut reason) = (if released.stopped || post_stopped { Some(FinishReason::Stop) } else { end }) else {
+            self.release(out.text);
+            return Ok(());
+        };
+        if !released.stopped && !post_stopped {
+            // The engine finished: what the stop strings held back is text after all.
+            let rest = self.post.push(&self.stop.finish()).map_err(plugin_failed)?;
+            out.text.push_str(&rest.text);
+            post_stopped = rest.stopped;
+        }
+        // A post-processor that stopped has already flushed the chain.
+        if !post_stopped {
+            let held = self.post.finish(plugin_reason(reason)).map_err(plugin_failed)?;
+            out.text.push_str(&held.text);
+            post_stopped = held.stopped;
+        }
+        if post_stopped {
+            reason = FinishReason::Stop;
+        }
+        self.release(out.text);
+        self.finish(reason, usage);
+        Ok(())
+    }
+
     fn release(&mut self, text: String) {
         if !text.is_empty() {
             let tokens = std::mem::take(&mut self.pending_logprobs);
@@ -216,5 +251,16 @@ impl Generation {
             self.ready.push_back(Piece::Text { text: String::new(), tokens });
         }
         self.ready.push_back(Piece::Finished { reason, usage });
+    }
+}
+
+fn plugin_failed(e: kiln_plugins::PluginError) -> ApiError {
+    ApiError::Plugin(e.to_string())
+}
+
+fn plugin_reason(reason: FinishReason) -> kiln_plugins::FinishReason {
+    match reason {
+        FinishReason::Length => kiln_plugins::FinishReason::Length,
+        _ => kiln_plugins::FinishReason::Stop,
     }
 }

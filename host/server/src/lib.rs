@@ -11,6 +11,7 @@
 mod error;
 mod extract;
 mod generation;
+mod middleware;
 mod openapi;
 mod routes;
 mod stop;
@@ -21,13 +22,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Extension};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use kiln_chat::{ChatMessage, ChatTemplate};
 use kiln_engine::Backend;
-use kiln_pipeline::Pipeline;
+use kiln_pipeline::{ModelTemplate, PluginHost, Resolved};
 use kiln_tokenizer::Tokenizer;
 
 pub use error::ApiError;
+pub use middleware::admin::AdminAccess;
 pub use openapi::ApiDoc;
 
 /// The model being served, as the API presents it.
@@ -56,6 +58,10 @@ pub struct ServerConfig {
     /// After a shutdown signal, how long open requests and streams may run
     /// before their connections are closed.
     pub drain_timeout: Duration,
+    /// Who may manage plugins.
+    pub admin: AdminAccess,
+    /// Larger plugin uploads get 413.
+    pub max_plugin_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +70,8 @@ impl Default for ServerConfig {
             max_body_bytes: 2 << 20,
             sse_keep_alive: Duration::from_secs(15),
             drain_timeout: Duration::from_secs(30),
+            admin: AdminAccess::default(),
+            max_plugin_bytes: 64 << 20,
         }
     }
 }
@@ -78,8 +86,9 @@ struct Inner {
     backend: Arc<dyn Backend>,
     model: ServedModel,
     config: ServerConfig,
-    /// Plugins (json-mode for `response_format`); `None`: serving without them.
-    pipeline: Option<Arc<Pipeline>>,
+    /// Plugins and pipelines; `None`: serving without them (the `native`
+    /// pipeline only).
+    plugins: Option<Arc<PluginHost>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -90,21 +99,34 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     pub fn new(backend: Arc<dyn Backend>, model: ServedModel, config: ServerConfig) -> Self {
-        AppState { inner: Arc::new(Inner { backend, model, config, pipeline: None }) }
+        AppState { inner: Arc::new(Inner { backend, model, config, plugins: None }) }
     }
 
     /// The same state with plugins.
-    pub fn with_pipeline(
+    pub fn with_plugins(
         backend: Arc<dyn Backend>,
         model: ServedModel,
         config: ServerConfig,
-        pipeline: Arc<Pipeline>,
+        plugins: Arc<PluginHost>,
     ) -> Self {
-        AppState { inner: Arc::new(Inner { backend, model, config, pipeline: Some(pipeline) }) }
+        AppState { inner: Arc::new(Inner { backend, model, config, plugins: Some(plugins) }) }
     }
 
-    pub(crate) fn pipeline(&self) -> Option<&Pipeline> {
-        self.inner.pipeline.as_deref()
+    pub fn plugins(&self) -> Option<&PluginHost> {
+        self.inner.plugins.as_deref()
+    }
+
+    /// The pipeline a request runs (`None`: the host alone, no plugins).
+    pub(crate) fn pipeline(&self, requested: Option<&str>) -> Result<Option<Resolved>, ApiError> {
+        match (self.plugins(), requested) {
+            (Some(plugins), _) => Ok(Some(plugins.resolve(requested)?)),
+            (None, None) => Ok(None),
+            (None, Some(kiln_pipeline::NATIVE_PIPELINE)) => Ok(None),
+            (None, Some(name)) => Err(ApiError::invalid(
+                "pipeline",
+                format!("unknown pipeline {name:?}: this server runs without plugins (only `native`)"),
+            )),
+        }
     }
 
     pub fn backend(&self) -> &dyn Backend {
@@ -127,25 +149,29 @@ impl AppState {
         }
     }
 
-    /// A prompt's token ids. Rendering and tokenizing run on the blocking
-    /// pool: a prompt can be megabytes, and the async workers serve every
-    /// open stream.
-    pub(crate) async fn prompt_tokens(&self, prompt: Prompt) -> Result<Vec<u32>, ApiError> {
+    /// A prompt's token ids, rendered by the pipeline's template plugin or
+    /// the host's. Rendering and tokenizing run on the blocking pool: a
+    /// prompt can be megabytes, and the async workers serve every open stream.
+    pub(crate) async fn prompt_tokens(
+        &self,
+        prompt: Prompt,
+        pipeline: Option<&Resolved>,
+    ) -> Result<PromptTokens, ApiError> {
         let state = self.clone();
+        let pipeline = pipeline.cloned();
         tokio::task::spawn_blocking(move || {
             let model = &state.inner.model;
-            let text = match prompt {
-                Prompt::Text(text) => text,
-                // A template may refuse a conversation (`raise_exception`, e.g.
-                // roles out of order): that is the client's to fix.
-                Prompt::Chat { messages, add_generation_prompt } => model
-                    .template
-                    .render(&messages, add_generation_prompt)
-                    .map_err(|e| ApiError::invalid("messages", e.to_string()))?,
+            let (text, stop) = match prompt {
+                Prompt::Text(text) => (text, Vec::new()),
+                Prompt::Chat { messages, add_generation_prompt } => {
+                    render(model, pipeline.as_ref(), &messages, add_generation_prompt)?
+                }
             };
             // Special tokens written out in the text (as chat templates write
             // them) become their ids.
-            model.tokenizer.encode(&text, true).map_err(|e| ApiError::Internal(format!("tokenizer: {e}")))
+            let tokens =
+                model.tokenizer.encode(&text, true).map_err(|e| ApiError::Internal(format!("tokenizer: {e}")))?;
+            Ok(PromptTokens { tokens, stop })
         })
         .await
         .map_err(|e| ApiError::Internal(format!("tokenizing task: {e}")))?
@@ -164,6 +190,42 @@ impl AppState {
     }
 }
 
+/// A conversation as prompt text, with the template's own stop strings. A
+/// template may refuse a conversation (`raise_exception`, e.g. roles out of
+/// order): that is the client's to fix.
+fn render(
+    model: &ServedModel,
+    pipeline: Option<&Resolved>,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+) -> Result<(String, Vec<String>), ApiError> {
+    let template = ModelTemplate {
+        source: model.template.source(),
+        bos_token: model.template.bos_token(),
+        eos_token: model.template.eos_token(),
+    };
+    let turns = messages.iter().map(|m| (m.role.as_str(), m.content.as_str()));
+    match pipeline.and_then(|p| p.render(turns, add_generation_prompt, template)) {
+        Some(Ok(rendered)) => Ok((rendered.prompt, rendered.stop)),
+        Some(Err(kiln_plugins::PluginError::Refused { message, .. })) => Err(ApiError::invalid("messages", message)),
+        Some(Err(e)) => Err(ApiError::Plugin(e.to_string())),
+        None => {
+            let text = model
+                .template
+                .render(messages, add_generation_prompt)
+                .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+            Ok((text, Vec::new()))
+        }
+    }
+}
+
+/// A prompt's tokens, and stop strings its template added.
+#[derive(Debug)]
+pub(crate) struct PromptTokens {
+    pub tokens: Vec<u32>,
+    pub stop: Vec<String>,
+}
+
 /// What a request asks the model to continue.
 #[derive(Debug)]
 pub(crate) enum Prompt {
@@ -176,6 +238,13 @@ pub(crate) enum Prompt {
 /// Every route of the API, with the body limit and JSON fallbacks.
 pub fn router(state: AppState) -> Router {
     let limit = state.config().max_body_bytes;
+    let admin = Router::new()
+        .route("/v1/plugins", get(routes::plugins::list_plugins))
+        .route("/v1/plugins/{name}", put(routes::plugins::put_plugin).delete(routes::plugins::delete_plugin))
+        .route("/v1/plugins/{name}/reload", post(routes::plugins::reload_plugin))
+        // Runs after the outer limit's layer, so uploads get their own.
+        .layer(DefaultBodyLimit::max(state.config().max_plugin_bytes))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::admin::require_admin));
     Router::new()
         .route("/v1/generate", post(routes::generate::generate))
         .route("/v1/generate/stream", post(routes::generate::generate_stream))
@@ -185,6 +254,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{*id}", get(routes::models::retrieve_model))
         .route("/v1/tokenize", post(routes::tokenize::tokenize))
         .route("/v1/detokenize", post(routes::tokenize::detokenize))
+        .merge(admin)
         .merge(openapi::docs_router())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
@@ -210,6 +280,7 @@ pub async fn serve(
         }
     });
     let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = signalled.send(true);

@@ -28,12 +28,17 @@ use crate::routes;
         routes::models::retrieve_model,
         routes::tokenize::tokenize,
         routes::tokenize::detokenize,
+        routes::plugins::list_plugins,
+        routes::plugins::put_plugin,
+        routes::plugins::reload_plugin,
+        routes::plugins::delete_plugin,
     ),
     components(schemas(kiln_api::generate::GenerateStreamEnd, kiln_api::ErrorBody)),
     tags(
         (name = "generate", description = "The guide's endpoints"),
         (name = "openai", description = "OpenAI-compatible API"),
         (name = "tokens", description = "Token counting"),
+        (name = "plugins", description = "Plugin administration (admin clients only)"),
     )
 )]
 pub struct ApiDoc;

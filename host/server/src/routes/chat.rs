@@ -56,11 +56,14 @@ pub async fn chat_completions(
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "must hold at least one message"));
     }
-    let sampling = sampling(req.take_sampling())?;
-    let prompt_tokens = state.prompt_tokens(Prompt::Chat { messages, add_generation_prompt: true }).await?;
+    let mut sampling = sampling(req.take_sampling())?;
+    let pipeline = state.pipeline(sampling.pipeline.as_deref())?;
+    let prompt = Prompt::Chat { messages, add_generation_prompt: true };
+    let prompt = state.prompt_tokens(prompt, pipeline.as_ref()).await?;
+    sampling.stop.extend(prompt.stop);
     let max_tokens_field = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
     let generation = GenerationSpec {
-        prompt_tokens,
+        prompt_tokens: prompt.tokens,
         params: sampling.params,
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
         default_max_tokens: None,
@@ -69,6 +72,7 @@ pub async fn chat_completions(
         logprobs,
         top_logprobs,
         json,
+        pipeline,
     }
     .start(&state)
     .map_err(|e| match e {

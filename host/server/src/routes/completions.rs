@@ -43,6 +43,7 @@ pub async fn completions(
         return Err(ApiError::invalid("logprobs", format!("must be at most {MAX_LOGPROBS}, got {n}")));
     }
     let sampling = sampling(req.take_sampling())?;
+    let pipeline = state.pipeline(sampling.pipeline.as_deref())?;
     let (prompt_tokens, echo) = prompt(&state, req.prompt, req.echo).await?;
     let top = req.logprobs.map(|n| n as usize);
     let generation = GenerationSpec {
@@ -55,6 +56,7 @@ pub async fn completions(
         logprobs: top.is_some(),
         top_logprobs: top.unwrap_or(0),
         json: false,
+        pipeline,
     }
     .start(&state)?;
 
@@ -116,12 +118,12 @@ async fn prompt(state: &AppState, input: PromptInput, echo: bool) -> Result<(Vec
     };
     let tokens = match input {
         PromptInput::Text(text) => {
-            return Ok((state.prompt_tokens(Prompt::Text(text.clone())).await?, echo.then_some(text)));
+            return Ok((state.prompt_tokens(Prompt::Text(text.clone()), None).await?.tokens, echo.then_some(text)));
         }
         PromptInput::Texts(mut texts) => {
             one(texts.len())?;
             let text = texts.remove(0);
-            return Ok((state.prompt_tokens(Prompt::Text(text.clone())).await?, echo.then_some(text)));
+            return Ok((state.prompt_tokens(Prompt::Text(text.clone()), None).await?.tokens, echo.then_some(text)));
         }
         PromptInput::Tokens(tokens) => tokens,
         PromptInput::TokenLists(mut lists) => {

@@ -83,13 +83,18 @@ async fn start(state: &AppState, req: GenerateRequest) -> Result<Generation, Api
         presence_penalty: req.presence_penalty,
         seed: req.seed,
     };
+    let pipeline = state.pipeline(req.pipeline.as_deref())?;
+    let prompt = state.prompt_tokens(prompt, pipeline.as_ref()).await?;
+    let mut stop = req.stop.map(|s| s.into_vec()).unwrap_or_default();
+    stop.extend(prompt.stop);
     GenerationSpec {
-        prompt_tokens: state.prompt_tokens(prompt).await?,
+        prompt_tokens: prompt.tokens,
         params: knobs.into_params(Vec::new()),
         max_tokens: req.max_tokens,
         default_max_tokens: Some(DEFAULT_MAX_TOKENS),
-        stop: req.stop.map(|s| s.into_vec()).unwrap_or_default(),
+        stop,
         ignore_eos: req.ignore_eos,
+        pipeline,
         ..GenerationSpec::default()
     }
     .start(state)

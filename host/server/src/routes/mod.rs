@@ -6,6 +6,7 @@ pub mod completions;
 pub mod generate;
 pub mod models;
 mod openai;
+pub mod plugins;
 pub mod tokenize;
 
 use std::convert::Infallible;

@@ -14,6 +14,7 @@ pub(crate) struct Sampling {
     pub params: SamplingParams,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    pub pipeline: Option<String>,
 }
 
 pub(crate) fn sampling(fields: SamplingFields) -> Result<Sampling, ApiError> {
@@ -42,5 +43,6 @@ pub(crate) fn sampling(fields: SamplingFields) -> Result<Sampling, ApiError> {
         params: knobs.into_params(logit_bias),
         stop: fields.stop.map(|s| s.into_vec()).unwrap_or_default(),
         ignore_eos: fields.ignore_eos.unwrap_or(false),
+        pipeline: fields.pipeline,
     })
 }

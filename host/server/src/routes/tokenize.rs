@@ -29,7 +29,8 @@ pub async fn tokenize(
         }
         _ => return Err(ApiError::invalid("prompt", "give exactly one of `prompt` and `messages`")),
     };
-    let tokens = state.prompt_tokens(prompt).await?;
+    let pipeline = state.pipeline(req.pipeline.as_deref())?;
+    let tokens = state.prompt_tokens(prompt, pipeline.as_ref()).await?.tokens;
     Ok(Json(TokenizeResponse {
         count: tokens.len() as u32,
         tokens,

@@ -7,6 +7,7 @@ mod docs;
 mod errors;
 mod generate;
 mod openai;
+mod plugins;
 mod tokenize;
 
 use std::sync::{Arc, OnceLock};
@@ -19,7 +20,7 @@ use kiln_chat::ChatTemplate;
 use kiln_engine::{Backend, EngineStats, ModelLimits, TokenEvent, TokenStream, ValidGenerateRequest};
 use kiln_engine::{Engine, EngineConfig, EngineError};
 use kiln_model::Model;
-use kiln_pipeline::Pipeline;
+use kiln_pipeline::{PipelineSpec, PluginHost, PluginsConfig};
 use kiln_tokenizer::Tokenizer;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -56,19 +57,62 @@ pub fn real_app() -> (Router, Arc<Engine>) {
 pub fn real_app_with(config: ServerConfig) -> (Router, Arc<Engine>) {
     let (model, tokenizer) = loaded();
     let engine = Arc::new(Engine::start(model, tokenizer.clone(), EngineConfig::default()));
-    let state = AppState::with_pipeline(engine.clone(), served(tokenizer), config, pipeline());
+    let state = AppState::with_plugins(engine.clone(), served(tokenizer), config, shared_plugins());
     (router(state), engine)
 }
 
-/// The first-party plugins, loaded once for all tests.
-fn pipeline() -> Arc<Pipeline> {
-    static PIPELINE: OnceLock<Arc<Pipeline>> = OnceLock::new();
-    PIPELINE
-        .get_or_init(|| {
-            let (_, tokenizer) = loaded();
-            Arc::new(Pipeline::new(&tokenizer, kiln_plugins::RuntimeConfig::default()).expect("plugins load"))
-        })
-        .clone()
+/// Pipelines the tests use, on top of `default` and `native`: one per
+/// misbehaviour of the hostile guest (installed as `hostile`), and a
+/// redacting one.
+fn test_pipelines() -> std::collections::BTreeMap<String, PipelineSpec> {
+    let mut pipelines = std::collections::BTreeMap::new();
+    for mode in ["loop", "memory", "trap", "garbage", "refuse"] {
+        let spec = PipelineSpec {
+            sampler: Some("hostile".into()),
+            config: [("hostile".to_string(), [("mode".to_string(), mode.to_string())].into())].into(),
+            ..PipelineSpec::first_party_default()
+        };
+        pipelines.insert(format!("hostile-{mode}"), spec);
+    }
+    let redacted = PipelineSpec { post: vec!["redact".into()], ..PipelineSpec::first_party_default() };
+    pipelines.insert("redacted".into(), redacted);
+    pipelines
+}
+
+/// A plugin host of its own (admin tests change it), with the hostile guest
+/// in its plugin directory; compiled components are cached across tests.
+pub fn plugin_host() -> (Arc<PluginHost>, tempfile::TempDir) {
+    static CACHE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| tempfile::tempdir().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = kiln_plugins::built_plugins_dir().join("hostile_sampler.wasm");
+    std::fs::copy(hostile, dir.path().join("hostile.wasm")).unwrap();
+    let (_, tokenizer) = loaded();
+    let config = PluginsConfig {
+        dir: Some(dir.path().to_path_buf()),
+        watch: false,
+        runtime: kiln_plugins::RuntimeConfig {
+            cache_dir: Some(cache.path().to_path_buf()),
+            ..kiln_plugins::RuntimeConfig::default()
+        },
+        pipelines: test_pipelines(),
+        ..PluginsConfig::default()
+    };
+    (Arc::new(PluginHost::new(&tokenizer, config).expect("plugins load")), dir)
+}
+
+/// One plugin host for the tests that only read it.
+fn shared_plugins() -> Arc<PluginHost> {
+    static HOST: OnceLock<(Arc<PluginHost>, tempfile::TempDir)> = OnceLock::new();
+    HOST.get_or_init(plugin_host).0.clone()
+}
+
+/// The API on the real model with `plugins`, as a client at `peer` sees it.
+pub fn app_with_plugins(plugins: Arc<PluginHost>, peer: std::net::SocketAddr) -> Router {
+    let (model, tokenizer) = loaded();
+    let engine = Arc::new(Engine::start(model, tokenizer.clone(), EngineConfig::default()));
+    let state = AppState::with_plugins(engine, served(tokenizer), ServerConfig::default(), plugins);
+    router(state).layer(axum::extract::connect_info::MockConnectInfo(peer))
 }
 
 /// What a fake backend does with every request.
@@ -79,6 +123,8 @@ pub enum Fake {
     FailAfter(Vec<&'static str>),
     /// Says nothing for this long, then one token and the finish.
     Slow(std::time::Duration),
+    /// Emits these texts as tokens, then finishes (`length`).
+    Say(Vec<&'static str>),
 }
 
 #[derive(Debug)]
@@ -104,6 +150,19 @@ impl Backend for FakeBackend {
                     tx.send(token).unwrap();
                 }
                 tx.send(TokenEvent::Failed("matmul kernel fault at 0xdeadbeef".into())).unwrap();
+                Ok(TokenStream::from_receiver(rx))
+            }
+            Fake::Say(texts) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                for (i, text) in texts.iter().enumerate() {
+                    let token =
+                        TokenEvent::Token { id: i as u32, text: text.to_string(), logprob: None, top_logprobs: vec![] };
+                    tx.send(token).unwrap();
+                }
+                let usage = kiln_engine::Usage { prompt_tokens: 1, completion_tokens: texts.len() };
+                let finish =
+                    TokenEvent::Finished { reason: kiln_engine::FinishReason::Length, usage, tail: String::new() };
+                tx.send(finish).unwrap();
                 Ok(TokenStream::from_receiver(rx))
             }
             Fake::Slow(delay) => {
@@ -141,6 +200,14 @@ pub fn fake_app_with(fake: Fake, config: ServerConfig) -> Router {
     let limits = ModelLimits { vocab_size, max_context: CONTEXT, default_stop_ids: vec![] };
     let backend = FakeBackend { fake, limits, stats: EngineStats::default() };
     router(AppState::new(Arc::new(backend), served(tokenizer), config))
+}
+
+/// A fake model behind the test pipelines.
+pub fn fake_app_with_plugins(fake: Fake) -> Router {
+    let (_, tokenizer) = loaded();
+    let limits = ModelLimits { vocab_size: tokenizer.vocab_size(), max_context: CONTEXT, default_stop_ids: vec![] };
+    let backend = FakeBackend { fake, limits, stats: EngineStats::default() };
+    router(AppState::with_plugins(Arc::new(backend), served(tokenizer), ServerConfig::default(), shared_plugins()))
 }
 
 pub struct Answer {

@@ -1,0 +1,107 @@
+//! `kiln.toml`: the server's configuration file. So far it holds the plugin
+//! settings and the named pipelines; unknown keys and bad values are errors
+//! that name the key.
+//!
+//! ```toml
+//! [plugins]
+//! dir = "plugins"              # <name>.wasm files, watched for changes
+//! default_pipeline = "default"
+//!
+//! [pipelines.safe]
+//! template = "chat-template"
+//! sampler = "default-sampler"
+//! post = ["redact"]
+//! config.redact = { }          # per-plugin key/value configuration
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use kiln_pipeline::{PipelineSpec, PluginsConfig};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub plugins: PluginsSection,
+    /// Named pipelines, on top of the built-in `default` and `native`.
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, PipelineSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsSection {
+    /// The plugin directory (relative paths: from the config file's folder).
+    pub dir: Option<PathBuf>,
+    /// Reload plugin files when they change (default true).
+    pub watch: Option<bool>,
+    pub default_pipeline: Option<String>,
+    /// Cap on one plugin instance's memory.
+    pub memory_limit_mib: Option<usize>,
+    /// Longest one plugin call may run.
+    pub call_timeout_ms: Option<u64>,
+}
+
+impl FileConfig {
+    pub fn read(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut config: FileConfig = toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+        if let (Some(dir), Some(base)) = (&config.plugins.dir, path.parent()) {
+            config.plugins.dir = Some(base.join(dir));
+        }
+        Ok(config)
+    }
+
+    /// The plugin host's configuration; `dir` from the command line wins.
+    pub fn plugins(self, dir: Option<PathBuf>, cache_dir: PathBuf) -> Result<PluginsConfig> {
+        let defaults = PluginsConfig::default();
+        let p = self.plugins;
+        let mut runtime = defaults.runtime.clone();
+        runtime.cache_dir = Some(cache_dir);
+        if let Some(mib) = p.memory_limit_mib {
+            anyhow::ensure!((1..=4096).contains(&mib), "plugins.memory_limit_mib must be 1 to 4096, got {mib}");
+            runtime.memory_limit = mib << 20;
+        }
+        if let Some(ms) = p.call_timeout_ms {
+            anyhow::ensure!((1..=60_000).contains(&ms), "plugins.call_timeout_ms must be 1 to 60000, got {ms}");
+            runtime.call_timeout = Duration::from_millis(ms);
+        }
+        Ok(PluginsConfig {
+            dir: dir.or(p.dir),
+            watch: p.watch.unwrap_or(defaults.watch),
+            runtime,
+            pipelines: self.pipelines,
+            default_pipeline: p.default_pipeline.unwrap_or(defaults.default_pipeline),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = toml::from_str::<FileConfig>("[pipelines.x]\nsampler = \"a\"\nsamplr = \"b\"\n").unwrap_err();
+        assert!(err.to_string().contains("samplr"), "{err}");
+        let err = toml::from_str::<FileConfig>("[plugins]\ndri = \"p\"\n").unwrap_err();
+        assert!(err.to_string().contains("dri"), "{err}");
+    }
+
+    #[test]
+    fn pipelines_and_plugin_settings_parse() {
+        let text = "[plugins]\ndir = \"p\"\ncall_timeout_ms = 50\n\n[pipelines.safe]\npost = [\"redact\"]\n\
+                    config.redact = { mode = \"strict\" }\n";
+        let config: FileConfig = toml::from_str(text).unwrap();
+        let safe = &config.pipelines["safe"];
+        assert_eq!(safe.post, ["redact"]);
+        assert_eq!(safe.config["redact"]["mode"], "strict");
+        let plugins = config.plugins(None, PathBuf::from("/cache")).unwrap();
+        assert_eq!(plugins.runtime.call_timeout, Duration::from_millis(50));
+        assert_eq!(plugins.dir.as_deref(), Some(Path::new("p")));
+    }
+}

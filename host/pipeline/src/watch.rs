@@ -1,0 +1,102 @@
+//! Hot reload: the plugin directory watched for changes.
+//!
+//! Editors save by writing a temporary file and renaming it over the old
+//! one; copies land in several writes. Only `<name>.wasm` paths count, and
+//! a name is reloaded once its events have been quiet for [`SETTLE`], so
+//! one save is one reload. A half-written file that slips through fails
+//! validation and leaves the old version serving; the write's next event
+//! loads it again.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher};
+
+use crate::registry::plugin_name;
+use crate::{PipelineError, PluginHost};
+
+/// Quiet time after a file's last event before it is loaded.
+pub const SETTLE: Duration = Duration::from_millis(30);
+
+/// Watches the plugin directory until dropped.
+pub struct DirWatcher {
+    watcher: Option<notify::RecommendedWatcher>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for DirWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirWatcher").finish_non_exhaustive()
+    }
+}
+
+enum Event {
+    Changed(PathBuf),
+    Failed(String),
+}
+
+impl PluginHost {
+    /// Starts reloading plugins when their files in the plugin directory
+    /// change. The watcher holds the host weakly: it stops with it.
+    pub fn watch(self: &Arc<Self>) -> Result<DirWatcher, PipelineError> {
+        let dir = self.dir.clone().ok_or(PipelineError::NoPluginDir)?;
+        let (tx, rx) = mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let _ = match event {
+                Ok(event) => event.paths.into_iter().try_for_each(|p| tx.send(Event::Changed(p))),
+                Err(e) => tx.send(Event::Failed(e.to_string())),
+            };
+        })
+        .map_err(|e| PipelineError::Io(format!("watching {}: {e}", dir.display())))?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(|e| PipelineError::Io(format!("watching {}: {e}", dir.display())))?;
+        let host = Arc::downgrade(self);
+        let thread = std::thread::Builder::new()
+            .name("kiln-plugin-watch".into())
+            .spawn(move || settle_and_reload(&host, &dir, &rx))
+            .map_err(|e| PipelineError::Io(format!("starting the plugin watcher: {e}")))?;
+        Ok(DirWatcher { watcher: Some(watcher), thread: Some(thread) })
+    }
+}
+
+/// Collects changed names; reloads each once it has settled.
+fn settle_and_reload(host: &Weak<PluginHost>, dir: &std::path::Path, events: &mpsc::Receiver<Event>) {
+    let mut pending: BTreeMap<String, Instant> = BTreeMap::new();
+    loop {
+        let wait = pending.values().map(|last| (*last + SETTLE).saturating_duration_since(Instant::now())).min();
+        match events.recv_timeout(wait.unwrap_or(Duration::from_secs(3600))) {
+            Ok(Event::Changed(path)) => {
+                if let Some(name) = plugin_name(dir, &path) {
+                    pending.insert(name, Instant::now());
+                }
+            }
+            Ok(Event::Failed(e)) => tracing::warn!(error = %e, "plugin directory watcher"),
+            Err(RecvTimeoutError::Timeout) => {}
+            // The watcher was dropped.
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let settled: Vec<String> =
+            pending.iter().filter(|(_, last)| last.elapsed() >= SETTLE).map(|(n, _)| n.clone()).collect();
+        for name in settled {
+            pending.remove(&name);
+            let Some(host) = host.upgrade() else { return };
+            // Failures are logged and recorded on the plugin's entry.
+            let _ = host.sync_file(&name);
+        }
+    }
+}
+
+impl Drop for DirWatcher {
+    fn drop(&mut self) {
+        // Dropping the watcher closes the channel, which ends the thread.
+        drop(self.watcher.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

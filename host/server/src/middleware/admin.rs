@@ -1,0 +1,42 @@
+//! Who may use the admin endpoints (plugin management). Until API keys and
+//! scopes exist, the choice is by network: loopback clients only (the
+//! default), anyone (an explicit operator choice), or no one.
+
+use std::net::SocketAddr;
+
+use axum::extract::connect_info::MockConnectInfo;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::{ApiError, AppState};
+
+/// Which clients the admin endpoints answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AdminAccess {
+    /// Clients connecting from a loopback address (the server's own machine).
+    #[default]
+    Loopback,
+    /// Every client: only behind a trusted network or proxy.
+    Anyone,
+    /// No client: plugins change only through their files.
+    Nobody,
+}
+
+/// Refuses admin requests from clients `AdminAccess` does not allow.
+pub async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    let extensions = request.extensions();
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        // What tests put in place of a connection.
+        .or_else(|| extensions.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0));
+    match (state.config().admin, peer) {
+        (AdminAccess::Anyone, _) => Ok(next.run(request).await),
+        (AdminAccess::Loopback, Some(peer)) if peer.ip().is_loopback() => Ok(next.run(request).await),
+        (AdminAccess::Loopback, _) => {
+            Err(ApiError::Forbidden("the admin endpoints answer loopback clients only (see --admin)".into()))
+        }
+        (AdminAccess::Nobody, _) => Err(ApiError::Forbidden("the admin endpoints are turned off (see --admin)".into())),
+    }
+}

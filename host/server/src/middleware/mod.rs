@@ -1,0 +1,3 @@
+//! Middleware, one file per concern.
+
+pub mod admin;
