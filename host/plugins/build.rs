@@ -8,7 +8,7 @@ use std::process::Command;
 
 /// Packages built to components: the first-party plugins, then test guests.
 const PLUGINS: &[&str] =
-    &["default-sampler", "chat-template", "stop-sequences", "redact", "json-mode", "hostile-sampler"];
+    &["default-sampler", "chat-template", "stop-sequences", "redact", "json-mode", "hostile-sampler", "tagger"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -11,16 +11,24 @@ use std::time::{Duration, Instant};
 use crate::kiln;
 
 /// A running `kiln serve`, killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    address: String,
+    pub address: String,
+    log: tempfile::NamedTempFile,
 }
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[], "warn")
+    }
+
+    /// `kiln serve` with extra arguments, logging at `log_level`.
+    pub(crate) fn start_with(args: &[&str], log_level: &str) -> Server {
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = kiln()
             .args(["serve", "--port", "0", "--max-context", "2048"])
+            .args(args)
+            .env("RUST_LOG", log_level)
             .stdout(Stdio::piped())
             .stderr(log.reopen().unwrap())
             .spawn()
@@ -35,12 +43,17 @@ impl Server {
             }
         });
         match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(address) => Server { child, address },
+            Ok(address) => Server { child, address, log },
             Err(_) => {
                 let _ = child.kill();
                 panic!("kiln serve did not start: {}", std::fs::read_to_string(log.path()).unwrap_or_default());
             }
         }
+    }
+
+    /// What the server has logged so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     /// Sends one request on a fresh connection; returns the socket to read from.
@@ -58,7 +71,7 @@ impl Server {
     }
 
     /// Status line and body of a whole (non-streamed) answer.
-    fn request(&self, method: &str, path: &str, body: &str) -> (String, String) {
+    pub(crate) fn request(&self, method: &str, path: &str, body: &str) -> (String, String) {
         let mut text = String::new();
         self.send(method, path, body).read_to_string(&mut text).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");

@@ -28,7 +28,7 @@ use kiln_tokenizer::Tokenizer;
 pub use config::{DEFAULT_PIPELINE, NATIVE_PIPELINE, PipelineSpec, PluginsConfig, check_name};
 pub use policy::{PluginPolicy, plugin_params};
 pub use post::{PostChain, PostOutput};
-pub use registry::{PluginEntry, Source};
+pub use registry::{LoadError, PluginEntry, Source};
 pub use watch::DirWatcher;
 
 use registry::Registry;
@@ -361,3 +361,5 @@ pub fn vocabulary(tokenizer: &Tokenizer) -> kiln_plugins::Vocabulary {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_host;

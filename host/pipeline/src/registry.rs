@@ -46,9 +46,9 @@ pub struct PluginEntry {
     pub source: Source,
     /// When the serving version was loaded.
     pub loaded_at: SystemTime,
-    /// Why the latest attempt to load a new version failed, and when; cleared
-    /// by the next successful load.
-    pub last_error: Option<(SystemTime, String)>,
+    /// Why the latest attempt to load a new version failed; cleared by the
+    /// next successful load.
+    pub last_error: Option<LoadError>,
     /// Versions swapped in after the first.
     pub reloads: u64,
 }
@@ -57,6 +57,15 @@ impl PluginEntry {
     pub fn info(&self) -> Option<&PluginInfo> {
         self.loaded.as_ref().map(Loaded::info)
     }
+}
+
+/// A version that did not load.
+#[derive(Clone, Debug)]
+pub struct LoadError {
+    pub at: SystemTime,
+    pub message: String,
+    /// The refused file's sha256 (the same bytes are not tried twice).
+    pub sha256: String,
 }
 
 pub(crate) type Entries = BTreeMap<String, Arc<PluginEntry>>;
@@ -106,7 +115,7 @@ impl PluginHost {
         match std::fs::read(&path) {
             Ok(bytes) => self.swap_in(name, &bytes, Source::File(path)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.forget_file(name),
-            Err(e) => Err(self.record_failure(name, format!("cannot read {}: {e}", path.display()))),
+            Err(e) => Err(self.record_failure(name, format!("cannot read {}: {e}", path.display()), String::new())),
         }
     }
 
@@ -192,9 +201,13 @@ impl PluginHost {
         if let Some(entry) = self.unchanged(name, bytes) {
             return Ok(entry);
         }
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        if let Some(failed) = self.plugin(name).and_then(|e| e.last_error.clone()).filter(|f| f.sha256 == sha256) {
+            return Err(PipelineError::LoadFailed { name: name.into(), message: failed.message });
+        }
         match self.validate(name, bytes) {
             Ok(loaded) => Ok(self.publish(name, loaded, source)),
-            Err(e) => Err(self.record_failure(name, e.to_string())),
+            Err(e) => Err(self.record_failure(name, e.to_string(), sha256)),
         }
     }
 
@@ -211,13 +224,14 @@ impl PluginHost {
     }
 
     /// Keeps the serving version and notes why the new one was refused.
-    fn record_failure(&self, name: &str, message: String) -> PipelineError {
+    fn record_failure(&self, name: &str, message: String, sha256: String) -> PipelineError {
         tracing::warn!(plugin = name, error = %message, "plugin not loaded; the previous version keeps serving");
+        let error = LoadError { at: SystemTime::now(), message: message.clone(), sha256 };
         let previous = self.plugin(name);
         let failed = match previous {
-            Some(p) => PluginEntry { last_error: Some((SystemTime::now(), message.clone())), ..(*p).clone() },
+            Some(p) => PluginEntry { last_error: Some(error), ..(*p).clone() },
             None => PluginEntry {
-                last_error: Some((SystemTime::now(), message.clone())),
+                last_error: Some(error),
                 ..entry(name, None, self.file_of(name).map_or(Source::Upload, Source::File))
             },
         };
@@ -241,7 +255,7 @@ impl PluginHost {
         {
             // Serving on is better than failing every request of the pipeline.
             let message = format!("the file is gone; still serving the last version, which pipeline {pipeline:?} uses");
-            return Err(self.record_failure(name, message));
+            return Err(self.record_failure(name, message, String::new()));
         }
         self.drop_version(name).ok_or_else(|| PipelineError::UnknownPlugin(name.into()))
     }

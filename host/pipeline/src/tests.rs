@@ -10,7 +10,7 @@ use kiln_tokenizer::Tokenizer;
 
 use crate::{PluginPolicy, plugin_params, vocabulary};
 
-fn loaded() -> (Arc<Model>, Arc<Tokenizer>) {
+pub(crate) fn loaded() -> (Arc<Model>, Arc<Tokenizer>) {
     static LOADED: OnceLock<(Arc<Model>, Arc<Tokenizer>)> = OnceLock::new();
     LOADED
         .get_or_init(|| {

@@ -47,6 +47,9 @@ impl PluginHost {
         let (tx, rx) = mpsc::channel();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let _ = match event {
+                // Reading a file is an event too (inotify's open and close):
+                // without this, loading a plugin would trigger its own reload.
+                Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => Ok(()),
                 Ok(event) => event.paths.into_iter().try_for_each(|p| tx.send(Event::Changed(p))),
                 Err(e) => tx.send(Event::Failed(e.to_string())),
             };

@@ -145,8 +145,8 @@ fn status(entry: &PluginEntry) -> PluginStatus {
         path,
         loaded_at: unix(entry.loaded_at),
         status: if entry.last_error.is_none() && info.is_some() { "ok" } else { "error" }.into(),
-        last_error: entry.last_error.as_ref().map(|(_, m)| m.clone()),
-        last_error_at: entry.last_error.as_ref().map(|(t, _)| unix(*t)),
+        last_error: entry.last_error.as_ref().map(|e| e.message.clone()),
+        last_error_at: entry.last_error.as_ref().map(|e| unix(e.at)),
         reloads: entry.reloads,
         metrics: PluginCallStats {
             calls: metrics.calls,

@@ -1,0 +1,161 @@
+//! Hot reload under load, on the real binary: a plugin file replaced again
+//! and again (once with a broken file) while clients keep generating.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::serve::Server;
+
+const CLIENTS: usize = 4;
+/// Good versions written after the first; one broken file comes among them.
+const NEW_VERSIONS: u32 = 5;
+const BROKEN_AFTER: u32 = 3;
+
+/// The tagger guest with its tag patched to `version`: the same code, a
+/// different file, every chunk of its output marked `<vNNNNNN>`.
+fn tagger(version: u32) -> Vec<u8> {
+    let mut bytes = std::fs::read(kiln_plugins::built_plugins_dir().join("tagger.wasm")).unwrap();
+    let marker = b"KILN-TAG:v000000";
+    let at = bytes.windows(marker.len()).position(|w| w == marker).expect("the tag is in the component's data");
+    bytes[at..at + marker.len()].copy_from_slice(format!("KILN-TAG:v{version:06}").as_bytes());
+    bytes
+}
+
+/// Every version tag in `text`.
+fn tags(text: &str) -> BTreeSet<u32> {
+    let mut found = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("<v") {
+        let candidate = &rest[at + 2..];
+        if candidate.len() > 6 && candidate.as_bytes()[6] == b'>' && candidate[..6].bytes().all(|b| b.is_ascii_digit())
+        {
+            found.insert(candidate[..6].parse().unwrap());
+        }
+        rest = &rest[at + 2..];
+    }
+    found
+}
+
+fn tagger_status(server: &Server) -> Value {
+    let (status, body) = server.request("GET", "/v1/plugins", "");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let list: Value = serde_json::from_str(&body).unwrap();
+    list["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "tagger").cloned().expect("tagger is listed")
+}
+
+/// Polls `GET /v1/plugins` until `ready` holds for the tagger; how long it took.
+fn wait_for(server: &Server, what: &str, ready: impl Fn(&Value) -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        if ready(&tagger_status(server)) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}: not seen within 10 s: {}", server.log());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// As editors save (a temporary file renamed over the old one) or as `cp` does (in place).
+fn land(path: &Path, bytes: &[u8], by_rename: bool) {
+    if by_rename {
+        let tmp = path.with_extension("wasm.swp");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    } else {
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+struct Answer {
+    status: String,
+    body: String,
+    started: Instant,
+}
+
+#[test]
+fn plugin_files_replaced_under_load_fail_no_request_and_never_reload_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let file = plugins.join("tagger.wasm");
+    std::fs::write(&file, tagger(1)).unwrap();
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(&config, "[plugins]\ndir = \"plugins\"\n\n[pipelines.tagged]\npost = [\"tagger\"]\n").unwrap();
+    let server = Arc::new(Server::start_with(&["--config", config.to_str().unwrap()], "info"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (server, stop) = (server.clone(), stop.clone());
+            std::thread::spawn(move || {
+                // Half the clients stream.
+                let path = if i % 2 == 0 { "/v1/generate" } else { "/v1/generate/stream" };
+                let body = format!(
+                    r#"{{"prompt": "Count from {i} upwards.", "max_tokens": 8, "temperature": 0, "pipeline": "tagged"}}"#
+                );
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let (status, body) = server.request("POST", path, &body);
+                    answers.push(Answer { status, body, started });
+                }
+                answers
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(500));
+    // When each version became visible in the plugin list.
+    let mut visible_at = vec![(1, Instant::now() - Duration::from_secs(3600))];
+    let mut delays = Vec::new();
+    for version in 2..=NEW_VERSIONS + 1 {
+        if version == BROKEN_AFTER + 1 {
+            let serving = tagger_status(&server)["sha256"].clone();
+            let broken = tagger(999);
+            land(&file, &broken[..broken.len() / 2], false);
+            wait_for(&server, "the broken file's error", |t| t["last_error"].is_string());
+            let status = tagger_status(&server);
+            assert_eq!(status["sha256"], serving, "the previous version keeps serving");
+            assert_eq!(status["status"], "error");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let bytes = tagger(version);
+        let sha = hex::encode(Sha256::digest(&bytes));
+        let landed = Instant::now();
+        land(&file, &bytes, version % 2 == 0);
+        let delay = wait_for(&server, &format!("version {version}"), |t| t["sha256"] == sha.as_str());
+        visible_at.push((version, landed + delay));
+        delays.push(delay);
+        assert_eq!(tagger_status(&server)["status"], "ok", "a good version clears the error");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let answers: Vec<Answer> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+
+    let slowest = delays.iter().max().unwrap();
+    eprintln!("{} answers; new versions visible after {delays:?} (slowest {slowest:?})", answers.len());
+    assert!(*slowest <= Duration::from_millis(250), "a new version took {slowest:?} to be visible");
+    let mut served = BTreeSet::new();
+    for answer in &answers {
+        assert_eq!(answer.status, "HTTP/1.1 200 OK", "a request failed during reloads: {}", answer.body);
+        assert!(!answer.body.contains("\"error\""), "a stream failed during reloads: {}", answer.body);
+        let tags = tags(&answer.body);
+        assert_eq!(tags.len(), 1, "an answer mixes versions {tags:?}: {}", answer.body);
+        let version = *tags.first().unwrap();
+        assert_ne!(version, 999, "the broken file never served");
+        // A request that started after a version was visible ran that version or a later one.
+        let newest_then = visible_at.iter().filter(|(_, at)| *at <= answer.started).map(|(v, _)| *v).max().unwrap();
+        assert!(version >= newest_then, "started after v{newest_then} was visible, but ran v{version}");
+        served.insert(version);
+    }
+    assert_eq!(served, (1..=NEW_VERSIONS + 1).collect(), "every version served answers");
+    let log = server.log();
+    assert_eq!(log.matches("model loaded").count(), 1, "the model was loaded more than once: {log}");
+    assert_eq!(log.matches("plugin not loaded").count(), 1, "one broken file, reported once: {log}");
+}
