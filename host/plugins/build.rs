@@ -13,7 +13,8 @@ const PLUGINS: &[&str] =
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.join("../..").canonicalize().unwrap();
-    for watched in ["wit", "sdk", "plugins", "tests/guests"] {
+    // Plugins also compile host crates (kiln-chat, kiln-stop) to wasm.
+    for watched in ["wit", "sdk", "plugins", "tests/guests", "host/chat", "host/stop"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let target_dir = root.join("target/plugins");

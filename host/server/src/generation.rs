@@ -11,8 +11,8 @@ use kiln_api::{FinishReason, Usage};
 use kiln_engine::{GenerateRequest, SamplingParams, TokenEvent, TokenStream};
 use kiln_pipeline::{PostChain, Resolved};
 
-use crate::stop::{MAX_STOP_BYTES, MAX_STOP_STRINGS, StopMatcher};
 use crate::{ApiError, AppState};
+use kiln_stop::{MAX_STOP_BYTES, MAX_STOP_STRINGS, StopMatcher};
 
 /// What an endpoint asks for, in the engine's terms.
 #[derive(Debug, Default)]

@@ -14,7 +14,6 @@ mod generation;
 mod middleware;
 mod openapi;
 mod routes;
-mod stop;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -4,11 +4,11 @@
 
 use kiln_sdk::Config;
 use kiln_sdk::post_process::{ChunkAction, FinishReason, PostProcess};
+use kiln_stop::StopMatcher;
 
 #[derive(Debug)]
 pub struct StopSequences {
-    stops: Vec<String>,
-    held: String,
+    matcher: StopMatcher,
 }
 
 impl PostProcess for StopSequences {
@@ -16,37 +16,16 @@ impl PostProcess for StopSequences {
         if stop.iter().any(String::is_empty) {
             return Err("an empty stop sequence would stop everything".into());
         }
-        Ok(StopSequences { stops: stop.to_vec(), held: String::new() })
+        Ok(StopSequences { matcher: StopMatcher::new(stop.to_vec()) })
     }
 
     fn on_chunk(&mut self, text: &str) -> ChunkAction {
-        self.held.push_str(text);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
-            self.held.truncate(at);
-            return ChunkAction::Stop(std::mem::take(&mut self.held));
-        }
-        let keep = self.partial_suffix_len();
-        let cut = self.held.len() - keep;
-        let ready = self.held[..cut].to_string();
-        self.held.drain(..cut);
-        ChunkAction::Emit(ready)
+        let released = self.matcher.push(text);
+        if released.stopped { ChunkAction::Stop(released.text) } else { ChunkAction::Emit(released.text) }
     }
 
     fn finish(&mut self, _: FinishReason) -> String {
-        std::mem::take(&mut self.held)
-    }
-}
-
-impl StopSequences {
-    /// The longest suffix of the held text that begins some stop sequence.
-    fn partial_suffix_len(&self) -> usize {
-        let held = self.held.as_str();
-        let longest = self.stops.iter().map(|s| s.len() - 1).max().unwrap_or(0).min(held.len());
-        (1..=longest)
-            .rev()
-            .filter(|n| held.is_char_boundary(held.len() - n))
-            .find(|n| self.stops.iter().any(|s| s.starts_with(&held[held.len() - n..])))
-            .unwrap_or(0)
+        self.matcher.finish()
     }
 }
 

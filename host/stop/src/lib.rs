@@ -1,5 +1,7 @@
-//! Stop strings over streamed text: text that could still become a stop
-//! string is held back, so a match split across chunks never leaks.
+//! kiln-stop: stop strings over streamed text. Text that could still become
+//! a stop string is held back, so a match split across chunks never leaks.
+//! The host applies a request's `stop` with it, and the `stop-sequences`
+//! plugin is built on it: one implementation of the rule.
 
 /// Most stop strings per request, and longest one in bytes.
 pub const MAX_STOP_STRINGS: usize = 16;
