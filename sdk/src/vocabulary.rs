@@ -3,31 +3,50 @@
 
 use std::sync::Arc;
 
-/// Every token's bytes, and the ids that end a generation.
+/// Every token's bytes (laid end to end, as the host sends them), and the
+/// ids that end a generation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Vocabulary {
-    tokens: Vec<Vec<u8>>,
+    bytes: Vec<u8>,
+    /// Where each token's bytes end in `bytes`.
+    ends: Vec<u32>,
     stop_ids: Vec<u32>,
 }
 
 impl Vocabulary {
     pub fn new(tokens: Vec<Vec<u8>>, stop_ids: Vec<u32>) -> Self {
-        Vocabulary { tokens, stop_ids }
+        let mut bytes = Vec::with_capacity(tokens.iter().map(Vec::len).sum());
+        let ends = tokens
+            .iter()
+            .map(|t| {
+                bytes.extend_from_slice(t);
+                bytes.len() as u32
+            })
+            .collect();
+        Vocabulary { bytes, ends, stop_ids }
+    }
+
+    /// From the host's flat table; ends that run backwards or past the bytes
+    /// make the tokens involved empty rather than panicking.
+    pub fn from_table(bytes: Vec<u8>, ends: Vec<u32>, stop_ids: Vec<u32>) -> Self {
+        Vocabulary { bytes, ends, stop_ids }
     }
 
     /// Valid ids are `0..size()`.
     pub fn size(&self) -> u32 {
-        self.tokens.len() as u32
+        self.ends.len() as u32
     }
 
     /// A token's bytes (empty for an id outside the vocabulary).
     pub fn token(&self, id: u32) -> &[u8] {
-        self.tokens.get(id as usize).map_or(&[], Vec::as_slice)
+        let Some(&end) = self.ends.get(id as usize) else { return &[] };
+        let start = if id == 0 { 0 } else { self.ends[id as usize - 1] };
+        self.bytes.get(start as usize..end as usize).unwrap_or(&[])
     }
 
-    /// Every token's bytes, indexed by id.
-    pub fn tokens(&self) -> &[Vec<u8>] {
-        &self.tokens
+    /// Every token's bytes, in id order.
+    pub fn tokens(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.size()).map(|id| self.token(id))
     }
 
     /// End-of-sequence and end-of-turn ids.
@@ -55,7 +74,12 @@ mod imp {
 
     pub fn vocabulary() -> Arc<Vocabulary> {
         static VOCABULARY: OnceLock<Arc<Vocabulary>> = OnceLock::new();
-        VOCABULARY.get_or_init(|| Arc::new(Vocabulary::new(host::tokens(), host::stop_ids()))).clone()
+        VOCABULARY
+            .get_or_init(|| {
+                let table = host::tokens();
+                Arc::new(Vocabulary::from_table(table.bytes, table.ends, host::stop_ids()))
+            })
+            .clone()
     }
 }
 

@@ -51,6 +51,16 @@ fn main() {
         }
         let (p50, p99) = percentiles(times);
         println!("{name:<16} step() across the boundary: p50 {p50:7.1} us   p99 {p99:7.1} us");
+        // Starting a session: a fresh instance, and whatever the plugin sets up.
+        let starts: Vec<f64> = (0..50)
+            .map(|_| {
+                let start = Instant::now();
+                drop(plugin.start(params, &[1, 2, 3], &[]).unwrap());
+                start.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        let (p50, p99) = percentiles(starts);
+        println!("{name:<16} start() of a session:     p50 {p50:7.1} us   p99 {p99:7.1} us");
     }
 
     // The host's side: sampling 49,152 logits with and without an allowed bitset.

@@ -28,8 +28,17 @@ impl bindings::kiln::plugin::vocabulary::Host for HostState {
         self.vocabulary.tokens.len() as u32
     }
 
-    fn tokens(&mut self) -> Vec<Vec<u8>> {
-        self.vocabulary.tokens.clone()
+    fn tokens(&mut self) -> bindings::kiln::plugin::vocabulary::TokenTable {
+        let tokens = &self.vocabulary.tokens;
+        let mut bytes = Vec::with_capacity(tokens.iter().map(Vec::len).sum());
+        let ends = tokens
+            .iter()
+            .map(|t| {
+                bytes.extend_from_slice(t);
+                bytes.len() as u32
+            })
+            .collect();
+        bindings::kiln::plugin::vocabulary::TokenTable { bytes, ends }
     }
 
     fn stop_ids(&mut self) -> Vec<u32> {

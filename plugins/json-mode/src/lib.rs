@@ -35,7 +35,7 @@ impl Sampler for JsonMode {
     fn new(_: SamplingParams, _: &[u32], config: &Config) -> Result<Self, String> {
         let vocab = vocabulary();
         let (mut structural, mut plain, mut by_char) = (Vec::new(), Vec::new(), [None; 128]);
-        for (id, bytes) in vocab.tokens().iter().enumerate() {
+        for (id, bytes) in vocab.tokens().enumerate() {
             let id = id as u32;
             if bytes.is_empty() || is_special(bytes) || vocab.is_stop(id) {
                 continue;
