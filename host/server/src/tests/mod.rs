@@ -134,6 +134,17 @@ struct FakeBackend {
     stats: EngineStats,
 }
 
+/// A stream of `texts` as tokens, then `last`.
+fn scripted(texts: &[&str], last: TokenEvent) -> TokenStream {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for (i, text) in texts.iter().enumerate() {
+        let token = TokenEvent::Token { id: i as u32, text: text.to_string(), logprob: None, top_logprobs: vec![] };
+        tx.send(token).unwrap();
+    }
+    tx.send(last).unwrap();
+    TokenStream::from_receiver(rx)
+}
+
 impl Backend for FakeBackend {
     fn limits(&self) -> &ModelLimits {
         &self.limits
@@ -143,27 +154,12 @@ impl Backend for FakeBackend {
         match &self.fake {
             Fake::Overloaded => Err(EngineError::Overloaded { queued: 64 }),
             Fake::FailAfter(texts) => {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                for (i, text) in texts.iter().enumerate() {
-                    let token =
-                        TokenEvent::Token { id: i as u32, text: text.to_string(), logprob: None, top_logprobs: vec![] };
-                    tx.send(token).unwrap();
-                }
-                tx.send(TokenEvent::Failed("matmul kernel fault at 0xdeadbeef".into())).unwrap();
-                Ok(TokenStream::from_receiver(rx))
+                Ok(scripted(texts, TokenEvent::Failed("matmul kernel fault at 0xdeadbeef".into())))
             }
             Fake::Say(texts) => {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                for (i, text) in texts.iter().enumerate() {
-                    let token =
-                        TokenEvent::Token { id: i as u32, text: text.to_string(), logprob: None, top_logprobs: vec![] };
-                    tx.send(token).unwrap();
-                }
                 let usage = kiln_engine::Usage { prompt_tokens: 1, completion_tokens: texts.len() };
-                let finish =
-                    TokenEvent::Finished { reason: kiln_engine::FinishReason::Length, usage, tail: String::new() };
-                tx.send(finish).unwrap();
-                Ok(TokenStream::from_receiver(rx))
+                let reason = kiln_engine::FinishReason::Length;
+                Ok(scripted(texts, TokenEvent::Finished { reason, usage, tail: String::new() }))
             }
             Fake::Slow(delay) => {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
