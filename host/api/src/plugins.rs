@@ -39,6 +39,8 @@ pub struct PluginStatus {
     pub last_error_at: Option<u64>,
     /// Versions swapped in since the first.
     pub reloads: u64,
+    /// New versions refused since start (each refused file once).
+    pub failed_reloads: u64,
     pub metrics: PluginCallStats,
 }
 

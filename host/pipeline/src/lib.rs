@@ -105,11 +105,20 @@ impl PluginHost {
             pipelines.insert(name, spec);
         }
         let pipelines = pipelines.into_iter().map(|(name, spec)| (name, Arc::new(compile(spec)))).collect();
+        // The watcher reports absolute (and, on macOS, resolved) paths.
+        let dir = match config.dir {
+            Some(dir) => {
+                let io = |e: std::io::Error| PipelineError::Io(format!("plugin directory {}: {e}", dir.display()));
+                std::fs::create_dir_all(&dir).map_err(io)?;
+                Some(dir.canonicalize().map_err(io)?)
+            }
+            None => None,
+        };
         let host = PluginHost {
             registry,
             pipelines,
             default_pipeline: config.default_pipeline,
-            dir: config.dir,
+            dir,
             watch: config.watch,
             runtime,
         };
@@ -189,11 +198,6 @@ impl PluginHost {
         self.dir.as_deref()
     }
 
-    /// Components compiled since start (loads from the artifact cache do not count).
-    pub fn compilations(&self) -> u64 {
-        self.runtime.compilations()
-    }
-
     /// A snapshot of the named pipeline (`None`: the default) for one request.
     pub fn resolve(&self, name: Option<&str>) -> Result<Resolved, PipelineError> {
         let name = name.unwrap_or(&self.default_pipeline);
@@ -207,7 +211,7 @@ impl PluginHost {
             let loaded = loaded.ok_or_else(|| PipelineError::UnknownPlugin(plugin.into()))?;
             Ok((loaded, compiled.configs.get(plugin).cloned().unwrap_or_default()))
         };
-        let mut resolved = Resolved { name: name.to_string(), template: None, sampler: None, post: Vec::new() };
+        let mut resolved = Resolved { template: None, sampler: None, post: Vec::new() };
         // Kinds were checked when each version was loaded; a mismatch here
         // would be a registry bug, reported rather than ignored.
         let mismatch = |plugin: &str, needed, found: &Loaded| PipelineError::WrongKind {
@@ -289,17 +293,12 @@ pub struct ModelTemplate<'a> {
 /// started, kept to the end.
 #[derive(Clone, Debug)]
 pub struct Resolved {
-    name: String,
     template: Option<Stage<TemplatePlugin>>,
     sampler: Option<Stage<SamplerPlugin>>,
     post: Vec<Stage<PostProcessPlugin>>,
 }
 
 impl Resolved {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Renders a conversation with the pipeline's template plugin; `None`
     /// when it has none (the host renders).
     pub fn render<'m>(
@@ -344,8 +343,7 @@ impl Resolved {
         Ok(PostChain::new(sessions))
     }
 
-    /// The plugin versions this pipeline runs, in stage order: what a cached
-    /// answer depends on.
+    /// The plugin versions this pipeline runs, in stage order.
     pub fn plugins(&self) -> Vec<&kiln_plugins::PluginInfo> {
         let template = self.template.iter().map(|s| s.plugin.info());
         let sampler = self.sampler.iter().map(|s| s.plugin.info());
@@ -355,8 +353,8 @@ impl Resolved {
 
 /// The model's vocabulary as sampler plugins see it.
 pub fn vocabulary(tokenizer: &Tokenizer) -> kiln_plugins::Vocabulary {
-    let tokens = (0..tokenizer.vocab_size() as u32).map(|id| tokenizer.token_bytes(id).to_vec()).collect();
-    kiln_plugins::Vocabulary { tokens, stop_ids: tokenizer.stop_token_ids().to_vec() }
+    let tokens = (0..tokenizer.vocab_size() as u32).map(|id| tokenizer.token_bytes(id));
+    kiln_plugins::Vocabulary::new(tokens, tokenizer.stop_token_ids().to_vec())
 }
 
 #[cfg(test)]

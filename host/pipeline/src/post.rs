@@ -28,6 +28,10 @@ impl PostChain {
 
     /// Runs a decoded chunk through every stage.
     pub fn push(&mut self, text: &str) -> Result<PostOutput, PluginError> {
+        // Nothing to say (the stop strings are holding text back): no calls.
+        if text.is_empty() {
+            return Ok(PostOutput::default());
+        }
         self.run_from(0, text.to_string())
     }
 

@@ -51,6 +51,8 @@ pub struct PluginEntry {
     pub last_error: Option<LoadError>,
     /// Versions swapped in after the first.
     pub reloads: u64,
+    /// New versions refused (each refused file counted once).
+    pub failed_reloads: u64,
 }
 
 impl PluginEntry {
@@ -92,7 +94,15 @@ impl Registry {
 }
 
 fn entry(name: &str, loaded: Option<Loaded>, source: Source) -> PluginEntry {
-    PluginEntry { name: name.into(), loaded, source, loaded_at: SystemTime::now(), last_error: None, reloads: 0 }
+    PluginEntry {
+        name: name.into(),
+        loaded,
+        source,
+        loaded_at: SystemTime::now(),
+        last_error: None,
+        reloads: 0,
+        failed_reloads: 0,
+    }
 }
 
 impl PluginHost {
@@ -109,11 +119,17 @@ impl PluginHost {
     /// drops the plugin of a file that is gone (back to the built-in of that
     /// name, if any). What the watcher calls after a change settles.
     pub fn sync_file(&self, name: &str) -> Result<Arc<PluginEntry>, PipelineError> {
+        self.sync(name, false)
+    }
+
+    /// `retry`: load the file even if these very bytes were refused before
+    /// (a smoke call may have timed out on a busy machine).
+    fn sync(&self, name: &str, retry: bool) -> Result<Arc<PluginEntry>, PipelineError> {
         check_name(name).map_err(PipelineError::InvalidName)?;
         let path = self.file_of(name).ok_or(PipelineError::NoPluginDir)?;
         let _writer = self.lock_writer();
         match std::fs::read(&path) {
-            Ok(bytes) => self.swap_in(name, &bytes, Source::File(path)),
+            Ok(bytes) => self.swap_in(name, &bytes, Source::File(path), retry),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.forget_file(name),
             Err(e) => Err(self.record_failure(name, format!("cannot read {}: {e}", path.display()), String::new())),
         }
@@ -130,7 +146,8 @@ impl PluginHost {
         let loaded = self.validate(name, bytes).map_err(|e| self.upload_failed(name, e))?;
         let source = match self.file_of(name) {
             Some(path) => {
-                write_atomically(&path, bytes).map_err(|e| PipelineError::Io(format!("{}: {e}", path.display())))?;
+                kiln_plugins::write_atomically(&path, bytes)
+                    .map_err(|e| PipelineError::Io(format!("{}: {e}", path.display())))?;
                 Source::File(path)
             }
             None => Source::Upload,
@@ -138,12 +155,18 @@ impl PluginHost {
         Ok(self.publish(name, loaded, source))
     }
 
-    /// Loads `name` again from its file (a built-in or upload: checks it is loaded).
+    /// Loads `name` from `<dir>/<name>.wasm` now (a new file too; the same
+    /// bytes again if they were refused before). Without a file, a built-in
+    /// or uploaded plugin is reported as it is.
     pub fn reload(&self, name: &str) -> Result<Arc<PluginEntry>, PipelineError> {
-        let entry = self.plugin(name).ok_or_else(|| PipelineError::UnknownPlugin(name.into()))?;
-        match entry.source {
-            Source::File(_) => self.sync_file(name),
-            Source::BuiltIn | Source::Upload => Ok(entry),
+        check_name(name).map_err(PipelineError::InvalidName)?;
+        let entry = self.plugin(name);
+        let has_file = self.file_of(name).is_some_and(|p| p.exists());
+        match entry {
+            _ if has_file => self.sync(name, true),
+            Some(entry) if matches!(entry.source, Source::File(_)) => self.sync(name, true),
+            Some(entry) => Ok(entry),
+            None => Err(PipelineError::UnknownPlugin(name.into())),
         }
     }
 
@@ -155,10 +178,10 @@ impl PluginHost {
         if entry.source == Source::BuiltIn {
             return Err(PipelineError::Conflict(format!("{name} is built in and cannot be removed")));
         }
-        if !self.registry.builtins.contains_key(name)
-            && let Some((pipeline, _)) = self.uses(name).first()
-        {
-            return Err(PipelineError::Conflict(format!("pipeline {pipeline:?} uses {name}")));
+        if let Some(pipeline) = self.stranded_by_removal(name) {
+            return Err(PipelineError::Conflict(format!(
+                "pipeline {pipeline:?} uses {name}, and nothing of the kind it needs would remain"
+            )));
         }
         if let Source::File(path) = &entry.source {
             match std::fs::remove_file(path) {
@@ -197,12 +220,19 @@ impl PluginHost {
         Ok(loaded)
     }
 
-    fn swap_in(&self, name: &str, bytes: &[u8], source: Source) -> Result<Arc<PluginEntry>, PipelineError> {
+    fn swap_in(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        source: Source,
+        retry: bool,
+    ) -> Result<Arc<PluginEntry>, PipelineError> {
         if let Some(entry) = self.unchanged(name, bytes) {
             return Ok(entry);
         }
         let sha256 = hex::encode(Sha256::digest(bytes));
-        if let Some(failed) = self.plugin(name).and_then(|e| e.last_error.clone()).filter(|f| f.sha256 == sha256) {
+        let refused = self.plugin(name).and_then(|e| e.last_error.clone()).filter(|f| f.sha256 == sha256);
+        if let Some(failed) = refused.filter(|_| !retry) {
             return Err(PipelineError::LoadFailed { name: name.into(), message: failed.message });
         }
         match self.validate(name, bytes) {
@@ -215,7 +245,8 @@ impl PluginHost {
     fn publish(&self, name: &str, loaded: Loaded, source: Source) -> Arc<PluginEntry> {
         let previous = self.plugin(name);
         let reloads = previous.as_ref().map_or(0, |p| p.reloads + u64::from(p.loaded.is_some()));
-        let entry = Arc::new(PluginEntry { reloads, ..entry(name, Some(loaded), source) });
+        let failed_reloads = previous.as_ref().map_or(0, |p| p.failed_reloads);
+        let entry = Arc::new(PluginEntry { reloads, failed_reloads, ..entry(name, Some(loaded), source) });
         let info = entry.info().map(ToString::to_string).unwrap_or_default();
         let sha256 = entry.info().map(|i| i.sha256[..12].to_string()).unwrap_or_default();
         self.store(name, Some(entry.clone()));
@@ -229,9 +260,10 @@ impl PluginHost {
         let error = LoadError { at: SystemTime::now(), message: message.clone(), sha256 };
         let previous = self.plugin(name);
         let failed = match previous {
-            Some(p) => PluginEntry { last_error: Some(error), ..(*p).clone() },
+            Some(p) => PluginEntry { last_error: Some(error), failed_reloads: p.failed_reloads + 1, ..(*p).clone() },
             None => PluginEntry {
                 last_error: Some(error),
+                failed_reloads: 1,
                 ..entry(name, None, self.file_of(name).map_or(Source::Upload, Source::File))
             },
         };
@@ -250,14 +282,19 @@ impl PluginHost {
         if !matches!(entry.source, Source::File(_)) {
             return Ok(entry);
         }
-        if !self.registry.builtins.contains_key(name)
-            && let Some((pipeline, _)) = self.uses(name).first()
-        {
+        if let Some(pipeline) = self.stranded_by_removal(name) {
             // Serving on is better than failing every request of the pipeline.
             let message = format!("the file is gone; still serving the last version, which pipeline {pipeline:?} uses");
             return Err(self.record_failure(name, message, String::new()));
         }
         self.drop_version(name).ok_or_else(|| PipelineError::UnknownPlugin(name.into()))
+    }
+
+    /// A pipeline that would lose a plugin of the kind it needs if `name`'s
+    /// file or upload went (back to the built-in of that name, or to nothing).
+    fn stranded_by_removal(&self, name: &str) -> Option<String> {
+        let fallback = self.registry.builtins.get(name).map(Loaded::kind);
+        self.uses(name).into_iter().find(|(_, kind)| fallback != Some(*kind)).map(|(pipeline, _)| pipeline)
     }
 
     /// Removes `name`'s file or upload version: back to its built-in, or gone.
@@ -279,17 +316,19 @@ impl PluginHost {
 
     /// Every plugin file already in the directory, loaded at start.
     pub(crate) fn load_dir(&self) -> Result<(), PipelineError> {
-        let Some(dir) = &self.dir else { return Ok(()) };
-        std::fs::create_dir_all(dir).map_err(|e| PipelineError::Io(format!("{}: {e}", dir.display())))?;
-        let files = std::fs::read_dir(dir).map_err(|e| PipelineError::Io(format!("{}: {e}", dir.display())))?;
-        for path in files.filter_map(|f| f.ok().map(|f| f.path())) {
-            if let Some(name) = plugin_name(dir, &path)
-                && let Err(e) = self.sync_file(&name)
-            {
+        for name in self.dir_plugins()? {
+            if let Err(e) = self.sync_file(&name) {
                 tracing::warn!(plugin = name, error = %e, "plugin file not loaded at start");
             }
         }
         Ok(())
+    }
+
+    /// The names of the `<name>.wasm` files in the plugin directory.
+    pub(crate) fn dir_plugins(&self) -> Result<Vec<String>, PipelineError> {
+        let Some(dir) = &self.dir else { return Ok(Vec::new()) };
+        let files = std::fs::read_dir(dir).map_err(|e| PipelineError::Io(format!("{}: {e}", dir.display())))?;
+        Ok(files.filter_map(|f| plugin_name(dir, &f.ok()?.path())).collect())
     }
 }
 
@@ -300,12 +339,4 @@ pub(crate) fn plugin_name(dir: &Path, path: &Path) -> Option<String> {
     }
     let name = path.file_stem()?.to_str()?;
     check_name(name).ok().map(|()| name.to_string())
-}
-
-/// Writes through a temporary file and a rename, so a reader (the watcher,
-/// another replica) never sees half a plugin.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("wasm.upload{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }

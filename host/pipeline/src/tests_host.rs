@@ -102,3 +102,35 @@ fn the_watcher_loads_a_file_saved_into_the_plugin_directory() {
     assert_eq!(host.plugin("fresh").unwrap().info().unwrap().name, "redact");
     assert!(host.plugin(".fresh").is_none(), "temporary files are not plugins");
 }
+
+#[test]
+fn a_built_in_of_the_wrong_kind_never_replaces_a_plugin_a_pipeline_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    // A sampler under the name of the built-in post-processor `redact`.
+    std::fs::copy(kiln_plugins::built_plugins_dir().join("default_sampler.wasm"), dir.path().join("redact.wasm"))
+        .unwrap();
+    let sampler = PipelineSpec { sampler: Some("redact".into()), ..PipelineSpec::default() };
+    let host = host(Some(dir.path()), &[("p", sampler)]).unwrap();
+    assert!(matches!(host.remove("redact"), Err(PipelineError::Conflict(_))));
+    std::fs::remove_file(dir.path().join("redact.wasm")).unwrap();
+    assert!(host.sync_file("redact").is_err(), "the file's loss is reported");
+    assert_eq!(host.resolve(Some("p")).unwrap().plugins()[0].name, "default-sampler");
+}
+
+#[test]
+fn reload_loads_a_new_file_and_retries_refused_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(Some(dir.path()), &[]).unwrap();
+    assert!(matches!(host.reload("later"), Err(PipelineError::UnknownPlugin(_))));
+    std::fs::copy(kiln_plugins::built_plugins_dir().join("redact.wasm"), dir.path().join("later.wasm")).unwrap();
+    assert_eq!(host.reload("later").unwrap().info().unwrap().name, "redact");
+
+    std::fs::write(dir.path().join("later.wasm"), b"not wasm").unwrap();
+    let first = host.sync_file("later").unwrap_err().to_string();
+    // The watcher does not try the same bytes twice; an explicit reload does.
+    assert_eq!(host.plugin("later").unwrap().failed_reloads, 1);
+    assert_eq!(host.sync_file("later").unwrap_err().to_string(), first);
+    assert_eq!(host.plugin("later").unwrap().failed_reloads, 1);
+    assert!(host.reload("later").is_err());
+    assert_eq!(host.plugin("later").unwrap().failed_reloads, 2);
+}

@@ -36,7 +36,18 @@ impl std::fmt::Debug for DirWatcher {
 
 enum Event {
     Changed(PathBuf),
+    /// Events were lost (the kernel's queue overflowed): look at every file.
+    Rescan,
     Failed(String),
+}
+
+/// Opening or reading a file is an event too (inotify's open, access and
+/// close-after-read): without this, loading a plugin would trigger its own
+/// reload. A close after writing is kept: it says a writer finished.
+fn is_read(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    matches!(kind, EventKind::Access(AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)))
+        || matches!(kind, EventKind::Access(AccessKind::Any | AccessKind::Other))
 }
 
 impl PluginHost {
@@ -45,11 +56,11 @@ impl PluginHost {
     pub fn watch(self: &Arc<Self>) -> Result<DirWatcher, PipelineError> {
         let dir = self.dir.clone().ok_or(PipelineError::NoPluginDir)?;
         let (tx, rx) = mpsc::channel();
+        let tx_rescan = tx.clone();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let _ = match event {
-                // Reading a file is an event too (inotify's open and close):
-                // without this, loading a plugin would trigger its own reload.
-                Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => Ok(()),
+                Ok(event) if event.need_rescan() => tx.send(Event::Rescan),
+                Ok(event) if is_read(&event.kind) => Ok(()),
                 Ok(event) => event.paths.into_iter().try_for_each(|p| tx.send(Event::Changed(p))),
                 Err(e) => tx.send(Event::Failed(e.to_string())),
             };
@@ -58,6 +69,8 @@ impl PluginHost {
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(|e| PipelineError::Io(format!("watching {}: {e}", dir.display())))?;
+        // Files that changed between loading the directory and watching it.
+        let _ = tx_rescan.send(Event::Rescan);
         let host = Arc::downgrade(self);
         let thread = std::thread::Builder::new()
             .name("kiln-plugin-watch".into())
@@ -76,6 +89,17 @@ fn settle_and_reload(host: &Weak<PluginHost>, dir: &std::path::Path, events: &mp
             Ok(Event::Changed(path)) => {
                 if let Some(name) = plugin_name(dir, &path) {
                     pending.insert(name, Instant::now());
+                }
+            }
+            Ok(Event::Rescan) => {
+                let Some(host) = host.upgrade() else { return };
+                match host.dir_plugins() {
+                    Ok(names) => {
+                        for name in names {
+                            pending.insert(name, Instant::now());
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "rescanning the plugin directory"),
                 }
             }
             Ok(Event::Failed(e)) => tracing::warn!(error = %e, "plugin directory watcher"),

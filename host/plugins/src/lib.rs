@@ -25,6 +25,23 @@ pub use runtime::{Loaded, Runtime, RuntimeConfig};
 pub use sampler::{Candidate, SamplerPlugin, SamplerSession, SamplingParams, StepPlan};
 pub use template::{ChatMessage, Rendered, TemplateInput, TemplatePlugin};
 
+/// Writes through a temporary file in the same folder and a rename, so a
+/// reader (the plugin watcher, another replica sharing the folder) never
+/// sees half a file. The folder is created if needed.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // Not `<name>.wasm`: the watcher ignores it until the rename.
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Where `build.rs` put the first-party plugins (and the test guests) it
 /// built from source.
 pub fn built_plugins_dir() -> std::path::PathBuf {
@@ -81,11 +98,47 @@ impl fmt::Display for PluginInfo {
     }
 }
 
-/// The model's vocabulary, as samplers see it through their host import.
+/// The model's vocabulary, as samplers see it through their host import:
+/// every token's bytes laid end to end (built once, copied into each
+/// sampler instance that asks).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Vocabulary {
-    pub tokens: Vec<Vec<u8>>,
-    pub stop_ids: Vec<u32>,
+    bytes: Vec<u8>,
+    /// Where each token's bytes end in `bytes`.
+    ends: Vec<u32>,
+    stop_ids: Vec<u32>,
+}
+
+impl Vocabulary {
+    pub fn new<T: AsRef<[u8]>>(tokens: impl IntoIterator<Item = T>, stop_ids: Vec<u32>) -> Self {
+        let mut bytes = Vec::new();
+        let ends = tokens
+            .into_iter()
+            .map(|t| {
+                bytes.extend_from_slice(t.as_ref());
+                bytes.len() as u32
+            })
+            .collect();
+        Vocabulary { bytes, ends, stop_ids }
+    }
+
+    /// Valid ids are `0..len()`.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
+    /// The bytes and the end offsets, as the contract's `token-table`.
+    pub(crate) fn table(&self) -> (&[u8], &[u32]) {
+        (&self.bytes, &self.ends)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

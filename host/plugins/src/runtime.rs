@@ -194,7 +194,7 @@ impl Runtime {
         }
         self.compilations.fetch_add(1, Ordering::Relaxed);
         let component = Component::new(engine, bytes)?;
-        if let Err(e) = write_atomically(dir, &artifact, &component.serialize()?) {
+        if let Err(e) = crate::write_atomically(&artifact, &component.serialize()?) {
             tracing::warn!(error = %e, path = %artifact.display(), "cannot cache the compiled plugin");
         }
         Ok(component)
@@ -223,11 +223,4 @@ fn kind_of(engine: &Engine, component: &Component) -> Option<PluginKind> {
             _ => None,
         }
     })
-}
-
-fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }

@@ -25,24 +25,16 @@ impl bindings::kiln::plugin::types::Host for HostState {}
 
 impl bindings::kiln::plugin::vocabulary::Host for HostState {
     fn size(&mut self) -> u32 {
-        self.vocabulary.tokens.len() as u32
+        self.vocabulary.len() as u32
     }
 
     fn tokens(&mut self) -> bindings::kiln::plugin::vocabulary::TokenTable {
-        let tokens = &self.vocabulary.tokens;
-        let mut bytes = Vec::with_capacity(tokens.iter().map(Vec::len).sum());
-        let ends = tokens
-            .iter()
-            .map(|t| {
-                bytes.extend_from_slice(t);
-                bytes.len() as u32
-            })
-            .collect();
-        bindings::kiln::plugin::vocabulary::TokenTable { bytes, ends }
+        let (bytes, ends) = self.vocabulary.table();
+        bindings::kiln::plugin::vocabulary::TokenTable { bytes: bytes.to_vec(), ends: ends.to_vec() }
     }
 
     fn stop_ids(&mut self) -> Vec<u32> {
-        self.vocabulary.stop_ids.clone()
+        self.vocabulary.stop_ids().to_vec()
     }
 }
 
@@ -159,7 +151,7 @@ impl SamplerSession {
         self.store.set_epoch_deadline(self.plugin.runtime.deadline_ticks);
         let result = self.instance.kiln_plugin_sampler().sequence().call_step(&mut self.store, self.sequence, last);
         let plan = result.map_err(|e| self.failed(e))?;
-        check_plan(&plan, self.plugin.runtime.vocabulary.tokens.len())
+        check_plan(&plan, self.plugin.runtime.vocabulary.len())
             .map_err(|message| PluginError::Refused { plugin: self.plugin.info.to_string(), message })?;
         Ok(plan)
     }

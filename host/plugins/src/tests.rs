@@ -12,7 +12,7 @@ fn built(name: &str) -> PathBuf {
 }
 
 fn vocabulary() -> Arc<Vocabulary> {
-    Arc::new(Vocabulary { tokens: (0..100u32).map(|i| format!("t{i}").into_bytes()).collect(), stop_ids: vec![0] })
+    Arc::new(Vocabulary::new((0..100u32).map(|i| format!("t{i}")), vec![0]))
 }
 
 fn runtime() -> Runtime {

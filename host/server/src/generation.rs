@@ -25,7 +25,10 @@ pub struct GenerationSpec {
     /// client that did not choose a limit is not refused for it); `None`:
     /// all the room there is.
     pub default_max_tokens: Option<u32>,
+    /// The client's stop strings.
     pub stop: Vec<String>,
+    /// Stop strings the pipeline's template added (not the client's to fix).
+    pub template_stop: Vec<String>,
     pub ignore_eos: bool,
     pub logprobs: bool,
     pub top_logprobs: usize,
@@ -92,6 +95,18 @@ impl GenerationSpec {
                 format!("stop strings must be 1 to {MAX_STOP_BYTES} bytes long, got {} bytes", bad.len()),
             ));
         }
+        let mut stop = self.stop;
+        for extra in self.template_stop {
+            if extra.is_empty() || extra.len() > MAX_STOP_BYTES {
+                return Err(ApiError::Plugin(format!(
+                    "the template plugin returned a stop string of {} bytes (1 to {MAX_STOP_BYTES} allowed)",
+                    extra.len()
+                )));
+            }
+            if !stop.contains(&extra) {
+                stop.push(extra);
+            }
+        }
         let backend = state.backend();
         let limits = backend.limits();
         let prompt_tokens = self.prompt_tokens.len();
@@ -116,7 +131,7 @@ impl GenerationSpec {
             (false, _, None) => None,
         };
         let post = match &self.pipeline {
-            Some(pipeline) => pipeline.post_chain(&self.stop).map_err(|e| ApiError::Plugin(e.to_string()))?,
+            Some(pipeline) => pipeline.post_chain(&stop).map_err(|e| ApiError::Plugin(e.to_string()))?,
             None => PostChain::default(),
         };
         let request = GenerateRequest {
@@ -133,7 +148,7 @@ impl GenerationSpec {
         let stream = backend.submit(request)?;
         Ok(Generation {
             stream: Some(stream),
-            stop: StopMatcher::new(self.stop),
+            stop: StopMatcher::new(stop),
             post,
             ready: VecDeque::new(),
             pending_logprobs: Vec::new(),
@@ -163,6 +178,7 @@ impl Generation {
                     }
                     let usage = Usage::new(self.prompt_tokens, self.generated);
                     if let Err(e) = self.pass(&text, None, usage) {
+                        self.stream = None;
                         return Some(Err(e));
                     }
                 }
@@ -173,6 +189,7 @@ impl Generation {
                     };
                     let usage = Usage::new(usage.prompt_tokens, usage.completion_tokens);
                     if let Err(e) = self.pass(&tail, Some(reason), usage) {
+                        self.stream = None;
                         return Some(Err(e));
                     }
                 }
@@ -207,6 +224,21 @@ impl Generation {
     /// `end` is the engine's finish, when this is the last text. Finishes the
     /// generation when either stops it.
     fn pass(&mut self, text: &str, end: Option<FinishReason>, usage: Usage) -> Result<(), ApiError> {
+        if self.post.is_empty() {
+            return self.pass_here(text, end, usage);
+        }
+        // Post-processors are synchronous WebAssembly calls (each bounded by
+        // the call deadline): on a multi-threaded runtime the other tasks of
+        // this worker move elsewhere while they run.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| self.pass_here(text, end, usage))
+            }
+            _ => self.pass_here(text, end, usage),
+        }
+    }
+
+    fn pass_here(&mut self, text: &str, end: Option<FinishReason>, usage: Usage) -> Result<(), ApiError> {
         let released = self.stop.push(text);
         let mut out = self.post.push(&released.text).map_err(plugin_failed)?;
         let mut post_stopped = out.stopped;

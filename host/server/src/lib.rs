@@ -118,7 +118,12 @@ impl AppState {
     /// The pipeline a request runs (`None`: the host alone, no plugins).
     pub(crate) fn pipeline(&self, requested: Option<&str>) -> Result<Option<Resolved>, ApiError> {
         match (self.plugins(), requested) {
-            (Some(plugins), _) => Ok(Some(plugins.resolve(requested)?)),
+            // Only the pipeline's name is the client's business; a plugin the
+            // registry cannot provide is the server's fault.
+            (Some(plugins), _) => plugins.resolve(requested).map(Some).map_err(|e| match e {
+                e @ kiln_pipeline::PipelineError::UnknownPipeline { .. } => e.into(),
+                other => ApiError::Internal(other.to_string()),
+            }),
             (None, None) => Ok(None),
             (None, Some(kiln_pipeline::NATIVE_PIPELINE)) => Ok(None),
             (None, Some(name)) => Err(ApiError::invalid(

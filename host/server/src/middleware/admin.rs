@@ -31,9 +31,14 @@ pub async fn require_admin(State(state): State<AppState>, request: Request, next
         .map(|c| c.0)
         // What tests put in place of a connection.
         .or_else(|| extensions.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0));
+    // A reverse proxy on this machine makes every client look local: a
+    // forwarded request is not a local one.
+    let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| request.headers().contains_key(*h));
     match (state.config().admin, peer) {
         (AdminAccess::Anyone, _) => Ok(next.run(request).await),
-        (AdminAccess::Loopback, Some(peer)) if peer.ip().is_loopback() => Ok(next.run(request).await),
+        (AdminAccess::Loopback, Some(peer)) if peer.ip().to_canonical().is_loopback() && !forwarded => {
+            Ok(next.run(request).await)
+        }
         (AdminAccess::Loopback, _) => {
             Err(ApiError::Forbidden("the admin endpoints answer loopback clients only (see --admin)".into()))
         }

@@ -56,11 +56,10 @@ pub async fn chat_completions(
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "must hold at least one message"));
     }
-    let mut sampling = sampling(req.take_sampling())?;
+    let sampling = sampling(req.take_sampling())?;
     let pipeline = state.pipeline(sampling.pipeline.as_deref())?;
     let prompt = Prompt::Chat { messages, add_generation_prompt: true };
     let prompt = state.prompt_tokens(prompt, pipeline.as_ref()).await?;
-    sampling.stop.extend(prompt.stop);
     let max_tokens_field = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
     let generation = GenerationSpec {
         prompt_tokens: prompt.tokens,
@@ -68,6 +67,7 @@ pub async fn chat_completions(
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
         default_max_tokens: None,
         stop: sampling.stop,
+        template_stop: prompt.stop,
         ignore_eos: sampling.ignore_eos,
         logprobs,
         top_logprobs,

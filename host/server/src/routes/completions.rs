@@ -57,6 +57,7 @@ pub async fn completions(
         top_logprobs: top.unwrap_or(0),
         json: false,
         pipeline,
+        template_stop: Vec::new(),
     }
     .start(&state)?;
 

@@ -85,14 +85,13 @@ async fn start(state: &AppState, req: GenerateRequest) -> Result<Generation, Api
     };
     let pipeline = state.pipeline(req.pipeline.as_deref())?;
     let prompt = state.prompt_tokens(prompt, pipeline.as_ref()).await?;
-    let mut stop = req.stop.map(|s| s.into_vec()).unwrap_or_default();
-    stop.extend(prompt.stop);
     GenerationSpec {
         prompt_tokens: prompt.tokens,
         params: knobs.into_params(Vec::new()),
         max_tokens: req.max_tokens,
         default_max_tokens: Some(DEFAULT_MAX_TOKENS),
-        stop,
+        stop: req.stop.map(|s| s.into_vec()).unwrap_or_default(),
+        template_stop: prompt.stop,
         ignore_eos: req.ignore_eos,
         pipeline,
         ..GenerationSpec::default()

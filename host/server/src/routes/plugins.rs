@@ -148,6 +148,7 @@ fn status(entry: &PluginEntry) -> PluginStatus {
         last_error: entry.last_error.as_ref().map(|e| e.message.clone()),
         last_error_at: entry.last_error.as_ref().map(|e| unix(e.at)),
         reloads: entry.reloads,
+        failed_reloads: entry.failed_reloads,
         metrics: PluginCallStats {
             calls: metrics.calls,
             errors: metrics.errors,

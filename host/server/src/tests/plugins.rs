@@ -139,6 +139,16 @@ async fn admin_endpoints_refuse_clients_that_are_not_local() {
 }
 
 #[tokio::test]
+async fn a_request_forwarded_by_a_local_proxy_is_not_an_admin_request() {
+    let (plugins, _dir) = plugin_host();
+    let app = app_with_plugins(plugins, loopback());
+    let request = Request::get("/v1/plugins").header("x-forwarded-for", "203.0.113.9").body(Body::empty()).unwrap();
+    send(&app, request).await.error(StatusCode::FORBIDDEN);
+    let v6 = app_with_plugins(plugin_host().0, "[::ffff:127.0.0.1]:1".parse().unwrap());
+    assert_eq!(get(&v6, "/v1/plugins").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn uploads_are_validated_before_they_replace_anything() {
     let (plugins, dir) = plugin_host();
     let app = app_with_plugins(plugins.clone(), loopback());
