@@ -73,6 +73,7 @@ fn pull_with_an_unreachable_index_says_what_to_do() {
 
 #[test]
 fn bench_json_reports_every_figure() {
+    let _alone = crate::exclusive();
     let model = model_path();
     let out = run(kiln().args(["bench", "--json", "--runs", "1", "--model"]).arg(&model));
     assert!(out.status.success(), "{}", stderr(&out));

@@ -28,6 +28,15 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Held by the tests that saturate the machine (the benchmark) and the one
+/// that measures a latency (hot reload), so they never run side by side.
+pub static MACHINE_HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`MACHINE_HEAVY`] (a failed test holding it does not poison the rest).
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    MACHINE_HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The real default model (`$KILN_MODEL`, else kiln's cache, fetched on first use).
 pub fn model_path() -> PathBuf {
     kiln_hub::resolve_model(None, false).expect("the default model is needed by these tests")

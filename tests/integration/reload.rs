@@ -80,6 +80,7 @@ struct Answer {
 
 #[test]
 fn plugin_files_replaced_under_load_fail_no_request_and_never_reload_the_model() {
+    let _alone = crate::exclusive();
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
@@ -87,7 +88,11 @@ fn plugin_files_replaced_under_load_fail_no_request_and_never_reload_the_model()
     std::fs::write(&file, tagger(1)).unwrap();
     let config = dir.path().join("kiln.toml");
     std::fs::write(&config, "[plugins]\ndir = \"plugins\"\n\n[pipelines.tagged]\npost = [\"tagger\"]\n").unwrap();
-    let server = Arc::new(Server::start_with(&["--config", config.to_str().unwrap()], "info"));
+    // A compile cache of its own: every version is compiled, as a new file would be.
+    let cache = dir.path().join("cache");
+    let model = crate::model_path();
+    let args = ["--config", config.to_str().unwrap(), "--model", model.to_str().unwrap()];
+    let server = Arc::new(Server::start_with(&args, "info", &[("KILN_CACHE_DIR", &cache)]));
 
     let stop = Arc::new(AtomicBool::new(false));
     // Versions some answer has come from so far.

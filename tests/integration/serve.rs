@@ -19,16 +19,17 @@ pub(crate) struct Server {
 
 impl Server {
     fn start() -> Server {
-        Server::start_with(&[], "warn")
+        Server::start_with(&[], "warn", &[])
     }
 
-    /// `kiln serve` with extra arguments, logging at `log_level`.
-    pub(crate) fn start_with(args: &[&str], log_level: &str) -> Server {
+    /// `kiln serve` with extra arguments and environment, logging at `log_level`.
+    pub(crate) fn start_with(args: &[&str], log_level: &str, env: &[(&str, &Path)]) -> Server {
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = kiln()
             .args(["serve", "--port", "0", "--max-context", "2048"])
             .args(args)
             .env("RUST_LOG", log_level)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log.reopen().unwrap())
             .spawn()
