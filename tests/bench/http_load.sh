@@ -20,7 +20,7 @@ threads=$(nproc)
 cargo build --release -p kiln-cli --quiet
 model=$(./target/release/kiln pull 2>/dev/null | tail -1)
 kiln_port=18080 llama_port=18081
-./target/release/kiln serve --port $kiln_port >/tmp/kiln-bench-serve.log 2>&1 &
+./target/release/kiln serve --insecure-no-auth --port $kiln_port >/tmp/kiln-bench-serve.log 2>&1 &
 kiln_pid=$!
 LD_LIBRARY_PATH="$llama_bin" "$llama_bin/llama-server" -m "$model" -t "$threads" -np 16 -c 32768 \
   --port $llama_port >/tmp/kiln-bench-llama.log 2>&1 &

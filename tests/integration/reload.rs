@@ -91,7 +91,7 @@ fn plugin_files_replaced_under_load_fail_no_request_and_never_reload_the_model()
     // A compile cache of its own: every version is compiled, as a new file would be.
     let cache = dir.path().join("cache");
     let model = crate::model_path();
-    let args = ["--config", config.to_str().unwrap(), "--model", model.to_str().unwrap()];
+    let args = ["--config", config.to_str().unwrap(), "--model", model.to_str().unwrap(), "--insecure-no-auth"];
     let server = Arc::new(Server::start_with(&args, "info", &[("KILN_CACHE_DIR", &cache)]));
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -19,7 +19,7 @@ pub(crate) struct Server {
 
 impl Server {
     fn start() -> Server {
-        Server::start_with(&[], "warn", &[])
+        Server::start_with(&["--insecure-no-auth"], "warn", &[])
     }
 
     /// `kiln serve` with extra arguments and environment, logging at `log_level`.
@@ -58,11 +58,17 @@ impl Server {
     }
 
     /// Sends one request on a fresh connection; returns the socket to read from.
-    fn send(&self, method: &str, path: &str, body: &str) -> TcpStream {
+    pub(crate) fn send(&self, method: &str, path: &str, body: &str) -> TcpStream {
+        self.send_with(method, path, &[], body)
+    }
+
+    /// [`Server::send`] with extra headers.
+    pub(crate) fn send_with(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> TcpStream {
         let mut socket = TcpStream::connect(&self.address).unwrap();
         socket.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
             self.address,
             body.len()
         );
@@ -73,10 +79,39 @@ impl Server {
 
     /// Status line and body of a whole (non-streamed) answer.
     pub(crate) fn request(&self, method: &str, path: &str, body: &str) -> (String, String) {
+        self.request_with(method, path, &[], body)
+    }
+
+    /// [`Server::request`] with extra headers.
+    pub(crate) fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (String, String) {
         let mut text = String::new();
-        self.send(method, path, body).read_to_string(&mut text).unwrap();
+        self.send_with(method, path, headers, body).read_to_string(&mut text).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
         (head.lines().next().unwrap().to_string(), body.to_string())
+    }
+}
+
+impl Server {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit on its own; its exit status.
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < limit, "kiln serve did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

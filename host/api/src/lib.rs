@@ -9,6 +9,7 @@
 pub mod common;
 pub mod error;
 pub mod generate;
+pub mod health;
 pub mod openai;
 pub mod plugins;
 pub mod tokenize;

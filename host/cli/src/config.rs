@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use kiln_access::KeyConfig;
 use kiln_pipeline::{PipelineSpec, PluginsConfig};
 use serde::Deserialize;
 
@@ -30,6 +31,19 @@ pub struct FileConfig {
     /// Named pipelines, on top of the built-in `default` and `native`.
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineSpec>,
+    /// API keys (`kiln keys create` prints an entry).
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// Limits of keys that set none of their own.
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,10 +70,20 @@ impl FileConfig {
         Ok(config)
     }
 
+    /// The default limits, checked.
+    pub fn limits(&self) -> Result<kiln_access::Limits> {
+        let l = &self.limits;
+        anyhow::ensure!(
+            l.requests_per_minute != Some(0) && l.tokens_per_minute != Some(0),
+            "limits: a limit of 0 would refuse every request; leave it out for no limit"
+        );
+        Ok(kiln_access::Limits { requests_per_minute: l.requests_per_minute, tokens_per_minute: l.tokens_per_minute })
+    }
+
     /// The plugin host's configuration; `dir` from the command line wins.
-    pub fn plugins(self, dir: Option<PathBuf>, cache_dir: PathBuf) -> Result<PluginsConfig> {
+    pub fn plugins(&self, dir: Option<PathBuf>, cache_dir: PathBuf) -> Result<PluginsConfig> {
         let defaults = PluginsConfig::default();
-        let p = self.plugins;
+        let p = &self.plugins;
         let mut runtime = defaults.runtime.clone();
         runtime.cache_dir = Some(cache_dir);
         if let Some(mib) = p.memory_limit_mib {
@@ -71,11 +95,11 @@ impl FileConfig {
             runtime.call_timeout = Duration::from_millis(ms);
         }
         Ok(PluginsConfig {
-            dir: dir.or(p.dir),
+            dir: dir.or_else(|| p.dir.clone()),
             watch: p.watch.unwrap_or(defaults.watch),
             runtime,
-            pipelines: self.pipelines,
-            default_pipeline: p.default_pipeline.unwrap_or(defaults.default_pipeline),
+            pipelines: self.pipelines.clone(),
+            default_pipeline: p.default_pipeline.clone().unwrap_or(defaults.default_pipeline),
         })
     }
 }

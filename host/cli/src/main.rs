@@ -6,6 +6,7 @@
 
 mod bench;
 mod config;
+mod keys;
 mod load;
 mod serve;
 
@@ -39,6 +40,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Fetch the default model into the cache (verifying its sha256).
     Pull,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Answer one prompt, streaming only the generated text to stdout.
     Generate {
         #[command(flatten)]
@@ -78,6 +82,7 @@ fn main() -> Result<()> {
         )
         .init();
     match Cli::parse().command {
+        Command::Keys(command) => keys::run(command),
         Command::Pull => {
             let path = kiln_hub::pull(&kiln_hub::ModelSpec::DEFAULT, true)?;
             println!("{}", path.display());

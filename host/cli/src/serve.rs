@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kiln_engine::EngineConfig;
-use kiln_server::{AdminAccess, AppState, ServedModel, ServerConfig};
+use kiln_server::{AdminAccess, AppState, Auth, ServedModel, ServerConfig};
 
 use crate::config::FileConfig;
 use crate::{ModelArgs, load};
@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Serve without plugins: only the `native` pipeline.
     #[arg(long)]
     no_plugins: bool,
+    /// Serve without API keys: anyone who can connect may generate (logged
+    /// as a warning). Without this flag, keys must be configured.
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -64,6 +68,11 @@ enum Admin {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    // The configuration is checked before the model is loaded: a mistake
+    // costs no waiting.
+    let file = file_config(&args)?;
+    let auth = auth(&args, &file)?;
+    let limits = file.limits()?;
     let loaded = load::load(&args.model)?;
     let id = args.model_id.clone().unwrap_or_else(|| {
         let name = loaded.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -81,13 +90,25 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Admin::Anyone => AdminAccess::Anyone,
         Admin::None => AdminAccess::Nobody,
     };
-    let config = ServerConfig { max_body_bytes: args.max_body_bytes, drain_timeout, admin, ..ServerConfig::default() };
+    let config = ServerConfig {
+        max_body_bytes: args.max_body_bytes,
+        drain_timeout,
+        admin,
+        auth,
+        limits,
+        ..ServerConfig::default()
+    };
     let served = ServedModel::new(id, loaded.tokenizer.clone(), loaded.template);
     let mut _watcher = None;
     let state = if args.no_plugins {
         AppState::new(Arc::new(engine), served, config)
     } else {
-        let plugins = Arc::new(plugin_host(&args, &loaded.tokenizer)?);
+        let plugins = Arc::new(plugin_host(&args, &file, &loaded.tokenizer)?);
+        for (i, key) in file.keys.iter().enumerate() {
+            if let Some(p) = key.pipeline.as_deref().filter(|p| !plugins.pipelines().any(|(name, _)| name == *p)) {
+                anyhow::bail!("keys[{i}] ({}): pipeline {p:?} is not defined", key.name);
+            }
+        }
         if plugins.watches() {
             _watcher = Some(plugins.watch().context("watching the plugin directory")?);
         }
@@ -103,10 +124,39 @@ pub fn run(args: ServeArgs) -> Result<()> {
         tracing::info!(%address, model = %state.model().id, "serving; API docs at /docs");
         // One line on stdout that scripts (and the tests) wait for.
         println!("listening on http://{address}");
-        kiln_server::serve(listener, kiln_server::router(state), shutdown_signal(), drain_timeout)
-            .await
-            .context("serving")
+        // `/ready` answers 503 until one forward pass has run.
+        let warming = state.clone();
+        tokio::spawn(async move {
+            match warming.warm_up().await {
+                Ok(()) => tracing::info!("warmed up; ready"),
+                Err(e) => tracing::error!(error = %e, "the warm-up pass failed; /ready stays 503"),
+            }
+        });
+        let draining = state.clone();
+        let shutdown = async move {
+            shutdown_signal().await;
+            draining.start_draining();
+        };
+        kiln_server::serve(listener, kiln_server::router(state), shutdown, drain_timeout).await.context("serving")
     })
+}
+
+/// API keys from the configuration, or the explicit choice to run without.
+fn auth(args: &ServeArgs, file: &FileConfig) -> Result<Auth> {
+    match (file.keys.is_empty(), args.insecure_no_auth) {
+        (true, true) => {
+            tracing::warn!("serving WITHOUT API keys (--insecure-no-auth): anyone who can connect may generate");
+            Ok(Auth::Insecure)
+        }
+        (true, false) => anyhow::bail!(
+            "no API keys are configured. Create one with `kiln keys create`, add the [[keys]] entry it prints to \
+             a config file and pass --config FILE; or run without keys with --insecure-no-auth"
+        ),
+        (false, true) => {
+            anyhow::bail!("--insecure-no-auth was given, but the configuration has keys; drop one of them")
+        }
+        (false, false) => Ok(Auth::Keys(Arc::new(kiln_access::KeyStore::new(file.keys.clone())?))),
+    }
 }
 
 fn file_config(args: &ServeArgs) -> Result<FileConfig> {
@@ -115,9 +165,13 @@ fn file_config(args: &ServeArgs) -> Result<FileConfig> {
 
 /// The built-in plugins, the plugin directory's and the configured
 /// pipelines; compiled plugins are cached next to the models.
-fn plugin_host(args: &ServeArgs, tokenizer: &kiln_tokenizer::Tokenizer) -> Result<kiln_pipeline::PluginHost> {
+fn plugin_host(
+    args: &ServeArgs,
+    file: &FileConfig,
+    tokenizer: &kiln_tokenizer::Tokenizer,
+) -> Result<kiln_pipeline::PluginHost> {
     let cache_dir = kiln_hub::cache_dir()?.join("compiled-plugins");
-    let config = file_config(args)?.plugins(args.plugin_dir.clone(), cache_dir)?;
+    let config = file.plugins(args.plugin_dir.clone(), cache_dir)?;
     let started = std::time::Instant::now();
     let host = kiln_pipeline::PluginHost::new(tokenizer, config).context("loading plugins")?;
     tracing::info!(

@@ -45,9 +45,18 @@ pub enum ApiError {
     /// A change the server's state forbids (removing a plugin a pipeline needs).
     #[error("{0}")]
     Conflict(String),
-    /// Admin endpoints from a client that is not an admin.
+    /// A key this endpoint's scope is not given to (or an admin endpoint
+    /// from a client that is not an admin).
     #[error("{0}")]
     Forbidden(String),
+    /// No API key, or one that is not configured.
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("rate limit reached for {which} per minute; retry in {retry_after:?}")]
+    RateLimited { which: &'static str, retry_after: std::time::Duration },
+    /// Not ready to serve yet (warming up) or any more (draining).
+    #[error("{0}")]
+    NotReady(String),
     /// A plugin failed (trap, time or memory limit, bad output): the message
     /// names the plugin and its version, and is safe to show.
     #[error("{0}")]
@@ -75,6 +84,9 @@ impl ApiError {
             ApiError::InvalidPlugin(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Overloaded { .. } | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::Plugin(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -100,6 +112,9 @@ impl ApiError {
             ApiError::InvalidPlugin(_) => ("invalid_request_error", None, Some("invalid_plugin")),
             ApiError::Conflict(_) => ("invalid_request_error", None, Some("conflict")),
             ApiError::Forbidden(_) => ("permission_error", None, Some("forbidden")),
+            ApiError::Unauthorized(_) => ("authentication_error", None, Some("invalid_api_key")),
+            ApiError::RateLimited { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
+            ApiError::NotReady(_) => ("overloaded_error", None, Some("not_ready")),
             ApiError::Internal(_) => ("server_error", None, None),
             ApiError::Plugin(_) => ("server_error", None, Some("plugin_error")),
         };
@@ -137,9 +152,17 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(error = %self, %status, "request refused");
         }
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after, .. } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        };
         let mut response = (status, axum::Json(self.body())).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -55,3 +55,29 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     de.end().map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     Ok(value)
 }
+
+/// What the middleware learned about a request that handlers act on: who
+/// calls (for the key's default pipeline) and where its tokens are counted.
+#[derive(Clone, Debug, Default)]
+pub struct RequestContext {
+    pub caller: Option<crate::Caller>,
+    pub meter: Option<crate::TokenMeter>,
+}
+
+impl RequestContext {
+    /// The pipeline a request runs: its own choice, else its key's default.
+    pub fn pipeline<'a>(&'a self, requested: Option<&'a str>) -> Option<&'a str> {
+        requested.or_else(|| self.caller.as_ref()?.key.as_ref()?.config.pipeline.as_deref())
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestContext {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(RequestContext {
+            caller: parts.extensions.get::<crate::Caller>().cloned(),
+            meter: parts.extensions.get::<crate::TokenMeter>().cloned(),
+        })
+    }
+}

@@ -11,7 +11,7 @@ use kiln_api::{FinishReason, Usage};
 use kiln_engine::{GenerateRequest, SamplingParams, TokenEvent, TokenStream};
 use kiln_pipeline::{PostChain, Resolved};
 
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, TokenMeter};
 use kiln_stop::{MAX_STOP_BYTES, MAX_STOP_STRINGS, StopMatcher};
 
 /// What an endpoint asks for, in the engine's terms.
@@ -36,6 +36,8 @@ pub struct GenerationSpec {
     pub json: bool,
     /// The plugin versions this request runs (`None`: the host alone).
     pub pipeline: Option<Resolved>,
+    /// Where the request's tokens are counted against its caller's limit.
+    pub meter: Option<TokenMeter>,
 }
 
 /// A sampled token's log-probability and its most likely alternatives.
@@ -72,6 +74,8 @@ pub struct Generation {
     pending_logprobs: Vec<TokenLogprobs>,
     prompt_tokens: usize,
     generated: usize,
+    /// Taken when the tokens are counted (at the finish, or when dropped).
+    meter: Option<TokenMeter>,
 }
 
 /// A whole generation, for non-streaming answers.
@@ -154,6 +158,7 @@ impl GenerationSpec {
             pending_logprobs: Vec::new(),
             prompt_tokens,
             generated: 0,
+            meter: self.meter,
         })
     }
 }
@@ -274,6 +279,9 @@ impl Generation {
     }
 
     fn finish(&mut self, reason: FinishReason, usage: Usage) {
+        if let Some(meter) = self.meter.take() {
+            meter.charge(usage.total_tokens as usize);
+        }
         // Ends the engine's sequence now if a stop string cut it short.
         self.stream = None;
         // Every generated token's log-probability is reported, also for tokens
@@ -283,6 +291,16 @@ impl Generation {
             self.ready.push_back(Piece::Text { text: String::new(), tokens });
         }
         self.ready.push_back(Piece::Finished { reason, usage });
+    }
+}
+
+impl Drop for Generation {
+    /// A generation cut short (a client gone, a failure) still used what it
+    /// prefilled and generated.
+    fn drop(&mut self) {
+        if let Some(meter) = self.meter.take() {
+            meter.charge(self.prompt_tokens + self.generated);
+        }
     }
 }
 

@@ -29,6 +29,8 @@ use kiln_tokenizer::Tokenizer;
 
 pub use error::ApiError;
 pub use middleware::admin::AdminAccess;
+pub use middleware::auth::{Auth, Caller};
+pub use middleware::rate_limit::TokenMeter;
 pub use openapi::ApiDoc;
 
 /// The model being served, as the API presents it.
@@ -61,6 +63,12 @@ pub struct ServerConfig {
     pub admin: AdminAccess,
     /// Larger plugin uploads get 413.
     pub max_plugin_bytes: usize,
+    /// API keys, or none (`--insecure-no-auth`).
+    pub auth: Auth,
+    /// Limits of keys that set none of their own (and of anonymous callers, by address).
+    pub limits: kiln_access::Limits,
+    /// `/metrics` without a key (for scrapers inside a trusted network).
+    pub public_metrics: bool,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +79,9 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(30),
             admin: AdminAccess::default(),
             max_plugin_bytes: 64 << 20,
+            auth: Auth::Insecure,
+            limits: kiln_access::Limits::default(),
+            public_metrics: true,
         }
     }
 }
@@ -88,6 +99,34 @@ struct Inner {
     /// Plugins and pipelines; `None`: serving without them (the `native`
     /// pipeline only).
     plugins: Option<Arc<PluginHost>>,
+    limiter: Arc<kiln_access::Limiter>,
+    started: std::time::Instant,
+    /// Warmed up (one forward pass done) and not draining.
+    ready: std::sync::atomic::AtomicBool,
+    draining: std::sync::atomic::AtomicBool,
+}
+
+/// Callers with rate-limit state at most (idle ones are forgotten first).
+const MAX_LIMITED_CALLERS: usize = 100_000;
+
+impl Inner {
+    fn new(
+        backend: Arc<dyn Backend>,
+        model: ServedModel,
+        config: ServerConfig,
+        plugins: Option<Arc<PluginHost>>,
+    ) -> Self {
+        Inner {
+            backend,
+            model,
+            config,
+            plugins,
+            limiter: Arc::new(kiln_access::Limiter::new(MAX_LIMITED_CALLERS)),
+            started: std::time::Instant::now(),
+            ready: Default::default(),
+            draining: Default::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -98,7 +137,7 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     pub fn new(backend: Arc<dyn Backend>, model: ServedModel, config: ServerConfig) -> Self {
-        AppState { inner: Arc::new(Inner { backend, model, config, plugins: None }) }
+        AppState { inner: Arc::new(Inner::new(backend, model, config, None)) }
     }
 
     /// The same state with plugins.
@@ -108,7 +147,43 @@ impl AppState {
         config: ServerConfig,
         plugins: Arc<PluginHost>,
     ) -> Self {
-        AppState { inner: Arc::new(Inner { backend, model, config, plugins: Some(plugins) }) }
+        AppState { inner: Arc::new(Inner::new(backend, model, config, Some(plugins))) }
+    }
+
+    pub(crate) fn limiter(&self) -> &kiln_access::Limiter {
+        &self.inner.limiter
+    }
+
+    pub(crate) fn limiter_arc(&self) -> Arc<kiln_access::Limiter> {
+        self.inner.limiter.clone()
+    }
+
+    pub(crate) fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(std::sync::atomic::Ordering::Acquire)
+            && !self.inner.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Runs one forward pass (a one-token generation) so the first client
+    /// does not pay for cold caches, then reports ready.
+    pub async fn warm_up(&self) -> Result<(), ApiError> {
+        let prompt = self.prompt_tokens(Prompt::Text("Hello".into()), None).await?.tokens;
+        let spec = generation::GenerationSpec { prompt_tokens: prompt, max_tokens: Some(1), ..Default::default() };
+        spec.start(self)?.collect().await?;
+        self.inner.ready.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// After a shutdown signal: `/ready` answers 503 so balancers stop sending.
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, std::sync::atomic::Ordering::Release);
     }
 
     pub fn plugins(&self) -> Option<&PluginHost> {
@@ -249,7 +324,9 @@ pub fn router(state: AppState) -> Router {
         // Runs after the outer limit's layer, so uploads get their own.
         .layer(DefaultBodyLimit::max(state.config().max_plugin_bytes))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::admin::require_admin));
-    Router::new()
+    let routes = Router::new()
+        .route("/health", get(routes::health::health))
+        .route("/ready", get(routes::health::ready))
         .route("/v1/generate", post(routes::generate::generate))
         .route("/v1/generate/stream", post(routes::generate::generate_stream))
         .route("/v1/chat/completions", post(routes::chat::chat_completions))
@@ -264,7 +341,8 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(Extension(extract::BodyLimit(limit)))
-        .with_state(state)
+        .with_state(state.clone());
+    middleware::apply(routes, &state)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets open

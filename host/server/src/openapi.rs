@@ -32,6 +32,8 @@ use crate::routes;
         routes::plugins::put_plugin,
         routes::plugins::reload_plugin,
         routes::plugins::delete_plugin,
+        routes::health::health,
+        routes::health::ready,
     ),
     components(schemas(kiln_api::generate::GenerateStreamEnd, kiln_api::ErrorBody)),
     tags(
@@ -39,6 +41,7 @@ use crate::routes;
         (name = "openai", description = "OpenAI-compatible API"),
         (name = "tokens", description = "Token counting"),
         (name = "plugins", description = "Plugin administration (admin clients only)"),
+        (name = "probes", description = "Liveness and readiness"),
     )
 )]
 pub struct ApiDoc;

@@ -34,7 +34,11 @@ pub async fn require_admin(State(state): State<AppState>, request: Request, next
     // A reverse proxy on this machine makes every client look local: a
     // forwarded request is not a local one.
     let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| request.headers().contains_key(*h));
+    let keyed = matches!(state.config().auth, super::auth::Auth::Keys(_));
     match (state.config().admin, peer) {
+        (AdminAccess::Nobody, _) => Err(ApiError::Forbidden("the admin endpoints are turned off (see --admin)".into())),
+        // With API keys, the `admin` scope (checked by authentication) decides.
+        (_, _) if keyed => Ok(next.run(request).await),
         (AdminAccess::Anyone, _) => Ok(next.run(request).await),
         (AdminAccess::Loopback, Some(peer)) if peer.ip().to_canonical().is_loopback() && !forwarded => {
             Ok(next.run(request).await)
@@ -42,6 +46,5 @@ pub async fn require_admin(State(state): State<AppState>, request: Request, next
         (AdminAccess::Loopback, _) => {
             Err(ApiError::Forbidden("the admin endpoints answer loopback clients only (see --admin)".into()))
         }
-        (AdminAccess::Nobody, _) => Err(ApiError::Forbidden("the admin endpoints are turned off (see --admin)".into())),
     }
 }

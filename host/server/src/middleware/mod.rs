@@ -1,3 +1,20 @@
-//! Middleware, one file per concern.
+//! Middleware, one file per concern, assembled in [`apply`].
 
 pub mod admin;
+pub mod auth;
+pub mod rate_limit;
+pub mod request_id;
+
+use axum::Router;
+use axum::middleware::{from_fn, from_fn_with_state};
+
+use crate::AppState;
+
+/// Wraps every route: request id (outermost, so every answer carries one),
+/// then authentication, then rate limits.
+pub fn apply(router: Router, state: &AppState) -> Router {
+    router
+        .layer(from_fn_with_state(state.clone(), rate_limit::rate_limit))
+        .layer(from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(from_fn(request_id::request_id))
+}

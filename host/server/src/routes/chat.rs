@@ -12,7 +12,7 @@ use kiln_engine::MAX_TOP_LOGPROBS;
 
 use super::openai::sampling;
 use super::{completion_id, json_event, sse, token_text};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, RequestContext};
 use crate::generation::{GenerationSpec, Piece, TokenLogprobs};
 use crate::openapi::GenerationErrors;
 use crate::{ApiError, AppState, Prompt, unix_now};
@@ -28,6 +28,7 @@ const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
     ))]
 pub async fn chat_completions(
     State(state): State<AppState>,
+    context: RequestContext,
     ApiJson(mut req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     state.check_model(req.model.as_deref())?;
@@ -57,7 +58,7 @@ pub async fn chat_completions(
         return Err(ApiError::invalid("messages", "must hold at least one message"));
     }
     let sampling = sampling(req.take_sampling())?;
-    let pipeline = state.pipeline(sampling.pipeline.as_deref())?;
+    let pipeline = state.pipeline(context.pipeline(sampling.pipeline.as_deref()))?;
     let prompt = Prompt::Chat { messages, add_generation_prompt: true };
     let prompt = state.prompt_tokens(prompt, pipeline.as_ref()).await?;
     let max_tokens_field = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
@@ -73,6 +74,7 @@ pub async fn chat_completions(
         top_logprobs,
         json,
         pipeline,
+        meter: context.meter,
     }
     .start(&state)
     .map_err(|e| match e {

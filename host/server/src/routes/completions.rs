@@ -11,7 +11,7 @@ use kiln_api::openai::{Completion, CompletionChoice, CompletionLogprobs, Complet
 
 use super::openai::sampling;
 use super::{completion_id, json_event, sse, token_text};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, RequestContext};
 use crate::generation::{GenerationSpec, Piece, TokenLogprobs};
 use crate::openapi::GenerationErrors;
 use crate::{ApiError, AppState, Prompt, unix_now};
@@ -30,6 +30,7 @@ const MAX_LOGPROBS: u32 = 5;
     ))]
 pub async fn completions(
     State(state): State<AppState>,
+    context: RequestContext,
     ApiJson(mut req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     state.check_model(req.model.as_deref())?;
@@ -43,7 +44,7 @@ pub async fn completions(
         return Err(ApiError::invalid("logprobs", format!("must be at most {MAX_LOGPROBS}, got {n}")));
     }
     let sampling = sampling(req.take_sampling())?;
-    let pipeline = state.pipeline(sampling.pipeline.as_deref())?;
+    let pipeline = state.pipeline(context.pipeline(sampling.pipeline.as_deref()))?;
     let (prompt_tokens, echo) = prompt(&state, req.prompt, req.echo).await?;
     let top = req.logprobs.map(|n| n as usize);
     let generation = GenerationSpec {
@@ -58,6 +59,7 @@ pub async fn completions(
         json: false,
         pipeline,
         template_stop: Vec::new(),
+        meter: context.meter,
     }
     .start(&state)?;
 

@@ -7,7 +7,7 @@ use kiln_api::generate::{GenerateChunk, GenerateRequest, GenerateResponse, Gener
 use kiln_chat::ChatMessage;
 
 use super::{Knobs, json_event, sse};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, RequestContext};
 use crate::generation::{Generation, GenerationSpec, Piece};
 use crate::openapi::GenerationErrors;
 use crate::{ApiError, AppState, Prompt};
@@ -21,10 +21,11 @@ use crate::{ApiError, AppState, Prompt};
     ))]
 pub async fn generate(
     State(state): State<AppState>,
+    context: RequestContext,
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Response, ApiError> {
     let stream = req.stream;
-    let generation = start(&state, req).await?;
+    let generation = start(&state, context, req).await?;
     if stream {
         return Ok(stream_events(&state, generation));
     }
@@ -49,16 +50,17 @@ pub async fn generate(
     ))]
 pub async fn generate_stream(
     State(state): State<AppState>,
+    context: RequestContext,
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Response, ApiError> {
-    let generation = start(&state, req).await?;
+    let generation = start(&state, context, req).await?;
     Ok(stream_events(&state, generation))
 }
 
 /// The guide's `max_tokens` default.
 const DEFAULT_MAX_TOKENS: u32 = 512;
 
-async fn start(state: &AppState, req: GenerateRequest) -> Result<Generation, ApiError> {
+async fn start(state: &AppState, context: RequestContext, req: GenerateRequest) -> Result<Generation, ApiError> {
     state.check_model(req.model.as_deref())?;
     if req.prompt.is_empty() {
         return Err(ApiError::invalid("prompt", "must not be empty"));
@@ -83,7 +85,7 @@ async fn start(state: &AppState, req: GenerateRequest) -> Result<Generation, Api
         presence_penalty: req.presence_penalty,
         seed: req.seed,
     };
-    let pipeline = state.pipeline(req.pipeline.as_deref())?;
+    let pipeline = state.pipeline(context.pipeline(req.pipeline.as_deref()))?;
     let prompt = state.prompt_tokens(prompt, pipeline.as_ref()).await?;
     GenerationSpec {
         prompt_tokens: prompt.tokens,
@@ -94,6 +96,7 @@ async fn start(state: &AppState, req: GenerateRequest) -> Result<Generation, Api
         template_stop: prompt.stop,
         ignore_eos: req.ignore_eos,
         pipeline,
+        meter: context.meter,
         ..GenerationSpec::default()
     }
     .start(state)

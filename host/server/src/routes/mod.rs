@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod completions;
 pub mod generate;
+pub mod health;
 pub mod models;
 mod openai;
 pub mod plugins;

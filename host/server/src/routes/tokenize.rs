@@ -6,7 +6,7 @@ use kiln_api::ErrorBody;
 use kiln_api::tokenize::{DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse};
 
 use super::chat::chat_messages;
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, RequestContext};
 use crate::{ApiError, AppState, Prompt};
 
 /// Count a prompt's tokens: either `prompt` as is, or `messages` rendered with
@@ -19,6 +19,7 @@ use crate::{ApiError, AppState, Prompt};
     ))]
 pub async fn tokenize(
     State(state): State<AppState>,
+    context: RequestContext,
     ApiJson(req): ApiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     state.check_model(req.model.as_deref())?;
@@ -29,7 +30,7 @@ pub async fn tokenize(
         }
         _ => return Err(ApiError::invalid("prompt", "give exactly one of `prompt` and `messages`")),
     };
-    let pipeline = state.pipeline(req.pipeline.as_deref())?;
+    let pipeline = state.pipeline(context.pipeline(req.pipeline.as_deref()))?;
     let tokens = state.prompt_tokens(prompt, pipeline.as_ref()).await?.tokens;
     Ok(Json(TokenizeResponse {
         count: tokens.len() as u32,

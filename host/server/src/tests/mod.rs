@@ -2,6 +2,7 @@
 //! for failures a real engine cannot be made to produce on demand, on fake
 //! backends), plus cancellation over a real socket.
 
+mod access;
 mod cancel;
 mod docs;
 mod errors;
@@ -31,7 +32,7 @@ pub const MODEL_ID: &str = "smollm2-test";
 /// A small context keeps the "prompt too long" tests cheap.
 pub const CONTEXT: usize = 1024;
 
-fn loaded() -> (Arc<Model>, Arc<Tokenizer>) {
+pub(crate) fn loaded() -> (Arc<Model>, Arc<Tokenizer>) {
     static LOADED: OnceLock<(Arc<Model>, Arc<Tokenizer>)> = OnceLock::new();
     LOADED
         .get_or_init(|| {
@@ -44,7 +45,7 @@ fn loaded() -> (Arc<Model>, Arc<Tokenizer>) {
         .clone()
 }
 
-fn served(tokenizer: Arc<Tokenizer>) -> ServedModel {
+pub(crate) fn served(tokenizer: Arc<Tokenizer>) -> ServedModel {
     let template = ChatTemplate::new(tokenizer.chat_template(), "", "<|im_end|>").unwrap();
     ServedModel::new(MODEL_ID, tokenizer, template)
 }

@@ -1,0 +1,203 @@
+//! API keys: digests, scopes, constant-time lookup.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::AccessError;
+
+/// What a key may do. `admin` includes `generate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Inference and token counting.
+    Generate,
+    /// Everything, plugin administration included.
+    Admin,
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scope::Generate => "generate",
+            Scope::Admin => "admin",
+        })
+    }
+}
+
+/// One key as configured (`[[keys]]` in kiln.toml).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Who the key belongs to; shown in logs and metrics, never the key.
+    pub name: String,
+    /// Hex sha256 of the key (`kiln keys create` prints it).
+    pub sha256: String,
+    #[serde(default = "generate_only")]
+    pub scopes: Vec<Scope>,
+    /// Overrides of the server's default limits for this key.
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    /// The pipeline this key's requests run when they name none.
+    pub pipeline: Option<String>,
+}
+
+fn generate_only() -> Vec<Scope> {
+    vec![Scope::Generate]
+}
+
+/// A configured key, found by [`KeyStore::verify`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Key {
+    pub config: KeyConfig,
+    digest: [u8; 32],
+}
+
+impl Key {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.config.scopes.contains(&Scope::Admin) || self.config.scopes.contains(&scope)
+    }
+}
+
+/// Every configured key.
+#[derive(Clone, Debug, Default)]
+pub struct KeyStore {
+    keys: Vec<Key>,
+}
+
+impl KeyStore {
+    /// Checks every entry: a well-formed digest, a name, at least one scope,
+    /// no name or digest twice.
+    pub fn new(configs: Vec<KeyConfig>) -> Result<KeyStore, AccessError> {
+        let mut keys: Vec<Key> = Vec::with_capacity(configs.len());
+        for (index, config) in configs.into_iter().enumerate() {
+            let bad = |message: String| AccessError::BadKey { index, name: config.name.clone(), message };
+            let mut digest = [0u8; 32];
+            hex::decode_to_slice(config.sha256.trim(), &mut digest)
+                .map_err(|e| bad(format!("sha256 must be 64 hex digits ({e})")))?;
+            if config.name.trim().is_empty() {
+                return Err(bad("name must not be empty".into()));
+            }
+            if config.scopes.is_empty() {
+                return Err(bad("scopes must list at least one of generate, admin".into()));
+            }
+            if config.requests_per_minute == Some(0) || config.tokens_per_minute == Some(0) {
+                return Err(bad("a limit of 0 would refuse every request; leave it out for the default".into()));
+            }
+            if keys.iter().any(|k| k.config.name == config.name) {
+                return Err(bad("another key has the same name".into()));
+            }
+            if keys.iter().any(|k| k.digest == digest) {
+                return Err(bad("another key has the same sha256".into()));
+            }
+            keys.push(Key { config, digest });
+        }
+        Ok(KeyStore { keys })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+
+    /// The key `presented` is, if any. Its digest is compared with every
+    /// configured one, in constant time and without stopping at a match, so
+    /// the answer's timing says nothing about which digests exist.
+    pub fn verify(&self, presented: &str) -> Option<&Key> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for key in &self.keys {
+            if bool::from(key.digest.ct_eq(&digest)) {
+                found = Some(key);
+            }
+        }
+        found
+    }
+}
+
+/// A new random key: `kiln-` and 64 hex digits (256 bits).
+pub fn generate_key() -> Result<String, AccessError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| AccessError::Random(e.to_string()))?;
+    Ok(format!("kiln-{}", hex::encode(bytes)))
+}
+
+/// The digest to configure for `key`.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, key: &str, scopes: Vec<Scope>) -> KeyConfig {
+        KeyConfig {
+            name: name.into(),
+            sha256: hash_key(key),
+            scopes,
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            pipeline: None,
+        }
+    }
+
+    #[test]
+    fn a_key_is_found_by_its_digest_and_carries_its_scopes() {
+        let store = KeyStore::new(vec![
+            config("app", "kiln-app", vec![Scope::Generate]),
+            config("ops", "kiln-ops", vec![Scope::Admin]),
+        ])
+        .unwrap();
+        let app = store.verify("kiln-app").unwrap();
+        assert_eq!(app.name(), "app");
+        assert!(app.allows(Scope::Generate) && !app.allows(Scope::Admin));
+        let ops = store.verify("kiln-ops").unwrap();
+        assert!(ops.allows(Scope::Generate) && ops.allows(Scope::Admin), "admin includes generate");
+        assert!(store.verify("kiln-nobody").is_none());
+        assert!(store.verify("").is_none());
+        // The stored digest itself is not a key.
+        assert!(store.verify(&hash_key("kiln-app")).is_none());
+    }
+
+    #[test]
+    fn bad_entries_are_refused_naming_the_key() {
+        let mut short = config("short", "k", vec![Scope::Generate]);
+        short.sha256.truncate(10);
+        let err = KeyStore::new(vec![short]).unwrap_err().to_string();
+        assert!(err.contains("keys[0] (short)") && err.contains("64 hex"), "{err}");
+        let twice = KeyStore::new(vec![config("a", "k", vec![Scope::Generate]), config("b", "k", vec![Scope::Admin])]);
+        assert!(twice.unwrap_err().to_string().contains("same sha256"));
+        assert!(KeyStore::new(vec![config("a", "k", vec![])]).is_err());
+    }
+
+    #[test]
+    fn generated_keys_are_random_and_verify_against_their_hash() {
+        let (a, b) = (generate_key().unwrap(), generate_key().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 5 + 64);
+        let store = KeyStore::new(vec![config("new", &a, vec![Scope::Generate])]).unwrap();
+        assert!(store.verify(&a).is_some() && store.verify(&b).is_none());
+    }
+
+    #[test]
+    fn keys_parse_from_toml_with_generate_as_the_default_scope() {
+        #[derive(Debug, Deserialize)]
+        struct File {
+            keys: Vec<KeyConfig>,
+        }
+        let text = format!("[[keys]]\nname = \"app\"\nsha256 = \"{}\"\ntokens_per_minute = 1000\n", hash_key("x"));
+        let file: File = toml::from_str(&text).unwrap();
+        assert_eq!(file.keys[0].scopes, [Scope::Generate]);
+        assert_eq!(file.keys[0].tokens_per_minute, Some(1000));
+        let unknown = toml::from_str::<File>("[[keys]]\nname = \"a\"\nsha = \"0\"\n").unwrap_err();
+        assert!(unknown.to_string().contains("sha"), "{unknown}");
+    }
+}

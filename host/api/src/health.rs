@@ -1,0 +1,29 @@
+//! Probes: `GET /health` (liveness, with what is loaded) and `GET /ready`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `draining` after a shutdown signal.
+    pub status: String,
+    /// The served model's id.
+    pub model: String,
+    pub model_loaded: bool,
+    /// True only when the model runs on a CUDA device.
+    pub gpu_available: bool,
+    /// kiln's version.
+    pub version: String,
+    pub uptime_secs: u64,
+    /// Sequences in the running batch.
+    pub running: usize,
+    /// Requests waiting for a batch slot.
+    pub queued: usize,
+    /// Loaded plugins as `name@version`.
+    pub plugins: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Ready {
+    pub ready: bool,
+}

@@ -1,0 +1,95 @@
+//! API keys: `Authorization: Bearer KEY` (OpenAI's clients) or `X-API-Key:
+//! KEY` (the guide's). Probes, metrics and the API docs are public; plugin
+//! administration needs the `admin` scope; everything else `generate`.
+//! Without configured keys the server runs only when started with
+//! `--insecure-no-auth`, and then every caller is anonymous.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
+use kiln_access::{Key, KeyStore, Scope};
+
+use crate::{ApiError, AppState};
+
+/// How callers are authenticated.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    Keys(Arc<KeyStore>),
+    /// No keys: anyone may call (an explicit operator choice, logged at start).
+    Insecure,
+}
+
+/// Who is calling: the key that authenticated the request, if any.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub key: Option<Key>,
+}
+
+impl Caller {
+    pub fn name(&self) -> Option<&str> {
+        self.key.as_ref().map(Key::name)
+    }
+}
+
+/// Paths anyone may call, whatever the authentication.
+pub fn is_public(path: &str, public_metrics: bool) -> bool {
+    matches!(path, "/health" | "/ready" | "/openapi.json")
+        || path == "/docs"
+        || path.starts_with("/docs/")
+        || (public_metrics && path == "/metrics")
+}
+
+fn scope_of(path: &str) -> Scope {
+    if path == "/v1/plugins" || path.starts_with("/v1/plugins/") || path == "/metrics" {
+        Scope::Admin
+    } else {
+        Scope::Generate
+    }
+}
+
+/// The key a request presents, from either header.
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok())).map(str::trim)
+}
+
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let path = request.uri().path();
+    let config = state.config();
+    if is_public(path, config.public_metrics) {
+        return Ok(next.run(request).await);
+    }
+    let caller = match &config.auth {
+        Auth::Insecure => Caller { key: None },
+        Auth::Keys(keys) => {
+            let Some(presented) = presented(request.headers()) else {
+                return Err(ApiError::Unauthorized(
+                    "no API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`".into(),
+                ));
+            };
+            let Some(key) = keys.verify(presented) else {
+                return Err(ApiError::Unauthorized("the API key is not valid".into()));
+            };
+            let needed = scope_of(path);
+            if !key.allows(needed) {
+                return Err(ApiError::Forbidden(format!(
+                    "the key {:?} lacks the `{needed}` scope this endpoint needs",
+                    key.name()
+                )));
+            }
+            Caller { key: Some(key.clone()) }
+        }
+    };
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}

@@ -1,0 +1,160 @@
+//! The production layer's front door: API keys and scopes, per-key rate
+//! limits, request ids, and the probes.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use kiln_access::{KeyConfig, KeyStore, Limits, Scope, hash_key};
+use serde_json::json;
+
+use super::*;
+use crate::{Auth, ServerConfig};
+
+const APP_KEY: &str = "kiln-app-key";
+const OPS_KEY: &str = "kiln-ops-key";
+const SMALL_KEY: &str = "kiln-small-key";
+
+fn key(name: &str, key: &str, scope: Scope, requests_per_minute: Option<u32>) -> KeyConfig {
+    KeyConfig {
+        name: name.into(),
+        sha256: hash_key(key),
+        scopes: vec![scope],
+        requests_per_minute,
+        tokens_per_minute: None,
+        pipeline: None,
+    }
+}
+
+fn keyed_config(limits: Limits) -> ServerConfig {
+    let keys = KeyStore::new(vec![
+        key("app", APP_KEY, Scope::Generate, None),
+        key("ops", OPS_KEY, Scope::Admin, None),
+        key("small", SMALL_KEY, Scope::Generate, Some(5)),
+    ])
+    .unwrap();
+    ServerConfig { auth: Auth::Keys(Arc::new(keys)), limits, ..ServerConfig::default() }
+}
+
+fn keyed_app(limits: Limits) -> Router {
+    fake_app_with(Fake::Say(vec!["Hello", " there"]), keyed_config(limits))
+}
+
+fn generate(key: Option<(&str, &str)>) -> Request<Body> {
+    let mut request = Request::post("/v1/generate").header("content-type", "application/json");
+    if let Some((header, value)) = key {
+        request = request.header(header, value);
+    }
+    request.body(Body::from(json!({"prompt": "Hi", "max_tokens": 2}).to_string())).unwrap()
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_key_get_401() {
+    let app = keyed_app(Limits::default());
+    let missing = send(&app, generate(None)).await;
+    assert_eq!(missing.error(StatusCode::UNAUTHORIZED)["code"], "invalid_api_key");
+    assert_eq!(missing.headers["www-authenticate"], "Bearer");
+    let wrong = send(&app, generate(Some(("authorization", "Bearer kiln-guess")))).await;
+    wrong.error(StatusCode::UNAUTHORIZED);
+    // The configured digest is not a key.
+    let digest = format!("Bearer {}", hash_key(APP_KEY));
+    send(&app, generate(Some(("authorization", &digest)))).await.error(StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_key_works_in_either_header() {
+    let app = keyed_app(Limits::default());
+    let bearer = format!("Bearer {APP_KEY}");
+    assert_eq!(send(&app, generate(Some(("authorization", &bearer)))).await.status, StatusCode::OK);
+    assert_eq!(send(&app, generate(Some(("x-api-key", APP_KEY)))).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn plugin_administration_needs_the_admin_scope() {
+    let app = keyed_app(Limits::default());
+    let list = |key: &str| Request::get("/v1/plugins").header("x-api-key", key).body(Body::empty()).unwrap();
+    let refused = send(&app, list(APP_KEY)).await.error(StatusCode::FORBIDDEN);
+    assert!(refused["message"].as_str().unwrap().contains("admin"), "{refused}");
+    // An admin key passes authentication; this server has no plugins to list.
+    assert_eq!(send(&app, list(OPS_KEY)).await.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn probes_and_docs_need_no_key() {
+    let app = keyed_app(Limits::default());
+    for path in ["/health", "/openapi.json", "/docs/"] {
+        assert_ne!(get(&app, path).await.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let health = get(&app, "/health").await;
+    assert_eq!(health.status, StatusCode::OK);
+    let health = health.json();
+    assert_eq!((health["status"].as_str(), health["model_loaded"].as_bool()), (Some("ok"), Some(true)));
+    assert_eq!(health["gpu_available"], false);
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_and_a_sane_client_id_is_kept() {
+    let app = keyed_app(Limits::default());
+    let answer = get(&app, "/health").await;
+    assert_eq!(answer.headers["x-request-id"].len(), 32);
+    let mine = Request::get("/health").header("x-request-id", "trace-42").body(Body::empty()).unwrap();
+    assert_eq!(send(&app, mine).await.headers["x-request-id"], "trace-42");
+    let junk = Request::get("/nope").header("x-request-id", "a b").body(Body::empty()).unwrap();
+    assert_ne!(send(&app, junk).await.headers["x-request-id"], "a b");
+}
+
+#[tokio::test]
+async fn limited_answers_carry_openais_rate_limit_headers_and_429_past_the_limit() {
+    let app = keyed_app(Limits::default());
+    for remaining in (0..5).rev() {
+        let ok = send(&app, generate(Some(("x-api-key", SMALL_KEY)))).await;
+        assert_eq!(ok.status, StatusCode::OK);
+        assert_eq!(ok.headers["x-ratelimit-limit-requests"], "5");
+        assert_eq!(ok.headers["x-ratelimit-remaining-requests"], remaining.to_string().as_str());
+        assert!(ok.headers.contains_key("x-ratelimit-reset-requests"));
+    }
+    let limited = send(&app, generate(Some(("x-api-key", SMALL_KEY)))).await;
+    let error = limited.error(StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error["code"], "rate_limit_exceeded");
+    let retry: u64 = limited.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=12).contains(&retry), "{retry}");
+    assert_eq!(limited.headers["x-ratelimit-remaining-requests"], "0");
+}
+
+#[tokio::test]
+async fn one_key_flooding_past_its_limit_leaves_another_key_untouched() {
+    let app = keyed_app(Limits::default());
+    let flood = (0..50).map(|_| send(&app, generate(Some(("x-api-key", SMALL_KEY)))));
+    let steady = (0..20).map(|_| send(&app, generate(Some(("x-api-key", APP_KEY)))));
+    let (flood, steady) = tokio::join!(futures_util::future::join_all(flood), futures_util::future::join_all(steady));
+    let limited = flood.iter().filter(|a| a.status == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!(limited, 45, "10x the limit of 5: all but 5 refused");
+    assert!(steady.iter().all(|a| a.status == StatusCode::OK), "the other key saw errors");
+}
+
+#[tokio::test]
+async fn tokens_are_counted_when_a_generation_ends() {
+    // Each fake answer is 1 prompt token and 2 generated: 3 tokens.
+    let app = keyed_app(Limits { requests_per_minute: None, tokens_per_minute: Some(4) });
+    let first = send(&app, generate(Some(("x-api-key", APP_KEY)))).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.headers["x-ratelimit-limit-tokens"], "4");
+    assert_eq!(send(&app, generate(Some(("x-api-key", APP_KEY)))).await.status, StatusCode::OK);
+    // 6 of 4 spent: the debt is waited out.
+    let limited = send(&app, generate(Some(("x-api-key", APP_KEY)))).await;
+    assert!(limited.error(StatusCode::TOO_MANY_REQUESTS)["message"].as_str().unwrap().contains("tokens"));
+}
+
+#[tokio::test]
+async fn ready_only_after_the_warm_up_and_not_while_draining() {
+    let (model, tokenizer) = super::loaded();
+    let engine = Arc::new(kiln_engine::Engine::start(model, tokenizer.clone(), kiln_engine::EngineConfig::default()));
+    let state = crate::AppState::new(engine, super::served(tokenizer), ServerConfig::default());
+    let app = crate::router(state.clone());
+    assert_eq!(get(&app, "/ready").await.error(StatusCode::SERVICE_UNAVAILABLE)["code"], "not_ready");
+    state.warm_up().await.unwrap();
+    assert_eq!(get(&app, "/ready").await.status, StatusCode::OK);
+    state.start_draining();
+    get(&app, "/ready").await.error(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get(&app, "/health").await.json()["status"], "draining");
+}
