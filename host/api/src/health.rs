@@ -21,6 +21,10 @@ pub struct Health {
     pub queued: usize,
     /// Loaded plugins as `name@version`.
     pub plugins: Vec<String>,
+    /// Answers in the response cache.
+    pub cache_size: usize,
+    /// Their size in bytes.
+    pub cache_bytes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

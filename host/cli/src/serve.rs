@@ -48,6 +48,12 @@ pub struct ServeArgs {
     /// Who may manage plugins over HTTP (`/v1/plugins`).
     #[arg(long, value_enum, default_value_t = Admin::Loopback)]
     admin: Admin,
+    /// Memory for cached answers of deterministic requests, in MiB (0 disables the cache).
+    #[arg(long, default_value_t = kiln_server::CacheConfig::default().max_bytes >> 20)]
+    cache_mib: usize,
+    /// Seconds a cached answer is served before it is generated anew.
+    #[arg(long, default_value_t = kiln_server::CacheConfig::default().ttl.as_secs())]
+    cache_ttl_secs: u64,
     /// Serve without plugins: only the `native` pipeline.
     #[arg(long)]
     no_plugins: bool,
@@ -96,6 +102,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         admin,
         auth,
         limits,
+        cache: kiln_server::CacheConfig {
+            max_bytes: args.cache_mib << 20,
+            ttl: Duration::from_secs(args.cache_ttl_secs),
+        },
         ..ServerConfig::default()
     };
     let served = ServedModel::new(id, loaded.tokenizer.clone(), loaded.template);

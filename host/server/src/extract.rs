@@ -62,6 +62,8 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 pub struct RequestContext {
     pub caller: Option<crate::Caller>,
     pub meter: Option<crate::TokenMeter>,
+    /// `Cache-Control: no-cache` (or `no-store`): not served from the cache.
+    pub no_cache: bool,
 }
 
 impl RequestContext {
@@ -78,6 +80,12 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestContext {
         Ok(RequestContext {
             caller: parts.extensions.get::<crate::Caller>().cloned(),
             meter: parts.extensions.get::<crate::TokenMeter>().cloned(),
+            no_cache: parts
+                .headers
+                .get_all(axum::http::header::CACHE_CONTROL)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.split(',').any(|d| matches!(d.trim(), "no-cache" | "no-store"))),
         })
     }
 }

@@ -6,11 +6,13 @@
 //! gone, a handler future cancelled) cancels the sequence at the next step.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use kiln_api::{FinishReason, Usage};
 use kiln_engine::{GenerateRequest, SamplingParams, TokenEvent, TokenStream};
 use kiln_pipeline::{PostChain, Resolved};
 
+use crate::cache::{CacheKey, KeyParts, ResponseCache, deterministic};
 use crate::{ApiError, AppState, TokenMeter};
 use kiln_stop::{MAX_STOP_BYTES, MAX_STOP_STRINGS, StopMatcher};
 
@@ -38,6 +40,32 @@ pub struct GenerationSpec {
     pub pipeline: Option<Resolved>,
     /// Where the request's tokens are counted against its caller's limit.
     pub meter: Option<TokenMeter>,
+    /// The client asked not to be served from the cache (`Cache-Control: no-cache`).
+    pub no_cache: bool,
+}
+
+/// How the response cache took part in a generation (the `x-kiln-cache` header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Replayed from the cache.
+    Hit,
+    /// Generated, and stored when it finishes.
+    Miss,
+    /// Deterministic, but the client asked for a fresh answer (stored anew).
+    Bypass,
+    /// Not cacheable (sampled without a seed), or the cache is off.
+    Off,
+}
+
+impl CacheStatus {
+    pub fn header(self) -> Option<&'static str> {
+        match self {
+            CacheStatus::Hit => Some("hit"),
+            CacheStatus::Miss => Some("miss"),
+            CacheStatus::Bypass => Some("bypass"),
+            CacheStatus::Off => None,
+        }
+    }
 }
 
 /// A sampled token's log-probability and its most likely alternatives.
@@ -76,6 +104,9 @@ pub struct Generation {
     generated: usize,
     /// Taken when the tokens are counted (at the finish, or when dropped).
     meter: Option<TokenMeter>,
+    cache_status: CacheStatus,
+    /// The pieces so far, for the cache, when this answer will be stored.
+    record: Option<(CacheKey, Vec<Piece>, Arc<ResponseCache>)>,
 }
 
 /// A whole generation, for non-streaming answers.
@@ -120,6 +151,30 @@ impl GenerationSpec {
             (None, Some(default)) => (default as usize).min(room),
             (None, None) => room,
         };
+        let cache = state.cache();
+        let key = (cache.enabled() && deterministic(&self.params)).then(|| {
+            KeyParts {
+                model: &state.model().id,
+                prompt_tokens: &self.prompt_tokens,
+                params: &self.params,
+                max_tokens,
+                stop: &stop,
+                ignore_eos: self.ignore_eos,
+                logprobs: self.logprobs,
+                top_logprobs: self.top_logprobs,
+                json: self.json,
+                plugins: self.pipeline.iter().flat_map(|p| p.plugins()).map(|i| format!("{i} {}", i.sha256)).collect(),
+            }
+            .key()
+        });
+        let cache_status = match key {
+            None => CacheStatus::Off,
+            Some(_) if self.no_cache => CacheStatus::Bypass,
+            Some(key) => match cache.get(&key) {
+                Some(answer) => return Ok(Generation::replay(&answer, prompt_tokens)),
+                None => CacheStatus::Miss,
+            },
+        };
         // json-mode replaces the pipeline's sampler: the output must parse.
         let policy = match (self.json, state.plugins(), &self.pipeline) {
             (true, None, _) => {
@@ -159,15 +214,39 @@ impl GenerationSpec {
             prompt_tokens,
             generated: 0,
             meter: self.meter,
+            cache_status,
+            record: key.map(|k| (k, Vec::new(), state.cache_arc())),
         })
     }
 }
 
 impl Generation {
+    /// A cached answer, replayed piece by piece.
+    fn replay(answer: &[Piece], prompt_tokens: usize) -> Generation {
+        Generation {
+            stream: None,
+            stop: StopMatcher::default(),
+            post: PostChain::default(),
+            ready: answer.iter().cloned().collect(),
+            pending_logprobs: Vec::new(),
+            prompt_tokens,
+            generated: 0,
+            // Nothing was computed: no tokens to count.
+            meter: None,
+            cache_status: CacheStatus::Hit,
+            record: None,
+        }
+    }
+
+    pub fn cache_status(&self) -> CacheStatus {
+        self.cache_status
+    }
+
     /// The next piece; `None` after [`Piece::Finished`] or an error.
     pub async fn next(&mut self) -> Option<Result<Piece, ApiError>> {
         loop {
             if let Some(piece) = self.ready.pop_front() {
+                self.remember(&piece);
                 return Some(Ok(piece));
             }
             let stream = self.stream.as_mut()?;
@@ -269,6 +348,18 @@ impl Generation {
         self.release(out.text);
         self.finish(reason, usage);
         Ok(())
+    }
+
+    /// Keeps a copy of each piece of an answer to be cached; stores the
+    /// whole at its finish (an answer cut short is never stored).
+    fn remember(&mut self, piece: &Piece) {
+        let Some((_, pieces, _)) = &mut self.record else { return };
+        pieces.push(piece.clone());
+        if matches!(piece, Piece::Finished { .. })
+            && let Some((key, pieces, cache)) = self.record.take()
+        {
+            cache.put(key, pieces);
+        }
     }
 
     fn release(&mut self, text: String) {

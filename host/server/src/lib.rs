@@ -8,6 +8,7 @@
 //! requests, so it knows nothing of models or kernels; errors become HTTP
 //! answers in one place ([`ApiError`]).
 
+mod cache;
 mod error;
 mod extract;
 mod generation;
@@ -27,6 +28,7 @@ use kiln_engine::Backend;
 use kiln_pipeline::{ModelTemplate, PluginHost, Resolved};
 use kiln_tokenizer::Tokenizer;
 
+pub use cache::{CacheConfig, CacheStats};
 pub use error::ApiError;
 pub use middleware::admin::AdminAccess;
 pub use middleware::auth::{Auth, Caller};
@@ -69,6 +71,7 @@ pub struct ServerConfig {
     pub limits: kiln_access::Limits,
     /// `/metrics` without a key (for scrapers inside a trusted network).
     pub public_metrics: bool,
+    pub cache: CacheConfig,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +85,7 @@ impl Default for ServerConfig {
             auth: Auth::Insecure,
             limits: kiln_access::Limits::default(),
             public_metrics: true,
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -100,6 +104,7 @@ struct Inner {
     /// pipeline only).
     plugins: Option<Arc<PluginHost>>,
     limiter: Arc<kiln_access::Limiter>,
+    cache: Arc<cache::ResponseCache>,
     started: std::time::Instant,
     /// Warmed up (one forward pass done) and not draining.
     ready: std::sync::atomic::AtomicBool,
@@ -119,6 +124,7 @@ impl Inner {
         Inner {
             backend,
             model,
+            cache: Arc::new(cache::ResponseCache::new(config.cache)),
             config,
             plugins,
             limiter: Arc::new(kiln_access::Limiter::new(MAX_LIMITED_CALLERS)),
@@ -156,6 +162,18 @@ impl AppState {
 
     pub(crate) fn limiter_arc(&self) -> Arc<kiln_access::Limiter> {
         self.inner.limiter.clone()
+    }
+
+    pub(crate) fn cache(&self) -> &cache::ResponseCache {
+        &self.inner.cache
+    }
+
+    pub(crate) fn cache_arc(&self) -> Arc<cache::ResponseCache> {
+        self.inner.cache.clone()
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.cache.stats()
     }
 
     pub(crate) fn uptime(&self) -> Duration {

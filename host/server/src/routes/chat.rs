@@ -75,6 +75,7 @@ pub async fn chat_completions(
         json,
         pipeline,
         meter: context.meter,
+        no_cache: context.no_cache,
     }
     .start(&state)
     .map_err(|e| match e {
@@ -90,8 +91,9 @@ pub async fn chat_completions(
 
     let (id, created, model) = (completion_id("chatcmpl"), unix_now(), state.model().id.clone());
     if !req.stream {
+        let cache = generation.cache_status();
         let done = generation.collect().await?;
-        return Ok(Json(ChatCompletion {
+        let response = Json(ChatCompletion {
             id,
             object: "chat.completion".into(),
             created,
@@ -104,7 +106,8 @@ pub async fn chat_completions(
             }],
             usage: done.usage,
         })
-        .into_response());
+        .into_response();
+        return Ok(super::mark_cache(response, cache));
     }
 
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);

@@ -60,6 +60,7 @@ pub async fn completions(
         pipeline,
         template_stop: Vec::new(),
         meter: context.meter,
+        no_cache: context.no_cache,
     }
     .start(&state)?;
 
@@ -81,11 +82,12 @@ pub async fn completions(
     // `text_offset` counts characters from the start of the returned text.
     let mut offset = echo.as_ref().map_or(0, |e| e.chars().count());
     if !req.stream {
+        let cache = generation.cache_status();
         let done = generation.collect().await?;
         let logprobs = top.map(|_| completion_logprobs(&state, &done.tokens, &mut offset));
         let text = echo.unwrap_or_default() + &done.text;
         let answer = completion(vec![choice(text, logprobs, Some(done.reason))], Some(done.usage));
-        return Ok(Json(answer).into_response());
+        return Ok(super::mark_cache(Json(answer).into_response(), cache));
     }
 
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);

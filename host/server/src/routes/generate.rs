@@ -29,15 +29,17 @@ pub async fn generate(
     if stream {
         return Ok(stream_events(&state, generation));
     }
+    let cache = generation.cache_status();
     let done = generation.collect().await?;
-    Ok(Json(GenerateResponse {
+    let response = Json(GenerateResponse {
         text: done.text,
         tokens_used: done.usage.total_tokens,
         model: state.model().id.clone(),
         finish_reason: done.reason,
         usage: done.usage,
     })
-    .into_response())
+    .into_response();
+    Ok(super::mark_cache(response, cache))
 }
 
 /// Stream the answer as Server-Sent Events: one `{"text"}` event per decoded
@@ -97,6 +99,7 @@ async fn start(state: &AppState, context: RequestContext, req: GenerateRequest) 
         ignore_eos: req.ignore_eos,
         pipeline,
         meter: context.meter,
+        no_cache: context.no_cache,
         ..GenerationSpec::default()
     }
     .start(state)

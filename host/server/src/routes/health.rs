@@ -14,6 +14,7 @@ use crate::{ApiError, AppState};
     responses((status = 200, description = "The process is alive", body = Health)))]
 pub async fn health(State(state): State<AppState>) -> Json<Health> {
     let stats = state.backend().stats();
+    let cache = state.cache_stats();
     let plugins = state
         .plugins()
         .map(|p| p.plugins().iter().filter_map(|e| e.info().map(ToString::to_string)).collect())
@@ -29,6 +30,8 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
         running: stats.active(),
         queued: stats.queued(),
         plugins,
+        cache_size: cache.entries,
+        cache_bytes: cache.bytes,
     })
 }
 

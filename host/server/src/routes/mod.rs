@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, stream};
 use kiln_engine::SamplingParams;
 
-use crate::generation::{Generation, Piece};
+use crate::generation::{CacheStatus, Generation, Piece};
 use crate::{ApiError, AppState};
 
 /// Streams a generation as Server-Sent Events: `format` turns each piece
@@ -29,6 +29,7 @@ pub(crate) fn sse<F>(state: &AppState, generation: Generation, format: F) -> Res
 where
     F: FnMut(Piece) -> Vec<Event> + Send + 'static,
 {
+    let cache = generation.cache_status();
     let events = stream::unfold((Some(generation), format), |(generation, mut format)| async move {
         let mut generation = generation?;
         match generation.next().await? {
@@ -46,6 +47,14 @@ where
         Sse::new(events).keep_alive(KeepAlive::new().interval(state.config().sse_keep_alive)).into_response();
     // Reverse proxies (nginx) buffer responses unless told not to.
     response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    mark_cache(response, cache)
+}
+
+/// The `x-kiln-cache` header: whether the answer came from the response cache.
+pub(crate) fn mark_cache(mut response: Response, status: CacheStatus) -> Response {
+    if let Some(value) = status.header() {
+        response.headers_mut().insert("x-kiln-cache", HeaderValue::from_static(value));
+    }
     response
 }
 
