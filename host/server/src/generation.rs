@@ -105,6 +105,9 @@ pub struct Generation {
     /// Taken when the tokens are counted (at the finish, or when dropped).
     meter: Option<TokenMeter>,
     cache_status: CacheStatus,
+    /// When the generation was admitted, and when it last let text out.
+    started: std::time::Instant,
+    last_text: Option<std::time::Instant>,
     /// The pieces so far, for the cache, when this answer will be stored.
     record: Option<(CacheKey, Vec<Piece>, Arc<ResponseCache>)>,
 }
@@ -215,6 +218,8 @@ impl GenerationSpec {
             generated: 0,
             meter: self.meter,
             cache_status,
+            started: std::time::Instant::now(),
+            last_text: None,
             record: key.map(|k| (k, Vec::new(), state.cache_arc())),
         })
     }
@@ -234,6 +239,8 @@ impl Generation {
             // Nothing was computed: no tokens to count.
             meter: None,
             cache_status: CacheStatus::Hit,
+            started: std::time::Instant::now(),
+            last_text: None,
             record: None,
         }
     }
@@ -364,12 +371,19 @@ impl Generation {
 
     fn release(&mut self, text: String) {
         if !text.is_empty() {
+            let now = std::time::Instant::now();
+            match self.last_text.replace(now) {
+                None => metrics::histogram!("kiln_time_to_first_token_seconds").record(now - self.started),
+                Some(last) => metrics::histogram!("kiln_inter_token_latency_seconds").record(now - last),
+            }
             let tokens = std::mem::take(&mut self.pending_logprobs);
             self.ready.push_back(Piece::Text { text, tokens });
         }
     }
 
     fn finish(&mut self, reason: FinishReason, usage: Usage) {
+        metrics::counter!("kiln_prompt_tokens_total").increment(u64::from(usage.prompt_tokens));
+        metrics::counter!("kiln_generated_tokens_total").increment(u64::from(usage.completion_tokens));
         if let Some(meter) = self.meter.take() {
             meter.charge(usage.total_tokens as usize);
         }

@@ -121,6 +121,8 @@ impl Inner {
         config: ServerConfig,
         plugins: Option<Arc<PluginHost>>,
     ) -> Self {
+        // Installs the metrics recorder before anything is recorded.
+        routes::metrics::handle();
         Inner {
             backend,
             model,
@@ -345,6 +347,7 @@ pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/health", get(routes::health::health))
         .route("/ready", get(routes::health::ready))
+        .route("/metrics", get(routes::metrics::metrics))
         .route("/v1/generate", post(routes::generate::generate))
         .route("/v1/generate/stream", post(routes::generate::generate_stream))
         .route("/v1/chat/completions", post(routes::chat::chat_completions))

@@ -34,6 +34,7 @@ use crate::routes;
         routes::plugins::delete_plugin,
         routes::health::health,
         routes::health::ready,
+        routes::metrics::metrics,
     ),
     components(schemas(kiln_api::generate::GenerateStreamEnd, kiln_api::ErrorBody)),
     tags(

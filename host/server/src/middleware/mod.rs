@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod metrics;
 pub mod rate_limit;
 pub mod request_id;
 
@@ -11,10 +12,11 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use crate::AppState;
 
 /// Wraps every route: request id (outermost, so every answer carries one),
-/// then authentication, then rate limits.
+/// metrics (every answer counted, refusals too), authentication, rate limits.
 pub fn apply(router: Router, state: &AppState) -> Router {
     router
         .layer(from_fn_with_state(state.clone(), rate_limit::rate_limit))
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(from_fn(metrics::record))
         .layer(from_fn(request_id::request_id))
 }

@@ -64,6 +64,7 @@ pub async fn rate_limit(State(state): State<AppState>, mut request: Request, nex
                 (Some(r), _) if r.remaining == 0 => "requests",
                 _ => "tokens",
             };
+            metrics::counter!("kiln_rate_limited_total", "limit" => which).increment(1);
             ApiError::RateLimited { which, retry_after }.into_response()
         }
         None => {

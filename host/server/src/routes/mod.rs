@@ -5,6 +5,7 @@ pub mod chat;
 pub mod completions;
 pub mod generate;
 pub mod health;
+pub mod metrics;
 pub mod models;
 mod openai;
 pub mod plugins;

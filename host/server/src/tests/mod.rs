@@ -8,6 +8,7 @@ mod cancel;
 mod docs;
 mod errors;
 mod generate;
+mod metrics;
 mod openai;
 mod plugins;
 mod tokenize;
