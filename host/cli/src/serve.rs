@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// Who may manage plugins over HTTP (`/v1/plugins`).
     #[arg(long, value_enum, default_value_t = Admin::Loopback)]
     admin: Admin,
+    /// Seconds a generation may run before it is stopped (504, or an error event on a stream).
+    #[arg(long, env = "KILN_REQUEST_TIMEOUT_SECS", default_value_t = ServerConfig::default().request_timeout.as_secs())]
+    request_timeout_secs: u64,
     /// Memory for cached answers of deterministic requests, in MiB (0 disables the cache).
     #[arg(long, default_value_t = kiln_server::CacheConfig::default().max_bytes >> 20)]
     cache_mib: usize,
@@ -102,6 +105,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         admin,
         auth,
         limits,
+        request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
         cache: kiln_server::CacheConfig {
             max_bytes: args.cache_mib << 20,
             ttl: Duration::from_secs(args.cache_ttl_secs),

@@ -54,6 +54,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("rate limit reached for {which} per minute; retry in {retry_after:?}")]
     RateLimited { which: &'static str, retry_after: std::time::Duration },
+    /// The generation ran past the request timeout and was stopped.
+    #[error("the request ran past the server's time limit of {limit:?} and was stopped")]
+    Timeout { limit: std::time::Duration },
     /// Not ready to serve yet (warming up) or any more (draining).
     #[error("{0}")]
     NotReady(String),
@@ -87,6 +90,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Overloaded { .. } | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::Plugin(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -115,6 +119,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => ("authentication_error", None, Some("invalid_api_key")),
             ApiError::RateLimited { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
             ApiError::NotReady(_) => ("overloaded_error", None, Some("not_ready")),
+            ApiError::Timeout { .. } => ("timeout_error", None, Some("timeout")),
             ApiError::Internal(_) => ("server_error", None, None),
             ApiError::Plugin(_) => ("server_error", None, Some("plugin_error")),
         };

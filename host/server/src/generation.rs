@@ -107,6 +107,9 @@ pub struct Generation {
     cache_status: CacheStatus,
     /// When the generation was admitted, and when it last let text out.
     started: std::time::Instant,
+    /// Past this the generation is stopped (the request timeout).
+    admitted: tokio::time::Instant,
+    deadline: tokio::time::Instant,
     last_text: Option<std::time::Instant>,
     /// The pieces so far, for the cache, when this answer will be stored.
     record: Option<(CacheKey, Vec<Piece>, Arc<ResponseCache>)>,
@@ -219,6 +222,8 @@ impl GenerationSpec {
             meter: self.meter,
             cache_status,
             started: std::time::Instant::now(),
+            admitted: tokio::time::Instant::now(),
+            deadline: tokio::time::Instant::now() + state.config().request_timeout,
             last_text: None,
             record: key.map(|k| (k, Vec::new(), state.cache_arc())),
         })
@@ -240,6 +245,8 @@ impl Generation {
             meter: None,
             cache_status: CacheStatus::Hit,
             started: std::time::Instant::now(),
+            admitted: tokio::time::Instant::now(),
+            deadline: tokio::time::Instant::now(),
             last_text: None,
             record: None,
         }
@@ -257,9 +264,19 @@ impl Generation {
                 return Some(Ok(piece));
             }
             let stream = self.stream.as_mut()?;
-            let Some(event) = stream.next().await else {
-                self.stream = None;
-                return Some(Err(ApiError::Internal("the engine dropped the sequence without finishing it".into())));
+            let event = match tokio::time::timeout_at(self.deadline, stream.next()).await {
+                Ok(Some(event)) => event,
+                Ok(None) => {
+                    self.stream = None;
+                    return Some(Err(ApiError::Internal(
+                        "the engine dropped the sequence without finishing it".into(),
+                    )));
+                }
+                Err(_) => {
+                    // Dropping the stream stops the sequence at its next step.
+                    self.stream = None;
+                    return Some(Err(ApiError::Timeout { limit: self.deadline - self.admitted }));
+                }
             };
             match event {
                 TokenEvent::Token { id, text, logprob, top_logprobs } => {

@@ -72,6 +72,9 @@ pub struct ServerConfig {
     /// `/metrics` without a key (for scrapers inside a trusted network).
     pub public_metrics: bool,
     pub cache: CacheConfig,
+    /// A generation still running after this is stopped: 504 (`code:
+    /// timeout`), or as the last event of a stream.
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +89,7 @@ impl Default for ServerConfig {
             limits: kiln_access::Limits::default(),
             public_metrics: true,
             cache: CacheConfig::default(),
+            request_timeout: Duration::from_secs(120),
         }
     }
 }

@@ -62,7 +62,12 @@ impl IntoResponses for GenerationErrors {
             ("400", "Malformed JSON, a value out of range, an unknown model, a prompt over the context"),
             ("413", "Body over the size limit"),
             ("422", "A missing field or one of the wrong type (`param` names it)"),
-            ("503", "At capacity; retry after `Retry-After` seconds"),
+            ("401", "No API key, or one that is not configured"),
+            ("403", "The key lacks the scope"),
+            ("429", "Over the key's requests or tokens per minute; retry after `Retry-After` seconds"),
+            ("500", "A plugin failed (`code: plugin_error`, naming it), or a server fault"),
+            ("503", "At capacity, warming up or draining; retry after `Retry-After` seconds"),
+            ("504", "Ran past the request timeout (`code: timeout`); the generation was stopped"),
         ]
         .into_iter()
         .map(|(status, description)| {

@@ -206,3 +206,15 @@ async fn a_quiet_stream_sends_keep_alive_comments() {
     assert!(comments >= 2, "{body}");
     assert_eq!(answer.json_events()[0]["text"], "late");
 }
+
+#[tokio::test]
+async fn a_generation_past_the_request_timeout_is_stopped_with_a_504() {
+    let config = crate::ServerConfig { request_timeout: std::time::Duration::from_millis(50), ..Default::default() };
+    let app = super::fake_app_with(Fake::Slow(std::time::Duration::from_secs(5)), config);
+    let answer = post(&app, "/v1/generate", serde_json::json!({"prompt": "hi", "max_tokens": 4})).await;
+    let error = answer.error(axum::http::StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(error["code"], "timeout");
+    let streamed = post(&app, "/v1/generate/stream", serde_json::json!({"prompt": "hi", "max_tokens": 4})).await;
+    let events = streamed.json_events();
+    assert_eq!(events.last().unwrap()["error"]["code"], "timeout", "{events:?}");
+}
