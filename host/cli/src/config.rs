@@ -104,6 +104,49 @@ impl FileConfig {
     }
 }
 
+impl FileConfig {
+    /// Everything that can be checked without loading the model: keys,
+    /// limits, plugin settings, and that every plugin a pipeline (or a key)
+    /// names is built in or has a file in the plugin directory.
+    pub fn check(&self) -> Result<String> {
+        let keys = kiln_access::KeyStore::new(self.keys.clone())?;
+        self.limits()?;
+        let plugins = self.plugins(None, PathBuf::new())?;
+        for (name, spec) in &self.pipelines {
+            kiln_pipeline::check_name(name).map_err(|e| anyhow::anyhow!("pipelines.{name}: {e}"))?;
+            let stages = spec.template.iter().chain(&spec.sampler).chain(&spec.post);
+            for plugin in stages {
+                let built_in = kiln_pipeline::built_in_plugins().any(|b| b == plugin);
+                let file = plugins.dir.as_ref().is_some_and(|d| d.join(format!("{plugin}.wasm")).is_file());
+                anyhow::ensure!(
+                    built_in || file,
+                    "pipelines.{name}: {plugin:?} is neither built in nor a {plugin}.wasm in the plugin directory"
+                );
+            }
+        }
+        let defined = |p: &str| {
+            self.pipelines.contains_key(p)
+                || [kiln_pipeline::DEFAULT_PIPELINE, kiln_pipeline::NATIVE_PIPELINE].contains(&p)
+        };
+        anyhow::ensure!(
+            defined(&plugins.default_pipeline),
+            "plugins.default_pipeline: {:?} is not defined",
+            plugins.default_pipeline
+        );
+        for (i, key) in self.keys.iter().enumerate() {
+            if let Some(p) = key.pipeline.as_deref().filter(|p| !defined(p)) {
+                anyhow::bail!("keys[{i}] ({}): pipeline {p:?} is not defined", key.name);
+            }
+        }
+        Ok(format!(
+            "{} keys, {} pipelines, plugin directory {}",
+            keys.keys().len(),
+            self.pipelines.len() + 2,
+            plugins.dir.map_or("none".into(), |d| d.display().to_string())
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +157,17 @@ mod tests {
         assert!(err.to_string().contains("samplr"), "{err}");
         let err = toml::from_str::<FileConfig>("[plugins]\ndri = \"p\"\n").unwrap_err();
         assert!(err.to_string().contains("dri"), "{err}");
+    }
+
+    #[test]
+    fn check_names_what_is_wrong() {
+        let config: FileConfig = toml::from_str("[pipelines.p]\npost = [\"nowhere\"]\n").unwrap();
+        let err = config.check().unwrap_err().to_string();
+        assert!(err.contains("pipelines.p") && err.contains("nowhere"), "{err}");
+        let config: FileConfig = toml::from_str("[pipelines.p]\npost = [\"redact\"]\n").unwrap();
+        assert!(config.check().unwrap().contains("3 pipelines"));
+        let config: FileConfig = toml::from_str("[[keys]]\nname = \"a\"\nsha256 = \"00\"\n").unwrap();
+        assert!(config.check().unwrap_err().to_string().contains("keys[0] (a)"));
     }
 
     #[test]

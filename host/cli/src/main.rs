@@ -22,6 +22,9 @@ use kiln_engine::{Backend as _, EngineConfig, GenerateRequest, SamplingParams, T
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text, or as one JSON object each (for log collectors).
+    #[arg(long, global = true, env = "KILN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -43,6 +46,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Check a configuration file without starting the server.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Answer one prompt, streaming only the generated text to stdout.
     Generate {
         #[command(flatten)]
@@ -74,15 +80,36 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Parse and validate FILE (keys, limits, plugins, pipelines); exit 1 naming the first problem.
+    Check {
+        #[arg(env = "KILN_CONFIG")]
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,kiln=info".into()),
-        )
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,kiln=info".into());
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match cli.command {
         Command::Keys(command) => keys::run(command),
+        Command::Config(ConfigCommand::Check { file }) => {
+            let summary = config::FileConfig::read(&file)?.check()?;
+            println!("{}: ok ({summary})", file.display());
+            Ok(())
+        }
         Command::Pull => {
             let path = kiln_hub::pull(&kiln_hub::ModelSpec::DEFAULT, true)?;
             println!("{}", path.display());

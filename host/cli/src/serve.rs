@@ -21,22 +21,22 @@ pub struct ServeArgs {
     #[arg(long, env = "KILN_PORT", default_value_t = 8000)]
     port: u16,
     /// The model's name in the API (default: the file name without `.gguf`).
-    #[arg(long)]
+    #[arg(long, env = "KILN_MODEL_ID")]
     model_id: Option<String>,
     /// Sequences decoded together in one step.
-    #[arg(long, default_value_t = EngineConfig::default().max_batch)]
+    #[arg(long, env = "KILN_MAX_BATCH", default_value_t = EngineConfig::default().max_batch)]
     max_batch: usize,
     /// Requests waiting for a batch slot before new ones get 503.
-    #[arg(long, default_value_t = EngineConfig::default().max_queue)]
+    #[arg(long, env = "KILN_MAX_QUEUE", default_value_t = EngineConfig::default().max_queue)]
     max_queue: usize,
     /// Larger request bodies get 413.
-    #[arg(long, default_value_t = ServerConfig::default().max_body_bytes)]
+    #[arg(long, env = "KILN_MAX_BODY_BYTES", default_value_t = ServerConfig::default().max_body_bytes)]
     max_body_bytes: usize,
     /// Memory for reusing shared prompt prefixes across requests, in MiB (0 disables).
-    #[arg(long, default_value_t = EngineConfig::default().prefix_cache_bytes >> 20)]
+    #[arg(long, env = "KILN_PREFIX_CACHE_MIB", default_value_t = EngineConfig::default().prefix_cache_bytes >> 20)]
     prefix_cache_mib: usize,
     /// On Ctrl-C or SIGTERM, seconds open requests may run before they are cut.
-    #[arg(long, default_value_t = ServerConfig::default().drain_timeout.as_secs())]
+    #[arg(long, env = "KILN_DRAIN_TIMEOUT_SECS", default_value_t = ServerConfig::default().drain_timeout.as_secs())]
     drain_timeout_secs: u64,
     /// The configuration file (plugins and pipelines; see README).
     #[arg(long, env = "KILN_CONFIG")]
@@ -46,23 +46,23 @@ pub struct ServeArgs {
     #[arg(long, env = "KILN_PLUGIN_DIR")]
     plugin_dir: Option<std::path::PathBuf>,
     /// Who may manage plugins over HTTP (`/v1/plugins`).
-    #[arg(long, value_enum, default_value_t = Admin::Loopback)]
+    #[arg(long, env = "KILN_ADMIN", value_enum, default_value_t = Admin::Loopback)]
     admin: Admin,
     /// Seconds a generation may run before it is stopped (504, or an error event on a stream).
     #[arg(long, env = "KILN_REQUEST_TIMEOUT_SECS", default_value_t = ServerConfig::default().request_timeout.as_secs())]
     request_timeout_secs: u64,
     /// Memory for cached answers of deterministic requests, in MiB (0 disables the cache).
-    #[arg(long, default_value_t = kiln_server::CacheConfig::default().max_bytes >> 20)]
+    #[arg(long, env = "KILN_CACHE_MIB", default_value_t = kiln_server::CacheConfig::default().max_bytes >> 20)]
     cache_mib: usize,
     /// Seconds a cached answer is served before it is generated anew.
-    #[arg(long, default_value_t = kiln_server::CacheConfig::default().ttl.as_secs())]
+    #[arg(long, env = "KILN_CACHE_TTL_SECS", default_value_t = kiln_server::CacheConfig::default().ttl.as_secs())]
     cache_ttl_secs: u64,
     /// Serve without plugins: only the `native` pipeline.
-    #[arg(long)]
+    #[arg(long, env = "KILN_NO_PLUGINS")]
     no_plugins: bool,
     /// Serve without API keys: anyone who can connect may generate (logged
     /// as a warning). Without this flag, keys must be configured.
-    #[arg(long)]
+    #[arg(long, env = "KILN_INSECURE_NO_AUTH")]
     insecure_no_auth: bool,
 }
 

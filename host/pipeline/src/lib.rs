@@ -351,6 +351,11 @@ impl Resolved {
     }
 }
 
+/// The names of the plugins built into the binary.
+pub fn built_in_plugins() -> impl Iterator<Item = &'static str> {
+    registry::BUILT_IN.iter().map(|(name, _)| *name)
+}
+
 /// The model's vocabulary as sampler plugins see it.
 pub fn vocabulary(tokenizer: &Tokenizer) -> kiln_plugins::Vocabulary {
     let tokens = (0..tokenizer.vocab_size() as u32).map(|id| tokenizer.token_bytes(id));
