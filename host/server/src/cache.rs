@@ -153,9 +153,13 @@ fn size_of_answer(pieces: &[Piece]) -> usize {
 #[derive(Serialize)]
 pub(crate) struct KeyParts<'a> {
     pub model: &'a str,
-    pub prompt_tokens: &'a [u32],
+    /// As the client gave it (text, messages or token ids): a hit needs no
+    /// rendering or tokenizing.
+    pub prompt: &'a crate::Prompt,
     pub params: &'a kiln_engine::SamplingParams,
-    pub max_tokens: usize,
+    pub max_tokens: Option<u32>,
+    pub default_max_tokens: Option<u32>,
+    /// The client's stop strings (a template's follow from its version).
     pub stop: &'a [String],
     pub ignore_eos: bool,
     pub logprobs: bool,
@@ -224,31 +228,41 @@ mod tests {
     #[test]
     fn every_input_that_decides_the_output_changes_the_key() {
         let params = kiln_engine::SamplingParams::greedy();
-        let base = KeyParts {
-            model: "m",
-            prompt_tokens: &[1, 2, 3],
-            params: &params,
-            max_tokens: 8,
-            stop: &[],
-            ignore_eos: false,
-            logprobs: false,
-            top_logprobs: 0,
-            json: false,
-            plugins: vec!["p@1 abc".into()],
-        };
-        let key = base.key();
-        assert_eq!(key, KeyParts { plugins: vec!["p@1 abc".into()], ..base }.key());
-        let base = KeyParts { plugins: vec!["p@1 abc".into()], ..base };
         let seeded = kiln_engine::SamplingParams { seed: Some(1), ..params.clone() };
+        let (hi, ho) = (crate::Prompt::Text("hi".into()), crate::Prompt::Text("ho".into()));
+        let chat = crate::Prompt::Chat {
+            messages: vec![kiln_chat::ChatMessage::new("user", "hi")],
+            add_generation_prompt: true,
+        };
         let stop = ["x".to_string()];
+        let key = |prompt, params, max_tokens, stop: &[String], plugin: &str| {
+            KeyParts {
+                model: "m",
+                prompt,
+                params,
+                max_tokens,
+                default_max_tokens: Some(16),
+                stop,
+                ignore_eos: false,
+                logprobs: false,
+                top_logprobs: 0,
+                json: false,
+                plugins: vec![plugin.to_string()],
+            }
+            .key()
+        };
+        let base = key(&hi, &params, Some(8), &[], "p@1 abc");
+        assert_eq!(base, key(&hi, &params, Some(8), &[], "p@1 abc"));
         for changed in [
-            KeyParts { prompt_tokens: &[1, 2], plugins: base.plugins.clone(), ..base },
-            KeyParts { params: &seeded, plugins: base.plugins.clone(), ..base },
-            KeyParts { max_tokens: 9, plugins: base.plugins.clone(), ..base },
-            KeyParts { stop: &stop, plugins: base.plugins.clone(), ..base },
-            KeyParts { plugins: vec!["p@1 abd".into()], ..base },
+            key(&ho, &params, Some(8), &[], "p@1 abc"),
+            key(&chat, &params, Some(8), &[], "p@1 abc"),
+            key(&hi, &seeded, Some(8), &[], "p@1 abc"),
+            key(&hi, &params, Some(9), &[], "p@1 abc"),
+            key(&hi, &params, None, &[], "p@1 abc"),
+            key(&hi, &params, Some(8), &stop, "p@1 abc"),
+            key(&hi, &params, Some(8), &[], "p@1 abd"),
         ] {
-            assert_ne!(changed.key(), key);
+            assert_ne!(changed, base);
         }
     }
 

@@ -13,7 +13,7 @@ use kiln_engine::{GenerateRequest, SamplingParams, TokenEvent, TokenStream};
 use kiln_pipeline::{PostChain, Resolved};
 
 use crate::cache::{CacheKey, KeyParts, ResponseCache, deterministic};
-use crate::{ApiError, AppState, TokenMeter};
+use crate::{ApiError, AppState, Prompt, TokenMeter};
 use kiln_stop::{MAX_STOP_BYTES, MAX_STOP_STRINGS, StopMatcher};
 
 /// What an endpoint asks for, in the engine's terms.
@@ -125,8 +125,50 @@ pub struct Collected {
 }
 
 impl GenerationSpec {
+    /// Answers `prompt`: from the response cache when the same deterministic
+    /// request was answered before (no rendering, tokenizing or engine work),
+    /// else rendered, tokenized and started.
+    pub async fn start_from(mut self, state: &AppState, prompt: Prompt) -> Result<Generation, ApiError> {
+        let key = self.cache_key(state, &prompt);
+        let status = match key {
+            None => CacheStatus::Off,
+            Some(_) if self.no_cache => CacheStatus::Bypass,
+            Some(key) => match state.cache().get(&key) {
+                Some(answer) => return Ok(Generation::replay(&answer)),
+                None => CacheStatus::Miss,
+            },
+        };
+        let tokens = state.prompt_tokens(prompt, self.pipeline.as_ref()).await?;
+        self.prompt_tokens = tokens.tokens;
+        self.template_stop = tokens.stop;
+        let mut generation = self.start(state)?;
+        generation.cache_status = status;
+        generation.record = key.map(|k| (k, Vec::new(), state.cache_arc()));
+        Ok(generation)
+    }
+
+    /// The request's cache key, when its output is fixed by its inputs and the cache is on.
+    fn cache_key(&self, state: &AppState, prompt: &Prompt) -> Option<CacheKey> {
+        (state.cache().enabled() && deterministic(&self.params)).then(|| {
+            KeyParts {
+                model: &state.model().id,
+                prompt,
+                params: &self.params,
+                max_tokens: self.max_tokens,
+                default_max_tokens: self.default_max_tokens,
+                stop: &self.stop,
+                ignore_eos: self.ignore_eos,
+                logprobs: self.logprobs,
+                top_logprobs: self.top_logprobs,
+                json: self.json,
+                plugins: self.pipeline.iter().flat_map(|p| p.plugins()).map(|i| format!("{i} {}", i.sha256)).collect(),
+            }
+            .key()
+        })
+    }
+
     /// Validates against the served model and submits to the engine.
-    pub fn start(self, state: &AppState) -> Result<Generation, ApiError> {
+    fn start(self, state: &AppState) -> Result<Generation, ApiError> {
         if self.stop.len() > MAX_STOP_STRINGS {
             return Err(ApiError::invalid("stop", format!("at most {MAX_STOP_STRINGS} stop strings are allowed")));
         }
@@ -156,30 +198,6 @@ impl GenerationSpec {
             (Some(n), _) => n as usize,
             (None, Some(default)) => (default as usize).min(room),
             (None, None) => room,
-        };
-        let cache = state.cache();
-        let key = (cache.enabled() && deterministic(&self.params)).then(|| {
-            KeyParts {
-                model: &state.model().id,
-                prompt_tokens: &self.prompt_tokens,
-                params: &self.params,
-                max_tokens,
-                stop: &stop,
-                ignore_eos: self.ignore_eos,
-                logprobs: self.logprobs,
-                top_logprobs: self.top_logprobs,
-                json: self.json,
-                plugins: self.pipeline.iter().flat_map(|p| p.plugins()).map(|i| format!("{i} {}", i.sha256)).collect(),
-            }
-            .key()
-        });
-        let cache_status = match key {
-            None => CacheStatus::Off,
-            Some(_) if self.no_cache => CacheStatus::Bypass,
-            Some(key) => match cache.get(&key) {
-                Some(answer) => return Ok(Generation::replay(&answer, prompt_tokens)),
-                None => CacheStatus::Miss,
-            },
         };
         // json-mode replaces the pipeline's sampler: the output must parse.
         let policy = match (self.json, state.plugins(), &self.pipeline) {
@@ -220,26 +238,26 @@ impl GenerationSpec {
             prompt_tokens,
             generated: 0,
             meter: self.meter,
-            cache_status,
+            cache_status: CacheStatus::Off,
             started: std::time::Instant::now(),
             admitted: tokio::time::Instant::now(),
             deadline: tokio::time::Instant::now() + state.config().request_timeout,
             last_text: None,
-            record: key.map(|k| (k, Vec::new(), state.cache_arc())),
+            record: None,
         })
     }
 }
 
 impl Generation {
     /// A cached answer, replayed piece by piece.
-    fn replay(answer: &[Piece], prompt_tokens: usize) -> Generation {
+    fn replay(answer: &[Piece]) -> Generation {
         Generation {
             stream: None,
             stop: StopMatcher::default(),
             post: PostChain::default(),
             ready: answer.iter().cloned().collect(),
             pending_logprobs: Vec::new(),
-            prompt_tokens,
+            prompt_tokens: 0,
             generated: 0,
             // Nothing was computed: no tokens to count.
             meter: None,

@@ -198,9 +198,8 @@ impl AppState {
     /// Runs one forward pass (a one-token generation) so the first client
     /// does not pay for cold caches, then reports ready.
     pub async fn warm_up(&self) -> Result<(), ApiError> {
-        let prompt = self.prompt_tokens(Prompt::Text("Hello".into()), None).await?.tokens;
-        let spec = generation::GenerationSpec { prompt_tokens: prompt, max_tokens: Some(1), ..Default::default() };
-        spec.start(self)?.collect().await?;
+        let spec = generation::GenerationSpec { max_tokens: Some(1), no_cache: true, ..Default::default() };
+        spec.start_from(self, Prompt::Text("Hello".into())).await?.collect().await?;
         self.inner.ready.store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
@@ -265,6 +264,10 @@ impl AppState {
         tokio::task::spawn_blocking(move || {
             let model = &state.inner.model;
             let (text, stop) = match prompt {
+                Prompt::Tokens(tokens) => {
+                    state.decode("prompt", &tokens)?;
+                    return Ok(PromptTokens { tokens, stop: Vec::new() });
+                }
                 Prompt::Text(text) => (text, Vec::new()),
                 Prompt::Chat { messages, add_generation_prompt } => {
                     render(model, pipeline.as_ref(), &messages, add_generation_prompt)?
@@ -330,10 +333,12 @@ pub(crate) struct PromptTokens {
 }
 
 /// What a request asks the model to continue.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub(crate) enum Prompt {
     /// Text as the model sees it.
     Text(String),
+    /// Token ids as the model sees them (checked against the vocabulary).
+    Tokens(Vec<u32>),
     /// Messages to render with the model's chat template.
     Chat { messages: Vec<ChatMessage>, add_generation_prompt: bool },
 }

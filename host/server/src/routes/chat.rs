@@ -60,15 +60,12 @@ pub async fn chat_completions(
     let sampling = sampling(req.take_sampling())?;
     let pipeline = state.pipeline(context.pipeline(sampling.pipeline.as_deref()))?;
     let prompt = Prompt::Chat { messages, add_generation_prompt: true };
-    let prompt = state.prompt_tokens(prompt, pipeline.as_ref()).await?;
     let max_tokens_field = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
     let generation = GenerationSpec {
-        prompt_tokens: prompt.tokens,
         params: sampling.params,
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
         default_max_tokens: None,
         stop: sampling.stop,
-        template_stop: prompt.stop,
         ignore_eos: sampling.ignore_eos,
         logprobs,
         top_logprobs,
@@ -76,8 +73,10 @@ pub async fn chat_completions(
         pipeline,
         meter: context.meter,
         no_cache: context.no_cache,
+        ..GenerationSpec::default()
     }
-    .start(&state)
+    .start_from(&state, prompt)
+    .await
     .map_err(|e| match e {
         // Name the fields the client wrote: messages, not a prompt.
         ApiError::InvalidValue { param, message, code } if param == "prompt" => {

@@ -45,10 +45,9 @@ pub async fn completions(
     }
     let sampling = sampling(req.take_sampling())?;
     let pipeline = state.pipeline(context.pipeline(sampling.pipeline.as_deref()))?;
-    let (prompt_tokens, echo) = prompt(&state, req.prompt, req.echo).await?;
+    let (prompt, echo) = prompt(&state, req.prompt, req.echo)?;
     let top = req.logprobs.map(|n| n as usize);
     let generation = GenerationSpec {
-        prompt_tokens,
         params: sampling.params,
         max_tokens: req.max_tokens,
         default_max_tokens: Some(DEFAULT_MAX_TOKENS),
@@ -58,11 +57,12 @@ pub async fn completions(
         top_logprobs: top.unwrap_or(0),
         json: false,
         pipeline,
-        template_stop: Vec::new(),
         meter: context.meter,
         no_cache: context.no_cache,
+        ..GenerationSpec::default()
     }
-    .start(&state)?;
+    .start_from(&state, prompt)
+    .await?;
 
     let (id, created, model) = (completion_id("cmpl"), unix_now(), state.model().id.clone());
     let completion = move |choices, usage| Completion {
@@ -114,21 +114,20 @@ pub async fn completions(
     }))
 }
 
-/// The prompt's tokens, and its text when `echo` wants it back. A list must
-/// hold exactly one prompt.
-async fn prompt(state: &AppState, input: PromptInput, echo: bool) -> Result<(Vec<u32>, Option<String>), ApiError> {
+/// The prompt as the model will see it (completions never apply the chat
+/// template), and its text when `echo` wants it back. A list must hold
+/// exactly one prompt.
+fn prompt(state: &AppState, input: PromptInput, echo: bool) -> Result<(Prompt, Option<String>), ApiError> {
     let one = |n: usize| match n {
         1 => Ok(()),
         _ => Err(ApiError::invalid("prompt", format!("exactly one prompt per request is supported, got {n}"))),
     };
     let tokens = match input {
-        PromptInput::Text(text) => {
-            return Ok((state.prompt_tokens(Prompt::Text(text.clone()), None).await?.tokens, echo.then_some(text)));
-        }
+        PromptInput::Text(text) => return Ok((Prompt::Text(text.clone()), echo.then_some(text))),
         PromptInput::Texts(mut texts) => {
             one(texts.len())?;
             let text = texts.remove(0);
-            return Ok((state.prompt_tokens(Prompt::Text(text.clone()), None).await?.tokens, echo.then_some(text)));
+            return Ok((Prompt::Text(text.clone()), echo.then_some(text)));
         }
         PromptInput::Tokens(tokens) => tokens,
         PromptInput::TokenLists(mut lists) => {
@@ -138,7 +137,7 @@ async fn prompt(state: &AppState, input: PromptInput, echo: bool) -> Result<(Vec
     };
     // Decoding also checks every id against the vocabulary.
     let text = state.decode("prompt", &tokens)?;
-    Ok((tokens, echo.then_some(text)))
+    Ok((Prompt::Tokens(tokens), echo.then_some(text)))
 }
 
 /// OpenAI's legacy logprobs; `offset` is where the first token starts in the

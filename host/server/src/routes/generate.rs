@@ -88,21 +88,19 @@ async fn start(state: &AppState, context: RequestContext, req: GenerateRequest) 
         seed: req.seed,
     };
     let pipeline = state.pipeline(context.pipeline(req.pipeline.as_deref()))?;
-    let prompt = state.prompt_tokens(prompt, pipeline.as_ref()).await?;
     GenerationSpec {
-        prompt_tokens: prompt.tokens,
         params: knobs.into_params(Vec::new()),
         max_tokens: req.max_tokens,
         default_max_tokens: Some(DEFAULT_MAX_TOKENS),
         stop: req.stop.map(|s| s.into_vec()).unwrap_or_default(),
-        template_stop: prompt.stop,
         ignore_eos: req.ignore_eos,
         pipeline,
         meter: context.meter,
         no_cache: context.no_cache,
         ..GenerationSpec::default()
     }
-    .start(state)
+    .start_from(state, prompt)
+    .await
 }
 
 fn stream_events(state: &AppState, generation: Generation) -> Response {
