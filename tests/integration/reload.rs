@@ -49,12 +49,12 @@ fn tagger_status(server: &Server) -> Value {
     list["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "tagger").cloned().expect("tagger is listed")
 }
 
-/// Polls `GET /v1/plugins` until `ready` holds for the tagger; how long it took.
-fn wait_for(server: &Server, what: &str, ready: impl Fn(&Value) -> bool) -> Duration {
+/// Polls `GET /v1/plugins` until `ready` holds for the tagger.
+fn wait_for(server: &Server, what: &str, ready: impl Fn(&Value) -> bool) {
     let started = Instant::now();
     loop {
         if ready(&tagger_status(server)) {
-            return started.elapsed();
+            return;
         }
         assert!(started.elapsed() < Duration::from_secs(10), "{what}: not seen within 10 s: {}", server.log());
         std::thread::sleep(Duration::from_millis(2));
@@ -146,9 +146,11 @@ fn plugin_files_replaced_under_load_fail_no_request_and_never_reload_the_model()
         let sha = hex::encode(Sha256::digest(&bytes));
         let landed = Instant::now();
         land(&file, &bytes, version % 2 == 0);
-        let delay = wait_for(&server, &format!("version {version}"), |t| t["sha256"] == sha.as_str());
-        visible_at.push((version, landed + delay));
-        delays.push(delay);
+        wait_for(&server, &format!("version {version}"), |t| t["sha256"] == sha.as_str());
+        // Seen now: from here on, every request must get this version.
+        let seen = Instant::now();
+        visible_at.push((version, seen));
+        delays.push(seen - landed);
         assert_eq!(tagger_status(&server)["status"], "ok", "a good version clears the error");
         wait_served(version);
     }

@@ -75,10 +75,15 @@ impl Gcra {
     }
 
     /// Spends `cost` units whether or not they fit: what is over the
-    /// allowance is a debt later requests wait out. (Tokens are counted when
-    /// a generation ends, after it was admitted.)
+    /// allowance is a debt later requests wait out.
     pub fn charge(&mut self, now: Instant, per_minute: u32, cost: u32) {
         self.tat = self.tat.max(now) + Self::interval(per_minute) * cost;
+    }
+
+    /// Gives back `units` spent earlier (never more than is spent now).
+    pub fn refund(&mut self, now: Instant, per_minute: u32, units: u32) {
+        let back = Self::interval(per_minute) * units;
+        self.tat = self.tat.checked_sub(back).map_or(now, |t| t.max(now));
     }
 }
 
@@ -89,6 +94,8 @@ pub struct Decision {
     pub tokens: Option<LimitStatus>,
     /// `Some`: refused, and when to retry.
     pub retry_after: Option<Duration>,
+    /// Refused because the token allowance is spent (else the requests one).
+    pub refused_tokens: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -136,15 +143,35 @@ impl Limiter {
             requests: status(requests, limits.requests_per_minute, &state.requests),
             tokens: status(tokens, limits.tokens_per_minute, &state.tokens),
             retry_after,
+            refused_tokens: matches!(tokens, Some(Err(_))),
         }
     }
 
-    /// Counts tokens a request of `key` used (prompt and generated).
-    pub fn charge_tokens(&self, key: &str, limits: Limits, tokens: u32) {
+    /// Sets aside what a request of `key` may spend (its prompt and its
+    /// token limit) before it runs, so concurrent requests cannot all start
+    /// on the same allowance; how long to wait if it does not fit. A request
+    /// larger than a whole minute's allowance reserves the whole allowance.
+    /// Returns the units reserved.
+    pub fn reserve_tokens(&self, key: &str, limits: Limits, tokens: u32) -> Result<u32, Duration> {
+        let Some(per_minute) = limits.tokens_per_minute else { return Ok(0) };
+        let reserved = tokens.min(per_minute);
+        let now = Instant::now();
+        let mut keys = self.lock();
+        self.entry(&mut keys, key, now).tokens.take(now, per_minute, reserved).map(|_| reserved)
+    }
+
+    /// Settles a reservation once the request has run: `used` tokens were
+    /// spent of the `reserved` ones (more is a debt, less is given back).
+    pub fn settle_tokens(&self, key: &str, limits: Limits, reserved: u32, used: u32) {
         let Some(per_minute) = limits.tokens_per_minute else { return };
         let now = Instant::now();
         let mut keys = self.lock();
-        self.entry(&mut keys, key, now).tokens.charge(now, per_minute, tokens);
+        let tokens = &mut self.entry(&mut keys, key, now).tokens;
+        match used.cmp(&reserved) {
+            std::cmp::Ordering::Greater => tokens.charge(now, per_minute, used - reserved),
+            std::cmp::Ordering::Less => tokens.refund(now, per_minute, reserved - used),
+            std::cmp::Ordering::Equal => {}
+        }
     }
 
     /// Keys with state now.
@@ -159,14 +186,15 @@ impl Limiter {
 
     fn entry<'m>(&self, keys: &'m mut HashMap<String, KeyState>, key: &str, now: Instant) -> &'m mut KeyState {
         if !keys.contains_key(key) && keys.len() >= self.capacity {
-            // Idle keys first (forgetting them changes nothing); then, if every
-            // key is busy, the one furthest from its limits.
+            // Idle keys first (forgetting them changes nothing); then, if most
+            // keys are busy, the tenth furthest from their limits, in one pass
+            // so a full table is not scanned again at the next new key.
             keys.retain(|_, s| !s.idle(now));
-            if keys.len() >= self.capacity
-                && let Some(least) =
-                    keys.iter().min_by_key(|(_, s)| s.requests.tat.max(s.tokens.tat)).map(|(k, _)| k.clone())
-            {
-                keys.remove(&least);
+            if keys.len() >= self.capacity * 9 / 10 {
+                let mut ahead: Vec<Instant> = keys.values().map(|s| s.requests.tat.max(s.tokens.tat)).collect();
+                let tenth = ahead.len() / 10;
+                let (_, &mut threshold, _) = ahead.select_nth_unstable(tenth);
+                keys.retain(|_, s| s.requests.tat.max(s.tokens.tat) > threshold);
             }
         }
         keys.entry(key.to_string()).or_insert(KeyState { requests: Gcra::new(now), tokens: Gcra::new(now) })
@@ -217,11 +245,26 @@ mod tests {
     }
 
     #[test]
+    fn reservations_stop_concurrent_requests_sharing_one_allowance() {
+        let limiter = Limiter::new(16);
+        let limits = Limits { requests_per_minute: None, tokens_per_minute: Some(100) };
+        assert_eq!(limiter.reserve_tokens("a", limits, 60), Ok(60));
+        assert!(limiter.reserve_tokens("a", limits, 60).is_err(), "60 more do not fit beside the first 60");
+        // The first used only 10: 50 come back.
+        limiter.settle_tokens("a", limits, 60, 10);
+        assert_eq!(limiter.reserve_tokens("a", limits, 60), Ok(60));
+        // Larger than a minute's allowance: reserves the whole of it, once.
+        let big = Limiter::new(16);
+        assert_eq!(big.reserve_tokens("b", limits, 500), Ok(100));
+        assert!(big.reserve_tokens("b", limits, 1).is_err());
+    }
+
+    #[test]
     fn a_key_over_its_tokens_is_refused_without_spending_a_request() {
         let limiter = Limiter::new(16);
         let limits = Limits { requests_per_minute: Some(10), tokens_per_minute: Some(100) };
         assert!(limiter.admit("a", limits).retry_after.is_none());
-        limiter.charge_tokens("a", limits, 250);
+        limiter.settle_tokens("a", limits, 0, 250);
         let refused = limiter.admit("a", limits);
         assert!(refused.retry_after.unwrap() > Duration::from_secs(60));
         assert_eq!(refused.tokens.unwrap().remaining, 0);

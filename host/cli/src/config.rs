@@ -26,6 +26,9 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// `kiln serve`'s settings; a flag or `KILN_*` variable overrides each.
+    #[serde(default)]
+    pub server: ServerSection,
     #[serde(default)]
     pub plugins: PluginsSection,
     /// Named pipelines, on top of the built-in `default` and `native`.
@@ -37,6 +40,30 @@ pub struct FileConfig {
     /// Limits of keys that set none of their own.
     #[serde(default)]
     pub limits: LimitsSection,
+}
+
+/// The same names as `kiln serve`'s flags, with `_` for `-`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// A local GGUF file (relative paths: from the config file's folder).
+    pub model: Option<PathBuf>,
+    pub model_id: Option<String>,
+    pub max_context: Option<usize>,
+    pub max_batch: Option<usize>,
+    pub max_queue: Option<usize>,
+    pub max_body_bytes: Option<usize>,
+    pub prefix_cache_mib: Option<usize>,
+    pub drain_timeout_secs: Option<u64>,
+    pub drain_grace_secs: Option<u64>,
+    pub request_timeout_secs: Option<u64>,
+    pub cache_mib: Option<usize>,
+    pub cache_ttl_secs: Option<u64>,
+    pub admin: Option<crate::serve::Admin>,
+    /// `/metrics` without a key (default true).
+    pub public_metrics: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -64,8 +91,12 @@ impl FileConfig {
     pub fn read(path: &Path) -> Result<FileConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut config: FileConfig = toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
-        if let (Some(dir), Some(base)) = (&config.plugins.dir, path.parent()) {
-            config.plugins.dir = Some(base.join(dir));
+        if let Some(base) = path.parent() {
+            for relative in [&mut config.plugins.dir, &mut config.server.model] {
+                if let Some(p) = relative.as_mut() {
+                    *p = base.join(&*p);
+                }
+            }
         }
         Ok(config)
     }
@@ -157,6 +188,17 @@ mod tests {
         assert!(err.to_string().contains("samplr"), "{err}");
         let err = toml::from_str::<FileConfig>("[plugins]\ndri = \"p\"\n").unwrap_err();
         assert!(err.to_string().contains("dri"), "{err}");
+    }
+
+    #[test]
+    fn server_settings_parse_and_unknown_ones_are_named() {
+        let config: FileConfig = toml::from_str("[server]\nport = 9000\nadmin = \"none\"\n").unwrap();
+        assert_eq!(config.server.port, Some(9000));
+        assert!(matches!(config.server.admin, Some(crate::serve::Admin::None)));
+        let err = toml::from_str::<FileConfig>("[server]\nprot = 1\n").unwrap_err().to_string();
+        assert!(err.contains("prot"), "{err}");
+        let err = toml::from_str::<FileConfig>("[server]\nport = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("port"), "{err}");
     }
 
     #[test]

@@ -14,30 +14,37 @@ use crate::{ModelArgs, load};
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Address to listen on (`0.0.0.0` for every interface).
-    #[arg(long, env = "KILN_HOST", default_value = "127.0.0.1")]
-    host: String,
-    /// Port to listen on; 0 picks a free one (printed at start).
-    #[arg(long, env = "KILN_PORT", default_value_t = 8000)]
-    port: u16,
+    /// Address to listen on (`0.0.0.0` for every interface) [default: 127.0.0.1].
+    ///
+    /// Each setting: this flag, else its `KILN_*` variable, else `[server]` in
+    /// the config file, else the default.
+    #[arg(long, env = "KILN_HOST")]
+    host: Option<String>,
+    /// Port to listen on; 0 picks a free one (printed at start) [default: 8000].
+    #[arg(long, env = "KILN_PORT")]
+    port: Option<u16>,
     /// The model's name in the API (default: the file name without `.gguf`).
     #[arg(long, env = "KILN_MODEL_ID")]
     model_id: Option<String>,
-    /// Sequences decoded together in one step.
-    #[arg(long, env = "KILN_MAX_BATCH", default_value_t = EngineConfig::default().max_batch)]
-    max_batch: usize,
-    /// Requests waiting for a batch slot before new ones get 503.
-    #[arg(long, env = "KILN_MAX_QUEUE", default_value_t = EngineConfig::default().max_queue)]
-    max_queue: usize,
-    /// Larger request bodies get 413.
-    #[arg(long, env = "KILN_MAX_BODY_BYTES", default_value_t = ServerConfig::default().max_body_bytes)]
-    max_body_bytes: usize,
-    /// Memory for reusing shared prompt prefixes across requests, in MiB (0 disables).
-    #[arg(long, env = "KILN_PREFIX_CACHE_MIB", default_value_t = EngineConfig::default().prefix_cache_bytes >> 20)]
-    prefix_cache_mib: usize,
-    /// On Ctrl-C or SIGTERM, seconds open requests may run before they are cut.
-    #[arg(long, env = "KILN_DRAIN_TIMEOUT_SECS", default_value_t = ServerConfig::default().drain_timeout.as_secs())]
-    drain_timeout_secs: u64,
+    /// Sequences decoded together in one step [default: 16].
+    #[arg(long, env = "KILN_MAX_BATCH")]
+    max_batch: Option<usize>,
+    /// Requests waiting for a batch slot before new ones get 503 [default: 64].
+    #[arg(long, env = "KILN_MAX_QUEUE")]
+    max_queue: Option<usize>,
+    /// Larger request bodies get 413 [default: 2097152].
+    #[arg(long, env = "KILN_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Memory for reusing shared prompt prefixes across requests, in MiB (0 disables) [default: 256].
+    #[arg(long, env = "KILN_PREFIX_CACHE_MIB")]
+    prefix_cache_mib: Option<usize>,
+    /// On Ctrl-C or SIGTERM, seconds open requests may run before they are cut [default: 30].
+    #[arg(long, env = "KILN_DRAIN_TIMEOUT_SECS")]
+    drain_timeout_secs: Option<u64>,
+    /// On a shutdown signal, seconds `/ready` answers 503 while requests are
+    /// still taken, so load balancers stop sending first [default: 0].
+    #[arg(long, env = "KILN_DRAIN_GRACE_SECS")]
+    drain_grace_secs: Option<u64>,
     /// The configuration file (plugins and pipelines; see README).
     #[arg(long, env = "KILN_CONFIG")]
     config: Option<std::path::PathBuf>,
@@ -45,18 +52,18 @@ pub struct ServeArgs {
     /// (overrides `plugins.dir`).
     #[arg(long, env = "KILN_PLUGIN_DIR")]
     plugin_dir: Option<std::path::PathBuf>,
-    /// Who may manage plugins over HTTP (`/v1/plugins`).
-    #[arg(long, env = "KILN_ADMIN", value_enum, default_value_t = Admin::Loopback)]
-    admin: Admin,
-    /// Seconds a generation may run before it is stopped (504, or an error event on a stream).
-    #[arg(long, env = "KILN_REQUEST_TIMEOUT_SECS", default_value_t = ServerConfig::default().request_timeout.as_secs())]
-    request_timeout_secs: u64,
-    /// Memory for cached answers of deterministic requests, in MiB (0 disables the cache).
-    #[arg(long, env = "KILN_CACHE_MIB", default_value_t = kiln_server::CacheConfig::default().max_bytes >> 20)]
-    cache_mib: usize,
-    /// Seconds a cached answer is served before it is generated anew.
-    #[arg(long, env = "KILN_CACHE_TTL_SECS", default_value_t = kiln_server::CacheConfig::default().ttl.as_secs())]
-    cache_ttl_secs: u64,
+    /// Who may manage plugins over HTTP (`/v1/plugins`) without API keys [default: loopback].
+    #[arg(long, env = "KILN_ADMIN", value_enum)]
+    admin: Option<Admin>,
+    /// Seconds a generation may run before it is stopped (504, or an error event on a stream) [default: 120].
+    #[arg(long, env = "KILN_REQUEST_TIMEOUT_SECS")]
+    request_timeout_secs: Option<u64>,
+    /// Memory for cached answers of deterministic requests, in MiB (0 disables the cache) [default: 64].
+    #[arg(long, env = "KILN_CACHE_MIB")]
+    cache_mib: Option<usize>,
+    /// Seconds a cached answer is served before it is generated anew [default: 600].
+    #[arg(long, env = "KILN_CACHE_TTL_SECS")]
+    cache_ttl_secs: Option<u64>,
     /// Serve without plugins: only the `native` pipeline.
     #[arg(long, env = "KILN_NO_PLUGINS")]
     no_plugins: bool,
@@ -66,8 +73,9 @@ pub struct ServeArgs {
     insecure_no_auth: bool,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum Admin {
+#[derive(clap::ValueEnum, serde::Deserialize, Clone, Copy, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum Admin {
     /// Clients on this machine only.
     Loopback,
     /// Every client (behind a trusted network only).
@@ -82,35 +90,53 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let file = file_config(&args)?;
     let auth = auth(&args, &file)?;
     let limits = file.limits()?;
-    let loaded = load::load(&args.model)?;
-    let id = args.model_id.clone().unwrap_or_else(|| {
+    let server = &file.server;
+    let model_args = ModelArgs {
+        model: args.model.model.clone().or_else(|| server.model.clone()),
+        max_context: args.model.max_context.or(server.max_context),
+    };
+    let loaded = load::load(&model_args)?;
+    let engine_defaults = EngineConfig::default();
+    let server_defaults = ServerConfig::default();
+    let cache_defaults = kiln_server::CacheConfig::default();
+    let host = args.host.clone().or_else(|| server.host.clone()).unwrap_or_else(|| "127.0.0.1".into());
+    let port = args.port.or(server.port).unwrap_or(8000);
+    let id = args.model_id.clone().or_else(|| server.model_id.clone()).unwrap_or_else(|| {
         let name = loaded.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         name.strip_suffix(".gguf").unwrap_or(&name).to_string()
     });
     let engine = loaded.engine(EngineConfig {
-        max_batch: args.max_batch,
-        max_queue: args.max_queue,
-        prefix_cache_bytes: args.prefix_cache_mib << 20,
-        ..EngineConfig::default()
+        max_batch: args.max_batch.or(server.max_batch).unwrap_or(engine_defaults.max_batch),
+        max_queue: args.max_queue.or(server.max_queue).unwrap_or(engine_defaults.max_queue),
+        prefix_cache_bytes: args
+            .prefix_cache_mib
+            .or(server.prefix_cache_mib)
+            .map_or(engine_defaults.prefix_cache_bytes, |m| m << 20),
+        ..engine_defaults
     });
-    let drain_timeout = Duration::from_secs(args.drain_timeout_secs);
-    let admin = match args.admin {
+    let secs =
+        |flag: Option<u64>, file: Option<u64>, default: Duration| flag.or(file).map_or(default, Duration::from_secs);
+    let drain_timeout = secs(args.drain_timeout_secs, server.drain_timeout_secs, server_defaults.drain_timeout);
+    let grace = secs(args.drain_grace_secs, server.drain_grace_secs, Duration::ZERO);
+    let admin = match args.admin.or(server.admin).unwrap_or(Admin::Loopback) {
         Admin::Loopback => AdminAccess::Loopback,
         Admin::Anyone => AdminAccess::Anyone,
         Admin::None => AdminAccess::Nobody,
     };
     let config = ServerConfig {
-        max_body_bytes: args.max_body_bytes,
+        max_body_bytes: args.max_body_bytes.or(server.max_body_bytes).unwrap_or(server_defaults.max_body_bytes),
         drain_timeout,
         admin,
         auth,
         limits,
-        request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
+        public_metrics: server.public_metrics.unwrap_or(server_defaults.public_metrics),
+        request_timeout: secs(args.request_timeout_secs, server.request_timeout_secs, server_defaults.request_timeout)
+            .max(Duration::from_secs(1)),
         cache: kiln_server::CacheConfig {
-            max_bytes: args.cache_mib << 20,
-            ttl: Duration::from_secs(args.cache_ttl_secs),
+            max_bytes: args.cache_mib.or(server.cache_mib).map_or(cache_defaults.max_bytes, |m| m << 20),
+            ttl: secs(args.cache_ttl_secs, server.cache_ttl_secs, cache_defaults.ttl),
         },
-        ..ServerConfig::default()
+        ..server_defaults
     };
     let served = ServedModel::new(id, loaded.tokenizer.clone(), loaded.template);
     let mut _watcher = None;
@@ -131,9 +157,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        let listener = tokio::net::TcpListener::bind((host.as_str(), port))
             .await
-            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+            .with_context(|| format!("cannot listen on {host}:{port}"))?;
         let address = listener.local_addr()?;
         tracing::info!(%address, model = %state.model().id, "serving; API docs at /docs");
         // One line on stdout that scripts (and the tests) wait for.
@@ -150,6 +176,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let shutdown = async move {
             shutdown_signal().await;
             draining.start_draining();
+            if !grace.is_zero() {
+                tracing::info!(?grace, "not ready; still serving while load balancers take note");
+                tokio::time::sleep(grace).await;
+            }
         };
         kiln_server::serve(listener, kiln_server::router(state), shutdown, drain_timeout).await.context("serving")
     })

@@ -343,6 +343,17 @@ impl Resolved {
         Ok(PostChain::new(sessions))
     }
 
+    /// What decides this pipeline's behaviour, one line per stage in order:
+    /// the plugin, its version and sha256, and its configuration here.
+    pub fn fingerprint(&self) -> Vec<String> {
+        let line =
+            |info: &kiln_plugins::PluginInfo, config: &PluginConfig| format!("{info} {} {config:?}", info.sha256);
+        let template = self.template.iter().map(|s| line(s.plugin.info(), &s.config));
+        let sampler = self.sampler.iter().map(|s| line(s.plugin.info(), &s.config));
+        let post = self.post.iter().map(|s| line(s.plugin.info(), &s.config));
+        template.chain(sampler).chain(post).collect()
+    }
+
     /// The plugin versions this pipeline runs, in stage order.
     pub fn plugins(&self) -> Vec<&kiln_plugins::PluginInfo> {
         let template = self.template.iter().map(|s| s.plugin.info());

@@ -53,11 +53,18 @@ pub struct PluginEntry {
     pub reloads: u64,
     /// New versions refused (each refused file counted once).
     pub failed_reloads: u64,
+    /// Calls into the versions this one replaced, so totals never go back.
+    pub retired: kiln_plugins::MetricsSnapshot,
 }
 
 impl PluginEntry {
     pub fn info(&self) -> Option<&PluginInfo> {
         self.loaded.as_ref().map(Loaded::info)
+    }
+
+    /// Calls into every version of this name since start.
+    pub fn total_metrics(&self) -> kiln_plugins::MetricsSnapshot {
+        self.retired + self.loaded.as_ref().map(Loaded::metrics).unwrap_or_default()
     }
 }
 
@@ -102,6 +109,7 @@ fn entry(name: &str, loaded: Option<Loaded>, source: Source) -> PluginEntry {
         last_error: None,
         reloads: 0,
         failed_reloads: 0,
+        retired: kiln_plugins::MetricsSnapshot::default(),
     }
 }
 
@@ -246,7 +254,8 @@ impl PluginHost {
         let previous = self.plugin(name);
         let reloads = previous.as_ref().map_or(0, |p| p.reloads + u64::from(p.loaded.is_some()));
         let failed_reloads = previous.as_ref().map_or(0, |p| p.failed_reloads);
-        let entry = Arc::new(PluginEntry { reloads, failed_reloads, ..entry(name, Some(loaded), source) });
+        let retired = previous.as_ref().map(|p| p.total_metrics()).unwrap_or_default();
+        let entry = Arc::new(PluginEntry { reloads, failed_reloads, retired, ..entry(name, Some(loaded), source) });
         let info = entry.info().map(ToString::to_string).unwrap_or_default();
         let sha256 = entry.info().map(|i| i.sha256[..12].to_string()).unwrap_or_default();
         self.store(name, Some(entry.clone()));
@@ -299,7 +308,12 @@ impl PluginHost {
 
     /// Removes `name`'s file or upload version: back to its built-in, or gone.
     fn drop_version(&self, name: &str) -> Option<Arc<PluginEntry>> {
-        let back = self.registry.builtins.get(name).map(|b| Arc::new(entry(name, Some(b.clone()), Source::BuiltIn)));
+        let retired = self.plugin(name).map(|p| p.total_metrics()).unwrap_or_default();
+        let back = self
+            .registry
+            .builtins
+            .get(name)
+            .map(|b| Arc::new(PluginEntry { retired, ..entry(name, Some(b.clone()), Source::BuiltIn) }));
         self.store(name, back.clone());
         tracing::info!(plugin = name, reverted_to_built_in = back.is_some(), "plugin removed");
         back

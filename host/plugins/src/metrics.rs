@@ -27,6 +27,19 @@ pub struct MetricsSnapshot {
     pub slowest: Duration,
 }
 
+impl std::ops::Add for MetricsSnapshot {
+    type Output = MetricsSnapshot;
+
+    fn add(self, other: MetricsSnapshot) -> MetricsSnapshot {
+        MetricsSnapshot {
+            calls: self.calls + other.calls,
+            errors: self.errors + other.errors,
+            busy: self.busy + other.busy,
+            slowest: self.slowest.max(other.slowest),
+        }
+    }
+}
+
 impl PluginMetrics {
     /// Counts one call that began at `started` and ended with `result`.
     pub(crate) fn record<T, E>(&self, started: Instant, result: &Result<T, E>) {

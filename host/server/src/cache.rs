@@ -142,17 +142,26 @@ impl ResponseCache {
 /// What an answer costs in memory: its text and log-probabilities, plus a
 /// fixed overhead per piece and per entry.
 fn size_of_answer(pieces: &[Piece]) -> usize {
+    use std::mem::size_of;
     let per_piece = |p: &Piece| match p {
-        Piece::Text { text, tokens } => 64 + text.len() + tokens.iter().map(|t| 16 + t.top.len() * 8).sum::<usize>(),
-        Piece::Finished { .. } => 64,
+        Piece::Text { text, tokens } => {
+            let logprobs = |t: &crate::generation::TokenLogprobs| {
+                size_of::<crate::generation::TokenLogprobs>() + t.top.len() * size_of::<(u32, f32)>()
+            };
+            text.len() + tokens.iter().map(logprobs).sum::<usize>()
+        }
+        Piece::Finished { .. } => 0,
     };
-    128 + pieces.iter().map(per_piece).sum::<usize>()
+    // The entry, its key and the list's own bookkeeping.
+    let overhead = 256 + size_of::<Entry>();
+    overhead + pieces.iter().map(|p| size_of::<Piece>() + per_piece(p)).sum::<usize>()
 }
 
 /// Everything that decides a generation's output, hashed.
 #[derive(Serialize)]
 pub(crate) struct KeyParts<'a> {
     pub model: &'a str,
+    pub tenant: Option<&'a str>,
     /// As the client gave it (text, messages or token ids): a hit needs no
     /// rendering or tokenizing.
     pub prompt: &'a crate::Prompt,
@@ -165,7 +174,8 @@ pub(crate) struct KeyParts<'a> {
     pub logprobs: bool,
     pub top_logprobs: usize,
     pub json: bool,
-    /// `name@version sha256` of every plugin the request runs, in order.
+    /// Every plugin the request runs, in order, with its version, sha256
+    /// and configuration ([`kiln_pipeline::Resolved::fingerprint`]).
     pub plugins: Vec<String>,
 }
 
@@ -238,6 +248,7 @@ mod tests {
         let key = |prompt, params, max_tokens, stop: &[String], plugin: &str| {
             KeyParts {
                 model: "m",
+                tenant: None,
                 prompt,
                 params,
                 max_tokens,

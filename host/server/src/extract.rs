@@ -67,6 +67,11 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// The API key's name, if a key authenticated the request.
+    pub fn tenant(&self) -> Option<String> {
+        self.caller.as_ref()?.name().map(str::to_string)
+    }
+
     /// The pipeline a request runs: its own choice, else its key's default.
     pub fn pipeline<'a>(&'a self, requested: Option<&'a str>) -> Option<&'a str> {
         requested.or_else(|| self.caller.as_ref()?.key.as_ref()?.config.pipeline.as_deref())

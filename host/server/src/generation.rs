@@ -42,6 +42,9 @@ pub struct GenerationSpec {
     pub meter: Option<TokenMeter>,
     /// The client asked not to be served from the cache (`Cache-Control: no-cache`).
     pub no_cache: bool,
+    /// Whose answers a cached one may be served to (the API key's name):
+    /// a hit must not tell one key what another asked.
+    pub tenant: Option<String>,
 }
 
 /// How the response cache took part in a generation (the `x-kiln-cache` header).
@@ -102,8 +105,9 @@ pub struct Generation {
     pending_logprobs: Vec<TokenLogprobs>,
     prompt_tokens: usize,
     generated: usize,
-    /// Taken when the tokens are counted (at the finish, or when dropped).
-    meter: Option<TokenMeter>,
+    /// Taken when the tokens are counted (at the finish, or when dropped),
+    /// with the tokens reserved for the generation beforehand.
+    meter: Option<(TokenMeter, u32)>,
     cache_status: CacheStatus,
     /// When the generation was admitted, and when it last let text out.
     started: std::time::Instant,
@@ -150,8 +154,15 @@ impl GenerationSpec {
     /// The request's cache key, when its output is fixed by its inputs and the cache is on.
     fn cache_key(&self, state: &AppState, prompt: &Prompt) -> Option<CacheKey> {
         (state.cache().enabled() && deterministic(&self.params)).then(|| {
+            let mut plugins = self.pipeline.as_ref().map(Resolved::fingerprint).unwrap_or_default();
+            if self.json {
+                // json-mode samples in place of the pipeline's sampler.
+                let json = state.plugins().and_then(|p| p.plugin(kiln_pipeline::JSON_MODE));
+                plugins.extend(json.as_ref().and_then(|e| e.info()).map(|i| format!("{i} {}", i.sha256)));
+            }
             KeyParts {
                 model: &state.model().id,
+                tenant: self.tenant.as_deref(),
                 prompt,
                 params: &self.params,
                 max_tokens: self.max_tokens,
@@ -161,7 +172,7 @@ impl GenerationSpec {
                 logprobs: self.logprobs,
                 top_logprobs: self.top_logprobs,
                 json: self.json,
-                plugins: self.pipeline.iter().flat_map(|p| p.plugins()).map(|i| format!("{i} {}", i.sha256)).collect(),
+                plugins,
             }
             .key()
         })
@@ -198,6 +209,14 @@ impl GenerationSpec {
             (Some(n), _) => n as usize,
             (None, Some(default)) => (default as usize).min(room),
             (None, None) => room,
+        };
+        // The most this request can spend is set aside before it runs.
+        let meter = match self.meter {
+            Some(meter) => {
+                let reserved = meter.reserve(prompt_tokens + max_tokens)?;
+                Some((meter, reserved))
+            }
+            None => None,
         };
         // json-mode replaces the pipeline's sampler: the output must parse.
         let policy = match (self.json, state.plugins(), &self.pipeline) {
@@ -237,7 +256,7 @@ impl GenerationSpec {
             pending_logprobs: Vec::new(),
             prompt_tokens,
             generated: 0,
-            meter: self.meter,
+            meter,
             cache_status: CacheStatus::Off,
             started: std::time::Instant::now(),
             admitted: tokio::time::Instant::now(),
@@ -419,8 +438,8 @@ impl Generation {
     fn finish(&mut self, reason: FinishReason, usage: Usage) {
         metrics::counter!("kiln_prompt_tokens_total").increment(u64::from(usage.prompt_tokens));
         metrics::counter!("kiln_generated_tokens_total").increment(u64::from(usage.completion_tokens));
-        if let Some(meter) = self.meter.take() {
-            meter.charge(usage.total_tokens as usize);
+        if let Some((meter, reserved)) = self.meter.take() {
+            meter.settle(reserved, usage.total_tokens as usize);
         }
         // Ends the engine's sequence now if a stop string cut it short.
         self.stream = None;
@@ -438,8 +457,8 @@ impl Drop for Generation {
     /// A generation cut short (a client gone, a failure) still used what it
     /// prefilled and generated.
     fn drop(&mut self) {
-        if let Some(meter) = self.meter.take() {
-            meter.charge(self.prompt_tokens + self.generated);
+        if let Some((meter, reserved)) = self.meter.take() {
+            meter.settle(reserved, self.prompt_tokens + self.generated);
         }
     }
 }

@@ -37,8 +37,20 @@ pub async fn require_admin(State(state): State<AppState>, request: Request, next
     let keyed = matches!(state.config().auth, super::auth::Auth::Keys(_));
     match (state.config().admin, peer) {
         (AdminAccess::Nobody, _) => Err(ApiError::Forbidden("the admin endpoints are turned off (see --admin)".into())),
-        // With API keys, the `admin` scope (checked by authentication) decides.
-        (_, _) if keyed => Ok(next.run(request).await),
+        // With API keys, the `admin` scope decides (authentication checked it
+        // by path; this checks it again where the admin routes are).
+        (_, _) if keyed => {
+            let admin = request
+                .extensions()
+                .get::<super::auth::Caller>()
+                .and_then(|c| c.key.as_ref())
+                .is_some_and(|k| k.allows(kiln_access::Scope::Admin));
+            if admin {
+                Ok(next.run(request).await)
+            } else {
+                Err(ApiError::Forbidden("plugin administration needs a key with the `admin` scope".into()))
+            }
+        }
         (AdminAccess::Anyone, _) => Ok(next.run(request).await),
         (AdminAccess::Loopback, Some(peer)) if peer.ip().to_canonical().is_loopback() && !forwarded => {
             Ok(next.run(request).await)

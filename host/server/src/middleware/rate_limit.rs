@@ -24,9 +24,21 @@ pub struct TokenMeter {
     limits: Limits,
 }
 
+fn clamp(tokens: usize) -> u32 {
+    tokens.min(u32::MAX as usize) as u32
+}
+
 impl TokenMeter {
-    pub fn charge(&self, tokens: usize) {
-        self.limiter.charge_tokens(&self.id, self.limits, tokens.min(u32::MAX as usize) as u32);
+    /// Sets aside `tokens` (a request's prompt and limit) before it runs.
+    pub fn reserve(&self, tokens: usize) -> Result<u32, ApiError> {
+        self.limiter
+            .reserve_tokens(&self.id, self.limits, clamp(tokens))
+            .map_err(|retry_after| ApiError::RateLimited { which: "tokens", retry_after })
+    }
+
+    /// Counts what the request really used against what it reserved.
+    pub fn settle(&self, reserved: u32, used: usize) {
+        self.limiter.settle_tokens(&self.id, self.limits, reserved, clamp(used));
     }
 }
 
@@ -60,10 +72,7 @@ pub async fn rate_limit(State(state): State<AppState>, mut request: Request, nex
     let decision = state.limiter().admit(&id, limits);
     let mut response = match decision.retry_after {
         Some(retry_after) => {
-            let which = match (decision.requests, decision.tokens) {
-                (Some(r), _) if r.remaining == 0 => "requests",
-                _ => "tokens",
-            };
+            let which = if decision.refused_tokens { "tokens" } else { "requests" };
             metrics::counter!("kiln_rate_limited_total", "limit" => which).increment(1);
             ApiError::RateLimited { which, retry_after }.into_response()
         }

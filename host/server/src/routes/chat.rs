@@ -71,6 +71,7 @@ pub async fn chat_completions(
         top_logprobs,
         json,
         pipeline,
+        tenant: context.tenant(),
         meter: context.meter,
         no_cache: context.no_cache,
         ..GenerationSpec::default()

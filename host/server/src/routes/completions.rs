@@ -57,6 +57,7 @@ pub async fn completions(
         top_logprobs: top.unwrap_or(0),
         json: false,
         pipeline,
+        tenant: context.tenant(),
         meter: context.meter,
         no_cache: context.no_cache,
         ..GenerationSpec::default()

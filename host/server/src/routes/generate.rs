@@ -95,6 +95,7 @@ async fn start(state: &AppState, context: RequestContext, req: GenerateRequest) 
         stop: req.stop.map(|s| s.into_vec()).unwrap_or_default(),
         ignore_eos: req.ignore_eos,
         pipeline,
+        tenant: context.tenant(),
         meter: context.meter,
         no_cache: context.no_cache,
         ..GenerationSpec::default()

@@ -47,9 +47,13 @@ fn describe() {
     describe_counter!("kiln_cache_hits_total", "Requests answered from the response cache");
     describe_counter!("kiln_cache_misses_total", "Cacheable requests generated anew");
     describe_counter!("kiln_cache_evictions_total", "Answers evicted from the response cache");
-    describe_counter!("kiln_plugin_calls_total", "Calls into the serving version of each plugin");
-    describe_counter!("kiln_plugin_errors_total", "Failed calls into the serving version of each plugin");
-    describe_gauge!("kiln_plugin_busy_seconds", Unit::Seconds, "Time spent inside each plugin's serving version");
+    describe_counter!("kiln_plugin_calls_total", "Calls into each plugin, all its versions");
+    describe_counter!("kiln_plugin_errors_total", "Failed calls into each plugin, all its versions");
+    describe_gauge!(
+        "kiln_plugin_busy_seconds",
+        Unit::Seconds,
+        "Time spent inside each plugin since start, all versions"
+    );
     describe_counter!("kiln_plugin_reloads_total", "New versions of each plugin swapped in");
     describe_counter!("kiln_plugin_failed_reloads_total", "New versions of each plugin refused");
     describe_gauge!("kiln_process_resident_memory_bytes", Unit::Bytes, "Resident memory of the process");
@@ -70,7 +74,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     counter!("kiln_cache_evictions_total").absolute(cache.evictions);
     for entry in state.plugins().map(|p| p.plugins()).unwrap_or_default() {
         let name = entry.name.clone();
-        let calls = entry.loaded.as_ref().map(|l| l.metrics()).unwrap_or_default();
+        let calls = entry.total_metrics();
         counter!("kiln_plugin_calls_total", "plugin" => name.clone()).absolute(calls.calls);
         counter!("kiln_plugin_errors_total", "plugin" => name.clone()).absolute(calls.errors);
         gauge!("kiln_plugin_busy_seconds", "plugin" => name.clone()).set(calls.busy.as_secs_f64());

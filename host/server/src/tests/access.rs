@@ -133,16 +133,22 @@ async fn one_key_flooding_past_its_limit_leaves_another_key_untouched() {
 }
 
 #[tokio::test]
-async fn tokens_are_counted_when_a_generation_ends() {
-    // Each fake answer is 1 prompt token and 2 generated: 3 tokens.
-    let app = keyed_app(Limits { requests_per_minute: None, tokens_per_minute: Some(4) });
+async fn tokens_are_reserved_before_and_counted_when_a_generation_ends() {
+    // Each fake answer uses 3 tokens (1 prompt, 2 generated, as the fake
+    // reports), but reserves its real prompt plus max_tokens while it runs.
+    let app = keyed_app(Limits { requests_per_minute: None, tokens_per_minute: Some(60) });
+    let remaining = |a: &Answer| a.headers["x-ratelimit-remaining-tokens"].to_str().unwrap().parse::<u32>().unwrap();
     let first = send(&app, generate(Some(("x-api-key", APP_KEY)))).await;
     assert_eq!(first.status, StatusCode::OK);
-    assert_eq!(first.headers["x-ratelimit-limit-tokens"], "4");
-    assert_eq!(send(&app, generate(Some(("x-api-key", APP_KEY)))).await.status, StatusCode::OK);
-    // 6 of 4 spent: the debt is waited out.
-    let limited = send(&app, generate(Some(("x-api-key", APP_KEY)))).await;
-    assert!(limited.error(StatusCode::TOO_MANY_REQUESTS)["message"].as_str().unwrap().contains("tokens"));
+    assert_eq!(first.headers["x-ratelimit-limit-tokens"], "60");
+    let second = send(&app, generate(Some(("x-api-key", APP_KEY)))).await;
+    // What was reserved beyond the 3 used came back.
+    assert_eq!(remaining(&first) - remaining(&second), 3);
+    // A request that cannot fit its reservation waits, though tokens are left.
+    let body = json!({"prompt": "Hi", "max_tokens": 500}).to_string();
+    let big = Request::post("/v1/generate").header("x-api-key", APP_KEY).body(Body::from(body)).unwrap();
+    let refused = send(&app, big).await;
+    assert!(refused.error(StatusCode::TOO_MANY_REQUESTS)["message"].as_str().unwrap().contains("tokens"));
 }
 
 #[tokio::test]
