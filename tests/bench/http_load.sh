@@ -9,6 +9,7 @@
 #   LLAMA_BIN_DIR: the `bin` folder printed by ../shared/anchors/build-llama-server.sh
 #   CONCURRENCIES: default "1 4 16"; each runs max(8, 4 x c) requests
 # Needs: pip install httpx
+# kiln runs with its response cache off: this measures the engine, not the cache.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 llama_bin=${1:?usage: http_load.sh LLAMA_BIN_DIR [CONCURRENCIES] [MAX_TOKENS]}
@@ -20,7 +21,7 @@ threads=$(nproc)
 cargo build --release -p kiln-cli --quiet
 model=$(./target/release/kiln pull 2>/dev/null | tail -1)
 kiln_port=18080 llama_port=18081
-./target/release/kiln serve --insecure-no-auth --port $kiln_port >/tmp/kiln-bench-serve.log 2>&1 &
+./target/release/kiln serve --insecure-no-auth --cache-mib 0 --port $kiln_port >/tmp/kiln-bench-serve.log 2>&1 &
 kiln_pid=$!
 LD_LIBRARY_PATH="$llama_bin" "$llama_bin/llama-server" -m "$model" -t "$threads" -np 16 -c 32768 \
   --port $llama_port >/tmp/kiln-bench-llama.log 2>&1 &
