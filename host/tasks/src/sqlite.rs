@@ -1,0 +1,298 @@
+//! The embedded store: one SQLite file in WAL mode. Every change is one
+//! statement (claiming a task is a single `UPDATE ... RETURNING`), so two
+//! workers never take the same task and a crash leaves no half-made state.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::{OnRestart, Task, TaskError, TaskStatus, now_ms};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    status TEXT NOT NULL,
+    request TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    completed_at INTEGER,
+    result TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks(owner, seq);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status, seq);
+";
+
+const COLUMNS: &str = "id, owner, status, request, created_at, started_at, completed_at, result, error, attempts";
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn task(row: &Row<'_>) -> rusqlite::Result<Task> {
+    let json = |i: usize, text: Option<String>| -> rusqlite::Result<Option<serde_json::Value>> {
+        text.map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
+    };
+    let status: String = row.get(2)?;
+    let status = TaskStatus::parse(&status).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, format!("status {status:?}").into())
+    })?;
+    Ok(Task {
+        id: row.get(0)?,
+        owner: row.get(1)?,
+        status,
+        request: json(3, row.get(3)?)?.unwrap_or_default(),
+        created_at: row.get(4)?,
+        started_at: row.get(5)?,
+        completed_at: row.get(6)?,
+        result: json(7, row.get(7)?)?,
+        error: row.get(8)?,
+        attempts: row.get(9)?,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, TaskError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| TaskError::Corrupt(format!("{}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)?;
+        // WAL: readers never wait for the writer; a commit survives the
+        // process being killed at any point after it.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // Every change is one statement: a panic elsewhere leaves nothing half-done.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores a new pending task.
+    pub fn create(&self, owner: &str, request: &serde_json::Value) -> Result<Task, TaskError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now_ms();
+        self.conn().execute(
+            "INSERT INTO tasks (id, owner, status, request, created_at) VALUES (?1, ?2, 'pending', ?3, ?4)",
+            params![id, owner, request.to_string(), now],
+        )?;
+        Ok(Task {
+            id,
+            owner: owner.into(),
+            status: TaskStatus::Pending,
+            request: request.clone(),
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            result: None,
+            error: None,
+            attempts: 0,
+        })
+    }
+
+    /// The task, if `owner` created it.
+    pub fn get(&self, id: &str, owner: &str) -> Result<Option<Task>, TaskError> {
+        let sql = format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1 AND owner = ?2");
+        Ok(self.conn().query_row(&sql, params![id, owner], task).optional()?)
+    }
+
+    /// `owner`'s tasks, newest first, `limit` at most, after the task `after`.
+    pub fn list(&self, owner: &str, after: Option<&str>, limit: usize) -> Result<Vec<Task>, TaskError> {
+        let conn = self.conn();
+        let below = match after {
+            Some(id) => conn
+                .query_row("SELECT seq FROM tasks WHERE id = ?1 AND owner = ?2", params![id, owner], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0i64),
+            None => i64::MAX,
+        };
+        let sql = format!("SELECT {COLUMNS} FROM tasks WHERE owner = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3");
+        let mut statement = conn.prepare(&sql)?;
+        let rows = statement.query_map(params![owner, below, limit as i64], task)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Takes the oldest pending task for a worker: it is `running` from now.
+    pub fn claim(&self) -> Result<Option<Task>, TaskError> {
+        let sql = format!(
+            "UPDATE tasks SET status = 'running', started_at = ?1, attempts = attempts + 1
+             WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending' ORDER BY seq LIMIT 1)
+             RETURNING {COLUMNS}"
+        );
+        Ok(self.conn().query_row(&sql, params![now_ms()], task).optional()?)
+    }
+
+    /// Ends a running task. `false` if it is no longer running (cancelled meanwhile).
+    pub fn finish(&self, id: &str, result: Result<serde_json::Value, String>) -> Result<bool, TaskError> {
+        let (status, result, error) = match result {
+            Ok(value) => (TaskStatus::Completed, Some(value.to_string()), None),
+            Err(message) => (TaskStatus::Failed, None, Some(message)),
+        };
+        let changed = self.conn().execute(
+            "UPDATE tasks SET status = ?1, completed_at = ?2, result = ?3, error = ?4
+             WHERE id = ?5 AND status = 'running'",
+            params![status.as_str(), now_ms(), result, error, id],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Cancels `owner`'s task if it has not ended; the task as it now stands.
+    pub fn cancel(&self, id: &str, owner: &str) -> Result<Option<Task>, TaskError> {
+        let sql = format!(
+            "UPDATE tasks SET status = 'cancelled', completed_at = ?1, error = 'cancelled by the client'
+             WHERE id = ?2 AND owner = ?3 AND status IN ('pending', 'running')
+             RETURNING {COLUMNS}"
+        );
+        let cancelled = self.conn().query_row(&sql, params![now_ms(), id, owner], task).optional()?;
+        match cancelled {
+            Some(task) => Ok(Some(task)),
+            None => self.get(id, owner),
+        }
+    }
+
+    /// At start: what a previous process left `running` is run again or
+    /// failed with a reason. Returns how many tasks that touched.
+    pub fn recover(&self, on_restart: OnRestart) -> Result<usize, TaskError> {
+        let changed = match on_restart {
+            OnRestart::Requeue => {
+                self.conn().execute("UPDATE tasks SET status = 'pending' WHERE status = 'running'", [])?
+            }
+            OnRestart::Fail => self.conn().execute(
+                "UPDATE tasks SET status = 'failed', completed_at = ?1,
+                 error = 'the server stopped while this task was running'
+                 WHERE status = 'running'",
+                params![now_ms()],
+            )?,
+        };
+        Ok(changed)
+    }
+
+    /// Deletes ended tasks that ended more than `retention_ms` ago.
+    pub fn expire(&self, retention_ms: i64) -> Result<usize, TaskError> {
+        let cutoff = now_ms() - retention_ms;
+        Ok(self.conn().execute(
+            "DELETE FROM tasks WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < ?1",
+            params![cutoff],
+        )?)
+    }
+
+    /// Tasks per status, for metrics.
+    pub fn counts(&self) -> Result<Vec<(TaskStatus, u64)>, TaskError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare("SELECT status, COUNT(*) FROM tasks GROUP BY status")?;
+        let rows = statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let (status, n) = row?;
+            let status = TaskStatus::parse(&status).ok_or_else(|| TaskError::Corrupt(format!("status {status:?}")))?;
+            counts.push((status, n as u64));
+        }
+        Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn store(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("tasks.db")).unwrap()
+    }
+
+    #[test]
+    fn a_task_moves_from_pending_to_completed_and_only_its_owner_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let created = store.create("app", &json!({"prompt": "hi"})).unwrap();
+        assert_eq!(created.status, TaskStatus::Pending);
+        assert!(store.get(&created.id, "other").unwrap().is_none());
+        let claimed = store.claim().unwrap().unwrap();
+        assert_eq!(
+            (claimed.id.as_str(), claimed.status, claimed.attempts),
+            (created.id.as_str(), TaskStatus::Running, 1)
+        );
+        assert!(store.claim().unwrap().is_none(), "a task is claimed once");
+        assert!(store.finish(&created.id, Ok(json!({"text": "hello"}))).unwrap());
+        let done = store.get(&created.id, "app").unwrap().unwrap();
+        assert_eq!(done.status, TaskStatus::Completed);
+        assert_eq!(done.result, Some(json!({"text": "hello"})));
+        assert!(done.completed_at.unwrap() >= done.started_at.unwrap());
+    }
+
+    #[test]
+    fn a_cancelled_task_is_not_completed_by_its_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let task = store.create("app", &json!({})).unwrap();
+        store.claim().unwrap().unwrap();
+        assert_eq!(store.cancel(&task.id, "app").unwrap().unwrap().status, TaskStatus::Cancelled);
+        assert!(!store.finish(&task.id, Ok(json!({}))).unwrap());
+        assert_eq!(store.get(&task.id, "app").unwrap().unwrap().status, TaskStatus::Cancelled);
+        assert!(store.cancel(&task.id, "other").unwrap().is_none());
+    }
+
+    #[test]
+    fn tasks_survive_reopening_and_running_ones_are_requeued_or_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = {
+            let store = store(&dir);
+            let a = store.create("app", &json!({"n": 1})).unwrap();
+            let b = store.create("app", &json!({"n": 2})).unwrap();
+            store.claim().unwrap();
+            (a, b)
+        };
+        let store = store(&dir);
+        assert_eq!(store.recover(OnRestart::Requeue).unwrap(), 1);
+        let again = store.claim().unwrap().unwrap();
+        assert_eq!((again.id.as_str(), again.attempts), (a.id.as_str(), 2));
+        assert_eq!(store.recover(OnRestart::Fail).unwrap(), 1);
+        let failed = store.get(&a.id, "app").unwrap().unwrap();
+        assert_eq!(failed.status, TaskStatus::Failed);
+        assert!(failed.error.unwrap().contains("stopped"));
+        assert_eq!(store.get(&b.id, "app").unwrap().unwrap().status, TaskStatus::Pending);
+    }
+
+    #[test]
+    fn lists_are_newest_first_and_paginate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let ids: Vec<String> = (0..5).map(|i| store.create("app", &json!({"n": i})).unwrap().id).collect();
+        store.create("other", &json!({})).unwrap();
+        let page = store.list("app", None, 2).unwrap();
+        assert_eq!(page.iter().map(|t| &t.id).collect::<Vec<_>>(), [&ids[4], &ids[3]]);
+        let next = store.list("app", Some(&ids[3]), 10).unwrap();
+        assert_eq!(next.len(), 3);
+        assert_eq!(next[0].id, ids[2]);
+    }
+
+    #[test]
+    fn ended_tasks_expire_after_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let task = store.create("app", &json!({})).unwrap();
+        store.claim().unwrap();
+        store.finish(&task.id, Err("boom".into())).unwrap();
+        assert_eq!(store.expire(60_000).unwrap(), 0);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(store.expire(0).unwrap(), 1);
+        assert!(store.get(&task.id, "app").unwrap().is_none());
+    }
+}
