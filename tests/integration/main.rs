@@ -6,6 +6,7 @@ mod cli;
 mod production;
 mod reload;
 mod serve;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -15,6 +15,8 @@ pub(crate) struct Server {
     child: Child,
     pub address: String,
     log: tempfile::NamedTempFile,
+    /// The task store's folder, unless the test gave its own.
+    _data: tempfile::TempDir,
 }
 
 impl Server {
@@ -25,10 +27,12 @@ impl Server {
     /// `kiln serve` with extra arguments and environment, logging at `log_level`.
     pub(crate) fn start_with(args: &[&str], log_level: &str, env: &[(&str, &Path)]) -> Server {
         let log = tempfile::NamedTempFile::new().unwrap();
+        let data = tempfile::tempdir().unwrap();
         let mut child = kiln()
             .args(["serve", "--port", "0", "--max-context", "2048"])
             .args(args)
             .env("RUST_LOG", log_level)
+            .env("KILN_DATA_DIR", data.path())
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log.reopen().unwrap())
@@ -44,7 +48,7 @@ impl Server {
             }
         });
         match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(address) => Server { child, address, log },
+            Ok(address) => Server { child, address, log, _data: data },
             Err(_) => {
                 let _ = child.kill();
                 panic!("kiln serve did not start: {}", std::fs::read_to_string(log.path()).unwrap_or_default());
@@ -98,6 +102,12 @@ impl Server {
 }
 
 impl Server {
+    /// `kill -9`: no chance to clean up.
+    pub(crate) fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -12,6 +12,7 @@ pub mod generate;
 pub mod health;
 pub mod openai;
 pub mod plugins;
+pub mod tasks;
 pub mod tokenize;
 
 pub use common::{FinishReason, StopSequences, Usage};

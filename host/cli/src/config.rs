@@ -40,6 +40,35 @@ pub struct FileConfig {
     /// Limits of keys that set none of their own.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// Async generation tasks.
+    #[serde(default)]
+    pub tasks: TasksSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksSection {
+    /// The SQLite file (relative paths: from the config file's folder).
+    pub path: Option<PathBuf>,
+    /// Tasks generated at once (default 4).
+    pub workers: Option<usize>,
+    /// Seconds an ended task is kept (default 86400).
+    pub retention_secs: Option<u64>,
+    /// Tasks a crashed process left running: `requeue` (default) or `fail`.
+    pub on_restart: Option<kiln_tasks::OnRestart>,
+}
+
+impl TasksSection {
+    pub fn config(&self) -> Result<kiln_server::TaskConfig> {
+        let defaults = kiln_server::TaskConfig::default();
+        let workers = self.workers.unwrap_or(defaults.workers);
+        anyhow::ensure!((1..=256).contains(&workers), "tasks.workers must be 1 to 256, got {workers}");
+        Ok(kiln_server::TaskConfig {
+            workers,
+            retention: self.retention_secs.map_or(defaults.retention, Duration::from_secs),
+            on_restart: self.on_restart.unwrap_or(defaults.on_restart),
+        })
+    }
 }
 
 /// The same names as `kiln serve`'s flags, with `_` for `-`.
@@ -92,7 +121,7 @@ impl FileConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut config: FileConfig = toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
         if let Some(base) = path.parent() {
-            for relative in [&mut config.plugins.dir, &mut config.server.model] {
+            for relative in [&mut config.plugins.dir, &mut config.server.model, &mut config.tasks.path] {
                 if let Some(p) = relative.as_mut() {
                     *p = base.join(&*p);
                 }

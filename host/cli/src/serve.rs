@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// still taken, so load balancers stop sending first [default: 0].
     #[arg(long, env = "KILN_DRAIN_GRACE_SECS")]
     drain_grace_secs: Option<u64>,
+    /// The async task store (a SQLite file) [default: kiln's data folder, tasks.sqlite3].
+    #[arg(long, env = "KILN_TASKS_DB")]
+    tasks_db: Option<std::path::PathBuf>,
     /// The configuration file (plugins and pipelines; see README).
     #[arg(long, env = "KILN_CONFIG")]
     config: Option<std::path::PathBuf>,
@@ -90,6 +93,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let file = file_config(&args)?;
     let auth = auth(&args, &file)?;
     let limits = file.limits()?;
+    let task_config = file.tasks.config()?;
     let server = &file.server;
     let model_args = ModelArgs {
         model: args.model.model.clone().or_else(|| server.model.clone()),
@@ -154,6 +158,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
         AppState::with_plugins(Arc::new(engine), served, config, plugins)
     };
+    let tasks_db = match args.tasks_db.clone().or_else(|| file.tasks.path.clone()) {
+        Some(path) => path,
+        None => data_dir()?.join("tasks.sqlite3"),
+    };
+    let tasks = kiln_server::Tasks::open(&tasks_db, task_config)
+        .with_context(|| format!("opening the task store {}", tasks_db.display()))?;
+    state.attach_tasks(Arc::new(tasks));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
@@ -164,6 +175,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         tracing::info!(%address, model = %state.model().id, "serving; API docs at /docs");
         // One line on stdout that scripts (and the tests) wait for.
         println!("listening on http://{address}");
+        kiln_server::spawn_workers(&state);
         // `/ready` answers 503 until one forward pass has run.
         let warming = state.clone();
         tokio::spawn(async move {
@@ -200,6 +212,17 @@ fn auth(args: &ServeArgs, file: &FileConfig) -> Result<Auth> {
             anyhow::bail!("--insecure-no-auth was given, but the configuration has keys; drop one of them")
         }
         (false, false) => Ok(Auth::Keys(Arc::new(kiln_access::KeyStore::new(file.keys.clone())?))),
+    }
+}
+
+/// Where kiln keeps what must last (the task store): `$KILN_DATA_DIR`, else
+/// the platform's data folder (`~/.local/share/kiln` on Linux).
+fn data_dir() -> Result<std::path::PathBuf> {
+    match std::env::var_os("KILN_DATA_DIR") {
+        Some(dir) if !dir.is_empty() => Ok(dir.into()),
+        _ => dirs::data_dir()
+            .map(|d| d.join("kiln"))
+            .context("no data folder for the task store: set KILN_DATA_DIR or --tasks-db"),
     }
 }
 

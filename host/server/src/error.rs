@@ -38,6 +38,8 @@ pub enum ApiError {
     Unavailable,
     #[error("no plugin is named {0:?}; see GET /v1/plugins")]
     NoSuchPlugin(String),
+    #[error("no task {0:?} for this API key")]
+    NoSuchTask(String),
     /// An uploaded or reloaded component that cannot serve (not a kiln
     /// plugin, the wrong kind for a pipeline using the name, a failing smoke call).
     #[error("{0}")]
@@ -81,9 +83,10 @@ impl ApiError {
             }
             ApiError::InvalidType { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RouteNotFound { .. } | ApiError::NoSuchModel(_) | ApiError::NoSuchPlugin(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::RouteNotFound { .. }
+            | ApiError::NoSuchModel(_)
+            | ApiError::NoSuchPlugin(_)
+            | ApiError::NoSuchTask(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidPlugin(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -113,6 +116,7 @@ impl ApiError {
             ApiError::Overloaded { .. } => ("overloaded_error", None, Some("overloaded")),
             ApiError::Unavailable => ("overloaded_error", None, Some("unavailable")),
             ApiError::NoSuchPlugin(_) => ("not_found_error", Some("name".into()), Some("plugin_not_found")),
+            ApiError::NoSuchTask(_) => ("not_found_error", Some("id".into()), Some("task_not_found")),
             ApiError::InvalidPlugin(_) => ("invalid_request_error", None, Some("invalid_plugin")),
             ApiError::Conflict(_) => ("invalid_request_error", None, Some("conflict")),
             ApiError::Forbidden(_) => ("permission_error", None, Some("forbidden")),

@@ -15,6 +15,7 @@ mod generation;
 mod middleware;
 mod openapi;
 mod routes;
+mod tasks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub use middleware::admin::AdminAccess;
 pub use middleware::auth::{Auth, Caller};
 pub use middleware::rate_limit::TokenMeter;
 pub use openapi::ApiDoc;
+pub use tasks::{TaskConfig, Tasks, spawn_workers};
 
 /// The model being served, as the API presents it.
 #[derive(Debug)]
@@ -109,6 +111,8 @@ struct Inner {
     plugins: Option<Arc<PluginHost>>,
     limiter: Arc<kiln_access::Limiter>,
     cache: Arc<cache::ResponseCache>,
+    /// The async task store and its workers' state, once attached.
+    tasks: std::sync::OnceLock<Arc<Tasks>>,
     started: std::time::Instant,
     /// Warmed up (one forward pass done) and not draining.
     ready: std::sync::atomic::AtomicBool,
@@ -134,6 +138,7 @@ impl Inner {
             config,
             plugins,
             limiter: Arc::new(kiln_access::Limiter::new(MAX_LIMITED_CALLERS)),
+            tasks: std::sync::OnceLock::new(),
             started: std::time::Instant::now(),
             ready: Default::default(),
             draining: Default::default(),
@@ -160,6 +165,16 @@ impl AppState {
         plugins: Arc<PluginHost>,
     ) -> Self {
         AppState { inner: Arc::new(Inner::new(backend, model, config, Some(plugins))) }
+    }
+
+    /// Enables async tasks (`/v1/generate/async`, `/v1/tasks`); start their
+    /// workers with [`spawn_workers`]. A second call changes nothing.
+    pub fn attach_tasks(&self, tasks: Arc<Tasks>) {
+        let _ = self.inner.tasks.set(tasks);
+    }
+
+    pub(crate) fn tasks_arc(&self) -> Option<Arc<Tasks>> {
+        self.inner.tasks.get().cloned()
     }
 
     pub(crate) fn limiter(&self) -> &kiln_access::Limiter {
@@ -359,6 +374,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(routes::metrics::metrics))
         .route("/v1/generate", post(routes::generate::generate))
         .route("/v1/generate/stream", post(routes::generate::generate_stream))
+        .route("/v1/generate/async", post(routes::tasks::generate_async))
+        .route("/v1/tasks", get(routes::tasks::list_tasks))
+        .route("/v1/tasks/{id}", get(routes::tasks::get_task).delete(routes::tasks::cancel_task))
         .route("/v1/chat/completions", post(routes::chat::chat_completions))
         .route("/v1/completions", post(routes::completions::completions))
         .route("/v1/models", get(routes::models::list_models))

@@ -35,6 +35,10 @@ use crate::routes;
         routes::health::health,
         routes::health::ready,
         routes::metrics::metrics,
+        routes::tasks::generate_async,
+        routes::tasks::get_task,
+        routes::tasks::cancel_task,
+        routes::tasks::list_tasks,
     ),
     components(schemas(kiln_api::generate::GenerateStreamEnd, kiln_api::ErrorBody)),
     tags(
@@ -43,6 +47,7 @@ use crate::routes;
         (name = "tokens", description = "Token counting"),
         (name = "plugins", description = "Plugin administration (admin clients only)"),
         (name = "probes", description = "Liveness and readiness"),
+        (name = "tasks", description = "Async generation tasks, kept in a durable store"),
     )
 )]
 pub struct ApiDoc;

@@ -31,15 +31,18 @@ pub async fn generate(
     }
     let cache = generation.cache_status();
     let done = generation.collect().await?;
-    let response = Json(GenerateResponse {
+    Ok(super::mark_cache(Json(answer(&state, done)).into_response(), cache))
+}
+
+/// A finished generation in the guide's shape (also an async task's result).
+pub(crate) fn answer(state: &AppState, done: crate::generation::Collected) -> GenerateResponse {
+    GenerateResponse {
         text: done.text,
         tokens_used: done.usage.total_tokens,
         model: state.model().id.clone(),
         finish_reason: done.reason,
         usage: done.usage,
-    })
-    .into_response();
-    Ok(super::mark_cache(response, cache))
+    }
 }
 
 /// Stream the answer as Server-Sent Events: one `{"text"}` event per decoded
@@ -62,7 +65,11 @@ pub async fn generate_stream(
 /// The guide's `max_tokens` default.
 const DEFAULT_MAX_TOKENS: u32 = 512;
 
-async fn start(state: &AppState, context: RequestContext, req: GenerateRequest) -> Result<Generation, ApiError> {
+pub(crate) async fn start(
+    state: &AppState,
+    context: RequestContext,
+    req: GenerateRequest,
+) -> Result<Generation, ApiError> {
     state.check_model(req.model.as_deref())?;
     if req.prompt.is_empty() {
         return Err(ApiError::invalid("prompt", "must not be empty"));

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod models;
 mod openai;
 pub mod plugins;
+pub mod tasks;
 pub mod tokenize;
 
 use std::convert::Infallible;

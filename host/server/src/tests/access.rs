@@ -11,8 +11,8 @@ use serde_json::json;
 use super::*;
 use crate::{Auth, ServerConfig};
 
-const APP_KEY: &str = "kiln-app-key";
-const OPS_KEY: &str = "kiln-ops-key";
+pub(super) const APP_KEY: &str = "kiln-app-key";
+pub(super) const OPS_KEY: &str = "kiln-ops-key";
 const SMALL_KEY: &str = "kiln-small-key";
 
 fn key(name: &str, key: &str, scope: Scope, requests_per_minute: Option<u32>) -> KeyConfig {
@@ -26,7 +26,7 @@ fn key(name: &str, key: &str, scope: Scope, requests_per_minute: Option<u32>) ->
     }
 }
 
-fn keyed_config(limits: Limits) -> ServerConfig {
+pub(super) fn keyed_config(limits: Limits) -> ServerConfig {
     let keys = KeyStore::new(vec![
         key("app", APP_KEY, Scope::Generate, None),
         key("ops", OPS_KEY, Scope::Admin, None),

@@ -11,6 +11,7 @@ mod generate;
 mod metrics;
 mod openai;
 mod plugins;
+mod tasks;
 mod tokenize;
 
 use std::sync::{Arc, OnceLock};
@@ -199,6 +200,19 @@ pub fn fake_app_with(fake: Fake, config: ServerConfig) -> Router {
     let limits = ModelLimits { vocab_size, max_context: CONTEXT, default_stop_ids: vec![] };
     let backend = FakeBackend { fake, limits, stats: EngineStats::default() };
     router(AppState::new(Arc::new(backend), served(tokenizer), config))
+}
+
+/// A fake model with async tasks in a fresh SQLite file, workers running.
+pub fn fake_app_with_tasks(fake: Fake, config: ServerConfig) -> (Router, tempfile::TempDir) {
+    let (_, tokenizer) = loaded();
+    let limits = ModelLimits { vocab_size: tokenizer.vocab_size(), max_context: CONTEXT, default_stop_ids: vec![] };
+    let backend = FakeBackend { fake, limits, stats: EngineStats::default() };
+    let state = AppState::new(Arc::new(backend), served(tokenizer), config);
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = crate::Tasks::open(&dir.path().join("tasks.db"), crate::TaskConfig::default()).unwrap();
+    state.attach_tasks(Arc::new(tasks));
+    crate::spawn_workers(&state);
+    (router(state), dir)
 }
 
 /// A fake model behind the test pipelines.

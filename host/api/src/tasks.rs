@@ -1,0 +1,42 @@
+//! Async generation tasks: `POST /v1/generate/async`, `GET /v1/tasks`,
+//! `GET /v1/tasks/{id}`, `DELETE /v1/tasks/{id}`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::Usage;
+use crate::generate::GenerateResponse;
+
+/// The answer to `POST /v1/generate/async` (status 202).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskAccepted {
+    pub task_id: String,
+    /// Always `pending`.
+    pub status: String,
+}
+
+/// A task as its owner sees it. Times are Unix seconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskView {
+    pub task_id: String,
+    /// `pending`, `running`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    pub created_at: f64,
+    pub started_at: Option<f64>,
+    pub completed_at: Option<f64>,
+    /// The generation, once `completed` (as `POST /v1/generate` answers).
+    pub result: Option<GenerateResponse>,
+    /// Why it `failed` (or that it was `cancelled`).
+    pub error: Option<String>,
+    pub usage: Option<Usage>,
+    /// Times a worker took it up (more than 1 when a restart ran it again).
+    pub attempts: u32,
+}
+
+/// A page of the caller's tasks, newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskList {
+    pub data: Vec<TaskView>,
+    /// More tasks follow: ask again with `after` set to the last `task_id`.
+    pub has_more: bool,
+}

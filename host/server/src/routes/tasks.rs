@@ -1,0 +1,155 @@
+//! Async generation: `POST /v1/generate/async` stores a task and answers
+//! 202 at once; `GET /v1/tasks/{id}` reports it; `DELETE` cancels it;
+//! `GET /v1/tasks` lists the caller's. A task is visible only to the API key
+//! that created it: to any other it does not exist (404).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use kiln_api::ErrorBody;
+use kiln_api::generate::GenerateRequest;
+use kiln_api::tasks::{TaskAccepted, TaskList, TaskView};
+use kiln_tasks::{SqliteStore, Task, TaskError};
+
+use crate::extract::{ApiJson, RequestContext};
+use crate::tasks::Tasks;
+use crate::{ApiError, AppState};
+
+/// Most tasks one page lists.
+const MAX_PAGE: usize = 100;
+
+/// Generate in the background: the task is stored, then `202 {task_id, status: "pending"}`.
+#[utoipa::path(post, path = "/v1/generate/async", tag = "tasks", request_body = GenerateRequest,
+    responses(
+        (status = 202, description = "Stored; poll `GET /v1/tasks/{task_id}`", body = TaskAccepted),
+        (status = 400, description = "An unknown model or an empty prompt", body = ErrorBody),
+        (status = 422, description = "A missing field or one of the wrong type", body = ErrorBody),
+    ))]
+pub async fn generate_async(
+    State(state): State<AppState>,
+    context: RequestContext,
+    ApiJson(req): ApiJson<GenerateRequest>,
+) -> Result<(StatusCode, Json<TaskAccepted>), ApiError> {
+    // What can be checked without the model is checked now; anything else
+    // the generation refuses ends the task `failed` with the reason.
+    state.check_model(req.model.as_deref())?;
+    if req.prompt.is_empty() {
+        return Err(ApiError::invalid("prompt", "must not be empty"));
+    }
+    if req.stream {
+        return Err(ApiError::invalid("stream", "an async task is polled, not streamed"));
+    }
+    let tasks = tasks(&state)?;
+    let owner = context.tenant().unwrap_or_default();
+    let request = serde_json::to_value(&req).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let task = store(&tasks, move |s| s.create(&owner, &request)).await?;
+    tasks.woken();
+    Ok((StatusCode::ACCEPTED, Json(TaskAccepted { task_id: task.id, status: "pending".into() })))
+}
+
+/// A task of the caller's: its status, and its result or error once ended.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "The task", body = TaskView),
+        (status = 404, description = "No such task for this API key", body = ErrorBody),
+    ))]
+pub async fn get_task(
+    State(state): State<AppState>,
+    context: RequestContext,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    let tasks = tasks(&state)?;
+    let owner = context.tenant().unwrap_or_default();
+    let lookup = id.clone();
+    let task = store(&tasks, move |s| s.get(&lookup, &owner)).await?;
+    task.map(|t| Json(view(t))).ok_or(ApiError::NoSuchTask(id))
+}
+
+/// Cancel a task: a pending one never runs, a running one stops at its next token.
+#[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "The task as it now stands (`cancelled`, or how it had already ended)", body = TaskView),
+        (status = 404, description = "No such task for this API key", body = ErrorBody),
+    ))]
+pub async fn cancel_task(
+    State(state): State<AppState>,
+    context: RequestContext,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    let tasks = tasks(&state)?;
+    let owner = context.tenant().unwrap_or_default();
+    let lookup = id.clone();
+    let task = store(&tasks, move |s| s.cancel(&lookup, &owner)).await?.ok_or(ApiError::NoSuchTask(id))?;
+    tasks.stop(&task.id);
+    Ok(Json(view(task)))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Page {
+    /// The last `task_id` of the previous page.
+    after: Option<String>,
+    /// Tasks per page (default 20, at most 100).
+    limit: Option<usize>,
+}
+
+/// The caller's tasks, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks",
+    params(
+        ("after" = Option<String>, Query, description = "The last `task_id` of the previous page"),
+        ("limit" = Option<usize>, Query, description = "Tasks per page (default 20, at most 100)"),
+    ),
+    responses((status = 200, description = "A page of tasks", body = TaskList)))]
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    context: RequestContext,
+    Query(page): Query<Page>,
+) -> Result<Json<TaskList>, ApiError> {
+    let limit = page.limit.unwrap_or(20);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("must be 1 to {MAX_PAGE}")));
+    }
+    let tasks = tasks(&state)?;
+    let owner = context.tenant().unwrap_or_default();
+    let mut found = store(&tasks, move |s| s.list(&owner, page.after.as_deref(), limit + 1)).await?;
+    let has_more = found.len() > limit;
+    found.truncate(limit);
+    Ok(Json(TaskList { data: found.into_iter().map(view).collect(), has_more }))
+}
+
+fn tasks(state: &AppState) -> Result<Arc<Tasks>, ApiError> {
+    state.tasks_arc().ok_or_else(|| ApiError::Conflict("async tasks are not enabled on this server".into()))
+}
+
+async fn store<T: Send + 'static>(
+    tasks: &Arc<Tasks>,
+    f: impl FnOnce(&SqliteStore) -> Result<T, TaskError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let tasks = tasks.clone();
+    tokio::task::spawn_blocking(move || f(&tasks.store))
+        .await
+        .map_err(|e| ApiError::Internal(format!("task store: {e}")))?
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+fn seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+fn view(task: Task) -> TaskView {
+    let result: Option<kiln_api::generate::GenerateResponse> = task.result.and_then(|r| serde_json::from_value(r).ok());
+    TaskView {
+        task_id: task.id,
+        status: task.status.as_str().into(),
+        created_at: seconds(task.created_at),
+        started_at: task.started_at.map(seconds),
+        completed_at: task.completed_at.map(seconds),
+        usage: result.as_ref().map(|r| r.usage),
+        result,
+        error: task.error,
+        attempts: task.attempts,
+    }
+}

@@ -1,0 +1,155 @@
+//! Async tasks: workers take stored tasks and generate them on the same
+//! path as `POST /v1/generate`, each under its owner's API key. A task is
+//! stored before it is acknowledged; a worker that dies with the process
+//! leaves it `running`, which the next start requeues or fails.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kiln_api::generate::GenerateRequest;
+use kiln_tasks::{OnRestart, SqliteStore, Task, TaskError};
+use tokio::sync::Notify;
+
+use crate::extract::RequestContext;
+use crate::{ApiError, AppState, Auth, Caller};
+
+#[derive(Clone, Copy, Debug)]
+pub struct TaskConfig {
+    /// Tasks generated at once.
+    pub workers: usize,
+    /// Ended tasks are deleted this long after they end.
+    pub retention: Duration,
+    pub on_restart: OnRestart,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        TaskConfig { workers: 4, retention: Duration::from_secs(24 * 3600), on_restart: OnRestart::Requeue }
+    }
+}
+
+/// The store and the workers' shared state.
+pub struct Tasks {
+    pub(crate) store: SqliteStore,
+    config: TaskConfig,
+    /// Running tasks, to stop on cancellation.
+    running: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Rung when a task is stored, so an idle worker takes it at once.
+    wake: Notify,
+}
+
+impl std::fmt::Debug for Tasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tasks").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Tasks {
+    /// Opens the store at `path` and settles what a previous process left running.
+    pub fn open(path: &std::path::Path, config: TaskConfig) -> Result<Tasks, TaskError> {
+        let store = SqliteStore::open(path)?;
+        let recovered = store.recover(config.on_restart)?;
+        if recovered > 0 {
+            tracing::warn!(recovered, on_restart = ?config.on_restart, "tasks left running by the previous process");
+        }
+        Ok(Tasks { store, config, running: Mutex::new(HashMap::new()), wake: Notify::new() })
+    }
+
+    pub(crate) fn woken(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Stops a running task's generation (its record is already `cancelled`).
+    pub(crate) fn stop(&self, id: &str) {
+        if let Some(stop) = self.lock().get(id) {
+            stop.notify_one();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Starts the workers and the retention sweep on the current runtime.
+pub fn spawn_workers(state: &AppState) {
+    let Some(tasks) = state.tasks_arc() else { return };
+    for _ in 0..tasks.config.workers.max(1) {
+        let (state, tasks) = (state.clone(), tasks.clone());
+        tokio::spawn(async move {
+            loop {
+                let claimed = blocking(&tasks, |store| store.claim()).await;
+                match claimed {
+                    Ok(Some(task)) => run(&state, &tasks, task).await,
+                    Ok(None) => {
+                        // Nothing pending: wait for a new task (or look again soon,
+                        // for tasks another process stored).
+                        let _ = tokio::time::timeout(Duration::from_secs(1), tasks.wake.notified()).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "claiming a task");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let retention = tasks.config.retention.as_millis() as i64;
+            if let Err(e) = blocking(&tasks, move |store| store.expire(retention)).await {
+                tracing::error!(error = %e, "expiring old tasks");
+            }
+        }
+    });
+}
+
+async fn blocking<T: Send + 'static>(
+    tasks: &Arc<Tasks>,
+    f: impl FnOnce(&SqliteStore) -> Result<T, TaskError> + Send + 'static,
+) -> Result<T, TaskError> {
+    let tasks = tasks.clone();
+    tokio::task::spawn_blocking(move || f(&tasks.store))
+        .await
+        .unwrap_or_else(|e| Err(TaskError::Corrupt(format!("task store worker: {e}"))))
+}
+
+/// Generates one task and records how it ended.
+async fn run(state: &AppState, tasks: &Arc<Tasks>, task: Task) {
+    let stop = Arc::new(Notify::new());
+    tasks.lock().insert(task.id.clone(), stop.clone());
+    let context = RequestContext { caller: caller(state, &task.owner), ..RequestContext::default() };
+    let outcome = tokio::select! {
+        outcome = generate(state, context, task.request) => outcome,
+        () = stop.notified() => Err("cancelled by the client".to_string()),
+    };
+    tasks.lock().remove(&task.id);
+    let id = task.id.clone();
+    match blocking(tasks, move |store| store.finish(&id, outcome)).await {
+        Ok(_) => {}
+        Err(e) => tracing::error!(task = task.id, error = %e, "recording a task's end"),
+    }
+}
+
+async fn generate(
+    state: &AppState,
+    context: RequestContext,
+    request: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let req: GenerateRequest =
+        serde_json::from_value(request).map_err(|e| format!("the stored request is unreadable: {e}"))?;
+    let message = |e: ApiError| e.body().error.message;
+    let generation = crate::routes::generate::start(state, context, req).await.map_err(message)?;
+    let done = generation.collect().await.map_err(message)?;
+    serde_json::to_value(crate::routes::generate::answer(state, done)).map_err(|e| e.to_string())
+}
+
+/// The owner's key, so the task runs with its default pipeline and cache tenancy.
+fn caller(state: &AppState, owner: &str) -> Option<Caller> {
+    match &state.config().auth {
+        Auth::Keys(keys) => keys.keys().iter().find(|k| k.name() == owner).map(|k| Caller { key: Some(k.clone()) }),
+        Auth::Insecure => None,
+    }
+}

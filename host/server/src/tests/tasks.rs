@@ -1,0 +1,99 @@
+//! Async tasks through the API: stored, run by the workers, visible to
+//! their owner only, cancellable.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use kiln_access::Limits;
+use serde_json::{Value, json};
+
+use super::access::{APP_KEY, OPS_KEY, keyed_config};
+use super::*;
+
+fn call(method: &str, path: &str, key: &str, body: Option<Value>) -> Request<Body> {
+    let request = Request::builder().method(method).uri(path).header("x-api-key", key);
+    match body {
+        Some(body) => request.header("content-type", "application/json").body(Body::from(body.to_string())),
+        None => request.body(Body::empty()),
+    }
+    .unwrap()
+}
+
+async fn submit(app: &Router, key: &str) -> String {
+    let accepted =
+        send(app, call("POST", "/v1/generate/async", key, Some(json!({"prompt": "Hi", "max_tokens": 2})))).await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&accepted.body));
+    let body = accepted.json();
+    assert_eq!(body["status"], "pending");
+    body["task_id"].as_str().unwrap().to_string()
+}
+
+async fn wait_until(app: &Router, id: &str, key: &str, status: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let task = send(app, call("GET", &format!("/v1/tasks/{id}"), key, None)).await.json();
+        if task["status"] == status {
+            return task;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "task never reached {status}: {task}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_submitted_task_completes_and_only_its_owner_sees_it() {
+    let (app, _dir) = fake_app_with_tasks(Fake::Say(vec!["Hello", " there"]), keyed_config(Limits::default()));
+    let id = submit(&app, APP_KEY).await;
+    let done = wait_until(&app, &id, APP_KEY, "completed").await;
+    assert_eq!(done["result"]["text"], "Hello there");
+    assert_eq!(done["usage"]["completion_tokens"], 2);
+    assert_eq!(done["attempts"], 1);
+    assert!(done["completed_at"].as_f64() >= done["created_at"].as_f64());
+    // Another key: as if it did not exist.
+    let other = send(&app, call("GET", &format!("/v1/tasks/{id}"), OPS_KEY, None)).await;
+    assert_eq!(other.error(StatusCode::NOT_FOUND)["code"], "task_not_found");
+    send(&app, call("DELETE", &format!("/v1/tasks/{id}"), OPS_KEY, None)).await.error(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_running_task_is_cancelled_and_stays_cancelled() {
+    let (app, _dir) = fake_app_with_tasks(Fake::Slow(Duration::from_secs(30)), keyed_config(Limits::default()));
+    let id = submit(&app, APP_KEY).await;
+    wait_until(&app, &id, APP_KEY, "running").await;
+    let cancelled = send(&app, call("DELETE", &format!("/v1/tasks/{id}"), APP_KEY, None)).await;
+    assert_eq!(cancelled.status, StatusCode::OK);
+    assert_eq!(cancelled.json()["status"], "cancelled");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let task = wait_until(&app, &id, APP_KEY, "cancelled").await;
+    assert!(task["result"].is_null());
+}
+
+#[tokio::test]
+async fn the_callers_tasks_are_listed_newest_first_a_page_at_a_time() {
+    let (app, _dir) = fake_app_with_tasks(Fake::Say(vec!["x"]), keyed_config(Limits::default()));
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(submit(&app, APP_KEY).await);
+    }
+    submit(&app, OPS_KEY).await;
+    let page = send(&app, call("GET", "/v1/tasks?limit=2", APP_KEY, None)).await.json();
+    let listed: Vec<&str> = page["data"].as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+    assert_eq!(listed, [ids[2].as_str(), ids[1].as_str()]);
+    assert_eq!(page["has_more"], true);
+    let rest = send(&app, call("GET", &format!("/v1/tasks?limit=2&after={}", ids[1]), APP_KEY, None)).await.json();
+    assert_eq!(rest["data"][0]["task_id"], ids[0].as_str());
+    assert_eq!(rest["has_more"], false);
+    send(&app, call("GET", "/v1/tasks?limit=0", APP_KEY, None)).await.error(StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn bad_async_requests_are_refused_before_they_are_stored() {
+    let (app, _dir) = fake_app_with_tasks(Fake::Say(vec!["x"]), keyed_config(Limits::default()));
+    let empty = send(&app, call("POST", "/v1/generate/async", APP_KEY, Some(json!({"prompt": ""})))).await;
+    assert_eq!(empty.error(StatusCode::BAD_REQUEST)["param"], "prompt");
+    let streamed = json!({"prompt": "x", "stream": true});
+    send(&app, call("POST", "/v1/generate/async", APP_KEY, Some(streamed))).await.error(StatusCode::BAD_REQUEST);
+    let list = send(&app, call("GET", "/v1/tasks", APP_KEY, None)).await.json();
+    assert_eq!(list["data"].as_array().unwrap().len(), 0);
+}
