@@ -171,6 +171,7 @@ impl FileConfig {
     pub fn check(&self) -> Result<String> {
         let keys = kiln_access::KeyStore::new(self.keys.clone())?;
         self.limits()?;
+        self.tasks.config()?;
         let plugins = self.plugins(None, PathBuf::new())?;
         for (name, spec) in &self.pipelines {
             kiln_pipeline::check_name(name).map_err(|e| anyhow::anyhow!("pipelines.{name}: {e}"))?;

@@ -86,6 +86,7 @@ pub enum TaskError {
     Corrupt(String),
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// Now, in the store's unit (Unix milliseconds).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }

@@ -192,6 +192,14 @@ impl SqliteStore {
         )?)
     }
 
+    /// When the oldest pending task was created (Unix ms), if any is pending.
+    pub fn oldest_pending(&self) -> Result<Option<i64>, TaskError> {
+        let oldest = self.conn().query_row("SELECT MIN(created_at) FROM tasks WHERE status = 'pending'", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })?;
+        Ok(oldest)
+    }
+
     /// Tasks per status, for metrics.
     pub fn counts(&self) -> Result<Vec<(TaskStatus, u64)>, TaskError> {
         let conn = self.conn();

@@ -57,6 +57,12 @@ fn describe() {
     describe_counter!("kiln_plugin_reloads_total", "New versions of each plugin swapped in");
     describe_counter!("kiln_plugin_failed_reloads_total", "New versions of each plugin refused");
     describe_gauge!("kiln_process_resident_memory_bytes", Unit::Bytes, "Resident memory of the process");
+    describe_gauge!("kiln_tasks", "Async tasks in the store, by status (pending is the queue length)");
+    describe_gauge!(
+        "kiln_tasks_oldest_pending_age_seconds",
+        Unit::Seconds,
+        "How long the oldest pending task has waited"
+    );
 }
 
 /// Server metrics in Prometheus' text format.
@@ -81,10 +87,33 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         counter!("kiln_plugin_reloads_total", "plugin" => name.clone()).absolute(entry.reloads);
         counter!("kiln_plugin_failed_reloads_total", "plugin" => name).absolute(entry.failed_reloads);
     }
+    if let Some(tasks) = state.tasks_arc() {
+        task_levels(&tasks).await;
+    }
     if let Some(bytes) = resident_memory() {
         gauge!("kiln_process_resident_memory_bytes").set(bytes as f64);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle().render()).into_response()
+}
+
+/// Tasks by status, and how long the oldest pending one has waited.
+async fn task_levels(tasks: &std::sync::Arc<crate::Tasks>) {
+    let tasks = tasks.clone();
+    let levels = tokio::task::spawn_blocking(move || {
+        Ok::<_, kiln_tasks::TaskError>((tasks.store.counts()?, tasks.store.oldest_pending()?))
+    })
+    .await;
+    let (counts, oldest) = match levels {
+        Ok(Ok(levels)) => levels,
+        Ok(Err(e)) => return tracing::error!(error = %e, "reading task counts"),
+        Err(e) => return tracing::error!(error = %e, "reading task counts"),
+    };
+    for status in ["pending", "running", "completed", "failed", "cancelled"] {
+        let n = counts.iter().find(|(s, _)| s.as_str() == status).map_or(0, |(_, n)| *n);
+        gauge!("kiln_tasks", "status" => status).set(n as f64);
+    }
+    let age = oldest.map_or(0.0, |created| (kiln_tasks::now_ms() - created).max(0) as f64 / 1000.0);
+    gauge!("kiln_tasks_oldest_pending_age_seconds").set(age);
 }
 
 /// The process's resident set, from `/proc` (Linux); `None` elsewhere.

@@ -54,6 +54,10 @@ async fn a_submitted_task_completes_and_only_its_owner_sees_it() {
     let other = send(&app, call("GET", &format!("/v1/tasks/{id}"), OPS_KEY, None)).await;
     assert_eq!(other.error(StatusCode::NOT_FOUND)["code"], "task_not_found");
     send(&app, call("DELETE", &format!("/v1/tasks/{id}"), OPS_KEY, None)).await.error(StatusCode::NOT_FOUND);
+    // Scrapes show the store's levels (values are process-wide, shared by tests).
+    let metrics = String::from_utf8(get(&app, "/metrics").await.body.to_vec()).unwrap();
+    assert!(metrics.contains(r#"kiln_tasks{status="completed"}"#), "{metrics}");
+    assert!(metrics.contains("kiln_tasks_oldest_pending_age_seconds"), "{metrics}");
 }
 
 #[tokio::test]
