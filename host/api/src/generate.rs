@@ -49,6 +49,8 @@ pub struct GenerateRequest {
     pub model: Option<String>,
     /// The plugin pipeline to run (see `GET /v1/plugins`); unset: the server's default.
     pub pipeline: Option<String>,
+    /// `POST /v1/generate/async` only: told of the task's end by a signed POST.
+    pub webhook_url: Option<String>,
 }
 
 fn default_temperature() -> f32 {

@@ -56,6 +56,12 @@ pub struct TasksSection {
     pub retention_secs: Option<u64>,
     /// Tasks a crashed process left running: `requeue` (default) or `fail`.
     pub on_restart: Option<kiln_tasks::OnRestart>,
+    /// The HMAC-SHA256 key signing webhook bodies (`X-Kiln-Signature`).
+    pub webhook_secret: Option<String>,
+    /// Let webhooks reach loopback, link-local and private addresses (default false).
+    pub allow_private_webhooks: Option<bool>,
+    /// Delivery attempts per task, the first included (default 5).
+    pub webhook_max_attempts: Option<u32>,
 }
 
 impl TasksSection {
@@ -63,10 +69,19 @@ impl TasksSection {
         let defaults = kiln_server::TaskConfig::default();
         let workers = self.workers.unwrap_or(defaults.workers);
         anyhow::ensure!((1..=256).contains(&workers), "tasks.workers must be 1 to 256, got {workers}");
+        let hooks = defaults.webhooks;
+        let max_attempts = self.webhook_max_attempts.unwrap_or(hooks.max_attempts);
+        anyhow::ensure!((1..=20).contains(&max_attempts), "tasks.webhook_max_attempts must be 1 to 20");
         Ok(kiln_server::TaskConfig {
             workers,
             retention: self.retention_secs.map_or(defaults.retention, Duration::from_secs),
             on_restart: self.on_restart.unwrap_or(defaults.on_restart),
+            webhooks: kiln_server::WebhookConfig {
+                secret: self.webhook_secret.clone(),
+                allow_private: self.allow_private_webhooks.unwrap_or(hooks.allow_private),
+                max_attempts,
+                first_retry: hooks.first_retry,
+            },
         })
     }
 }

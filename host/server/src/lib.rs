@@ -16,6 +16,7 @@ mod middleware;
 mod openapi;
 mod routes;
 mod tasks;
+mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub use middleware::auth::{Auth, Caller};
 pub use middleware::rate_limit::TokenMeter;
 pub use openapi::ApiDoc;
 pub use tasks::{TaskConfig, Tasks, spawn_workers};
+pub use webhooks::WebhookConfig;
 
 /// The model being served, as the API presents it.
 #[derive(Debug)]

@@ -12,20 +12,27 @@ use kiln_tasks::{OnRestart, SqliteStore, Task, TaskError};
 use tokio::sync::Notify;
 
 use crate::extract::RequestContext;
+use crate::webhooks::WebhookConfig;
 use crate::{ApiError, AppState, Auth, Caller};
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TaskConfig {
     /// Tasks generated at once.
     pub workers: usize,
     /// Ended tasks are deleted this long after they end.
     pub retention: Duration,
     pub on_restart: OnRestart,
+    pub webhooks: WebhookConfig,
 }
 
 impl Default for TaskConfig {
     fn default() -> Self {
-        TaskConfig { workers: 4, retention: Duration::from_secs(24 * 3600), on_restart: OnRestart::Requeue }
+        TaskConfig {
+            workers: 4,
+            retention: Duration::from_secs(24 * 3600),
+            on_restart: OnRestart::Requeue,
+            webhooks: WebhookConfig::default(),
+        }
     }
 }
 
@@ -54,6 +61,10 @@ impl Tasks {
             tracing::warn!(recovered, on_restart = ?config.on_restart, "tasks left running by the previous process");
         }
         Ok(Tasks { store, config, running: Mutex::new(HashMap::new()), wake: Notify::new() })
+    }
+
+    pub(crate) fn webhooks(&self) -> &WebhookConfig {
+        &self.config.webhooks
     }
 
     pub(crate) fn woken(&self) {
@@ -128,9 +139,32 @@ async fn run(state: &AppState, tasks: &Arc<Tasks>, task: Task) {
     tasks.lock().remove(&task.id);
     let id = task.id.clone();
     match blocking(tasks, move |store| store.finish(&id, outcome)).await {
+        Ok(true) if task.webhook_url.is_some() => notify(tasks, task.id),
         Ok(_) => {}
         Err(e) => tracing::error!(task = task.id, error = %e, "recording a task's end"),
     }
+}
+
+/// Tells the task's webhook how it ended, in the background.
+fn notify(tasks: &Arc<Tasks>, id: String) {
+    let tasks = tasks.clone();
+    tokio::task::spawn_blocking(move || {
+        let task = match tasks.store.get_any(&id) {
+            Ok(Some(task)) => task,
+            Ok(None) => return,
+            Err(e) => return tracing::error!(task = id, error = %e, "reading a task for its webhook"),
+        };
+        let Some(url) = task.webhook_url.clone() else { return };
+        let body = serde_json::to_vec(&crate::routes::tasks::view(task)).unwrap_or_default();
+        crate::webhooks::deliver(&tasks.config.webhooks, &url, &body, |attempt| {
+            if let Err(e) = tasks.store.record_delivery(&id, &attempt) {
+                tracing::error!(task = id, error = %e, "recording a webhook delivery");
+            }
+            let ok = attempt["status"].as_u64().is_some_and(|s| (200..300).contains(&s));
+            metrics::counter!("kiln_webhook_deliveries_total", "outcome" => if ok { "delivered" } else { "failed" })
+                .increment(1);
+        });
+    });
 }
 
 async fn generate(

@@ -65,6 +65,10 @@ pub struct Task {
     pub error: Option<String>,
     /// Times a worker took it (more than 1 after a restart re-ran it).
     pub attempts: u32,
+    /// Told of the task's end, if set.
+    pub webhook_url: Option<String>,
+    /// Each attempt to tell it, in order.
+    pub deliveries: Vec<serde_json::Value>,
 }
 
 /// What to do at start with tasks a previous process left `running`.

@@ -24,10 +24,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks(owner, seq);
+-- Added with webhooks; ALTERed into stores made before them (see `open`).
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status, seq);
 ";
 
-const COLUMNS: &str = "id, owner, status, request, created_at, started_at, completed_at, result, error, attempts";
+const COLUMNS: &str = "id, owner, status, request, created_at, started_at, completed_at, result, error, attempts, webhook_url, deliveries";
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -60,6 +61,8 @@ fn task(row: &Row<'_>) -> rusqlite::Result<Task> {
         result: json(7, row.get(7)?)?,
         error: row.get(8)?,
         attempts: row.get(9)?,
+        webhook_url: row.get(10)?,
+        deliveries: json(11, row.get(11)?)?.and_then(|v| v.as_array().cloned()).unwrap_or_default(),
     })
 }
 
@@ -76,6 +79,16 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        for (column, kind) in [("webhook_url", "TEXT"), ("deliveries", "TEXT")] {
+            let present: bool = conn.query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('tasks') WHERE name = ?1",
+                params![column],
+                |r| r.get(0),
+            )?;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE tasks ADD COLUMN {column} {kind}"))?;
+            }
+        }
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
@@ -84,13 +97,19 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stores a new pending task.
-    pub fn create(&self, owner: &str, request: &serde_json::Value) -> Result<Task, TaskError> {
+    /// Stores a new pending task; `webhook_url` hears of its end.
+    pub fn create(
+        &self,
+        owner: &str,
+        request: &serde_json::Value,
+        webhook_url: Option<&str>,
+    ) -> Result<Task, TaskError> {
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         self.conn().execute(
-            "INSERT INTO tasks (id, owner, status, request, created_at) VALUES (?1, ?2, 'pending', ?3, ?4)",
-            params![id, owner, request.to_string(), now],
+            "INSERT INTO tasks (id, owner, status, request, created_at, webhook_url)
+             VALUES (?1, ?2, 'pending', ?3, ?4, ?5)",
+            params![id, owner, request.to_string(), now, webhook_url],
         )?;
         Ok(Task {
             id,
@@ -103,7 +122,24 @@ impl SqliteStore {
             result: None,
             error: None,
             attempts: 0,
+            webhook_url: webhook_url.map(str::to_string),
+            deliveries: Vec::new(),
         })
+    }
+
+    /// Notes one attempt to deliver the task's webhook.
+    pub fn record_delivery(&self, id: &str, attempt: &serde_json::Value) -> Result<(), TaskError> {
+        self.conn().execute(
+            "UPDATE tasks SET deliveries = json_insert(COALESCE(deliveries, '[]'), '$[#]', json(?1)) WHERE id = ?2",
+            params![attempt.to_string(), id],
+        )?;
+        Ok(())
+    }
+
+    /// The task by id alone (for the server's own use: webhooks).
+    pub fn get_any(&self, id: &str) -> Result<Option<Task>, TaskError> {
+        let sql = format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1");
+        Ok(self.conn().query_row(&sql, params![id], task).optional()?)
     }
 
     /// The task, if `owner` created it.
@@ -229,7 +265,7 @@ mod tests {
     fn a_task_moves_from_pending_to_completed_and_only_its_owner_sees_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
-        let created = store.create("app", &json!({"prompt": "hi"})).unwrap();
+        let created = store.create("app", &json!({"prompt": "hi"}), None).unwrap();
         assert_eq!(created.status, TaskStatus::Pending);
         assert!(store.get(&created.id, "other").unwrap().is_none());
         let claimed = store.claim().unwrap().unwrap();
@@ -249,7 +285,7 @@ mod tests {
     fn a_cancelled_task_is_not_completed_by_its_worker() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
-        let task = store.create("app", &json!({})).unwrap();
+        let task = store.create("app", &json!({}), None).unwrap();
         store.claim().unwrap().unwrap();
         assert_eq!(store.cancel(&task.id, "app").unwrap().unwrap().status, TaskStatus::Cancelled);
         assert!(!store.finish(&task.id, Ok(json!({}))).unwrap());
@@ -262,8 +298,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = {
             let store = store(&dir);
-            let a = store.create("app", &json!({"n": 1})).unwrap();
-            let b = store.create("app", &json!({"n": 2})).unwrap();
+            let a = store.create("app", &json!({"n": 1}), None).unwrap();
+            let b = store.create("app", &json!({"n": 2}), None).unwrap();
             store.claim().unwrap();
             (a, b)
         };
@@ -282,8 +318,8 @@ mod tests {
     fn lists_are_newest_first_and_paginate() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
-        let ids: Vec<String> = (0..5).map(|i| store.create("app", &json!({"n": i})).unwrap().id).collect();
-        store.create("other", &json!({})).unwrap();
+        let ids: Vec<String> = (0..5).map(|i| store.create("app", &json!({"n": i}), None).unwrap().id).collect();
+        store.create("other", &json!({}), None).unwrap();
         let page = store.list("app", None, 2).unwrap();
         assert_eq!(page.iter().map(|t| &t.id).collect::<Vec<_>>(), [&ids[4], &ids[3]]);
         let next = store.list("app", Some(&ids[3]), 10).unwrap();
@@ -292,10 +328,22 @@ mod tests {
     }
 
     #[test]
+    fn webhook_deliveries_are_recorded_on_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let task = store.create("app", &json!({}), Some("https://example.com/hook")).unwrap();
+        store.record_delivery(&task.id, &json!({"status": 500})).unwrap();
+        store.record_delivery(&task.id, &json!({"status": 200})).unwrap();
+        let task = store.get(&task.id, "app").unwrap().unwrap();
+        assert_eq!(task.webhook_url.as_deref(), Some("https://example.com/hook"));
+        assert_eq!(task.deliveries, [json!({"status": 500}), json!({"status": 200})]);
+    }
+
+    #[test]
     fn ended_tasks_expire_after_the_retention() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
-        let task = store.create("app", &json!({})).unwrap();
+        let task = store.create("app", &json!({}), None).unwrap();
         store.claim().unwrap();
         store.finish(&task.id, Err("boom".into())).unwrap();
         assert_eq!(store.expire(60_000).unwrap(), 0);

@@ -24,6 +24,7 @@ pub async fn generate(
     context: RequestContext,
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Response, ApiError> {
+    synchronous(&req)?;
     let stream = req.stream;
     let generation = start(&state, context, req).await?;
     if stream {
@@ -58,12 +59,21 @@ pub async fn generate_stream(
     context: RequestContext,
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Response, ApiError> {
+    synchronous(&req)?;
     let generation = start(&state, context, req).await?;
     Ok(stream_events(&state, generation))
 }
 
 /// The guide's `max_tokens` default.
 const DEFAULT_MAX_TOKENS: u32 = 512;
+
+/// Refuses what only `POST /v1/generate/async` takes.
+fn synchronous(req: &GenerateRequest) -> Result<(), ApiError> {
+    match req.webhook_url {
+        Some(_) => Err(ApiError::invalid("webhook_url", "only POST /v1/generate/async takes a webhook")),
+        None => Ok(()),
+    }
+}
 
 pub(crate) async fn start(
     state: &AppState,

@@ -57,6 +57,7 @@ fn describe() {
     describe_counter!("kiln_plugin_reloads_total", "New versions of each plugin swapped in");
     describe_counter!("kiln_plugin_failed_reloads_total", "New versions of each plugin refused");
     describe_gauge!("kiln_process_resident_memory_bytes", Unit::Bytes, "Resident memory of the process");
+    describe_counter!("kiln_webhook_deliveries_total", "Webhook delivery attempts, by outcome");
     describe_gauge!("kiln_tasks", "Async tasks in the store, by status (pending is the queue length)");
     describe_gauge!(
         "kiln_tasks_oldest_pending_age_seconds",

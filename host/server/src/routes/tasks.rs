@@ -15,6 +15,7 @@ use kiln_tasks::{SqliteStore, Task, TaskError};
 
 use crate::extract::{ApiJson, RequestContext};
 use crate::tasks::Tasks;
+use crate::webhooks::refused;
 use crate::{ApiError, AppState};
 
 /// Most tasks one page lists.
@@ -42,9 +43,13 @@ pub async fn generate_async(
         return Err(ApiError::invalid("stream", "an async task is polled, not streamed"));
     }
     let tasks = tasks(&state)?;
+    if let Some(reason) = req.webhook_url.as_deref().and_then(|url| refused(url, tasks.webhooks().allow_private)) {
+        return Err(ApiError::invalid("webhook_url", reason));
+    }
+    let webhook_url = req.webhook_url.clone();
     let owner = context.tenant().unwrap_or_default();
     let request = serde_json::to_value(&req).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let task = store(&tasks, move |s| s.create(&owner, &request)).await?;
+    let task = store(&tasks, move |s| s.create(&owner, &request, webhook_url.as_deref())).await?;
     tasks.woken();
     Ok((StatusCode::ACCEPTED, Json(TaskAccepted { task_id: task.id, status: "pending".into() })))
 }
@@ -139,7 +144,7 @@ fn seconds(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 
-fn view(task: Task) -> TaskView {
+pub(crate) fn view(task: Task) -> TaskView {
     let result: Option<kiln_api::generate::GenerateResponse> = task.result.and_then(|r| serde_json::from_value(r).ok());
     TaskView {
         task_id: task.id,
@@ -151,5 +156,7 @@ fn view(task: Task) -> TaskView {
         result,
         error: task.error,
         attempts: task.attempts,
+        webhook_url: task.webhook_url,
+        webhook_deliveries: task.deliveries,
     }
 }

@@ -204,12 +204,20 @@ pub fn fake_app_with(fake: Fake, config: ServerConfig) -> Router {
 
 /// A fake model with async tasks in a fresh SQLite file, workers running.
 pub fn fake_app_with_tasks(fake: Fake, config: ServerConfig) -> (Router, tempfile::TempDir) {
+    fake_app_with_task_config(fake, config, crate::TaskConfig::default())
+}
+
+pub fn fake_app_with_task_config(
+    fake: Fake,
+    config: ServerConfig,
+    tasks: crate::TaskConfig,
+) -> (Router, tempfile::TempDir) {
     let (_, tokenizer) = loaded();
     let limits = ModelLimits { vocab_size: tokenizer.vocab_size(), max_context: CONTEXT, default_stop_ids: vec![] };
     let backend = FakeBackend { fake, limits, stats: EngineStats::default() };
     let state = AppState::new(Arc::new(backend), served(tokenizer), config);
     let dir = tempfile::tempdir().unwrap();
-    let tasks = crate::Tasks::open(&dir.path().join("tasks.db"), crate::TaskConfig::default()).unwrap();
+    let tasks = crate::Tasks::open(&dir.path().join("tasks.db"), tasks).unwrap();
     state.attach_tasks(Arc::new(tasks));
     crate::spawn_workers(&state);
     (router(state), dir)

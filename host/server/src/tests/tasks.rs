@@ -101,3 +101,71 @@ async fn bad_async_requests_are_refused_before_they_are_stored() {
     let list = send(&app, call("GET", "/v1/tasks", APP_KEY, None)).await.json();
     assert_eq!(list["data"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn a_webhook_is_signed_retried_after_a_failure_and_its_attempts_recorded() {
+    use std::sync::{Arc, Mutex};
+
+    // A receiver that fails the first delivery and checks every signature.
+    let seen: Arc<Mutex<Vec<(bool, Value)>>> = Arc::default();
+    let receiver = {
+        let seen = seen.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let signed = headers["x-kiln-signature"] == crate::webhooks::signature("s3cret", &body).as_str();
+                    let mut seen = seen.lock().unwrap();
+                    seen.push((signed, serde_json::from_slice(&body).unwrap()));
+                    if seen.len() == 1 { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let hooks = crate::WebhookConfig {
+        secret: Some("s3cret".into()),
+        allow_private: true,
+        max_attempts: 3,
+        first_retry: Duration::from_millis(20),
+    };
+    let (app, _dir) = fake_app_with_task_config(
+        Fake::Say(vec!["done"]),
+        keyed_config(Limits::default()),
+        crate::TaskConfig { webhooks: hooks, ..crate::TaskConfig::default() },
+    );
+    let body = json!({"prompt": "Hi", "max_tokens": 2, "webhook_url": url});
+    let accepted = send(&app, call("POST", "/v1/generate/async", APP_KEY, Some(body))).await.json();
+    let id = accepted["task_id"].as_str().unwrap().to_string();
+    wait_until(&app, &id, APP_KEY, "completed").await;
+    let started = Instant::now();
+    let task = loop {
+        let task = send(&app, call("GET", &format!("/v1/tasks/{id}"), APP_KEY, None)).await.json();
+        if task["webhook_deliveries"].as_array().unwrap().len() == 2 {
+            break task;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{task}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(task["webhook_deliveries"][0]["status"], 500);
+    assert_eq!(task["webhook_deliveries"][1]["status"], 200);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|(signed, _)| *signed), "every delivery carries a valid signature");
+    assert_eq!(seen[1].1["status"], "completed");
+    assert_eq!(seen[1].1["result"]["text"], "done");
+}
+
+#[tokio::test]
+async fn a_webhook_to_an_internal_address_is_refused_by_default() {
+    let (app, _dir) = fake_app_with_tasks(Fake::Say(vec!["x"]), keyed_config(Limits::default()));
+    let body = json!({"prompt": "Hi", "webhook_url": "http://169.254.169.254/latest/meta-data"});
+    let refused = send(&app, call("POST", "/v1/generate/async", APP_KEY, Some(body))).await;
+    assert_eq!(refused.error(StatusCode::BAD_REQUEST)["param"], "webhook_url");
+    let sync = json!({"prompt": "Hi", "webhook_url": "https://example.com/hook"});
+    send(&app, call("POST", "/v1/generate", APP_KEY, Some(sync))).await.error(StatusCode::BAD_REQUEST);
+}

@@ -1,0 +1,151 @@
+//! Webhooks: when a task with a `webhook_url` ends, its JSON is POSTed
+//! there, signed (`X-Kiln-Signature: sha256=<hex HMAC-SHA256 of the body>`),
+//! retried with exponential backoff up to a cap, and every attempt is
+//! recorded on the task. Targets on loopback, link-local or private
+//! networks are refused unless the operator allows them (so a client cannot
+//! make the server call its own internal services).
+
+use std::net::{IpAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// The HMAC key; without one, deliveries are unsigned.
+    pub secret: Option<String>,
+    /// Deliver to loopback, link-local and private addresses too.
+    pub allow_private: bool,
+    /// Attempts per task, the first included.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled each time, at most a minute.
+    pub first_retry: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig { secret: None, allow_private: false, max_attempts: 5, first_retry: Duration::from_secs(1) }
+    }
+}
+
+/// `sha256=<hex>` of `body` under `secret`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Why `url` may not be called, if it may not.
+pub fn refused(url: &str, allow_private: bool) -> Option<String> {
+    let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) else {
+        return Some("webhook_url must be an http:// or https:// URL".into());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit('@').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Some("webhook_url has no host".into());
+    }
+    if allow_private {
+        return None;
+    }
+    let default_port = if url.starts_with("https://") { 443 } else { 80 };
+    let with_port =
+        if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !authority.ends_with(']') {
+            authority.to_string()
+        } else {
+            format!("{authority}:{default_port}")
+        };
+    let addresses: Vec<IpAddr> = match with_port.to_socket_addrs() {
+        Ok(addresses) => addresses.map(|a| a.ip()).collect(),
+        Err(e) => return Some(format!("webhook_url's host does not resolve: {e}")),
+    };
+    addresses.iter().find(|ip| is_internal(ip)).map(|ip| {
+        format!("webhook_url resolves to {ip}, an internal address; the server's configuration does not allow those")
+    })
+}
+
+fn is_internal(ip: &IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                // Carrier-grade NAT, 100.64.0.0/10.
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Delivers `body` to `url` until it is accepted (2xx) or the attempts run
+/// out; `record` is called with each attempt. Blocking: run it off the runtime.
+pub fn deliver(config: &WebhookConfig, url: &str, body: &[u8], mut record: impl FnMut(serde_json::Value)) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut wait = config.first_retry;
+    for attempt in 1..=config.max_attempts.max(1) {
+        let at = crate::unix_now();
+        let outcome = match refused(url, config.allow_private) {
+            Some(reason) => Err(reason),
+            None => {
+                let mut request = agent.post(url).header("content-type", "application/json");
+                if let Some(secret) = &config.secret {
+                    request = request.header("x-kiln-signature", signature(secret, body));
+                }
+                request.send(body).map(|r| r.status().as_u16()).map_err(|e| e.to_string())
+            }
+        };
+        let delivered = matches!(outcome, Ok(200..=299));
+        record(match &outcome {
+            Ok(status) => serde_json::json!({"attempt": attempt, "at": at, "status": status}),
+            Err(error) => serde_json::json!({"attempt": attempt, "at": at, "error": error}),
+        });
+        // An address the configuration refuses will not become allowed.
+        if delivered || matches!(&outcome, Err(e) if e.starts_with("webhook_url")) {
+            return;
+        }
+        if attempt < config.max_attempts {
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_secs(60));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_targets_are_refused_unless_allowed() {
+        for url in [
+            "http://127.0.0.1:9/x",
+            "http://10.1.2.3/",
+            "http://[::1]:80/",
+            "http://169.254.169.254/latest",
+            "http://localhost/",
+        ] {
+            assert!(refused(url, false).is_some(), "{url}");
+            assert!(refused(url, true).is_none(), "{url}");
+        }
+        assert!(refused("ftp://example.com/", true).is_some());
+        assert!(refused("http://93.184.215.14/hook", false).is_none());
+    }
+
+    #[test]
+    fn the_signature_is_hmac_sha256_of_the_body() {
+        // RFC 4231, test case 2.
+        let mac = signature("Jefe", b"what do ya want for nothing?");
+        assert_eq!(mac, "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    }
+}
