@@ -117,7 +117,8 @@ pub fn spawn_workers(state: &AppState) {
     });
 }
 
-async fn blocking<T: Send + 'static>(
+/// Runs `f` on the store off the async workers (SQLite calls block).
+pub(crate) async fn blocking<T: Send + 'static>(
     tasks: &Arc<Tasks>,
     f: impl FnOnce(&SqliteStore) -> Result<T, TaskError> + Send + 'static,
 ) -> Result<T, TaskError> {

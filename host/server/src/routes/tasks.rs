@@ -133,11 +133,7 @@ async fn store<T: Send + 'static>(
     tasks: &Arc<Tasks>,
     f: impl FnOnce(&SqliteStore) -> Result<T, TaskError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let tasks = tasks.clone();
-    tokio::task::spawn_blocking(move || f(&tasks.store))
-        .await
-        .map_err(|e| ApiError::Internal(format!("task store: {e}")))?
-        .map_err(|e| ApiError::Internal(e.to_string()))
+    crate::tasks::blocking(tasks, f).await.map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 fn seconds(ms: i64) -> f64 {
