@@ -1,15 +1,59 @@
 //! kiln-tasks: generation tasks that outlive the request that made them and
 //! the process that runs them. A task is stored before it is acknowledged,
 //! moves `pending -> running -> completed | failed | cancelled`, and is seen
-//! only by the API key that created it. The store is SQLite in WAL mode:
-//! after a crash, tasks left `running` are run again or failed with a
-//! reason, as configured — none is silently lost.
+//! only by the API key that created it. Two stores implement [`TaskStore`]:
+//! SQLite in WAL mode for one machine (after a crash, tasks left `running`
+//! are run again or failed with a reason, as configured) and Redis for
+//! several replicas (a Stream with a consumer group is the work queue; a
+//! replica that dies leaves its entries unacknowledged, and another takes
+//! them over once their lease runs out). None is silently lost.
 
+mod redis;
+#[cfg(any(test, feature = "redis-server"))]
+pub mod redis_server;
+#[cfg(test)]
+mod redis_tests;
 mod sqlite;
 
 use serde::{Deserialize, Serialize};
 
+pub use redis::{RedisStore, RedisTaskConfig};
 pub use sqlite::SqliteStore;
+
+/// Where tasks live. Every call blocks (a file or a socket): callers on an
+/// async runtime run them on its blocking threads.
+pub trait TaskStore: Send + Sync + std::fmt::Debug {
+    /// Stores a new pending task; `webhook_url` hears of its end.
+    fn create(&self, owner: &str, request: &serde_json::Value, webhook_url: Option<&str>) -> Result<Task, TaskError>;
+    /// The task, if `owner` created it.
+    fn get(&self, id: &str, owner: &str) -> Result<Option<Task>, TaskError>;
+    /// The task by id alone (for the server's own use: webhooks).
+    fn get_any(&self, id: &str) -> Result<Option<Task>, TaskError>;
+    /// `owner`'s tasks, newest first, `limit` at most, after the task `after`.
+    fn list(&self, owner: &str, after: Option<&str>, limit: usize) -> Result<Vec<Task>, TaskError>;
+    /// Takes the oldest runnable task for a worker: it is `running` from now,
+    /// its `attempts` counting this claim.
+    fn claim(&self) -> Result<Option<Task>, TaskError>;
+    /// Whether the claimed `task` is still this worker's to run (not
+    /// cancelled, not taken over); keeps its claim alive where claims lapse.
+    fn heartbeat(&self, task: &Task) -> Result<bool, TaskError>;
+    /// Ends the claimed `task`. `false` if it is no longer this claim's to
+    /// end (cancelled meanwhile, or taken over by another worker).
+    fn finish(&self, task: &Task, result: Result<serde_json::Value, String>) -> Result<bool, TaskError>;
+    /// Cancels `owner`'s task if it has not ended; the task as it now stands.
+    fn cancel(&self, id: &str, owner: &str) -> Result<Option<Task>, TaskError>;
+    /// At start: settles what a previous process left `running`. Returns how
+    /// many tasks that touched.
+    fn recover(&self, on_restart: OnRestart) -> Result<usize, TaskError>;
+    /// Deletes ended tasks that ended more than `retention_ms` ago.
+    fn expire(&self, retention_ms: i64) -> Result<usize, TaskError>;
+    /// When the oldest pending task was created (Unix ms), if any is pending.
+    fn oldest_pending(&self) -> Result<Option<i64>, TaskError>;
+    /// Tasks per status, for metrics.
+    fn counts(&self) -> Result<Vec<(TaskStatus, u64)>, TaskError>;
+    /// Notes one attempt to deliver the task's webhook.
+    fn record_delivery(&self, id: &str, attempt: &serde_json::Value) -> Result<(), TaskError>;
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -86,6 +130,10 @@ pub enum OnRestart {
 pub enum TaskError {
     #[error("task store: {0}")]
     Store(#[from] rusqlite::Error),
+    #[error("task store (redis): {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("task store (redis): no connection: {0}")]
+    Pool(#[from] r2d2::Error),
     #[error("task store: a stored task is unreadable: {0}")]
     Corrupt(String),
 }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::{OnRestart, Task, TaskError, TaskStatus, now_ms};
+use crate::{OnRestart, Task, TaskError, TaskStatus, TaskStore, now_ms};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
@@ -96,14 +96,10 @@ impl SqliteStore {
         // Every change is one statement: a panic elsewhere leaves nothing half-done.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    /// Stores a new pending task; `webhook_url` hears of its end.
-    pub fn create(
-        &self,
-        owner: &str,
-        request: &serde_json::Value,
-        webhook_url: Option<&str>,
-    ) -> Result<Task, TaskError> {
+impl TaskStore for SqliteStore {
+    fn create(&self, owner: &str, request: &serde_json::Value, webhook_url: Option<&str>) -> Result<Task, TaskError> {
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         self.conn().execute(
@@ -127,8 +123,7 @@ impl SqliteStore {
         })
     }
 
-    /// Notes one attempt to deliver the task's webhook.
-    pub fn record_delivery(&self, id: &str, attempt: &serde_json::Value) -> Result<(), TaskError> {
+    fn record_delivery(&self, id: &str, attempt: &serde_json::Value) -> Result<(), TaskError> {
         self.conn().execute(
             "UPDATE tasks SET deliveries = json_insert(COALESCE(deliveries, '[]'), '$[#]', json(?1)) WHERE id = ?2",
             params![attempt.to_string(), id],
@@ -136,20 +131,17 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// The task by id alone (for the server's own use: webhooks).
-    pub fn get_any(&self, id: &str) -> Result<Option<Task>, TaskError> {
+    fn get_any(&self, id: &str) -> Result<Option<Task>, TaskError> {
         let sql = format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1");
         Ok(self.conn().query_row(&sql, params![id], task).optional()?)
     }
 
-    /// The task, if `owner` created it.
-    pub fn get(&self, id: &str, owner: &str) -> Result<Option<Task>, TaskError> {
+    fn get(&self, id: &str, owner: &str) -> Result<Option<Task>, TaskError> {
         let sql = format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1 AND owner = ?2");
         Ok(self.conn().query_row(&sql, params![id, owner], task).optional()?)
     }
 
-    /// `owner`'s tasks, newest first, `limit` at most, after the task `after`.
-    pub fn list(&self, owner: &str, after: Option<&str>, limit: usize) -> Result<Vec<Task>, TaskError> {
+    fn list(&self, owner: &str, after: Option<&str>, limit: usize) -> Result<Vec<Task>, TaskError> {
         let conn = self.conn();
         let below = match after {
             Some(id) => conn
@@ -164,8 +156,7 @@ impl SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Takes the oldest pending task for a worker: it is `running` from now.
-    pub fn claim(&self) -> Result<Option<Task>, TaskError> {
+    fn claim(&self) -> Result<Option<Task>, TaskError> {
         let sql = format!(
             "UPDATE tasks SET status = 'running', started_at = ?1, attempts = attempts + 1
              WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending' ORDER BY seq LIMIT 1)
@@ -174,22 +165,32 @@ impl SqliteStore {
         Ok(self.conn().query_row(&sql, params![now_ms()], task).optional()?)
     }
 
-    /// Ends a running task. `false` if it is no longer running (cancelled meanwhile).
-    pub fn finish(&self, id: &str, result: Result<serde_json::Value, String>) -> Result<bool, TaskError> {
+    fn heartbeat(&self, task: &Task) -> Result<bool, TaskError> {
+        let mine = self
+            .conn()
+            .query_row(
+                "SELECT 1 FROM tasks WHERE id = ?1 AND status = 'running' AND attempts = ?2",
+                params![task.id, task.attempts],
+                |_| Ok(()),
+            )
+            .optional()?;
+        Ok(mine.is_some())
+    }
+
+    fn finish(&self, task: &Task, result: Result<serde_json::Value, String>) -> Result<bool, TaskError> {
         let (status, result, error) = match result {
             Ok(value) => (TaskStatus::Completed, Some(value.to_string()), None),
             Err(message) => (TaskStatus::Failed, None, Some(message)),
         };
         let changed = self.conn().execute(
             "UPDATE tasks SET status = ?1, completed_at = ?2, result = ?3, error = ?4
-             WHERE id = ?5 AND status = 'running'",
-            params![status.as_str(), now_ms(), result, error, id],
+             WHERE id = ?5 AND status = 'running' AND attempts = ?6",
+            params![status.as_str(), now_ms(), result, error, task.id, task.attempts],
         )?;
         Ok(changed == 1)
     }
 
-    /// Cancels `owner`'s task if it has not ended; the task as it now stands.
-    pub fn cancel(&self, id: &str, owner: &str) -> Result<Option<Task>, TaskError> {
+    fn cancel(&self, id: &str, owner: &str) -> Result<Option<Task>, TaskError> {
         let sql = format!(
             "UPDATE tasks SET status = 'cancelled', completed_at = ?1, error = 'cancelled by the client'
              WHERE id = ?2 AND owner = ?3 AND status IN ('pending', 'running')
@@ -202,9 +203,7 @@ impl SqliteStore {
         }
     }
 
-    /// At start: what a previous process left `running` is run again or
-    /// failed with a reason. Returns how many tasks that touched.
-    pub fn recover(&self, on_restart: OnRestart) -> Result<usize, TaskError> {
+    fn recover(&self, on_restart: OnRestart) -> Result<usize, TaskError> {
         let changed = match on_restart {
             OnRestart::Requeue => {
                 self.conn().execute("UPDATE tasks SET status = 'pending' WHERE status = 'running'", [])?
@@ -219,8 +218,7 @@ impl SqliteStore {
         Ok(changed)
     }
 
-    /// Deletes ended tasks that ended more than `retention_ms` ago.
-    pub fn expire(&self, retention_ms: i64) -> Result<usize, TaskError> {
+    fn expire(&self, retention_ms: i64) -> Result<usize, TaskError> {
         let cutoff = now_ms() - retention_ms;
         Ok(self.conn().execute(
             "DELETE FROM tasks WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < ?1",
@@ -228,16 +226,14 @@ impl SqliteStore {
         )?)
     }
 
-    /// When the oldest pending task was created (Unix ms), if any is pending.
-    pub fn oldest_pending(&self) -> Result<Option<i64>, TaskError> {
+    fn oldest_pending(&self) -> Result<Option<i64>, TaskError> {
         let oldest = self.conn().query_row("SELECT MIN(created_at) FROM tasks WHERE status = 'pending'", [], |r| {
             r.get::<_, Option<i64>>(0)
         })?;
         Ok(oldest)
     }
 
-    /// Tasks per status, for metrics.
-    pub fn counts(&self) -> Result<Vec<(TaskStatus, u64)>, TaskError> {
+    fn counts(&self) -> Result<Vec<(TaskStatus, u64)>, TaskError> {
         let conn = self.conn();
         let mut statement = conn.prepare("SELECT status, COUNT(*) FROM tasks GROUP BY status")?;
         let rows = statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
@@ -274,7 +270,8 @@ mod tests {
             (created.id.as_str(), TaskStatus::Running, 1)
         );
         assert!(store.claim().unwrap().is_none(), "a task is claimed once");
-        assert!(store.finish(&created.id, Ok(json!({"text": "hello"}))).unwrap());
+        assert!(store.heartbeat(&claimed).unwrap());
+        assert!(store.finish(&claimed, Ok(json!({"text": "hello"}))).unwrap());
         let done = store.get(&created.id, "app").unwrap().unwrap();
         assert_eq!(done.status, TaskStatus::Completed);
         assert_eq!(done.result, Some(json!({"text": "hello"})));
@@ -286,9 +283,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         let task = store.create("app", &json!({}), None).unwrap();
-        store.claim().unwrap().unwrap();
+        let claimed = store.claim().unwrap().unwrap();
         assert_eq!(store.cancel(&task.id, "app").unwrap().unwrap().status, TaskStatus::Cancelled);
-        assert!(!store.finish(&task.id, Ok(json!({}))).unwrap());
+        assert!(!store.heartbeat(&claimed).unwrap(), "the worker hears of the cancellation");
+        assert!(!store.finish(&claimed, Ok(json!({}))).unwrap());
         assert_eq!(store.get(&task.id, "app").unwrap().unwrap().status, TaskStatus::Cancelled);
         assert!(store.cancel(&task.id, "other").unwrap().is_none());
     }
@@ -344,8 +342,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         let task = store.create("app", &json!({}), None).unwrap();
-        store.claim().unwrap();
-        store.finish(&task.id, Err("boom".into())).unwrap();
+        let claimed = store.claim().unwrap().unwrap();
+        assert_eq!(claimed.id, task.id);
+        store.finish(&claimed, Err("boom".into())).unwrap();
         assert_eq!(store.expire(60_000).unwrap(), 0);
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(store.expire(0).unwrap(), 1);

@@ -1,0 +1,436 @@
+//! The shared store for several replicas, on Redis. A task is a hash
+//! (`<prefix>task:<id>`, its webhook attempts a list beside it); the work
+//! queue is a Stream with one consumer group, so each entry goes to one
+//! replica and stays in that replica's pending list until acknowledged.
+//! A worker keeps its claim alive by re-claiming its entry (which resets the
+//! entry's idle time); an entry idle longer than the lease belonged to a
+//! replica that died, and the next claim anywhere takes it over. Every
+//! change of state is one Lua script, so a crash between two commands
+//! cannot leave a task half-moved, and the counts per status stay exact.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::{Commands, Connection, Script};
+
+use crate::{OnRestart, Task, TaskError, TaskStatus, TaskStore, now_ms};
+
+/// Settings of the Redis store.
+#[derive(Clone, Debug)]
+pub struct RedisTaskConfig {
+    /// Put before every key, so several deployments can share one Redis.
+    pub prefix: String,
+    /// A running task whose worker has not renewed its claim for this long
+    /// is taken over by another worker (workers renew at a third of it).
+    pub lease: Duration,
+    /// What a worker taking over an abandoned task does with it.
+    pub on_abandoned: OnRestart,
+}
+
+impl Default for RedisTaskConfig {
+    fn default() -> Self {
+        RedisTaskConfig { prefix: "kiln:".into(), lease: Duration::from_secs(30), on_abandoned: OnRestart::Requeue }
+    }
+}
+
+const GROUP: &str = "workers";
+
+/// Lua helpers every script starts with.
+const PRELUDE: &str = r#"
+local function drop(queue, entry)
+  redis.call('XACK', queue, 'workers', entry)
+  redis.call('XDEL', queue, entry)
+end
+local function move(counts, from, to)
+  redis.call('HINCRBY', counts, from, -1)
+  redis.call('HINCRBY', counts, to, 1)
+end
+"#;
+
+/// KEYS: task, owner's index, sequence, queue, pending, counts.
+/// ARGV: id, owner, request, now, webhook url or ''.
+const CREATE: &str = r#"
+local seq = redis.call('INCR', KEYS[3])
+local entry = redis.call('XADD', KEYS[4], '*', 'id', ARGV[1])
+redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'status', 'pending', 'request', ARGV[3],
+  'created_at', ARGV[4], 'attempts', 0, 'seq', seq, 'entry', entry)
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'webhook_url', ARGV[5]) end
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1])
+redis.call('HINCRBY', KEYS[6], 'pending', 1)
+return seq
+"#;
+
+/// KEYS: queue, counts, pending, ended.
+/// ARGV: consumer, lease ms, on_abandoned, now, prefix.
+/// An abandoned entry first, else a new one; entries of tasks that ended
+/// while queued (cancelled) are dropped on the way.
+const CLAIM: &str = r#"
+for _ = 1, 100 do
+  local reclaimed = true
+  local got = redis.call('XAUTOCLAIM', KEYS[1], 'workers', ARGV[1], ARGV[2], '0-0', 'COUNT', 1)[2]
+  if #got == 0 then
+    reclaimed = false
+    local read = redis.call('XREADGROUP', 'GROUP', 'workers', ARGV[1], 'COUNT', 1, 'STREAMS', KEYS[1], '>')
+    if not read or #read[1][2] == 0 then return false end
+    got = read[1][2]
+  end
+  local entry, fields = got[1][1], got[1][2]
+  local id = fields and fields[2]
+  local key = id and (ARGV[5] .. 'task:' .. id)
+  local status = key and redis.call('HGET', key, 'status')
+  if status == 'running' and reclaimed and ARGV[3] == 'fail' then
+    redis.call('HSET', key, 'status', 'failed', 'completed_at', ARGV[4],
+      'error', 'the replica running this task stopped')
+    move(KEYS[2], 'running', 'failed')
+    redis.call('ZADD', KEYS[4], ARGV[4], id)
+    drop(KEYS[1], entry)
+  elseif status == 'pending' or (status == 'running' and reclaimed) then
+    if status == 'pending' then
+      move(KEYS[2], 'pending', 'running')
+      redis.call('ZREM', KEYS[3], id)
+    end
+    redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[4], 'entry', entry)
+    redis.call('HINCRBY', key, 'attempts', 1)
+    return id
+  else
+    drop(KEYS[1], entry)
+  end
+end
+return false
+"#;
+
+/// KEYS: task, queue. ARGV: consumer, attempts.
+const HEARTBEAT: &str = r#"
+local status, attempts, entry = unpack(redis.call('HMGET', KEYS[1], 'status', 'attempts', 'entry'))
+if status ~= 'running' or attempts ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[2], 'workers', ARGV[1], 0, entry, 'JUSTID')
+return 1
+"#;
+
+/// KEYS: task, queue, counts, ended. ARGV: attempts, status, now, result, error, id.
+const FINISH: &str = r#"
+local status, attempts, entry = unpack(redis.call('HMGET', KEYS[1], 'status', 'attempts', 'entry'))
+if status ~= 'running' or attempts ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'completed_at', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
+move(KEYS[3], 'running', ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[6])
+drop(KEYS[2], entry)
+return 1
+"#;
+
+/// KEYS: task, queue, counts, pending, ended. ARGV: owner, now, id.
+const CANCEL: &str = r#"
+local owner, status, entry = unpack(redis.call('HMGET', KEYS[1], 'owner', 'status', 'entry'))
+if owner ~= ARGV[1] then return 0 end
+if status == 'pending' or status == 'running' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'completed_at', ARGV[2], 'error', 'cancelled by the client')
+  move(KEYS[3], status, 'cancelled')
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  redis.call('ZADD', KEYS[5], ARGV[2], ARGV[3])
+  drop(KEYS[2], entry)
+end
+return 1
+"#;
+
+/// KEYS: ended, counts. ARGV: cutoff, prefix.
+const EXPIRE: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 1000)
+for _, id in ipairs(ids) do
+  local key = ARGV[2] .. 'task:' .. id
+  local owner, status = unpack(redis.call('HMGET', key, 'owner', 'status'))
+  if owner then redis.call('ZREM', ARGV[2] .. 'owner:' .. owner, id) end
+  if status then redis.call('HINCRBY', KEYS[2], status, -1) end
+  redis.call('DEL', key, key .. ':deliveries')
+  redis.call('ZREM', KEYS[1], id)
+end
+return #ids
+"#;
+
+struct Scripts {
+    create: Script,
+    claim: Script,
+    heartbeat: Script,
+    finish: Script,
+    cancel: Script,
+    expire: Script,
+}
+
+pub struct RedisStore {
+    pool: r2d2::Pool<redis::Client>,
+    config: RedisTaskConfig,
+    /// This process's name in the consumer group.
+    consumer: String,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("config", &self.config).field("consumer", &self.consumer).finish()
+    }
+}
+
+impl RedisStore {
+    /// Connects through `pool` and makes the work queue's consumer group if
+    /// this is the first replica to start.
+    pub fn open(pool: r2d2::Pool<redis::Client>, config: RedisTaskConfig) -> Result<RedisStore, TaskError> {
+        let consumer = format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        let store = RedisStore {
+            pool,
+            config,
+            consumer,
+            scripts: Scripts {
+                create: with_prelude(CREATE),
+                claim: with_prelude(CLAIM),
+                heartbeat: with_prelude(HEARTBEAT),
+                finish: with_prelude(FINISH),
+                cancel: with_prelude(CANCEL),
+                expire: with_prelude(EXPIRE),
+            },
+        };
+        let made: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(store.key("queue"))
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query(&mut *store.conn()?);
+        match made {
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            other => other?,
+        }
+        Ok(store)
+    }
+
+    fn conn(&self) -> Result<r2d2::PooledConnection<redis::Client>, TaskError> {
+        Ok(self.pool.get()?)
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.config.prefix)
+    }
+
+    fn task_key(&self, id: &str) -> String {
+        self.key(&format!("task:{id}"))
+    }
+
+    /// Reads whole tasks (skipping any deleted meanwhile), in one round trip.
+    fn read(&self, conn: &mut Connection, ids: &[String]) -> Result<Vec<Task>, TaskError> {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            let key = self.task_key(id);
+            pipe.hgetall(&key).lrange(format!("{key}:deliveries"), 0, -1);
+        }
+        let replies: Vec<(HashMap<String, String>, Vec<String>)> = pipe.query(conn)?;
+        let mut tasks = Vec::with_capacity(ids.len());
+        for (id, (fields, deliveries)) in ids.iter().zip(replies) {
+            if !fields.is_empty() {
+                tasks.push(task(id, fields, &deliveries)?);
+            }
+        }
+        Ok(tasks)
+    }
+
+    fn read_one(&self, conn: &mut Connection, id: &str) -> Result<Option<Task>, TaskError> {
+        Ok(self.read(conn, &[id.to_string()])?.pop())
+    }
+}
+
+fn task(id: &str, mut fields: HashMap<String, String>, deliveries: &[String]) -> Result<Task, TaskError> {
+    let corrupt = |what: &str| TaskError::Corrupt(format!("task {id}: {what}"));
+    let mut take = |name: &str| fields.remove(name);
+    let number = |value: Option<String>, name: &str| -> Result<Option<i64>, TaskError> {
+        value.map(|v| v.parse().map_err(|_| corrupt(name))).transpose()
+    };
+    let json = |value: Option<String>, name: &str| -> Result<Option<serde_json::Value>, TaskError> {
+        value.map(|v| serde_json::from_str(&v).map_err(|_| corrupt(name))).transpose()
+    };
+    let status = take("status").and_then(|s| TaskStatus::parse(&s)).ok_or_else(|| corrupt("status"))?;
+    Ok(Task {
+        id: id.to_string(),
+        owner: take("owner").ok_or_else(|| corrupt("owner"))?,
+        status,
+        request: json(take("request"), "request")?.unwrap_or_default(),
+        created_at: number(take("created_at"), "created_at")?.unwrap_or_default(),
+        started_at: number(take("started_at"), "started_at")?,
+        completed_at: number(take("completed_at"), "completed_at")?,
+        result: json(take("result"), "result")?,
+        error: take("error"),
+        attempts: number(take("attempts"), "attempts")?.unwrap_or_default() as u32,
+        webhook_url: take("webhook_url"),
+        deliveries: deliveries
+            .iter()
+            .map(|d| serde_json::from_str(d).map_err(|_| corrupt("deliveries")))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+impl TaskStore for RedisStore {
+    fn create(&self, owner: &str, request: &serde_json::Value, webhook_url: Option<&str>) -> Result<Task, TaskError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now_ms();
+        let mut conn = self.conn()?;
+        let _: i64 = self
+            .scripts
+            .create
+            .key(self.task_key(&id))
+            .key(self.key(&format!("owner:{owner}")))
+            .key(self.key("seq"))
+            .key(self.key("queue"))
+            .key(self.key("pending"))
+            .key(self.key("counts"))
+            .arg(&id)
+            .arg(owner)
+            .arg(request.to_string())
+            .arg(now)
+            .arg(webhook_url.unwrap_or_default())
+            .invoke(&mut *conn)?;
+        self.read_one(&mut conn, &id)?.ok_or_else(|| TaskError::Corrupt(format!("task {id} vanished once stored")))
+    }
+
+    fn get(&self, id: &str, owner: &str) -> Result<Option<Task>, TaskError> {
+        Ok(self.get_any(id)?.filter(|t| t.owner == owner))
+    }
+
+    fn get_any(&self, id: &str) -> Result<Option<Task>, TaskError> {
+        self.read_one(&mut *self.conn()?, id)
+    }
+
+    fn list(&self, owner: &str, after: Option<&str>, limit: usize) -> Result<Vec<Task>, TaskError> {
+        let mut conn = self.conn()?;
+        let below = match after {
+            Some(id) => {
+                let (who, seq): (Option<String>, Option<i64>) =
+                    redis::cmd("HMGET").arg(self.task_key(id)).arg("owner").arg("seq").query(&mut *conn)?;
+                match (who, seq) {
+                    (Some(who), Some(seq)) if who == owner => format!("({seq}"),
+                    _ => return Ok(Vec::new()),
+                }
+            }
+            None => "+inf".to_string(),
+        };
+        let ids: Vec<String> =
+            conn.zrevrangebyscore_limit(self.key(&format!("owner:{owner}")), below, "-inf", 0, limit as isize)?;
+        self.read(&mut conn, &ids)
+    }
+
+    fn claim(&self) -> Result<Option<Task>, TaskError> {
+        let mut conn = self.conn()?;
+        let on_abandoned = match self.config.on_abandoned {
+            OnRestart::Requeue => "requeue",
+            OnRestart::Fail => "fail",
+        };
+        let id: Option<String> = self
+            .scripts
+            .claim
+            .key(self.key("queue"))
+            .key(self.key("counts"))
+            .key(self.key("pending"))
+            .key(self.key("ended"))
+            .arg(&self.consumer)
+            .arg(self.config.lease.as_millis() as u64)
+            .arg(on_abandoned)
+            .arg(now_ms())
+            .arg(&self.config.prefix)
+            .invoke(&mut *conn)?;
+        match id {
+            Some(id) => self.read_one(&mut conn, &id),
+            None => Ok(None),
+        }
+    }
+
+    fn heartbeat(&self, task: &Task) -> Result<bool, TaskError> {
+        let mine: i64 = self
+            .scripts
+            .heartbeat
+            .key(self.task_key(&task.id))
+            .key(self.key("queue"))
+            .arg(&self.consumer)
+            .arg(task.attempts)
+            .invoke(&mut *self.conn()?)?;
+        Ok(mine == 1)
+    }
+
+    fn finish(&self, task: &Task, result: Result<serde_json::Value, String>) -> Result<bool, TaskError> {
+        let (status, result, error) = match result {
+            Ok(value) => (TaskStatus::Completed, value.to_string(), String::new()),
+            Err(message) => (TaskStatus::Failed, String::new(), message),
+        };
+        let ended: i64 = self
+            .scripts
+            .finish
+            .key(self.task_key(&task.id))
+            .key(self.key("queue"))
+            .key(self.key("counts"))
+            .key(self.key("ended"))
+            .arg(task.attempts)
+            .arg(status.as_str())
+            .arg(now_ms())
+            .arg(result)
+            .arg(error)
+            .arg(&task.id)
+            .invoke(&mut *self.conn()?)?;
+        Ok(ended == 1)
+    }
+
+    fn cancel(&self, id: &str, owner: &str) -> Result<Option<Task>, TaskError> {
+        let mut conn = self.conn()?;
+        let found: i64 = self
+            .scripts
+            .cancel
+            .key(self.task_key(id))
+            .key(self.key("queue"))
+            .key(self.key("counts"))
+            .key(self.key("pending"))
+            .key(self.key("ended"))
+            .arg(owner)
+            .arg(now_ms())
+            .arg(id)
+            .invoke(&mut *conn)?;
+        if found == 0 {
+            return Ok(None);
+        }
+        self.read_one(&mut conn, id)
+    }
+
+    /// Nothing to do at start: what a dead replica left running is taken
+    /// over by the next claim once its lease has run out, here or elsewhere.
+    fn recover(&self, _on_restart: OnRestart) -> Result<usize, TaskError> {
+        Ok(0)
+    }
+
+    fn expire(&self, retention_ms: i64) -> Result<usize, TaskError> {
+        let expired: usize = self
+            .scripts
+            .expire
+            .key(self.key("ended"))
+            .key(self.key("counts"))
+            .arg(now_ms() - retention_ms)
+            .arg(&self.config.prefix)
+            .invoke(&mut *self.conn()?)?;
+        Ok(expired)
+    }
+
+    fn oldest_pending(&self) -> Result<Option<i64>, TaskError> {
+        let oldest: Vec<(String, f64)> = self.conn()?.zrange_withscores(self.key("pending"), 0, 0)?;
+        Ok(oldest.first().map(|(_, created)| *created as i64))
+    }
+
+    fn counts(&self) -> Result<Vec<(TaskStatus, u64)>, TaskError> {
+        let counts: HashMap<String, i64> = self.conn()?.hgetall(self.key("counts"))?;
+        let mut found = Vec::new();
+        for (status, n) in counts {
+            let status = TaskStatus::parse(&status).ok_or_else(|| TaskError::Corrupt(format!("status {status:?}")))?;
+            found.push((status, n.max(0) as u64));
+        }
+        Ok(found)
+    }
+
+    fn record_delivery(&self, id: &str, attempt: &serde_json::Value) -> Result<(), TaskError> {
+        let _: i64 = self.conn()?.rpush(format!("{}:deliveries", self.task_key(id)), attempt.to_string())?;
+        Ok(())
+    }
+}

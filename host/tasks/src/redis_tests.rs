@@ -1,0 +1,136 @@
+//! The Redis store against a real `redis-server`: two stores on one Redis
+//! stand for two replicas.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::redis_server::RedisServer;
+use crate::{OnRestart, RedisStore, RedisTaskConfig, TaskStatus, TaskStore};
+
+fn replica(server: &RedisServer, lease: Duration, on_abandoned: OnRestart) -> RedisStore {
+    let config = RedisTaskConfig { prefix: "test:".into(), lease, on_abandoned };
+    RedisStore::open(server.pool(), config).unwrap()
+}
+
+fn count(store: &RedisStore, status: TaskStatus) -> u64 {
+    store.counts().unwrap().into_iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| n)
+}
+
+#[test]
+fn a_task_stored_through_one_replica_is_run_by_another_and_read_by_both() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        replica(&server, Duration::from_secs(30), OnRestart::Requeue),
+        replica(&server, Duration::from_secs(30), OnRestart::Requeue),
+    );
+    let created = a.create("app", &json!({"prompt": "hi"}), Some("https://example.com/h")).unwrap();
+    assert_eq!(created.status, TaskStatus::Pending);
+    assert!(b.get(&created.id, "other").unwrap().is_none(), "another key does not see it");
+    assert_eq!(b.oldest_pending().unwrap(), Some(created.created_at));
+    assert_eq!(count(&b, TaskStatus::Pending), 1);
+
+    let claimed = b.claim().unwrap().unwrap();
+    assert_eq!((claimed.id.as_str(), claimed.status, claimed.attempts), (created.id.as_str(), TaskStatus::Running, 1));
+    assert!(a.claim().unwrap().is_none(), "a task is claimed once");
+    assert!(b.heartbeat(&claimed).unwrap());
+    assert_eq!(a.get(&created.id, "app").unwrap().unwrap().status, TaskStatus::Running);
+
+    assert!(b.finish(&claimed, Ok(json!({"text": "hello"}))).unwrap());
+    let done = a.get(&created.id, "app").unwrap().unwrap();
+    assert_eq!((done.status, done.result), (TaskStatus::Completed, Some(json!({"text": "hello"}))));
+    assert_eq!(done.webhook_url.as_deref(), Some("https://example.com/h"));
+    assert_eq!((count(&a, TaskStatus::Running), count(&a, TaskStatus::Completed)), (0, 1));
+    assert_eq!(a.oldest_pending().unwrap(), None);
+}
+
+#[test]
+fn a_task_whose_replica_stops_renewing_its_claim_is_taken_over_after_the_lease() {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(300);
+    let (dead, alive) = (replica(&server, lease, OnRestart::Requeue), replica(&server, lease, OnRestart::Requeue));
+    let created = dead.create("app", &json!({}), None).unwrap();
+    let first = dead.claim().unwrap().unwrap();
+    assert!(alive.claim().unwrap().is_none(), "within the lease the claim holds");
+    std::thread::sleep(lease + Duration::from_millis(100));
+    let second = alive.claim().unwrap().expect("the abandoned task is taken over");
+    assert_eq!((second.id.as_str(), second.attempts), (created.id.as_str(), 2));
+    assert!(!dead.heartbeat(&first).unwrap(), "the old claim is no longer the task's");
+    assert!(!dead.finish(&first, Ok(json!({"late": true}))).unwrap(), "nor may it end the task");
+    assert!(alive.finish(&second, Ok(json!({"text": "again"}))).unwrap());
+    assert_eq!(alive.get(&created.id, "app").unwrap().unwrap().result, Some(json!({"text": "again"})));
+}
+
+#[test]
+fn a_renewed_claim_is_not_taken_over() {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(300);
+    let (a, b) = (replica(&server, lease, OnRestart::Requeue), replica(&server, lease, OnRestart::Requeue));
+    a.create("app", &json!({}), None).unwrap();
+    let claimed = a.claim().unwrap().unwrap();
+    for _ in 0..6 {
+        std::thread::sleep(lease / 3);
+        assert!(a.heartbeat(&claimed).unwrap());
+        assert!(b.claim().unwrap().is_none());
+    }
+}
+
+#[test]
+fn abandoned_tasks_are_failed_with_a_reason_when_so_configured() {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(200);
+    let (dead, alive) = (replica(&server, lease, OnRestart::Fail), replica(&server, lease, OnRestart::Fail));
+    let created = dead.create("app", &json!({}), None).unwrap();
+    dead.claim().unwrap().unwrap();
+    std::thread::sleep(lease + Duration::from_millis(100));
+    assert!(alive.claim().unwrap().is_none());
+    let failed = alive.get(&created.id, "app").unwrap().unwrap();
+    assert_eq!(failed.status, TaskStatus::Failed);
+    assert!(failed.error.unwrap().contains("stopped"));
+}
+
+#[test]
+fn cancelled_tasks_never_run_or_stop_their_worker() {
+    let server = RedisServer::start();
+    let store = replica(&server, Duration::from_secs(30), OnRestart::Requeue);
+    let queued = store.create("app", &json!({"n": 1}), None).unwrap();
+    let running = store.create("app", &json!({"n": 2}), None).unwrap();
+    assert!(store.cancel(&queued.id, "other").unwrap().is_none(), "only the owner cancels");
+    assert_eq!(store.cancel(&queued.id, "app").unwrap().unwrap().status, TaskStatus::Cancelled);
+    let claimed = store.claim().unwrap().unwrap();
+    assert_eq!(claimed.id, running.id, "the cancelled task was skipped");
+    assert_eq!(store.cancel(&running.id, "app").unwrap().unwrap().status, TaskStatus::Cancelled);
+    assert!(!store.heartbeat(&claimed).unwrap(), "the worker hears of the cancellation");
+    assert!(!store.finish(&claimed, Ok(json!({}))).unwrap());
+    assert!(store.claim().unwrap().is_none());
+    assert_eq!((count(&store, TaskStatus::Cancelled), count(&store, TaskStatus::Pending)), (2, 0));
+}
+
+#[test]
+fn lists_paginate_deliveries_are_kept_and_ended_tasks_expire() {
+    let server = RedisServer::start();
+    let store = replica(&server, Duration::from_secs(30), OnRestart::Requeue);
+    let ids: Vec<String> = (0..5).map(|i| store.create("app", &json!({"n": i}), None).unwrap().id).collect();
+    store.create("other", &json!({}), None).unwrap();
+    let page = store.list("app", None, 2).unwrap();
+    assert_eq!(page.iter().map(|t| &t.id).collect::<Vec<_>>(), [&ids[4], &ids[3]]);
+    let next = store.list("app", Some(&ids[3]), 10).unwrap();
+    assert_eq!(next.iter().map(|t| &t.id).collect::<Vec<_>>(), [&ids[2], &ids[1], &ids[0]]);
+    assert!(store.list("other", Some(&ids[3]), 10).unwrap().is_empty(), "another key's cursor finds nothing");
+
+    store.record_delivery(&ids[0], &json!({"status": 500})).unwrap();
+    store.record_delivery(&ids[0], &json!({"status": 200})).unwrap();
+    assert_eq!(
+        store.get(&ids[0], "app").unwrap().unwrap().deliveries,
+        [json!({"status": 500}), json!({"status": 200})]
+    );
+
+    let claimed = store.claim().unwrap().unwrap();
+    store.finish(&claimed, Err("boom".into())).unwrap();
+    assert_eq!(store.expire(60_000).unwrap(), 0);
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(store.expire(0).unwrap(), 1);
+    assert!(store.get(&claimed.id, "app").unwrap().is_none());
+    assert_eq!(store.list("app", None, 10).unwrap().len(), 4);
+    assert_eq!(count(&store, TaskStatus::Failed), 0);
+}
