@@ -5,6 +5,7 @@
 mod cli;
 mod production;
 mod reload;
+mod replicas;
 mod serve;
 mod tasks;
 

@@ -5,13 +5,16 @@
 //! with every configured digest in constant time. Each key has scopes and
 //! may have its own limits. Limits are GCRA (generic cell rate algorithm)
 //! per key, for requests and for tokens per minute: a key may burst up to a
-//! minute's allowance, then is paced; its state is one instant per limit.
+//! minute's allowance, then is paced; its state is one instant per limit,
+//! kept in this process or, for several replicas, in Redis.
 
 mod gcra;
 mod keys;
+mod shared;
 
 pub use gcra::{Decision, Gcra, LimitStatus, Limiter, Limits};
 pub use keys::{Key, KeyConfig, KeyStore, Scope, generate_key, hash_key};
+pub use shared::{LimitError, RateLimiter, RedisLimiter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {

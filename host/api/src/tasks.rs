@@ -31,6 +31,9 @@ pub struct TaskView {
     pub usage: Option<Usage>,
     /// Times a worker took it up (more than 1 when a restart ran it again).
     pub attempts: u32,
+    /// The server process that ran it last (`<pid>-<random>`): with several
+    /// replicas, which one.
+    pub worker: Option<String>,
     pub webhook_url: Option<String>,
     /// Each attempt to deliver the webhook: `{attempt, at, status}` or `{attempt, at, error}`.
     pub webhook_deliveries: Vec<serde_json::Value>,

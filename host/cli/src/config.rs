@@ -43,6 +43,40 @@ pub struct FileConfig {
     /// Async generation tasks.
     #[serde(default)]
     pub tasks: TasksSection,
+    /// Redis, shared by replicas: tasks, rate limits, cached answers.
+    #[serde(default)]
+    pub redis: RedisSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://[user:password@]host[:port][/db]`; set, it makes the parts
+    /// below shared (each can be turned off).
+    pub url: Option<String>,
+    /// Put before every key (default `kiln:`), so deployments can share one Redis.
+    pub prefix: Option<String>,
+    /// Async tasks in Redis instead of SQLite (default true).
+    pub tasks: Option<bool>,
+    /// Rate limits held across replicas (default true).
+    pub rate_limits: Option<bool>,
+    /// Cached answers served by every replica (default true).
+    pub cache: Option<bool>,
+    /// Seconds a running task's claim lasts unrenewed before another
+    /// replica takes it over (default 30; renewed every third of it).
+    pub lease_secs: Option<u64>,
+}
+
+impl RedisSection {
+    pub fn lease(&self) -> Result<Duration> {
+        let secs = self.lease_secs.unwrap_or(30);
+        anyhow::ensure!((1..=3600).contains(&secs), "redis.lease_secs must be 1 to 3600, got {secs}");
+        Ok(Duration::from_secs(secs))
+    }
+
+    pub fn prefix(&self) -> String {
+        self.prefix.clone().unwrap_or_else(|| "kiln:".into())
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +110,7 @@ impl TasksSection {
             workers,
             retention: self.retention_secs.map_or(defaults.retention, Duration::from_secs),
             on_restart: self.on_restart.unwrap_or(defaults.on_restart),
+            heartbeat: defaults.heartbeat,
             webhooks: kiln_server::WebhookConfig {
                 secret: self.webhook_secret.clone(),
                 allow_private: self.allow_private_webhooks.unwrap_or(hooks.allow_private),
@@ -187,6 +222,10 @@ impl FileConfig {
         let keys = kiln_access::KeyStore::new(self.keys.clone())?;
         self.limits()?;
         self.tasks.config()?;
+        self.redis.lease()?;
+        if let Some(url) = &self.redis.url {
+            redis::Client::open(url.as_str()).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+        }
         let plugins = self.plugins(None, PathBuf::new())?;
         for (name, spec) in &self.pipelines {
             kiln_pipeline::check_name(name).map_err(|e| anyhow::anyhow!("pipelines.{name}: {e}"))?;

@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// The async task store (a SQLite file) [default: kiln's data folder, tasks.sqlite3].
     #[arg(long, env = "KILN_TASKS_DB")]
     tasks_db: Option<std::path::PathBuf>,
+    /// Redis shared by replicas (`redis://host:port/`): async tasks, rate
+    /// limits and cached answers live there (see `[redis]` in README).
+    #[arg(long, env = "KILN_REDIS_URL")]
+    redis_url: Option<String>,
     /// The configuration file (plugins and pipelines; see README).
     #[arg(long, env = "KILN_CONFIG")]
     config: Option<std::path::PathBuf>,
@@ -93,8 +97,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let file = file_config(&args)?;
     let auth = auth(&args, &file)?;
     let limits = file.limits()?;
-    let task_config = file.tasks.config()?;
+    let mut task_config = file.tasks.config()?;
     let server = &file.server;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let redis = match args.redis_url.as_deref().or(file.redis.url.as_deref()) {
+        Some(url) => Some(SharedRedis::connect(url, &file.redis, &runtime)?),
+        None => None,
+    };
     let model_args = ModelArgs {
         model: args.model.model.clone().or_else(|| server.model.clone()),
         max_context: args.model.max_context.or(server.max_context),
@@ -140,6 +149,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             max_bytes: args.cache_mib.or(server.cache_mib).map_or(cache_defaults.max_bytes, |m| m << 20),
             ttl: secs(args.cache_ttl_secs, server.cache_ttl_secs, cache_defaults.ttl),
         },
+        redis: redis.as_ref().map(|r| r.shared.clone()),
         ..server_defaults
     };
     let served = ServedModel::new(id, loaded.tokenizer.clone(), loaded.template);
@@ -158,15 +168,29 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
         AppState::with_plugins(Arc::new(engine), served, config, plugins)
     };
-    let tasks_db = match args.tasks_db.clone().or_else(|| file.tasks.path.clone()) {
-        Some(path) => path,
-        None => data_dir()?.join("tasks.sqlite3"),
+    let tasks = match redis.filter(|_| file.redis.tasks.unwrap_or(true)) {
+        Some(redis) => {
+            let lease = file.redis.lease()?;
+            task_config.heartbeat = lease / 3;
+            let config = kiln_tasks::RedisTaskConfig {
+                prefix: redis.shared.prefix.clone(),
+                lease,
+                on_abandoned: task_config.on_restart,
+            };
+            let store = kiln_tasks::RedisStore::open(redis.pool, config).context("opening the task store in redis")?;
+            kiln_server::Tasks::new(Box::new(store), task_config)?
+        }
+        None => {
+            let tasks_db = match args.tasks_db.clone().or_else(|| file.tasks.path.clone()) {
+                Some(path) => path,
+                None => data_dir()?.join("tasks.sqlite3"),
+            };
+            kiln_server::Tasks::open(&tasks_db, task_config)
+                .with_context(|| format!("opening the task store {}", tasks_db.display()))?
+        }
     };
-    let tasks = kiln_server::Tasks::open(&tasks_db, task_config)
-        .with_context(|| format!("opening the task store {}", tasks_db.display()))?;
     state.attach_tasks(Arc::new(tasks));
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind((host.as_str(), port))
             .await
@@ -195,6 +219,39 @@ pub fn run(args: ServeArgs) -> Result<()> {
         };
         kiln_server::serve(listener, kiln_server::router(state), shutdown, drain_timeout).await.context("serving")
     })
+}
+
+/// The Redis replicas share: a pool of blocking connections for the task
+/// store, a multiplexed one for limits and the cache.
+struct SharedRedis {
+    shared: kiln_server::RedisShared,
+    pool: r2d2::Pool<redis::Client>,
+}
+
+impl SharedRedis {
+    fn connect(url: &str, section: &crate::config::RedisSection, runtime: &tokio::runtime::Runtime) -> Result<Self> {
+        let client = redis::Client::open(url).context("redis url")?;
+        let timeout = Duration::from_secs(5);
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let conn = runtime
+            .block_on(redis::aio::ConnectionManager::new_with_config(client.clone(), config))
+            .context("connecting to redis")?;
+        let pool = r2d2::Pool::builder()
+            .max_size(16)
+            .connection_timeout(timeout)
+            .build(client)
+            .context("connecting to redis")?;
+        tracing::info!(prefix = %section.prefix(), "sharing state through redis");
+        let shared = kiln_server::RedisShared {
+            conn,
+            prefix: section.prefix(),
+            limits: section.rate_limits.unwrap_or(true),
+            cache: section.cache.unwrap_or(true),
+        };
+        Ok(SharedRedis { shared, pool })
+    }
 }
 
 /// API keys from the configuration, or the explicit choice to run without.

@@ -72,14 +72,15 @@ impl CacheStatus {
 }
 
 /// A sampled token's log-probability and its most likely alternatives.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TokenLogprobs {
     pub id: u32,
     pub logprob: f32,
     pub top: Vec<(u32, f32)>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// Serializable: the shared response cache keeps answers as their pieces.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Piece {
     /// Text to send, with the log-probabilities of the tokens that produced it
     /// (empty unless asked for). The text is empty only for the last piece,
@@ -137,7 +138,7 @@ impl GenerationSpec {
         let status = match key {
             None => CacheStatus::Off,
             Some(_) if self.no_cache => CacheStatus::Bypass,
-            Some(key) => match state.cache().get(&key) {
+            Some(key) => match state.cache().lookup(&key).await {
                 Some(answer) => return Ok(Generation::replay(&answer)),
                 None => CacheStatus::Miss,
             },
@@ -145,7 +146,7 @@ impl GenerationSpec {
         let tokens = state.prompt_tokens(prompt, self.pipeline.as_ref()).await?;
         self.prompt_tokens = tokens.tokens;
         self.template_stop = tokens.stop;
-        let mut generation = self.start(state)?;
+        let mut generation = self.start(state).await?;
         generation.cache_status = status;
         generation.record = key.map(|k| (k, Vec::new(), state.cache_arc()));
         Ok(generation)
@@ -179,7 +180,7 @@ impl GenerationSpec {
     }
 
     /// Validates against the served model and submits to the engine.
-    fn start(self, state: &AppState) -> Result<Generation, ApiError> {
+    async fn start(self, state: &AppState) -> Result<Generation, ApiError> {
         if self.stop.len() > MAX_STOP_STRINGS {
             return Err(ApiError::invalid("stop", format!("at most {MAX_STOP_STRINGS} stop strings are allowed")));
         }
@@ -213,7 +214,7 @@ impl GenerationSpec {
         // The most this request can spend is set aside before it runs.
         let meter = match self.meter {
             Some(meter) => {
-                let reserved = meter.reserve(prompt_tokens + max_tokens)?;
+                let reserved = meter.reserve(prompt_tokens + max_tokens).await?;
                 Some((meter, reserved))
             }
             None => None,

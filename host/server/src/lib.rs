@@ -79,6 +79,21 @@ pub struct ServerConfig {
     /// A generation still running after this is stopped: 504 (`code:
     /// timeout`), or as the last event of a stream.
     pub request_timeout: Duration,
+    /// Redis, where replicas share rate limits and cached answers.
+    pub redis: Option<RedisShared>,
+}
+
+/// A connection to the Redis that replicas share, and what they share in it.
+#[derive(Clone, Debug)]
+pub struct RedisShared {
+    /// Multiplexed and reconnecting; cheap to clone.
+    pub conn: redis::aio::ConnectionManager,
+    /// Put before every key.
+    pub prefix: String,
+    /// Rate limits hold across replicas.
+    pub limits: bool,
+    /// Cached answers are served by every replica.
+    pub cache: bool,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +109,7 @@ impl Default for ServerConfig {
             public_metrics: true,
             cache: CacheConfig::default(),
             request_timeout: Duration::from_secs(120),
+            redis: None,
         }
     }
 }
@@ -111,7 +127,7 @@ struct Inner {
     /// Plugins and pipelines; `None`: serving without them (the `native`
     /// pipeline only).
     plugins: Option<Arc<PluginHost>>,
-    limiter: Arc<kiln_access::Limiter>,
+    limiter: Arc<kiln_access::RateLimiter>,
     cache: Arc<cache::ResponseCache>,
     /// The async task store and its workers' state, once attached.
     tasks: std::sync::OnceLock<Arc<Tasks>>,
@@ -133,13 +149,23 @@ impl Inner {
     ) -> Self {
         // Installs the metrics recorder before anything is recorded.
         routes::metrics::handle();
+        let limiter = match config.redis.as_ref().filter(|r| r.limits) {
+            Some(redis) => {
+                kiln_access::RateLimiter::Shared(kiln_access::RedisLimiter::new(redis.conn.clone(), &redis.prefix))
+            }
+            None => kiln_access::RateLimiter::Local(kiln_access::Limiter::new(MAX_LIMITED_CALLERS)),
+        };
         Inner {
             backend,
             model,
-            cache: Arc::new(cache::ResponseCache::new(config.cache)),
+            cache: Arc::new(match config.redis.as_ref().filter(|r| r.cache) {
+                Some(redis) => cache::ResponseCache::new(config.cache)
+                    .shared(cache::SharedAnswers::new(redis.conn.clone(), &redis.prefix)),
+                None => cache::ResponseCache::new(config.cache),
+            }),
+            limiter: Arc::new(limiter),
             config,
             plugins,
-            limiter: Arc::new(kiln_access::Limiter::new(MAX_LIMITED_CALLERS)),
             tasks: std::sync::OnceLock::new(),
             started: std::time::Instant::now(),
             ready: Default::default(),
@@ -179,11 +205,11 @@ impl AppState {
         self.inner.tasks.get().cloned()
     }
 
-    pub(crate) fn limiter(&self) -> &kiln_access::Limiter {
+    pub(crate) fn limiter(&self) -> &kiln_access::RateLimiter {
         &self.inner.limiter
     }
 
-    pub(crate) fn limiter_arc(&self) -> Arc<kiln_access::Limiter> {
+    pub(crate) fn limiter_arc(&self) -> Arc<kiln_access::RateLimiter> {
         self.inner.limiter.clone()
     }
 

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kiln_api::generate::GenerateRequest;
-use kiln_tasks::{OnRestart, SqliteStore, Task, TaskError};
+use kiln_tasks::{OnRestart, SqliteStore, Task, TaskError, TaskStore};
 use tokio::sync::Notify;
 
 use crate::extract::RequestContext;
 use crate::webhooks::WebhookConfig;
-use crate::{ApiError, AppState, Auth, Caller};
+use crate::{ApiError, AppState, Auth, Caller, TokenMeter};
 
 #[derive(Clone, Debug)]
 pub struct TaskConfig {
@@ -22,6 +22,9 @@ pub struct TaskConfig {
     /// Ended tasks are deleted this long after they end.
     pub retention: Duration,
     pub on_restart: OnRestart,
+    /// How often a worker renews its claim on a running task (and hears of
+    /// a cancellation made on another replica).
+    pub heartbeat: Duration,
     pub webhooks: WebhookConfig,
 }
 
@@ -31,6 +34,7 @@ impl Default for TaskConfig {
             workers: 4,
             retention: Duration::from_secs(24 * 3600),
             on_restart: OnRestart::Requeue,
+            heartbeat: Duration::from_secs(10),
             webhooks: WebhookConfig::default(),
         }
     }
@@ -38,7 +42,7 @@ impl Default for TaskConfig {
 
 /// The store and the workers' shared state.
 pub struct Tasks {
-    pub(crate) store: SqliteStore,
+    pub(crate) store: Box<dyn TaskStore>,
     config: TaskConfig,
     /// Running tasks, to stop on cancellation.
     running: Mutex<HashMap<String, Arc<Notify>>>,
@@ -53,9 +57,13 @@ impl std::fmt::Debug for Tasks {
 }
 
 impl Tasks {
-    /// Opens the store at `path` and settles what a previous process left running.
+    /// Opens the SQLite store at `path` and settles what a previous process left running.
     pub fn open(path: &std::path::Path, config: TaskConfig) -> Result<Tasks, TaskError> {
-        let store = SqliteStore::open(path)?;
+        Tasks::new(Box::new(SqliteStore::open(path)?), config)
+    }
+
+    /// Runs tasks from `store`, first settling what a previous process left running.
+    pub fn new(store: Box<dyn TaskStore>, config: TaskConfig) -> Result<Tasks, TaskError> {
         let recovered = store.recover(config.on_restart)?;
         if recovered > 0 {
             tracing::warn!(recovered, on_restart = ?config.on_restart, "tasks left running by the previous process");
@@ -120,10 +128,10 @@ pub fn spawn_workers(state: &AppState) {
 /// Runs `f` on the store off the async workers (SQLite calls block).
 pub(crate) async fn blocking<T: Send + 'static>(
     tasks: &Arc<Tasks>,
-    f: impl FnOnce(&SqliteStore) -> Result<T, TaskError> + Send + 'static,
+    f: impl FnOnce(&dyn TaskStore) -> Result<T, TaskError> + Send + 'static,
 ) -> Result<T, TaskError> {
     let tasks = tasks.clone();
-    tokio::task::spawn_blocking(move || f(&tasks.store))
+    tokio::task::spawn_blocking(move || f(&*tasks.store))
         .await
         .unwrap_or_else(|e| Err(TaskError::Corrupt(format!("task store worker: {e}"))))
 }
@@ -132,17 +140,44 @@ pub(crate) async fn blocking<T: Send + 'static>(
 async fn run(state: &AppState, tasks: &Arc<Tasks>, task: Task) {
     let stop = Arc::new(Notify::new());
     tasks.lock().insert(task.id.clone(), stop.clone());
-    let context = RequestContext { caller: caller(state, &task.owner), ..RequestContext::default() };
+    let caller = caller(state, &task.owner);
+    // Tasks spend their owner's token allowance like its synchronous requests.
+    let meter = caller.as_ref().and_then(|c| c.key.as_ref()).and_then(|k| TokenMeter::for_key(state, k));
+    let context = RequestContext { caller, meter, ..RequestContext::default() };
     let outcome = tokio::select! {
-        outcome = generate(state, context, task.request) => outcome,
+        outcome = generate(state, context, task.request.clone()) => outcome,
         () = stop.notified() => Err("cancelled by the client".to_string()),
+        () = lost(tasks, &task) => Err("no longer this worker's task".to_string()),
     };
     tasks.lock().remove(&task.id);
-    let id = task.id.clone();
-    match blocking(tasks, move |store| store.finish(&id, outcome)).await {
-        Ok(true) if task.webhook_url.is_some() => notify(tasks, task.id),
-        Ok(_) => {}
-        Err(e) => tracing::error!(task = task.id, error = %e, "recording a task's end"),
+    let (id, webhook) = (task.id.clone(), task.webhook_url.is_some());
+    let status = if outcome.is_ok() { "completed" } else { "failed" };
+    match blocking(tasks, move |store| store.finish(&task, outcome)).await {
+        Ok(true) => {
+            tracing::info!(task = id, status, "task ended");
+            if webhook {
+                notify(tasks, id);
+            }
+        }
+        Ok(false) => tracing::info!(task = id, "task no longer this worker's; its outcome is dropped"),
+        Err(e) => tracing::error!(task = id, error = %e, "recording a task's end"),
+    }
+}
+
+/// Renews the claim on `task` every heartbeat; returns once the task is no
+/// longer this worker's (cancelled, perhaps through another replica, or
+/// taken over after this process stalled past its lease).
+async fn lost(tasks: &Arc<Tasks>, task: &Task) {
+    loop {
+        tokio::time::sleep(tasks.config.heartbeat).await;
+        let claim = task.clone();
+        match blocking(tasks, move |store| store.heartbeat(&claim)).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            // The store being unreachable for a moment is no reason to drop
+            // the work; a lease that runs out meanwhile shows at the next beat.
+            Err(e) => tracing::warn!(task = task.id, error = %e, "renewing a task's claim"),
+        }
     }
 }
 
@@ -176,7 +211,14 @@ async fn generate(
     let req: GenerateRequest =
         serde_json::from_value(request).map_err(|e| format!("the stored request is unreadable: {e}"))?;
     let message = |e: ApiError| e.body().error.message;
-    let generation = crate::routes::generate::start(state, context, req).await.map_err(message)?;
+    // Over the owner's token allowance, a task waits for it rather than
+    // failing: nobody is waiting on the answer.
+    let generation = loop {
+        match crate::routes::generate::start(state, context.clone(), req.clone()).await {
+            Err(ApiError::RateLimited { retry_after, .. }) => tokio::time::sleep(retry_after).await,
+            started => break started.map_err(message)?,
+        }
+    };
     let done = generation.collect().await.map_err(message)?;
     serde_json::to_value(crate::routes::generate::answer(state, done)).map_err(|e| e.to_string())
 }

@@ -109,6 +109,9 @@ pub struct Task {
     pub error: Option<String>,
     /// Times a worker took it (more than 1 after a restart re-ran it).
     pub attempts: u32,
+    /// The process that claimed it last (`<pid>-<random>`), so operators
+    /// can tell which replica ran it.
+    pub worker: Option<String>,
     /// Told of the task's end, if set.
     pub webhook_url: Option<String>,
     /// Each attempt to tell it, in order.
@@ -136,6 +139,12 @@ pub enum TaskError {
     Pool(#[from] r2d2::Error),
     #[error("task store: a stored task is unreadable: {0}")]
     Corrupt(String),
+}
+
+/// This process's name as a worker: its pid and a random part (pids repeat
+/// across machines and restarts).
+fn worker_name() -> String {
+    format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
 /// Now, in the store's unit (Unix milliseconds).

@@ -90,7 +90,7 @@ for _ = 1, 100 do
       move(KEYS[2], 'pending', 'running')
       redis.call('ZREM', KEYS[3], id)
     end
-    redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[4], 'entry', entry)
+    redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[4], 'entry', entry, 'worker', ARGV[1])
     redis.call('HINCRBY', key, 'attempts', 1)
     return id
   else
@@ -176,7 +176,7 @@ impl RedisStore {
     /// Connects through `pool` and makes the work queue's consumer group if
     /// this is the first replica to start.
     pub fn open(pool: r2d2::Pool<redis::Client>, config: RedisTaskConfig) -> Result<RedisStore, TaskError> {
-        let consumer = format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let consumer = crate::worker_name();
         let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
         let store = RedisStore {
             pool,
@@ -260,6 +260,7 @@ fn task(id: &str, mut fields: HashMap<String, String>, deliveries: &[String]) ->
         result: json(take("result"), "result")?,
         error: take("error"),
         attempts: number(take("attempts"), "attempts")?.unwrap_or_default() as u32,
+        worker: take("worker"),
         webhook_url: take("webhook_url"),
         deliveries: deliveries
             .iter()

@@ -28,10 +28,12 @@ CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks(owner, seq);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status, seq);
 ";
 
-const COLUMNS: &str = "id, owner, status, request, created_at, started_at, completed_at, result, error, attempts, webhook_url, deliveries";
+const COLUMNS: &str = "id, owner, status, request, created_at, started_at, completed_at, result, error, attempts, webhook_url, deliveries, worker";
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// This process's name, recorded on the tasks it claims.
+    worker: String,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -63,6 +65,7 @@ fn task(row: &Row<'_>) -> rusqlite::Result<Task> {
         attempts: row.get(9)?,
         webhook_url: row.get(10)?,
         deliveries: json(11, row.get(11)?)?.and_then(|v| v.as_array().cloned()).unwrap_or_default(),
+        worker: row.get(12)?,
     })
 }
 
@@ -79,7 +82,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        for (column, kind) in [("webhook_url", "TEXT"), ("deliveries", "TEXT")] {
+        for (column, kind) in [("webhook_url", "TEXT"), ("deliveries", "TEXT"), ("worker", "TEXT")] {
             let present: bool = conn.query_row(
                 "SELECT COUNT(*) > 0 FROM pragma_table_info('tasks') WHERE name = ?1",
                 params![column],
@@ -89,7 +92,7 @@ impl SqliteStore {
                 conn.execute_batch(&format!("ALTER TABLE tasks ADD COLUMN {column} {kind}"))?;
             }
         }
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore { conn: Mutex::new(conn), worker: crate::worker_name() })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -118,6 +121,7 @@ impl TaskStore for SqliteStore {
             result: None,
             error: None,
             attempts: 0,
+            worker: None,
             webhook_url: webhook_url.map(str::to_string),
             deliveries: Vec::new(),
         })
@@ -158,11 +162,11 @@ impl TaskStore for SqliteStore {
 
     fn claim(&self) -> Result<Option<Task>, TaskError> {
         let sql = format!(
-            "UPDATE tasks SET status = 'running', started_at = ?1, attempts = attempts + 1
+            "UPDATE tasks SET status = 'running', started_at = ?1, attempts = attempts + 1, worker = ?2
              WHERE seq = (SELECT seq FROM tasks WHERE status = 'pending' ORDER BY seq LIMIT 1)
              RETURNING {COLUMNS}"
         );
-        Ok(self.conn().query_row(&sql, params![now_ms()], task).optional()?)
+        Ok(self.conn().query_row(&sql, params![now_ms(), self.worker], task).optional()?)
     }
 
     fn heartbeat(&self, task: &Task) -> Result<bool, TaskError> {

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use kiln_api::ErrorBody;
 use kiln_api::generate::GenerateRequest;
 use kiln_api::tasks::{TaskAccepted, TaskList, TaskView};
-use kiln_tasks::{SqliteStore, Task, TaskError};
+use kiln_tasks::{Task, TaskError, TaskStore};
 
 use crate::extract::{ApiJson, RequestContext};
 use crate::tasks::Tasks;
@@ -131,7 +131,7 @@ fn tasks(state: &AppState) -> Result<Arc<Tasks>, ApiError> {
 
 async fn store<T: Send + 'static>(
     tasks: &Arc<Tasks>,
-    f: impl FnOnce(&SqliteStore) -> Result<T, TaskError> + Send + 'static,
+    f: impl FnOnce(&dyn TaskStore) -> Result<T, TaskError> + Send + 'static,
 ) -> Result<T, ApiError> {
     crate::tasks::blocking(tasks, f).await.map_err(|e| ApiError::Internal(e.to_string()))
 }
@@ -152,6 +152,7 @@ pub(crate) fn view(task: Task) -> TaskView {
         result,
         error: task.error,
         attempts: task.attempts,
+        worker: task.worker,
         webhook_url: task.webhook_url,
         webhook_deliveries: task.deliveries,
     }
