@@ -40,6 +40,20 @@ pub struct KeyConfig {
     pub tokens_per_minute: Option<u32>,
     /// The pipeline this key's requests run when they name none.
     pub pipeline: Option<String>,
+    /// Signs the webhooks of this key's tasks (else `[tasks] webhook_secret`).
+    #[serde(default)]
+    pub webhook_secret: Option<Secret>,
+}
+
+/// A string never shown by `Debug` (configurations get logged).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 fn generate_only() -> Vec<Scope> {
@@ -146,6 +160,7 @@ mod tests {
             requests_per_minute: None,
             tokens_per_minute: None,
             pipeline: None,
+            webhook_secret: None,
         }
     }
 

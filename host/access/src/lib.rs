@@ -13,7 +13,7 @@ mod keys;
 mod shared;
 
 pub use gcra::{Decision, Gcra, LimitStatus, Limiter, Limits};
-pub use keys::{Key, KeyConfig, KeyStore, Scope, generate_key, hash_key};
+pub use keys::{Key, KeyConfig, KeyStore, Scope, Secret, generate_key, hash_key};
 pub use shared::{LimitError, RateLimiter, RedisLimiter};
 
 #[derive(Debug, thiserror::Error)]

@@ -152,6 +152,9 @@ pub struct ChatCompletionRequest {
     /// Tool calling is not supported: a non-empty list is refused.
     #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Vec<serde_json::Value>>,
+    /// kiln's extension, `POST /v1/chat/completions/async` only: told of the
+    /// task's end by a signed POST.
+    pub webhook_url: Option<String>,
 }
 }
 

@@ -1,11 +1,11 @@
-//! Async generation tasks: `POST /v1/generate/async`, `GET /v1/tasks`,
+//! Async generation tasks: `POST /v1/generate/async`,
+//! `POST /v1/chat/completions/async`, `GET /v1/tasks`,
 //! `GET /v1/tasks/{id}`, `DELETE /v1/tasks/{id}`.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::Usage;
-use crate::generate::GenerateResponse;
 
 /// The answer to `POST /v1/generate/async` (status 202).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -24,8 +24,10 @@ pub struct TaskView {
     pub created_at: f64,
     pub started_at: Option<f64>,
     pub completed_at: Option<f64>,
-    /// The generation, once `completed` (as `POST /v1/generate` answers).
-    pub result: Option<GenerateResponse>,
+    /// The answer, once `completed`: as `POST /v1/generate` answers, or a
+    /// `chat.completion` for a task made by `POST /v1/chat/completions/async`.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
     /// Why it `failed` (or that it was `cancelled`).
     pub error: Option<String>,
     pub usage: Option<Usage>,

@@ -403,6 +403,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/generate", post(routes::generate::generate))
         .route("/v1/generate/stream", post(routes::generate::generate_stream))
         .route("/v1/generate/async", post(routes::tasks::generate_async))
+        .route("/v1/chat/completions/async", post(routes::tasks::chat_completions_async))
         .route("/v1/tasks", get(routes::tasks::list_tasks))
         .route("/v1/tasks/{id}", get(routes::tasks::get_task).delete(routes::tasks::cancel_task))
         .route("/v1/chat/completions", post(routes::chat::chat_completions))

@@ -36,6 +36,7 @@ use crate::routes;
         routes::health::ready,
         routes::metrics::metrics,
         routes::tasks::generate_async,
+        routes::tasks::chat_completions_async,
         routes::tasks::get_task,
         routes::tasks::cancel_task,
         routes::tasks::list_tasks,

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kiln_api::generate::GenerateRequest;
+use kiln_api::openai::ChatCompletionRequest;
 use kiln_tasks::{OnRestart, SqliteStore, Task, TaskError, TaskStore};
 use tokio::sync::Notify;
 
@@ -141,8 +142,10 @@ async fn run(state: &AppState, tasks: &Arc<Tasks>, task: Task) {
     let stop = Arc::new(Notify::new());
     tasks.lock().insert(task.id.clone(), stop.clone());
     let caller = caller(state, &task.owner);
+    let key = caller.as_ref().and_then(|c| c.key.as_ref());
+    let secret = key.and_then(|k| k.config.webhook_secret.as_ref()).map(|s| s.0.clone());
     // Tasks spend their owner's token allowance like its synchronous requests.
-    let meter = caller.as_ref().and_then(|c| c.key.as_ref()).and_then(|k| TokenMeter::for_key(state, k));
+    let meter = key.and_then(|k| TokenMeter::for_key(state, k));
     let context = RequestContext { caller, meter, ..RequestContext::default() };
     let outcome = tokio::select! {
         outcome = generate(state, context, task.request.clone()) => outcome,
@@ -156,7 +159,7 @@ async fn run(state: &AppState, tasks: &Arc<Tasks>, task: Task) {
         Ok(true) => {
             tracing::info!(task = id, status, "task ended");
             if webhook {
-                notify(tasks, id);
+                notify(tasks, id, secret.or_else(|| tasks.config.webhooks.secret.clone()));
             }
         }
         Ok(false) => tracing::info!(task = id, "task no longer this worker's; its outcome is dropped"),
@@ -181,8 +184,8 @@ async fn lost(tasks: &Arc<Tasks>, task: &Task) {
     }
 }
 
-/// Tells the task's webhook how it ended, in the background.
-fn notify(tasks: &Arc<Tasks>, id: String) {
+/// Tells the task's webhook how it ended, in the background, signed with `secret`.
+fn notify(tasks: &Arc<Tasks>, id: String, secret: Option<String>) {
     let tasks = tasks.clone();
     tokio::task::spawn_blocking(move || {
         let task = match tasks.store.get_any(&id) {
@@ -192,7 +195,7 @@ fn notify(tasks: &Arc<Tasks>, id: String) {
         };
         let Some(url) = task.webhook_url.clone() else { return };
         let body = serde_json::to_vec(&crate::routes::tasks::view(task)).unwrap_or_default();
-        crate::webhooks::deliver(&tasks.config.webhooks, &url, &body, |attempt| {
+        crate::webhooks::deliver(&tasks.config.webhooks, secret.as_deref(), &url, &body, |attempt| {
             if let Err(e) = tasks.store.record_delivery(&id, &attempt) {
                 tracing::error!(task = id, error = %e, "recording a webhook delivery");
             }
@@ -203,24 +206,60 @@ fn notify(tasks: &Arc<Tasks>, id: String) {
     });
 }
 
+/// What a task asks for, as stored: the endpoint's name and its request.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "endpoint", rename_all = "snake_case")]
+pub(crate) enum TaskRequest {
+    /// `POST /v1/generate`'s request; the result is its answer.
+    Generate(GenerateRequest),
+    /// `POST /v1/chat/completions`'s; the result is a `chat.completion`.
+    ChatCompletions(ChatCompletionRequest),
+}
+
+impl TaskRequest {
+    fn parse(stored: serde_json::Value) -> Result<TaskRequest, String> {
+        match serde_json::from_value(stored.clone()) {
+            Ok(request) => Ok(request),
+            // Stored before tasks named their endpoint: all were generate's.
+            Err(e) => serde_json::from_value(stored)
+                .map(TaskRequest::Generate)
+                .map_err(|_| format!("the stored request is unreadable: {e}")),
+        }
+    }
+}
+
 async fn generate(
     state: &AppState,
     context: RequestContext,
     request: serde_json::Value,
 ) -> Result<serde_json::Value, String> {
-    let req: GenerateRequest =
-        serde_json::from_value(request).map_err(|e| format!("the stored request is unreadable: {e}"))?;
+    let request = TaskRequest::parse(request)?;
     let message = |e: ApiError| e.body().error.message;
     // Over the owner's token allowance, a task waits for it rather than
     // failing: nobody is waiting on the answer.
-    let generation = loop {
-        match crate::routes::generate::start(state, context.clone(), req.clone()).await {
-            Err(ApiError::RateLimited { retry_after, .. }) => tokio::time::sleep(retry_after).await,
-            started => break started.map_err(message)?,
-        }
-    };
-    let done = generation.collect().await.map_err(message)?;
-    serde_json::to_value(crate::routes::generate::answer(state, done)).map_err(|e| e.to_string())
+    loop {
+        let started = match request.clone() {
+            TaskRequest::Generate(req) => {
+                crate::routes::generate::start(state, context.clone(), req).await.map(|generation| (generation, None))
+            }
+            TaskRequest::ChatCompletions(req) => crate::routes::chat::start(state, context.clone(), req)
+                .await
+                .map(|(generation, logprobs)| (generation, Some(logprobs))),
+        };
+        let (generation, chat_logprobs) = match started {
+            Err(ApiError::RateLimited { retry_after, .. }) => {
+                tokio::time::sleep(retry_after).await;
+                continue;
+            }
+            started => started.map_err(message)?,
+        };
+        let done = generation.collect().await.map_err(message)?;
+        let result = match chat_logprobs {
+            None => serde_json::to_value(crate::routes::generate::answer(state, done)),
+            Some(logprobs) => serde_json::to_value(crate::routes::chat::completion(state, done, logprobs)),
+        };
+        return result.map_err(|e| e.to_string());
+    }
 }
 
 /// The owner's key, so the task runs with its default pipeline and cache tenancy.

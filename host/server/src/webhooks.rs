@@ -10,10 +10,15 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use ureq::config::Config;
+use ureq::http::Uri;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 #[derive(Clone, Debug)]
 pub struct WebhookConfig {
-    /// The HMAC key; without one, deliveries are unsigned.
+    /// The HMAC key of keys that set none of their own (`[[keys]]
+    /// webhook_secret`); without either, deliveries are unsigned.
     pub secret: Option<String>,
     /// Deliver to loopback, link-local and private addresses too.
     pub allow_private: bool,
@@ -85,14 +90,47 @@ fn is_internal(ip: &IpAddr) -> bool {
     }
 }
 
-/// Delivers `body` to `url` until it is accepted (2xx) or the attempts run
-/// out; `record` is called with each attempt. Blocking: run it off the runtime.
-pub fn deliver(config: &WebhookConfig, url: &str, body: &[u8], mut record: impl FnMut(serde_json::Value)) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
+/// Resolves as the system does, then refuses a host with any internal
+/// address (unless allowed): the addresses checked are the ones connected
+/// to, so a name that resolves to a public address when the task is
+/// submitted and to an internal one at delivery (DNS rebinding) is refused.
+#[derive(Debug)]
+struct CheckedResolver {
+    allow_private: bool,
+}
+
+impl Resolver for CheckedResolver {
+    fn resolve(&self, uri: &Uri, config: &Config, timeout: NextTimeout) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let resolved = DefaultResolver::default().resolve(uri, config, timeout)?;
+        match resolved.iter().find(|a| !self.allow_private && is_internal(&a.ip())) {
+            Some(internal) => Err(ureq::Error::BadUri(format!(
+                "webhook_url resolves to {}, an internal address; the server's configuration does not allow those",
+                internal.ip()
+            ))),
+            None => Ok(resolved),
+        }
+    }
+}
+
+/// The client webhooks are sent with: statuses are answers, not errors;
+/// internal addresses refused at connection time.
+fn agent(allow_private: bool) -> ureq::Agent {
+    let config =
+        ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(10))).build();
+    ureq::Agent::with_parts(config, DefaultConnector::default(), CheckedResolver { allow_private })
+}
+
+/// Delivers `body` to `url`, signed with `secret` if any, until it is
+/// accepted (2xx) or the attempts run out; `record` is called with each
+/// attempt. Blocking: run it off the runtime.
+pub fn deliver(
+    config: &WebhookConfig,
+    secret: Option<&str>,
+    url: &str,
+    body: &[u8],
+    mut record: impl FnMut(serde_json::Value),
+) {
+    let agent = agent(config.allow_private);
     let mut wait = config.first_retry;
     for attempt in 1..=config.max_attempts.max(1) {
         let at = crate::unix_now();
@@ -100,7 +138,7 @@ pub fn deliver(config: &WebhookConfig, url: &str, body: &[u8], mut record: impl 
             Some(reason) => Err(reason),
             None => {
                 let mut request = agent.post(url).header("content-type", "application/json");
-                if let Some(secret) = &config.secret {
+                if let Some(secret) = secret {
                     request = request.header("x-kiln-signature", signature(secret, body));
                 }
                 request.send(body).map(|r| r.status().as_u16()).map_err(|e| e.to_string())
@@ -140,6 +178,16 @@ mod tests {
         }
         assert!(refused("ftp://example.com/", true).is_some());
         assert!(refused("http://93.184.215.14/hook", false).is_none());
+    }
+
+    #[test]
+    fn the_client_refuses_internal_addresses_when_it_connects() {
+        // Past the submission check (as after DNS rebinding): the address
+        // connected to is checked again.
+        let refused = agent(false).post("http://127.0.0.1:9/hook").send(&b"{}"[..]).unwrap_err().to_string();
+        assert!(refused.contains("internal address"), "{refused}");
+        let allowed = agent(true).post("http://127.0.0.1:9/hook").send(&b"{}"[..]).unwrap_err().to_string();
+        assert!(!allowed.contains("internal address"), "{allowed}");
     }
 
     #[test]

@@ -29,88 +29,19 @@ const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 pub async fn chat_completions(
     State(state): State<AppState>,
     context: RequestContext,
-    ApiJson(mut req): ApiJson<ChatCompletionRequest>,
+    ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    state.check_model(req.model.as_deref())?;
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid("tools", "tool calling is not supported"));
+    if req.webhook_url.is_some() {
+        return Err(ApiError::invalid("webhook_url", "only POST /v1/chat/completions/async takes a webhook"));
     }
-    let json = match req.response_format.as_ref().map(|f| f.kind.as_str()) {
-        None | Some("text") => false,
-        Some("json_object") => true,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "response_format",
-                format!("`{other}` is not supported; use `text` or `json_object`"),
-            ));
-        }
-    };
-    let logprobs = req.logprobs.unwrap_or(false);
-    let top_logprobs = req.top_logprobs.unwrap_or(0) as usize;
-    if top_logprobs > 0 && !logprobs {
-        return Err(ApiError::invalid("top_logprobs", "requires `logprobs: true`"));
-    }
-    if top_logprobs > MAX_TOP_LOGPROBS {
-        return Err(ApiError::invalid("top_logprobs", format!("must be at most {MAX_TOP_LOGPROBS}")));
-    }
-    let messages = chat_messages(std::mem::take(&mut req.messages))?;
-    if messages.is_empty() {
-        return Err(ApiError::invalid("messages", "must hold at least one message"));
-    }
-    let sampling = sampling(req.take_sampling())?;
-    let pipeline = state.pipeline(context.pipeline(sampling.pipeline.as_deref()))?;
-    let prompt = Prompt::Chat { messages, add_generation_prompt: true };
-    let max_tokens_field = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
-    let generation = GenerationSpec {
-        params: sampling.params,
-        max_tokens: req.max_completion_tokens.or(req.max_tokens),
-        default_max_tokens: None,
-        stop: sampling.stop,
-        ignore_eos: sampling.ignore_eos,
-        logprobs,
-        top_logprobs,
-        json,
-        pipeline,
-        tenant: context.tenant(),
-        meter: context.meter,
-        no_cache: context.no_cache,
-        ..GenerationSpec::default()
-    }
-    .start_from(&state, prompt)
-    .await
-    .map_err(|e| match e {
-        // Name the fields the client wrote: messages, not a prompt.
-        ApiError::InvalidValue { param, message, code } if param == "prompt" => {
-            ApiError::InvalidValue { param: "messages".into(), message, code }
-        }
-        ApiError::InvalidValue { param, message, code } if param == "max_tokens" => {
-            ApiError::InvalidValue { param: max_tokens_field.into(), message, code }
-        }
-        other => other,
-    })?;
-
-    let (id, created, model) = (completion_id("chatcmpl"), unix_now(), state.model().id.clone());
-    if !req.stream {
+    let (stream, include_usage) = (req.stream, req.stream_options.as_ref().is_some_and(|o| o.include_usage));
+    let (generation, logprobs) = start(&state, context, req).await?;
+    if !stream {
         let cache = generation.cache_status();
         let done = generation.collect().await?;
-        let response = Json(ChatCompletion {
-            id,
-            object: "chat.completion".into(),
-            created,
-            model,
-            choices: vec![ChatChoice {
-                index: 0,
-                message: AssistantMessage { role: "assistant".into(), content: done.text },
-                logprobs: logprobs.then(|| chat_logprobs(&state, &done.tokens)),
-                finish_reason: done.reason,
-            }],
-            usage: done.usage,
-        })
-        .into_response();
-        return Ok(super::mark_cache(response, cache));
+        return Ok(super::mark_cache(Json(completion(&state, done, logprobs)).into_response(), cache));
     }
-
-    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let (id, created, model) = (completion_id("chatcmpl"), unix_now(), state.model().id.clone());
     let chunk = move |choices, usage| ChatCompletionChunk {
         id: id.clone(),
         object: "chat.completion.chunk".into(),
@@ -162,6 +93,97 @@ pub async fn chat_completions(
         }
         events
     }))
+}
+
+/// What a chat request asks of the server, checked without the model:
+/// whether it wants JSON and log-probabilities.
+pub(crate) fn check(state: &AppState, req: &ChatCompletionRequest) -> Result<(bool, bool, usize), ApiError> {
+    state.check_model(req.model.as_deref())?;
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::invalid("tools", "tool calling is not supported"));
+    }
+    let json = match req.response_format.as_ref().map(|f| f.kind.as_str()) {
+        None | Some("text") => false,
+        Some("json_object") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "response_format",
+                format!("`{other}` is not supported; use `text` or `json_object`"),
+            ));
+        }
+    };
+    let logprobs = req.logprobs.unwrap_or(false);
+    let top_logprobs = req.top_logprobs.unwrap_or(0) as usize;
+    if top_logprobs > 0 && !logprobs {
+        return Err(ApiError::invalid("top_logprobs", "requires `logprobs: true`"));
+    }
+    if top_logprobs > MAX_TOP_LOGPROBS {
+        return Err(ApiError::invalid("top_logprobs", format!("must be at most {MAX_TOP_LOGPROBS}")));
+    }
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "must hold at least one message"));
+    }
+    Ok((json, logprobs, top_logprobs))
+}
+
+/// Starts a chat generation (for this endpoint and for async tasks); also
+/// whether the answer carries log-probabilities.
+pub(crate) async fn start(
+    state: &AppState,
+    context: RequestContext,
+    mut req: ChatCompletionRequest,
+) -> Result<(crate::generation::Generation, bool), ApiError> {
+    let (json, logprobs, top_logprobs) = check(state, &req)?;
+    let messages = chat_messages(std::mem::take(&mut req.messages))?;
+    let sampling = sampling(req.take_sampling())?;
+    let pipeline = state.pipeline(context.pipeline(sampling.pipeline.as_deref()))?;
+    let prompt = Prompt::Chat { messages, add_generation_prompt: true };
+    let max_tokens_field = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+    let generation = GenerationSpec {
+        params: sampling.params,
+        max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        default_max_tokens: None,
+        stop: sampling.stop,
+        ignore_eos: sampling.ignore_eos,
+        logprobs,
+        top_logprobs,
+        json,
+        pipeline,
+        tenant: context.tenant(),
+        meter: context.meter,
+        no_cache: context.no_cache,
+        ..GenerationSpec::default()
+    }
+    .start_from(state, prompt)
+    .await
+    .map_err(|e| match e {
+        // Name the fields the client wrote: messages, not a prompt.
+        ApiError::InvalidValue { param, message, code } if param == "prompt" => {
+            ApiError::InvalidValue { param: "messages".into(), message, code }
+        }
+        ApiError::InvalidValue { param, message, code } if param == "max_tokens" => {
+            ApiError::InvalidValue { param: max_tokens_field.into(), message, code }
+        }
+        other => other,
+    })?;
+    Ok((generation, logprobs))
+}
+
+/// A finished chat generation as a `chat.completion`.
+pub(crate) fn completion(state: &AppState, done: crate::generation::Collected, logprobs: bool) -> ChatCompletion {
+    ChatCompletion {
+        id: completion_id("chatcmpl"),
+        object: "chat.completion".into(),
+        created: unix_now(),
+        model: state.model().id.clone(),
+        choices: vec![ChatChoice {
+            index: 0,
+            message: AssistantMessage { role: "assistant".into(), content: done.text },
+            logprobs: logprobs.then(|| chat_logprobs(state, &done.tokens)),
+            finish_reason: done.reason,
+        }],
+        usage: done.usage,
+    }
 }
 
 /// OpenAI's messages as the chat template takes them.

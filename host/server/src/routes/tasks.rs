@@ -10,11 +10,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use kiln_api::ErrorBody;
 use kiln_api::generate::GenerateRequest;
+use kiln_api::openai::ChatCompletionRequest;
 use kiln_api::tasks::{TaskAccepted, TaskList, TaskView};
 use kiln_tasks::{Task, TaskError, TaskStore};
 
 use crate::extract::{ApiJson, RequestContext};
-use crate::tasks::Tasks;
+use crate::tasks::{TaskRequest, Tasks};
 use crate::webhooks::refused;
 use crate::{ApiError, AppState};
 
@@ -42,13 +43,45 @@ pub async fn generate_async(
     if req.stream {
         return Err(ApiError::invalid("stream", "an async task is polled, not streamed"));
     }
-    let tasks = tasks(&state)?;
-    if let Some(reason) = req.webhook_url.as_deref().and_then(|url| refused(url, tasks.webhooks().allow_private)) {
-        return Err(ApiError::invalid("webhook_url", reason));
+    let webhook_url = req.webhook_url.clone();
+    submit(&state, &context, TaskRequest::Generate(req), webhook_url).await
+}
+
+/// A chat completion in the background: stored, then `202 {task_id, status: "pending"}`;
+/// the task's result is a `chat.completion`.
+#[utoipa::path(post, path = "/v1/chat/completions/async", tag = "tasks", request_body = ChatCompletionRequest,
+    responses(
+        (status = 202, description = "Stored; poll `GET /v1/tasks/{task_id}`", body = TaskAccepted),
+        (status = 400, description = "An unknown model, no messages, or an unsupported option", body = ErrorBody),
+        (status = 422, description = "A missing field or one of the wrong type", body = ErrorBody),
+    ))]
+pub async fn chat_completions_async(
+    State(state): State<AppState>,
+    context: RequestContext,
+    ApiJson(req): ApiJson<ChatCompletionRequest>,
+) -> Result<(StatusCode, Json<TaskAccepted>), ApiError> {
+    crate::routes::chat::check(&state, &req)?;
+    crate::routes::chat::chat_messages(req.messages.clone())?;
+    if req.stream {
+        return Err(ApiError::invalid("stream", "an async task is polled, not streamed"));
     }
     let webhook_url = req.webhook_url.clone();
+    submit(&state, &context, TaskRequest::ChatCompletions(req), webhook_url).await
+}
+
+/// Stores a task for the caller; its webhook, if any, must be one the server may call.
+async fn submit(
+    state: &AppState,
+    context: &RequestContext,
+    request: TaskRequest,
+    webhook_url: Option<String>,
+) -> Result<(StatusCode, Json<TaskAccepted>), ApiError> {
+    let tasks = tasks(state)?;
+    if let Some(reason) = webhook_url.as_deref().and_then(|url| refused(url, tasks.webhooks().allow_private)) {
+        return Err(ApiError::invalid("webhook_url", reason));
+    }
     let owner = context.tenant().unwrap_or_default();
-    let request = serde_json::to_value(&req).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let request = serde_json::to_value(&request).map_err(|e| ApiError::Internal(e.to_string()))?;
     let task = store(&tasks, move |s| s.create(&owner, &request, webhook_url.as_deref())).await?;
     tasks.woken();
     Ok((StatusCode::ACCEPTED, Json(TaskAccepted { task_id: task.id, status: "pending".into() })))
@@ -141,15 +174,15 @@ fn seconds(ms: i64) -> f64 {
 }
 
 pub(crate) fn view(task: Task) -> TaskView {
-    let result: Option<kiln_api::generate::GenerateResponse> = task.result.and_then(|r| serde_json::from_value(r).ok());
+    let usage = task.result.as_ref().and_then(|r| serde_json::from_value(r["usage"].clone()).ok());
     TaskView {
         task_id: task.id,
         status: task.status.as_str().into(),
         created_at: seconds(task.created_at),
         started_at: task.started_at.map(seconds),
         completed_at: task.completed_at.map(seconds),
-        usage: result.as_ref().map(|r| r.usage),
-        result,
+        usage,
+        result: task.result,
         error: task.error,
         attempts: task.attempts,
         worker: task.worker,

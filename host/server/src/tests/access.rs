@@ -15,7 +15,7 @@ pub(super) const APP_KEY: &str = "kiln-app-key";
 pub(super) const OPS_KEY: &str = "kiln-ops-key";
 const SMALL_KEY: &str = "kiln-small-key";
 
-fn key(name: &str, key: &str, scope: Scope, requests_per_minute: Option<u32>) -> KeyConfig {
+pub(super) fn key(name: &str, key: &str, scope: Scope, requests_per_minute: Option<u32>) -> KeyConfig {
     KeyConfig {
         name: name.into(),
         sha256: hash_key(key),
@@ -23,6 +23,7 @@ fn key(name: &str, key: &str, scope: Scope, requests_per_minute: Option<u32>) ->
         requests_per_minute,
         tokens_per_minute: None,
         pipeline: None,
+        webhook_secret: None,
     }
 }
 

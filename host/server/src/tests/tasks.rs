@@ -102,20 +102,20 @@ async fn bad_async_requests_are_refused_before_they_are_stored() {
     assert_eq!(list["data"].as_array().unwrap().len(), 0);
 }
 
-#[tokio::test]
-async fn a_webhook_is_signed_retried_after_a_failure_and_its_attempts_recorded() {
-    use std::sync::{Arc, Mutex};
+type Deliveries = std::sync::Arc<std::sync::Mutex<Vec<(bool, Value)>>>;
 
-    // A receiver that fails the first delivery and checks every signature.
-    let seen: Arc<Mutex<Vec<(bool, Value)>>> = Arc::default();
-    let receiver = {
+/// A webhook receiver on loopback that fails the first delivery and notes
+/// of each whether its signature is `secret`'s; its URL.
+async fn receiver(secret: &'static str) -> (String, Deliveries) {
+    let seen = Deliveries::default();
+    let app = {
         let seen = seen.clone();
         axum::Router::new().route(
             "/hook",
             axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                 let seen = seen.clone();
                 async move {
-                    let signed = headers["x-kiln-signature"] == crate::webhooks::signature("s3cret", &body).as_str();
+                    let signed = headers["x-kiln-signature"] == crate::webhooks::signature(secret, &body).as_str();
                     let mut seen = seen.lock().unwrap();
                     seen.push((signed, serde_json::from_slice(&body).unwrap()));
                     if seen.len() == 1 { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
@@ -125,32 +125,42 @@ async fn a_webhook_is_signed_retried_after_a_failure_and_its_attempts_recorded()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
 
-    let hooks = crate::WebhookConfig {
+fn hooks() -> crate::TaskConfig {
+    let webhooks = crate::WebhookConfig {
         secret: Some("s3cret".into()),
         allow_private: true,
         max_attempts: 3,
         first_retry: Duration::from_millis(20),
     };
-    let (app, _dir) = fake_app_with_task_config(
-        Fake::Say(vec!["done"]),
-        keyed_config(Limits::default()),
-        crate::TaskConfig { webhooks: hooks, ..crate::TaskConfig::default() },
-    );
+    crate::TaskConfig { webhooks, ..crate::TaskConfig::default() }
+}
+
+/// Waits for `n` recorded deliveries on the task.
+async fn delivered(app: &Router, id: &str, key: &str, n: usize) -> Value {
+    let started = Instant::now();
+    loop {
+        let task = send(app, call("GET", &format!("/v1/tasks/{id}"), key, None)).await.json();
+        if task["webhook_deliveries"].as_array().unwrap().len() == n {
+            return task;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{task}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_is_signed_retried_after_a_failure_and_its_attempts_recorded() {
+    let (url, seen) = receiver("s3cret").await;
+    let (app, _dir) = fake_app_with_task_config(Fake::Say(vec!["done"]), keyed_config(Limits::default()), hooks());
     let body = json!({"prompt": "Hi", "max_tokens": 2, "webhook_url": url});
     let accepted = send(&app, call("POST", "/v1/generate/async", APP_KEY, Some(body))).await.json();
     let id = accepted["task_id"].as_str().unwrap().to_string();
     wait_until(&app, &id, APP_KEY, "completed").await;
-    let started = Instant::now();
-    let task = loop {
-        let task = send(&app, call("GET", &format!("/v1/tasks/{id}"), APP_KEY, None)).await.json();
-        if task["webhook_deliveries"].as_array().unwrap().len() == 2 {
-            break task;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{task}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let task = delivered(&app, &id, APP_KEY, 2).await;
     assert_eq!(task["webhook_deliveries"][0]["status"], 500);
     assert_eq!(task["webhook_deliveries"][1]["status"], 200);
     let seen = seen.lock().unwrap();
@@ -158,6 +168,68 @@ async fn a_webhook_is_signed_retried_after_a_failure_and_its_attempts_recorded()
     assert!(seen.iter().all(|(signed, _)| *signed), "every delivery carries a valid signature");
     assert_eq!(seen[1].1["status"], "completed");
     assert_eq!(seen[1].1["result"]["text"], "done");
+}
+
+#[tokio::test]
+async fn a_keys_own_webhook_secret_signs_its_tasks_webhooks() {
+    let (url, seen) = receiver("the-keys-own").await;
+    let mut own = super::access::key("app", APP_KEY, kiln_access::Scope::Generate, None);
+    own.webhook_secret = Some(kiln_access::Secret("the-keys-own".into()));
+    let keys = kiln_access::KeyStore::new(vec![own]).unwrap();
+    let config = ServerConfig { auth: crate::Auth::Keys(std::sync::Arc::new(keys)), ..ServerConfig::default() };
+    let (app, _dir) = fake_app_with_task_config(Fake::Say(vec!["done"]), config, hooks());
+    let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "webhook_url": url});
+    let accepted = send(&app, call("POST", "/v1/chat/completions/async", APP_KEY, Some(body))).await.json();
+    let id = accepted["task_id"].as_str().unwrap().to_string();
+    delivered(&app, &id, APP_KEY, 2).await;
+    let seen = seen.lock().unwrap();
+    assert!(seen.iter().all(|(signed, _)| *signed), "signed with the key's secret, not the global one");
+}
+
+#[tokio::test]
+async fn an_async_chat_completion_ends_with_a_chat_completion() {
+    let (app, _dir) = fake_app_with_tasks(Fake::Say(vec!["Hello", " there"]), keyed_config(Limits::default()));
+    let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2});
+    let accepted = send(&app, call("POST", "/v1/chat/completions/async", APP_KEY, Some(body))).await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED);
+    let id = accepted.json()["task_id"].as_str().unwrap().to_string();
+    let done = wait_until(&app, &id, APP_KEY, "completed").await;
+    assert_eq!(done["result"]["object"], "chat.completion");
+    assert_eq!(done["result"]["choices"][0]["message"]["content"], "Hello there");
+    assert_eq!(done["usage"]["completion_tokens"], 2);
+    // What can be checked before storing is: roles, streaming, webhooks on the sync endpoint.
+    for (path, body, param) in [
+        ("/v1/chat/completions/async", json!({"messages": [{"role": "robot", "content": "x"}]}), "messages[0].role"),
+        ("/v1/chat/completions/async", json!({"messages": [], "max_tokens": 2}), "messages"),
+        (
+            "/v1/chat/completions/async",
+            json!({"messages": [{"role": "user", "content": "x"}], "stream": true}),
+            "stream",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "webhook_url": "https://example.com/h"}),
+            "webhook_url",
+        ),
+    ] {
+        let refused = send(&app, call("POST", path, APP_KEY, Some(body))).await;
+        assert_eq!(refused.error(StatusCode::BAD_REQUEST)["param"], param, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn async_tasks_spend_their_owners_token_allowance() {
+    let limits = Limits { requests_per_minute: None, tokens_per_minute: Some(60) };
+    let (app, _dir) = fake_app_with_tasks(Fake::Say(vec!["Hello", " there"]), keyed_config(limits));
+    let remaining = |a: &Answer| a.headers["x-ratelimit-remaining-tokens"].to_str().unwrap().parse::<i64>().unwrap();
+    let before = remaining(&send(&app, call("GET", "/v1/tasks", APP_KEY, None)).await);
+    let id = submit(&app, APP_KEY).await;
+    let done = wait_until(&app, &id, APP_KEY, "completed").await;
+    let spent = done["usage"]["total_tokens"].as_i64().unwrap();
+    let after = remaining(&send(&app, call("GET", "/v1/tasks", APP_KEY, None)).await);
+    // The allowance refills a token a second meanwhile.
+    assert!(spent >= 3, "{done}");
+    assert!(before - after >= spent - 1, "before {before}, after {after}, the task used {spent}");
 }
 
 #[tokio::test]
