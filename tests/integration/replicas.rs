@@ -1,6 +1,7 @@
 //! Three `kiln serve` replicas on loopback sharing one real `redis-server`
 //! (started here on a free port): tasks submitted to one are run by any and
-//! read the same from all; a replica killed mid-task has its task finished by
+//! read the same from all; a task cancelled through one replica stops on the
+//! one running it; a replica killed mid-task has its task finished by
 //! another; one key's rate limit holds across the three; an answer cached by
 //! one is served by the others.
 
@@ -99,6 +100,22 @@ fn replicas_sharing_redis_run_each_others_tasks_and_finish_those_of_a_killed_one
     assert_eq!(page["data"].as_array().unwrap().len(), 9, "the list is shared too: {page}");
     let (status, _) = call(&servers[1], "GET", &format!("/v1/tasks/{}", ids[0]), LIMITED_KEY, "");
     assert_eq!(status, "HTTP/1.1 404 Not Found", "another key does not see the task on any replica");
+
+    // Cancelled through a replica that is not running it: the one that is
+    // stops generating (it hears of it when it renews its claim).
+    let long = r#"{"prompt": "Tell me a long story.", "max_tokens": 2000, "ignore_eos": true, "temperature": 0.7}"#;
+    let id = submit(&servers[0], long);
+    let running = wait_until(&servers[0], &id, Duration::from_secs(60), |t| t["status"] == "running");
+    let worker =
+        servers.iter().position(|s| s.pid() == worker_pid(&running)).expect("the worker is one of the replicas");
+    let (status, cancelled) = call(&servers[(worker + 1) % 3], "DELETE", &format!("/v1/tasks/{id}"), APP_KEY, "");
+    assert_eq!((status.as_str(), &cancelled["status"]), ("HTTP/1.1 200 OK", &Value::from("cancelled")));
+    let started = Instant::now();
+    while !servers[worker].log().lines().any(|l| l.contains("no longer this worker's") && l.contains(&id)) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the worker kept generating a cancelled task");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(task(&servers[worker], &id)["status"], "cancelled");
 
     // A long task: kill whichever replica runs it, mid-generation.
     let long = r#"{"prompt": "Tell me a long story.", "max_tokens": 160, "ignore_eos": true, "temperature": 0.7}"#;

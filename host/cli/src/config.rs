@@ -297,6 +297,21 @@ mod tests {
     }
 
     #[test]
+    fn redis_settings_parse_and_bad_ones_are_named() {
+        let config: FileConfig =
+            toml::from_str("[redis]\nurl = \"redis://127.0.0.1:6379/\"\nlease_secs = 5\n").unwrap();
+        assert_eq!(config.redis.lease().unwrap(), Duration::from_secs(5));
+        assert_eq!(config.redis.prefix(), "kiln:");
+        assert!(config.check().is_ok());
+        let config: FileConfig = toml::from_str("[redis]\nlease_secs = 0\n").unwrap();
+        assert!(config.check().unwrap_err().to_string().contains("redis.lease_secs"));
+        let config: FileConfig = toml::from_str("[redis]\nurl = \"http://nope\"\n").unwrap();
+        assert!(config.check().unwrap_err().to_string().contains("redis.url"));
+        let err = toml::from_str::<FileConfig>("[redis]\nurll = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("urll"), "{err}");
+    }
+
+    #[test]
     fn pipelines_and_plugin_settings_parse() {
         let text = "[plugins]\ndir = \"p\"\ncall_timeout_ms = 50\n\n[pipelines.safe]\npost = [\"redact\"]\n\
                     config.redact = { mode = \"strict\" }\n";

@@ -171,7 +171,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let tasks = match redis.filter(|_| file.redis.tasks.unwrap_or(true)) {
         Some(redis) => {
             let lease = file.redis.lease()?;
-            task_config.heartbeat = lease / 3;
+            // Renewals also carry cancellations made through other replicas:
+            // often enough that a cancelled generation stops within seconds.
+            task_config.heartbeat = (lease / 3).min(Duration::from_secs(2));
             let config = kiln_tasks::RedisTaskConfig {
                 prefix: redis.shared.prefix.clone(),
                 lease,
