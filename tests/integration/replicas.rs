@@ -125,6 +125,7 @@ fn replicas_sharing_redis_run_each_others_tasks_and_finish_those_of_a_killed_one
     let victim =
         servers.iter().position(|s| s.pid() == worker_pid(&running)).expect("the worker is one of the replicas");
     servers[victim].kill();
+    let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let survivor = &servers[(victim + 1) % 3];
     let done =
         wait_until(survivor, &id, Duration::from_secs(120), |t| t["status"] == "completed" || t["status"] == "failed");
@@ -132,6 +133,9 @@ fn replicas_sharing_redis_run_each_others_tasks_and_finish_those_of_a_killed_one
     assert_eq!(done["result"]["usage"]["completion_tokens"], 160, "{done}");
     assert!(done["attempts"].as_u64() >= Some(2), "the task ran again: {done}");
     assert_ne!(worker_pid(&done), servers[victim].pid(), "another replica finished it: {done}");
+    // Lease (2 s here) plus the time until an idle replica looks for work (≤ 1 s).
+    let taken_over = done["started_at"].as_f64().unwrap() - killed_at;
+    eprintln!("a killed replica's task was taken over {:.0} ms after the kill", taken_over * 1000.0);
     let ended = |s: &Server| s.log().lines().any(|l| l.contains("task ended") && l.contains(&id));
     assert!(servers.iter().enumerate().any(|(i, s)| i != victim && ended(s)), "a survivor logged the task's end");
 }
