@@ -12,23 +12,25 @@ use redis::aio::ConnectionManager;
 
 use crate::{Decision, LimitStatus, Limiter, Limits};
 
-/// Common to every script: times in microseconds, a limit's instant (its
-/// theoretical arrival time, never before now), its standing, and storing it.
+/// Common to every script. All arithmetic is on whole microseconds, as
+/// offsets from now ("ahead": how far the key's spending runs ahead of now),
+/// so the large absolute times cancel before anything is divided and
+/// doubles stay exact; an interval is truncated to a whole microsecond, as
+/// the local limiter truncates to a nanosecond.
 const PRELUDE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local window = 60000000
-local function tat(key)
-  local v = tonumber(redis.call('GET', key) or '0')
-  if v < now then return now end
-  return v
+local function interval(per_minute) return math.floor(window / per_minute) end
+local function ahead_of(key)
+  return math.max(tonumber(redis.call('GET', key) or '0') - now, 0)
 end
-local function standing(v, per_minute)
-  local left = math.max(window - (v - now), 0)
-  return math.min(math.floor(left / (window / per_minute)), per_minute), v - now
+local function standing(ahead, per_minute)
+  local left = math.max(window - ahead, 0)
+  return math.min(math.floor(left / interval(per_minute)), per_minute), ahead
 end
-local function save(key, v)
-  redis.call('SET', key, string.format('%.0f', v), 'PX', math.floor((v - now) / 1000) + 1000)
+local function save(key, ahead)
+  redis.call('SET', key, string.format('%.0f', now + ahead), 'PX', math.floor(ahead / 1000) + 1000)
 end
 "#;
 
@@ -40,36 +42,36 @@ local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 local retry, refused_tokens = -1, 0
 local r_left, r_reset, t_left, t_reset = 0, 0, 0, 0
 if tpm > 0 then
-  local v = tat(KEYS[2])
-  if v - now >= window then
+  local ahead = ahead_of(KEYS[2])
+  if ahead >= window then
     refused_tokens = 1
-    retry = v - now - window + window / tpm
+    retry = ahead - window + interval(tpm)
   end
-  t_left, t_reset = standing(v, tpm)
+  t_left, t_reset = standing(ahead, tpm)
 end
 if rpm > 0 then
-  local v = tat(KEYS[1])
+  local ahead = ahead_of(KEYS[1])
   if refused_tokens == 1 then
-    if v - now >= window then retry = math.max(retry, v - now - window + window / rpm) end
+    if ahead >= window then retry = math.max(retry, ahead - window + interval(rpm)) end
   else
-    local next = v + window / rpm
-    if next - now > window then
-      retry = math.max(retry, next - now - window)
+    local next = ahead + interval(rpm)
+    if next > window then
+      retry = math.max(retry, next - window)
     else
-      v = next
-      save(KEYS[1], v)
+      ahead = next
+      save(KEYS[1], ahead)
     end
   end
-  r_left, r_reset = standing(v, rpm)
+  r_left, r_reset = standing(ahead, rpm)
 end
-return {refused_tokens, math.floor(retry), r_left, math.floor(r_reset), t_left, math.floor(t_reset)}
+return {refused_tokens, retry, r_left, r_reset, t_left, t_reset}
 "#;
 
 /// KEYS: tokens. ARGV: tokens per minute, tokens. Returns {1, reserved} or {0, retry µs}.
 const RESERVE: &str = r#"
 local tpm, n = tonumber(ARGV[1]), tonumber(ARGV[2])
-local next = tat(KEYS[1]) + (window / tpm) * n
-if next - now > window then return {0, math.floor(next - now - window)} end
+local next = ahead_of(KEYS[1]) + interval(tpm) * n
+if next > window then return {0, next - window} end
 save(KEYS[1], next)
 return {1, n}
 "#;
@@ -77,13 +79,8 @@ return {1, n}
 /// KEYS: tokens. ARGV: tokens per minute, reserved, used.
 const SETTLE: &str = r#"
 local tpm, reserved, used = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local interval = window / tpm
-local v = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used > reserved then
-  save(KEYS[1], math.max(v, now) + interval * (used - reserved))
-elseif used < reserved then
-  save(KEYS[1], math.max(v - interval * (reserved - used), now))
-end
+local ahead = ahead_of(KEYS[1]) + interval(tpm) * (used - reserved)
+save(KEYS[1], math.max(ahead, 0))
 return 0
 "#;
 
@@ -248,6 +245,22 @@ mod tests {
         assert_eq!(admitted, 5);
         let other = replicas[0].admit("key:other", limits).await.unwrap();
         assert!(other.retry_after.is_none(), "another key has its own allowance");
+    }
+
+    #[tokio::test]
+    async fn limits_that_do_not_divide_a_minute_count_down_exactly() {
+        let server = RedisServer::start();
+        let shared = replica(&server).await;
+        for per_minute in [7, 9, 11] {
+            let key = format!("key:{per_minute}");
+            let limits = Limits { requests_per_minute: Some(per_minute), tokens_per_minute: None };
+            for expected in (0..per_minute).rev() {
+                let decision = shared.admit(&key, limits).await.unwrap();
+                assert_eq!(decision.retry_after, None, "{per_minute}/min: {decision:?}");
+                assert_eq!(decision.requests.unwrap().remaining, expected, "{per_minute}/min");
+            }
+            assert!(shared.admit(&key, limits).await.unwrap().retry_after.is_some(), "{per_minute}/min");
+        }
     }
 
     #[tokio::test]

@@ -90,8 +90,9 @@ pub struct TasksSection {
     pub retention_secs: Option<u64>,
     /// Tasks a crashed process left running: `requeue` (default) or `fail`.
     pub on_restart: Option<kiln_tasks::OnRestart>,
-    /// The HMAC-SHA256 key signing webhook bodies (`X-Kiln-Signature`).
-    pub webhook_secret: Option<String>,
+    /// The HMAC-SHA256 key signing webhook bodies (`X-Kiln-Signature`) of
+    /// keys without their own `webhook_secret`.
+    pub webhook_secret: Option<kiln_access::Secret>,
     /// Let webhooks reach loopback, link-local and private addresses (default false).
     pub allow_private_webhooks: Option<bool>,
     /// Delivery attempts per task, the first included (default 5).

@@ -227,24 +227,23 @@ pub fn run(args: ServeArgs) -> Result<()> {
 /// store, a multiplexed one for limits and the cache.
 struct SharedRedis {
     shared: kiln_server::RedisShared,
-    pool: r2d2::Pool<redis::Client>,
+    pool: r2d2::Pool<kiln_tasks::RedisConnector>,
 }
 
 impl SharedRedis {
     fn connect(url: &str, section: &crate::config::RedisSection, runtime: &tokio::runtime::Runtime) -> Result<Self> {
         let client = redis::Client::open(url).context("redis url")?;
         let timeout = Duration::from_secs(5);
+        // Limits and the cache are on every request's path: a Redis that
+        // stops answering costs a request at most a second before it goes on
+        // without (admitted; not served from the shared cache).
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
+            .set_response_timeout(Some(Duration::from_secs(1)));
         let conn = runtime
             .block_on(redis::aio::ConnectionManager::new_with_config(client.clone(), config))
             .context("connecting to redis")?;
-        let pool = r2d2::Pool::builder()
-            .max_size(16)
-            .connection_timeout(timeout)
-            .build(client)
-            .context("connecting to redis")?;
+        let pool = kiln_tasks::RedisConnector::pool(client, 16, timeout).context("connecting to redis")?;
         tracing::info!(prefix = %section.prefix(), "sharing state through redis");
         let shared = kiln_server::RedisShared {
             conn,

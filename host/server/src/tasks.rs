@@ -159,7 +159,7 @@ async fn run(state: &AppState, tasks: &Arc<Tasks>, task: Task) {
         Ok(true) => {
             tracing::info!(task = id, status, "task ended");
             if webhook {
-                notify(tasks, id, secret.or_else(|| tasks.config.webhooks.secret.clone()));
+                notify(tasks, id, secret.or_else(|| tasks.config.webhooks.secret.as_ref().map(|s| s.0.clone())));
             }
         }
         Ok(false) => tracing::info!(task = id, "task no longer this worker's; its outcome is dropped"),

@@ -19,7 +19,7 @@ use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 pub struct WebhookConfig {
     /// The HMAC key of keys that set none of their own (`[[keys]]
     /// webhook_secret`); without either, deliveries are unsigned.
-    pub secret: Option<String>,
+    pub secret: Option<kiln_access::Secret>,
     /// Deliver to loopback, link-local and private addresses too.
     pub allow_private: bool,
     /// Attempts per task, the first included.
@@ -115,8 +115,13 @@ impl Resolver for CheckedResolver {
 /// The client webhooks are sent with: statuses are answers, not errors;
 /// internal addresses refused at connection time.
 fn agent(allow_private: bool) -> ureq::Agent {
-    let config =
-        ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(10))).build();
+    let config = ureq::Agent::config_builder()
+        // Through a proxy the resolver would see only the proxy's address,
+        // and the proxy could reach internal hosts: webhooks go direct.
+        .proxy(None)
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build();
     ureq::Agent::with_parts(config, DefaultConnector::default(), CheckedResolver { allow_private })
 }
 
@@ -172,12 +177,18 @@ mod tests {
             "http://[::1]:80/",
             "http://169.254.169.254/latest",
             "http://localhost/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[::ffff:10.0.0.1]/",
+            "http://198.18.0.1/",
+            "http://224.0.0.1/",
+            "http://[fec0::1]/",
         ] {
             assert!(refused(url, false).is_some(), "{url}");
             assert!(refused(url, true).is_none(), "{url}");
         }
         assert!(refused("ftp://example.com/", true).is_some());
         assert!(refused("http://93.184.215.14/hook", false).is_none());
+        assert!(refused("http://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]/hook", false).is_none());
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod sqlite;
 
 use serde::{Deserialize, Serialize};
 
-pub use redis::{RedisStore, RedisTaskConfig};
+pub use redis::{RedisConnector, RedisStore, RedisTaskConfig};
 pub use sqlite::SqliteStore;
 
 /// Where tasks live. Every call blocks (a file or a socket): callers on an

@@ -35,6 +35,48 @@ impl Default for RedisTaskConfig {
 
 const GROUP: &str = "workers";
 
+/// Blocking connections with a bound on every wait: a Redis that stops
+/// answering fails the call after `timeout` instead of holding a thread
+/// forever.
+#[derive(Clone, Debug)]
+pub struct RedisConnector {
+    client: redis::Client,
+    timeout: Duration,
+}
+
+impl RedisConnector {
+    /// A pool of up to `size` connections to `client`, each waiting at most `timeout`.
+    pub fn pool(client: redis::Client, size: u32, timeout: Duration) -> Result<r2d2::Pool<Self>, TaskError> {
+        Ok(r2d2::Pool::builder()
+            .max_size(size)
+            .connection_timeout(timeout)
+            // A broken connection shows in the call that uses it; a PING
+            // before every call would double the round trips.
+            .test_on_check_out(false)
+            .build(RedisConnector { client, timeout })?)
+    }
+}
+
+impl r2d2::ManageConnection for RedisConnector {
+    type Connection = Connection;
+    type Error = redis::RedisError;
+
+    fn connect(&self) -> Result<Connection, redis::RedisError> {
+        let conn = self.client.get_connection_with_timeout(self.timeout)?;
+        conn.set_read_timeout(Some(self.timeout))?;
+        conn.set_write_timeout(Some(self.timeout))?;
+        Ok(conn)
+    }
+
+    fn is_valid(&self, conn: &mut Connection) -> Result<(), redis::RedisError> {
+        redis::cmd("PING").query(conn)
+    }
+
+    fn has_broken(&self, conn: &mut Connection) -> bool {
+        !redis::ConnectionLike::is_open(conn)
+    }
+}
+
 /// Lua helpers every script starts with.
 const PRELUDE: &str = r#"
 local function drop(queue, entry)
@@ -67,8 +109,13 @@ return seq
 /// while queued (cancelled) are dropped on the way.
 const CLAIM: &str = r#"
 for _ = 1, 100 do
-  local reclaimed = true
-  local got = redis.call('XAUTOCLAIM', KEYS[1], 'workers', ARGV[1], ARGV[2], '0-0', 'COUNT', 1)[2]
+  -- XAUTOCLAIM looks at ten pending entries per call: follow its cursor, so
+  -- an abandoned entry behind many live ones is still found.
+  local reclaimed, cursor, got = true, '0-0', {}
+  repeat
+    local reply = redis.call('XAUTOCLAIM', KEYS[1], 'workers', ARGV[1], ARGV[2], cursor, 'COUNT', 1)
+    cursor, got = reply[1], reply[2]
+  until #got > 0 or cursor == '0-0'
   if #got == 0 then
     reclaimed = false
     local read = redis.call('XREADGROUP', 'GROUP', 'workers', ARGV[1], 'COUNT', 1, 'STREAMS', KEYS[1], '>')
@@ -135,6 +182,9 @@ end
 return 1
 "#;
 
+/// Tasks one call of [`EXPIRE`] deletes at most.
+const EXPIRE_BATCH: usize = 1000;
+
 /// KEYS: ended, counts. ARGV: cutoff, prefix.
 const EXPIRE: &str = r#"
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 1000)
@@ -159,7 +209,7 @@ struct Scripts {
 }
 
 pub struct RedisStore {
-    pool: r2d2::Pool<redis::Client>,
+    pool: r2d2::Pool<RedisConnector>,
     config: RedisTaskConfig,
     /// This process's name in the consumer group.
     consumer: String,
@@ -175,7 +225,7 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// Connects through `pool` and makes the work queue's consumer group if
     /// this is the first replica to start.
-    pub fn open(pool: r2d2::Pool<redis::Client>, config: RedisTaskConfig) -> Result<RedisStore, TaskError> {
+    pub fn open(pool: r2d2::Pool<RedisConnector>, config: RedisTaskConfig) -> Result<RedisStore, TaskError> {
         let consumer = crate::worker_name();
         let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
         let store = RedisStore {
@@ -191,21 +241,21 @@ impl RedisStore {
                 expire: with_prelude(EXPIRE),
             },
         };
-        let made: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(store.key("queue"))
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query(&mut *store.conn()?);
-        match made {
-            Err(e) if e.code() == Some("BUSYGROUP") => {}
-            other => other?,
-        }
+        store.create_group(&mut *store.conn()?)?;
         Ok(store)
     }
 
-    fn conn(&self) -> Result<r2d2::PooledConnection<redis::Client>, TaskError> {
+    /// Makes the work queue's consumer group unless it exists.
+    fn create_group(&self, conn: &mut Connection) -> Result<(), TaskError> {
+        let made: redis::RedisResult<()> =
+            redis::cmd("XGROUP").arg("CREATE").arg(self.key("queue")).arg(GROUP).arg("0").arg("MKSTREAM").query(conn);
+        match made {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    fn conn(&self) -> Result<r2d2::PooledConnection<RedisConnector>, TaskError> {
         Ok(self.pool.get()?)
     }
 
@@ -324,9 +374,8 @@ impl TaskStore for RedisStore {
             OnRestart::Requeue => "requeue",
             OnRestart::Fail => "fail",
         };
-        let id: Option<String> = self
-            .scripts
-            .claim
+        let mut claim = self.scripts.claim.prepare_invoke();
+        claim
             .key(self.key("queue"))
             .key(self.key("counts"))
             .key(self.key("pending"))
@@ -335,8 +384,16 @@ impl TaskStore for RedisStore {
             .arg(self.config.lease.as_millis() as u64)
             .arg(on_abandoned)
             .arg(now_ms())
-            .arg(&self.config.prefix)
-            .invoke(&mut *conn)?;
+            .arg(&self.config.prefix);
+        let id: Option<String> = match claim.invoke(&mut *conn) {
+            // The group is gone (a Redis restarted without persistence, or
+            // flushed): make it again, or no task would ever run.
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.create_group(&mut conn)?;
+                claim.invoke(&mut *conn)?
+            }
+            other => other?,
+        };
         match id {
             Some(id) => self.read_one(&mut conn, &id),
             None => Ok(None),
@@ -404,15 +461,24 @@ impl TaskStore for RedisStore {
     }
 
     fn expire(&self, retention_ms: i64) -> Result<usize, TaskError> {
-        let expired: usize = self
-            .scripts
-            .expire
-            .key(self.key("ended"))
-            .key(self.key("counts"))
-            .arg(now_ms() - retention_ms)
-            .arg(&self.config.prefix)
-            .invoke(&mut *self.conn()?)?;
-        Ok(expired)
+        let mut conn = self.conn()?;
+        let cutoff = now_ms() - retention_ms;
+        let mut expired = 0;
+        // A thousand at a time, so no one script call holds Redis for long.
+        loop {
+            let batch: usize = self
+                .scripts
+                .expire
+                .key(self.key("ended"))
+                .key(self.key("counts"))
+                .arg(cutoff)
+                .arg(&self.config.prefix)
+                .invoke(&mut *conn)?;
+            expired += batch;
+            if batch < EXPIRE_BATCH {
+                return Ok(expired);
+            }
+        }
     }
 
     fn oldest_pending(&self) -> Result<Option<i64>, TaskError> {

@@ -15,20 +15,34 @@ impl RedisServer {
     /// Starts one and waits until it answers. Panics, saying what to
     /// install, where `redis-server` is missing (`.ci/run` installs it).
     pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting redis-server ({e}): install it, e.g. `apt-get install redis-server`"));
-        let server = RedisServer { child, port };
-        let client = server.client();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while client.get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server on port {port} did not answer within 10 s");
-            std::thread::sleep(Duration::from_millis(20));
+        // The free port is found by binding and letting go: another process
+        // may take it first, in which case this server exits and another
+        // port is tried (rather than talking to someone else's server).
+        for _ in 0..5 {
+            let port =
+                std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("starting redis-server ({e}): install it, e.g. `apt-get install redis-server`")
+                });
+            let mut server = RedisServer { child, port };
+            let client = server.client();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = server.child.try_wait() {
+                    break;
+                }
+                if client.get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_ok() {
+                    return server;
+                }
+                assert!(Instant::now() < deadline, "redis-server on port {port} did not answer within 10 s");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        server
+        panic!("redis-server exited at start five times (ports taken?)");
     }
 
     pub fn url(&self) -> String {
@@ -39,8 +53,8 @@ impl RedisServer {
         redis::Client::open(self.url()).expect("a valid URL")
     }
 
-    pub fn pool(&self) -> r2d2::Pool<redis::Client> {
-        r2d2::Pool::builder().max_size(4).build(self.client()).expect("a pool")
+    pub fn pool(&self) -> r2d2::Pool<crate::RedisConnector> {
+        crate::RedisConnector::pool(self.client(), 4, Duration::from_secs(5)).expect("a pool")
     }
 }
 

@@ -47,7 +47,7 @@ fn a_task_stored_through_one_replica_is_run_by_another_and_read_by_both() {
 #[test]
 fn a_task_whose_replica_stops_renewing_its_claim_is_taken_over_after_the_lease() {
     let server = RedisServer::start();
-    let lease = Duration::from_millis(300);
+    let lease = Duration::from_secs(1);
     let (dead, alive) = (replica(&server, lease, OnRestart::Requeue), replica(&server, lease, OnRestart::Requeue));
     let created = dead.create("app", &json!({}), None).unwrap();
     let first = dead.claim().unwrap().unwrap();
@@ -62,23 +62,31 @@ fn a_task_whose_replica_stops_renewing_its_claim_is_taken_over_after_the_lease()
 }
 
 #[test]
-fn a_renewed_claim_is_not_taken_over() {
+fn renewed_claims_hold_and_an_abandoned_one_behind_many_of_them_is_taken_over() {
     let server = RedisServer::start();
-    let lease = Duration::from_millis(300);
-    let (a, b) = (replica(&server, lease, OnRestart::Requeue), replica(&server, lease, OnRestart::Requeue));
-    a.create("app", &json!({}), None).unwrap();
-    let claimed = a.claim().unwrap().unwrap();
-    for _ in 0..6 {
-        std::thread::sleep(lease / 3);
-        assert!(a.heartbeat(&claimed).unwrap());
-        assert!(b.claim().unwrap().is_none());
+    let lease = Duration::from_secs(2);
+    let [live, dead, idle] = [(); 3].map(|_| replica(&server, lease, OnRestart::Requeue));
+    for i in 0..13 {
+        live.create("app", &json!({"n": i}), None).unwrap();
     }
+    // The first twelve are claimed and kept alive; the last is abandoned,
+    // behind them in the queue's pending list (more than one look at it holds).
+    let renewed: Vec<_> = (0..12).map(|_| live.claim().unwrap().unwrap()).collect();
+    let abandoned = dead.claim().unwrap().unwrap();
+    let started = std::time::Instant::now();
+    while started.elapsed() < lease + Duration::from_millis(400) {
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(renewed.iter().all(|task| live.heartbeat(task).unwrap()));
+    }
+    let taken = idle.claim().unwrap().expect("the abandoned task is found behind the live ones");
+    assert_eq!((taken.id.as_str(), taken.attempts), (abandoned.id.as_str(), 2));
+    assert!(idle.claim().unwrap().is_none(), "no renewed claim was taken over");
 }
 
 #[test]
 fn abandoned_tasks_are_failed_with_a_reason_when_so_configured() {
     let server = RedisServer::start();
-    let lease = Duration::from_millis(200);
+    let lease = Duration::from_secs(1);
     let (dead, alive) = (replica(&server, lease, OnRestart::Fail), replica(&server, lease, OnRestart::Fail));
     let created = dead.create("app", &json!({}), None).unwrap();
     dead.claim().unwrap().unwrap();

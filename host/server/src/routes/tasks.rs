@@ -77,8 +77,15 @@ async fn submit(
     webhook_url: Option<String>,
 ) -> Result<(StatusCode, Json<TaskAccepted>), ApiError> {
     let tasks = tasks(state)?;
-    if let Some(reason) = webhook_url.as_deref().and_then(|url| refused(url, tasks.webhooks().allow_private)) {
-        return Err(ApiError::invalid("webhook_url", reason));
+    if let Some(url) = webhook_url.clone() {
+        // Resolving the host blocks: off the async workers.
+        let allow_private = tasks.webhooks().allow_private;
+        let refusal = tokio::task::spawn_blocking(move || refused(&url, allow_private))
+            .await
+            .map_err(|e| ApiError::Internal(format!("checking a webhook URL: {e}")))?;
+        if let Some(reason) = refusal {
+            return Err(ApiError::invalid("webhook_url", reason));
+        }
     }
     let owner = context.tenant().unwrap_or_default();
     let request = serde_json::to_value(&request).map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -131,7 +131,7 @@ async fn receiver(secret: &'static str) -> (String, Deliveries) {
 
 fn hooks() -> crate::TaskConfig {
     let webhooks = crate::WebhookConfig {
-        secret: Some("s3cret".into()),
+        secret: Some(kiln_access::Secret("s3cret".into())),
         allow_private: true,
         max_attempts: 3,
         first_retry: Duration::from_millis(20),
