@@ -71,21 +71,36 @@ pub fn refused(url: &str, allow_private: bool) -> Option<String> {
 }
 
 fn is_internal(ip: &IpAddr) -> bool {
+    let v4 = |v4: std::net::Ipv4Addr| {
+        let [a, b, c, _] = v4.octets();
+        v4.is_loopback()
+            || v4.is_private()
+            || v4.is_link_local()
+            || v4.is_unspecified()
+            || v4.is_broadcast()
+            || v4.is_multicast()
+            // Carrier-grade NAT 100.64.0.0/10, IETF protocol assignments
+            // 192.0.0.0/24, benchmarking 198.18.0.0/15, reserved 240.0.0.0/4.
+            || (a == 100 && (b & 0xc0) == 64)
+            || (a, b, c) == (192, 0, 0)
+            || (a == 198 && (b & 0xfe) == 18)
+            || a >= 240
+    };
     match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                // Carrier-grade NAT, 100.64.0.0/10.
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
-        }
+        IpAddr::V4(address) => v4(address),
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            // An IPv4 address inside IPv6: NAT64 (64:ff9b::/96) or IPv4-compatible (::a.b.c.d).
+            let embedded = std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated, still routed by some)
+                || s[0] == 0x2002 // 6to4: reaches whatever IPv4 address it wraps
+                || ((s[0], s[1]) == (0x64, 0xff9b) && s[2..6] == [0; 4] && v4(embedded))
+                || (s[..6] == [0; 6] && v4(embedded))
         }
     }
 }
