@@ -15,6 +15,12 @@ use redis::{Commands, Connection, Script};
 
 use crate::{OnRestart, Task, TaskError, TaskStatus, TaskStore, now_ms};
 
+mod connector;
+mod scripts;
+
+pub use connector::RedisConnector;
+use scripts::{CANCEL, CLAIM, CREATE, EXPIRE, EXPIRE_BATCH, FINISH, HEARTBEAT, PRELUDE};
+
 /// Settings of the Redis store.
 #[derive(Clone, Debug)]
 pub struct RedisTaskConfig {
@@ -34,170 +40,6 @@ impl Default for RedisTaskConfig {
 }
 
 const GROUP: &str = "workers";
-
-/// Blocking connections with a bound on every wait: a Redis that stops
-/// answering fails the call after `timeout` instead of holding a thread
-/// forever.
-#[derive(Clone, Debug)]
-pub struct RedisConnector {
-    client: redis::Client,
-    timeout: Duration,
-}
-
-impl RedisConnector {
-    /// A pool of up to `size` connections to `client`, each waiting at most `timeout`.
-    pub fn pool(client: redis::Client, size: u32, timeout: Duration) -> Result<r2d2::Pool<Self>, TaskError> {
-        Ok(r2d2::Pool::builder()
-            .max_size(size)
-            .connection_timeout(timeout)
-            // A broken connection shows in the call that uses it; a PING
-            // before every call would double the round trips.
-            .test_on_check_out(false)
-            .build(RedisConnector { client, timeout })?)
-    }
-}
-
-impl r2d2::ManageConnection for RedisConnector {
-    type Connection = Connection;
-    type Error = redis::RedisError;
-
-    fn connect(&self) -> Result<Connection, redis::RedisError> {
-        let conn = self.client.get_connection_with_timeout(self.timeout)?;
-        conn.set_read_timeout(Some(self.timeout))?;
-        conn.set_write_timeout(Some(self.timeout))?;
-        Ok(conn)
-    }
-
-    fn is_valid(&self, conn: &mut Connection) -> Result<(), redis::RedisError> {
-        redis::cmd("PING").query(conn)
-    }
-
-    fn has_broken(&self, conn: &mut Connection) -> bool {
-        !redis::ConnectionLike::is_open(conn)
-    }
-}
-
-/// Lua helpers every script starts with.
-const PRELUDE: &str = r#"
-local function drop(queue, entry)
-  redis.call('XACK', queue, 'workers', entry)
-  redis.call('XDEL', queue, entry)
-end
-local function move(counts, from, to)
-  redis.call('HINCRBY', counts, from, -1)
-  redis.call('HINCRBY', counts, to, 1)
-end
-"#;
-
-/// KEYS: task, owner's index, sequence, queue, pending, counts.
-/// ARGV: id, owner, request, now, webhook url or ''.
-const CREATE: &str = r#"
-local seq = redis.call('INCR', KEYS[3])
-local entry = redis.call('XADD', KEYS[4], '*', 'id', ARGV[1])
-redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'status', 'pending', 'request', ARGV[3],
-  'created_at', ARGV[4], 'attempts', 0, 'seq', seq, 'entry', entry)
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'webhook_url', ARGV[5]) end
-redis.call('ZADD', KEYS[2], seq, ARGV[1])
-redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1])
-redis.call('HINCRBY', KEYS[6], 'pending', 1)
-return seq
-"#;
-
-/// KEYS: queue, counts, pending, ended.
-/// ARGV: consumer, lease ms, on_abandoned, now, prefix.
-/// An abandoned entry first, else a new one; entries of tasks that ended
-/// while queued (cancelled) are dropped on the way.
-const CLAIM: &str = r#"
-for _ = 1, 100 do
-  -- XAUTOCLAIM looks at ten pending entries per call: follow its cursor, so
-  -- an abandoned entry behind many live ones is still found.
-  local reclaimed, cursor, got = true, '0-0', {}
-  repeat
-    local reply = redis.call('XAUTOCLAIM', KEYS[1], 'workers', ARGV[1], ARGV[2], cursor, 'COUNT', 1)
-    cursor, got = reply[1], reply[2]
-  until #got > 0 or cursor == '0-0'
-  if #got == 0 then
-    reclaimed = false
-    local read = redis.call('XREADGROUP', 'GROUP', 'workers', ARGV[1], 'COUNT', 1, 'STREAMS', KEYS[1], '>')
-    if not read or #read[1][2] == 0 then return false end
-    got = read[1][2]
-  end
-  local entry, fields = got[1][1], got[1][2]
-  local id = fields and fields[2]
-  local key = id and (ARGV[5] .. 'task:' .. id)
-  local status = key and redis.call('HGET', key, 'status')
-  if status == 'running' and reclaimed and ARGV[3] == 'fail' then
-    redis.call('HSET', key, 'status', 'failed', 'completed_at', ARGV[4],
-      'error', 'the replica running this task stopped')
-    move(KEYS[2], 'running', 'failed')
-    redis.call('ZADD', KEYS[4], ARGV[4], id)
-    drop(KEYS[1], entry)
-  elseif status == 'pending' or (status == 'running' and reclaimed) then
-    if status == 'pending' then
-      move(KEYS[2], 'pending', 'running')
-      redis.call('ZREM', KEYS[3], id)
-    end
-    redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[4], 'entry', entry, 'worker', ARGV[1])
-    redis.call('HINCRBY', key, 'attempts', 1)
-    return id
-  else
-    drop(KEYS[1], entry)
-  end
-end
-return false
-"#;
-
-/// KEYS: task, queue. ARGV: consumer, attempts.
-const HEARTBEAT: &str = r#"
-local status, attempts, entry = unpack(redis.call('HMGET', KEYS[1], 'status', 'attempts', 'entry'))
-if status ~= 'running' or attempts ~= ARGV[2] then return 0 end
-redis.call('XCLAIM', KEYS[2], 'workers', ARGV[1], 0, entry, 'JUSTID')
-return 1
-"#;
-
-/// KEYS: task, queue, counts, ended. ARGV: attempts, status, now, result, error, id.
-const FINISH: &str = r#"
-local status, attempts, entry = unpack(redis.call('HMGET', KEYS[1], 'status', 'attempts', 'entry'))
-if status ~= 'running' or attempts ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'completed_at', ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
-move(KEYS[3], 'running', ARGV[2])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[6])
-drop(KEYS[2], entry)
-return 1
-"#;
-
-/// KEYS: task, queue, counts, pending, ended. ARGV: owner, now, id.
-const CANCEL: &str = r#"
-local owner, status, entry = unpack(redis.call('HMGET', KEYS[1], 'owner', 'status', 'entry'))
-if owner ~= ARGV[1] then return 0 end
-if status == 'pending' or status == 'running' then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'completed_at', ARGV[2], 'error', 'cancelled by the client')
-  move(KEYS[3], status, 'cancelled')
-  redis.call('ZREM', KEYS[4], ARGV[3])
-  redis.call('ZADD', KEYS[5], ARGV[2], ARGV[3])
-  drop(KEYS[2], entry)
-end
-return 1
-"#;
-
-/// Tasks one call of [`EXPIRE`] deletes at most.
-const EXPIRE_BATCH: usize = 1000;
-
-/// KEYS: ended, counts. ARGV: cutoff, prefix.
-const EXPIRE: &str = r#"
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 1000)
-for _, id in ipairs(ids) do
-  local key = ARGV[2] .. 'task:' .. id
-  local owner, status = unpack(redis.call('HMGET', key, 'owner', 'status'))
-  if owner then redis.call('ZREM', ARGV[2] .. 'owner:' .. owner, id) end
-  if status then redis.call('HINCRBY', KEYS[2], status, -1) end
-  redis.call('DEL', key, key .. ':deliveries')
-  redis.call('ZREM', KEYS[1], id)
-end
-return #ids
-"#;
 
 struct Scripts {
     create: Script,
