@@ -98,6 +98,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let auth = auth(&args, &file)?;
     let limits = file.limits()?;
     let mut task_config = file.tasks.config()?;
+    let lease = file.redis.lease()?;
     let server = &file.server;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     let redis = match args.redis_url.as_deref().or(file.redis.url.as_deref()) {
@@ -170,7 +171,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let tasks = match redis.filter(|_| file.redis.tasks.unwrap_or(true)) {
         Some(redis) => {
-            let lease = file.redis.lease()?;
             // Renewals also carry cancellations made through other replicas:
             // often enough that a cancelled generation stops within seconds.
             task_config.heartbeat = (lease / 3).min(Duration::from_secs(2));

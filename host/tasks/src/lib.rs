@@ -118,6 +118,27 @@ pub struct Task {
     pub deliveries: Vec<serde_json::Value>,
 }
 
+impl Task {
+    /// A new task as every store first records it: pending, its id fresh.
+    fn pending(owner: &str, request: &serde_json::Value, webhook_url: Option<&str>) -> Task {
+        Task {
+            id: uuid::Uuid::new_v4().to_string(),
+            owner: owner.into(),
+            status: TaskStatus::Pending,
+            request: request.clone(),
+            created_at: now_ms(),
+            started_at: None,
+            completed_at: None,
+            result: None,
+            error: None,
+            attempts: 0,
+            worker: None,
+            webhook_url: webhook_url.map(str::to_string),
+            deliveries: Vec::new(),
+        }
+    }
+}
+
 /// What to do at start with tasks a previous process left `running`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

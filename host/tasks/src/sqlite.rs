@@ -103,28 +103,13 @@ impl SqliteStore {
 
 impl TaskStore for SqliteStore {
     fn create(&self, owner: &str, request: &serde_json::Value, webhook_url: Option<&str>) -> Result<Task, TaskError> {
-        let id = uuid::Uuid::new_v4().to_string();
-        let now = now_ms();
+        let task = Task::pending(owner, request, webhook_url);
         self.conn().execute(
             "INSERT INTO tasks (id, owner, status, request, created_at, webhook_url)
              VALUES (?1, ?2, 'pending', ?3, ?4, ?5)",
-            params![id, owner, request.to_string(), now, webhook_url],
+            params![task.id, owner, request.to_string(), task.created_at, webhook_url],
         )?;
-        Ok(Task {
-            id,
-            owner: owner.into(),
-            status: TaskStatus::Pending,
-            request: request.clone(),
-            created_at: now,
-            started_at: None,
-            completed_at: None,
-            result: None,
-            error: None,
-            attempts: 0,
-            worker: None,
-            webhook_url: webhook_url.map(str::to_string),
-            deliveries: Vec::new(),
-        })
+        Ok(task)
     }
 
     fn record_delivery(&self, id: &str, attempt: &serde_json::Value) -> Result<(), TaskError> {

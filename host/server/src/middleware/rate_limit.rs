@@ -60,20 +60,18 @@ impl TokenMeter {
             Err(_) => tracing::warn!("no runtime to settle a request's tokens on"),
         }
     }
-}
 
-fn unreachable_limits(e: &kiln_access::LimitError) {
-    tracing::error!(error = %e, "rate limits unavailable; admitting");
-    metrics::counter!("kiln_rate_limit_errors_total").increment(1);
-}
-
-impl TokenMeter {
     /// The meter of `key`'s token limit, if it has one (async tasks run
     /// with their owner's).
     pub(crate) fn for_key(state: &AppState, key: &kiln_access::Key) -> Option<TokenMeter> {
         let (id, limits) = key_limits(state, key);
         limits.tokens_per_minute.map(|_| TokenMeter { limiter: state.limiter_arc(), id, limits })
     }
+}
+
+fn unreachable_limits(e: &kiln_access::LimitError) {
+    tracing::error!(error = %e, "rate limits unavailable; admitting");
+    metrics::counter!("kiln_rate_limit_errors_total").increment(1);
 }
 
 fn key_limits(state: &AppState, key: &kiln_access::Key) -> (String, Limits) {

@@ -163,25 +163,23 @@ fn task(id: &str, mut fields: HashMap<String, String>, deliveries: &[String]) ->
 
 impl TaskStore for RedisStore {
     fn create(&self, owner: &str, request: &serde_json::Value, webhook_url: Option<&str>) -> Result<Task, TaskError> {
-        let id = uuid::Uuid::new_v4().to_string();
-        let now = now_ms();
-        let mut conn = self.conn()?;
+        let task = Task::pending(owner, request, webhook_url);
         let _: i64 = self
             .scripts
             .create
-            .key(self.task_key(&id))
+            .key(self.task_key(&task.id))
             .key(self.key(&format!("owner:{owner}")))
             .key(self.key("seq"))
             .key(self.key("queue"))
             .key(self.key("pending"))
             .key(self.key("counts"))
-            .arg(&id)
+            .arg(&task.id)
             .arg(owner)
             .arg(request.to_string())
-            .arg(now)
+            .arg(task.created_at)
             .arg(webhook_url.unwrap_or_default())
-            .invoke(&mut *conn)?;
-        self.read_one(&mut conn, &id)?.ok_or_else(|| TaskError::Corrupt(format!("task {id} vanished once stored")))
+            .invoke(&mut *self.conn()?)?;
+        Ok(task)
     }
 
     fn get(&self, id: &str, owner: &str) -> Result<Option<Task>, TaskError> {
