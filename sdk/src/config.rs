@@ -7,6 +7,8 @@ use std::str::FromStr;
 pub struct Config(pub Vec<(String, String)>);
 
 impl Config {
+    /// A configuration from `key = value` pairs, e.g. to give a plugin its
+    /// settings in a native test.
     pub fn new<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
         Config(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
     }

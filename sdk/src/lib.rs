@@ -57,6 +57,9 @@
 //! # }
 //! ```
 
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
 mod config;
 pub mod post_process;
 pub mod sampler;
@@ -68,11 +71,16 @@ mod vocabulary;
 pub use config::Config;
 pub use vocabulary::{Vocabulary, vocabulary};
 
-/// Who a plugin is (from its `Cargo.toml`, by the export macros).
+/// Who a plugin is, as the host shows it in errors, metrics and
+/// `GET /v1/plugins`. The export macros fill it in from the plugin's
+/// `Cargo.toml`; a plugin never builds one itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginInfo {
+    /// The package name, e.g. `json-mode`.
     pub name: String,
+    /// The package version (semver), e.g. `1.2.0`.
     pub version: String,
+    /// The package `description`: one line saying what the plugin does.
     pub description: String,
 }
 

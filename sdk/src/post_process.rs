@@ -29,7 +29,9 @@ use bindings::kiln::plugin::types as wit_types;
 /// Why the generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FinishReason {
+    /// An end-of-sequence token, a stop sequence, or a plugin's stop.
     Stop,
+    /// The token limit or the end of the context window.
     Length,
 }
 

@@ -25,15 +25,30 @@ pub mod bindings {
 use bindings::exports::kiln::plugin::sampler as wit;
 use bindings::kiln::plugin::types as wit_types;
 
-/// The knobs of the host's sampling arithmetic (see the WIT for each one).
+/// The knobs of the host's sampling arithmetic: the request's, as
+/// [`Sampler::new`] receives them, or a step's own in [`StepPlan::params`].
+/// Neutral values disable a knob (see [`SamplingParams::default`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SamplingParams {
+    /// Divides the logits before sampling; 0 samples greedily (the most
+    /// likely token).
     pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens (0: all).
     pub top_k: u32,
+    /// Keep the smallest set of tokens whose probabilities reach `top_p`
+    /// (1: all).
     pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one
+    /// (0: none).
     pub min_p: f32,
+    /// Divides positive logits (multiplies negative ones) of tokens seen in
+    /// the prompt or the output (1: no penalty).
     pub repetition_penalty: f32,
+    /// Subtracts `count * frequency_penalty` from each generated token's
+    /// logit, `count` being how often it was generated (0: no penalty).
     pub frequency_penalty: f32,
+    /// Subtracts `presence_penalty` once from each generated token's logit
+    /// (0: no penalty).
     pub presence_penalty: f32,
 }
 
@@ -52,10 +67,13 @@ impl Default for SamplingParams {
     }
 }
 
-/// A candidate token and its logit.
+/// A candidate token and its logit, as [`Sampler::choose`] sees it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Candidate {
+    /// The token id.
     pub id: u32,
+    /// Its logit after the host applied penalties, the plan's bias and the
+    /// allowed set (not normalised to a probability).
     pub logit: f32,
 }
 
@@ -71,6 +89,7 @@ impl TokenSet {
         TokenSet { words: vec![0; (size as usize).div_ceil(64)] }
     }
 
+    /// Adds `id`, growing the set if `id` is past its size.
     pub fn insert(&mut self, id: u32) {
         let word = id as usize / 64;
         if word >= self.words.len() {
@@ -79,10 +98,12 @@ impl TokenSet {
         self.words[word] |= 1 << (id % 64);
     }
 
+    /// Whether `id` is in the set.
     pub fn contains(&self, id: u32) -> bool {
         self.words.get(id as usize / 64).is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 
+    /// Whether the set holds no id.
     pub fn is_empty(&self) -> bool {
         self.words.iter().all(|w| *w == 0)
     }
@@ -95,6 +116,8 @@ impl TokenSet {
             .flat_map(|(i, w)| (0..64).filter(move |b| w & (1 << b) != 0).map(move |b| (i * 64 + b) as u32))
     }
 
+    /// The bitset as the host receives it: id `i` is bit `i % 64` of word
+    /// `i / 64`.
     pub fn words(&self) -> &[u64] {
         &self.words
     }
@@ -110,14 +133,29 @@ impl FromIterator<u32> for TokenSet {
 
 /// How the host is to produce the next token. `StepPlan::default()` samples
 /// with the request's parameters.
+///
+/// The host looks at `stop` first, then `forced`; only when neither applies
+/// does it sample, using `params`, `bias`, `allowed` and `choose_from`
+/// together. A plan naming a token outside the vocabulary, or a bias that is
+/// not a finite number, fails the request.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StepPlan {
+    /// Parameters for this step instead of the request's (`None`: the
+    /// request's).
     pub params: Option<SamplingParams>,
+    /// `(id, bias)` pairs: each bias is added to that token's logit, on top
+    /// of the request's own `logit_bias`. Sparse: list only the tokens to
+    /// change; a large negative bias (e.g. -100) all but bans a token.
     pub bias: Vec<(u32, f32)>,
-    /// Only these tokens may be chosen (`None`: any).
+    /// Only these tokens may be chosen (`None`: any). A set that allows no
+    /// token of the vocabulary fails the request; but a set with no words at
+    /// all (`TokenSet::default()` with nothing inserted) reaches the host as
+    /// no restriction, so size an allowed set with [`TokenSet::with_size`].
     pub allowed: Option<TokenSet>,
-    /// Emit these tokens without sampling.
+    /// Emit these tokens, in order, without sampling; the host then calls
+    /// [`Sampler::step`] again with `last` the last of them.
     pub forced: Vec<u32>,
+    /// End the generation now, with finish reason `stop`.
     pub stop: bool,
     /// Greater than 0: [`Sampler::choose`] picks among this many top candidates.
     pub choose_from: u32,

@@ -25,26 +25,38 @@ use bindings::kiln::plugin::types as wit_types;
 /// One chat turn.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChatMessage {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
     pub role: String,
+    /// The turn's text.
     pub content: String,
 }
 
-/// What a template renders from.
+/// What a template renders from, given anew for each request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TemplateInput {
+    /// The conversation, oldest turn first.
     pub messages: Vec<ChatMessage>,
+    /// Whether to open the assistant's turn at the end: true for chat
+    /// completions, false to render a conversation as it stands.
     pub add_generation_prompt: bool,
-    /// The model's own Jinja chat template, when it has one.
+    /// The model's own Jinja chat template (from its GGUF), when it has one.
     pub chat_template: Option<String>,
+    /// The model's beginning-of-sequence token as text (may be empty).
     pub bos_token: String,
+    /// The model's end-of-sequence token as text (may be empty).
     pub eos_token: String,
+    /// The pipeline's configuration for this plugin.
     pub config: Config,
 }
 
-/// The prompt, and extra stop sequences.
+/// What a template produces: the prompt, and extra stop sequences.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rendered {
+    /// The text the model continues, special tokens written out as text
+    /// (the host turns them into their ids).
     pub prompt: String,
+    /// Stop sequences on top of the request's own (e.g. the template's
+    /// end-of-turn marker).
     pub stop: Vec<String>,
 }
 

@@ -14,6 +14,9 @@ pub struct Vocabulary {
 }
 
 impl Vocabulary {
+    /// A vocabulary from each token's bytes (token `i` is `tokens[i]`) and
+    /// the ids that end a generation; for native tests with
+    /// [`testing::with_vocabulary`](crate::testing::with_vocabulary).
     pub fn new(tokens: Vec<Vec<u8>>, stop_ids: Vec<u32>) -> Self {
         let mut bytes = Vec::with_capacity(tokens.iter().map(Vec::len).sum());
         let ends = tokens
@@ -54,6 +57,7 @@ impl Vocabulary {
         &self.stop_ids
     }
 
+    /// Whether `id` is one of the [`stop_ids`](Self::stop_ids).
     pub fn is_stop(&self, id: u32) -> bool {
         self.stop_ids.contains(&id)
     }

@@ -1,5 +1,9 @@
 //! Hot reload under load, on the real binary: a plugin file replaced again
 //! and again (once with a broken file) while clients keep generating.
+//!
+//! It prints how long each new version took to become visible but asserts
+//! no time: with `KILN_BENCH_RELOAD=N` it writes N new versions instead of
+//! 5 and is the reload-latency benchmark (`tests/bench/reload_latency.sh`).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,9 +17,25 @@ use sha2::{Digest, Sha256};
 use crate::serve::Server;
 
 const CLIENTS: usize = 4;
-/// Good versions written after the first; one broken file comes among them.
+/// Good versions written after the first, unless `KILN_BENCH_RELOAD` says
+/// how many; one broken file comes among them.
 const NEW_VERSIONS: u32 = 5;
 const BROKEN_AFTER: u32 = 3;
+/// The version the broken file would have been.
+const BROKEN: u32 = 999;
+
+/// How many good versions to write after the first.
+fn new_versions() -> u32 {
+    let Ok(text) = std::env::var("KILN_BENCH_RELOAD") else { return NEW_VERSIONS };
+    let n: u32 = text.parse().unwrap_or_else(|_| panic!("KILN_BENCH_RELOAD={text:?}: a number of versions"));
+    assert!((BROKEN_AFTER..BROKEN - 1).contains(&n), "KILN_BENCH_RELOAD: from {BROKEN_AFTER} to {}", BROKEN - 2);
+    n
+}
+
+/// The `p`th percentile (nearest rank) of `sorted`.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
 
 /// The tagger guest with its tag patched to `version`: the same code, a
 /// different file, every chunk of its output marked `<vNNNNNN>`.
@@ -81,6 +101,7 @@ struct Answer {
 #[test]
 fn plugin_files_replaced_under_load_fail_no_request_and_never_reload_the_model() {
     let _alone = crate::exclusive();
+    let new_versions = new_versions();
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
@@ -130,10 +151,10 @@ fn plugin_files_replaced_under_load_fail_no_request_and_never_reload_the_model()
     // When each version became visible in the plugin list.
     let mut visible_at = vec![(1, Instant::now() - Duration::from_secs(3600))];
     let mut delays = Vec::new();
-    for version in 2..=NEW_VERSIONS + 1 {
+    for version in 2..=new_versions + 1 {
         if version == BROKEN_AFTER + 1 {
             let serving = tagger_status(&server)["sha256"].clone();
-            let broken = tagger(999);
+            let broken = tagger(BROKEN);
             land(&file, &broken[..broken.len() / 2], false);
             wait_for(&server, "the broken file's error", |t| t["last_error"].is_string());
             let status = tagger_status(&server);
@@ -157,14 +178,20 @@ fn plugin_files_replaced_under_load_fail_no_request_and_never_reload_the_model()
     stop.store(true, Ordering::Relaxed);
     let answers: Vec<Answer> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
 
+    // Figures only: how fast a version becomes visible (settling, compiling,
+    // a smoke call) is measured by the benchmark, never asserted, as these
+    // machines are shared and noisy.
     let mut sorted = delays.clone();
     sorted.sort();
-    let (median, slowest) = (sorted[sorted.len() / 2], sorted[sorted.len() - 1]);
-    eprintln!("{} answers; new versions visible after {delays:?} (median {median:?})", answers.len());
-    // The goal is 250 ms (about 100 ms here: settling, compiling, a smoke
-    // call); a single slow compile on a loaded machine is tolerated.
-    assert!(median <= Duration::from_millis(250), "new versions took {delays:?} to be visible");
-    assert!(slowest <= Duration::from_secs(2), "a new version took {slowest:?} to be visible");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    eprintln!("{} answers; new versions visible after {delays:?}", answers.len());
+    eprintln!(
+        "reload visibility over {} versions: p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms",
+        sorted.len(),
+        ms(percentile(&sorted, 0.5)),
+        ms(percentile(&sorted, 0.9)),
+        ms(sorted[sorted.len() - 1]),
+    );
     let mut served = BTreeSet::new();
     for answer in &answers {
         assert_eq!(answer.status, "HTTP/1.1 200 OK", "a request failed during reloads: {}", answer.body);
@@ -172,13 +199,13 @@ fn plugin_files_replaced_under_load_fail_no_request_and_never_reload_the_model()
         let tags = tags(&answer.body);
         assert_eq!(tags.len(), 1, "an answer mixes versions {tags:?}: {}", answer.body);
         let version = *tags.first().unwrap();
-        assert_ne!(version, 999, "the broken file never served");
+        assert_ne!(version, BROKEN, "the broken file never served");
         // A request that started after a version was visible ran that version or a later one.
         let newest_then = visible_at.iter().filter(|(_, at)| *at <= answer.started).map(|(v, _)| *v).max().unwrap();
         assert!(version >= newest_then, "started after v{newest_then} was visible, but ran v{version}");
         served.insert(version);
     }
-    assert_eq!(served, (1..=NEW_VERSIONS + 1).collect(), "every version served answers");
+    assert_eq!(served, (1..=new_versions + 1).collect(), "every version served answers");
     let log = server.log();
     assert_eq!(log.matches("model loaded").count(), 1, "the model was loaded more than once: {log}");
     // The broken file is reported (a good file caught half-written may be too).

@@ -6,12 +6,17 @@
 //! may have its own limits. Limits are GCRA (generic cell rate algorithm)
 //! per key, for requests and for tokens per minute: a key may burst up to a
 //! minute's allowance, then is paced; its state is one instant per limit,
-//! kept in this process or, for several replicas, in Redis.
+//! kept in this process or, for several replicas, in Redis. Without keys,
+//! the admin endpoints are guarded by network instead ([`AdminAccess`]).
 
+#![forbid(unsafe_code)]
+
+mod admin;
 mod gcra;
 mod keys;
 mod shared;
 
+pub use admin::{AdminAccess, UnknownAdminAccess};
 pub use gcra::{Decision, Gcra, LimitStatus, Limiter, Limits};
 pub use keys::{Key, KeyConfig, KeyStore, Scope, Secret, generate_key, hash_key};
 pub use shared::{LimitError, RateLimiter, RedisLimiter};

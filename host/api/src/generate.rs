@@ -1,14 +1,16 @@
-//! The guide's endpoints: `POST /v1/generate` and `POST /v1/generate/stream`.
+//! The guide's endpoints: `POST /v1/generate` and `POST /v1/generate/stream`,
+//! with the guide's names for their bodies (`GenerationRequest`,
+//! `GenerationResponse`).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{FinishReason, StopSequences, Usage};
+use crate::{FinishReason, SamplingKnobs, StopSequences, Usage};
 
 /// A prompt to answer. By default the prompt is a user message rendered with
 /// the model's chat template; `raw: true` sends it to the model as is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct GenerateRequest {
+pub struct GenerationRequest {
     pub prompt: String,
     /// Most tokens to generate. Unset: 512, or what the context window
     /// leaves after the prompt if that is less.
@@ -57,8 +59,15 @@ fn default_temperature() -> f32 {
     0.7
 }
 
+impl GenerationRequest {
+    /// The sampling knobs (the guide's temperature always has a value).
+    pub fn knobs(&self) -> SamplingKnobs {
+        crate::sampling::knobs_of!(self, Some(self.temperature))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct GenerateResponse {
+pub struct GenerationResponse {
     pub text: String,
     /// Prompt plus generated tokens.
     pub tokens_used: u32,

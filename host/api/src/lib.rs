@@ -6,14 +6,18 @@
 //! document served at `/openapi.json` is generated from the same definitions
 //! the server (de)serializes. Validation against a model lives in the server.
 
-pub mod common;
+#![forbid(unsafe_code)]
+
 pub mod error;
+pub mod finish;
 pub mod generate;
 pub mod health;
 pub mod openai;
 pub mod plugins;
+pub mod sampling;
 pub mod tasks;
 pub mod tokenize;
 
-pub use common::{FinishReason, StopSequences, Usage};
 pub use error::{ErrorBody, ErrorDetail};
+pub use finish::{FinishReason, Usage};
+pub use sampling::{SamplingKnobs, StopSequences};

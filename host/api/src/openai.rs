@@ -8,23 +8,17 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{FinishReason, StopSequences, Usage};
+use crate::{FinishReason, SamplingKnobs, StopSequences, Usage};
 
 /// Sampling fields shared by chat completions and completions, moved out of
 /// either request by its `take_sampling`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SamplingFields {
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
+    /// The knobs the guide's request has too.
+    pub knobs: SamplingKnobs,
     pub n: Option<u32>,
     pub stop: Option<StopSequences>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
     pub logit_bias: Option<HashMap<String, f32>>,
-    pub seed: Option<u64>,
-    pub top_k: Option<u32>,
-    pub min_p: Option<f32>,
-    pub repetition_penalty: Option<f32>,
     pub ignore_eos: Option<bool>,
     pub pipeline: Option<String>,
 }
@@ -72,17 +66,10 @@ macro_rules! with_sampling_fields {
         impl $name {
             pub fn take_sampling(&mut self) -> SamplingFields {
                 SamplingFields {
-                    temperature: self.temperature,
-                    top_p: self.top_p,
+                    knobs: $crate::sampling::knobs_of!(self, self.temperature),
                     n: self.n,
                     stop: self.stop.take(),
-                    presence_penalty: self.presence_penalty,
-                    frequency_penalty: self.frequency_penalty,
                     logit_bias: self.logit_bias.take(),
-                    seed: self.seed,
-                    top_k: self.top_k,
-                    min_p: self.min_p,
-                    repetition_penalty: self.repetition_penalty,
                     ignore_eos: self.ignore_eos,
                     pipeline: self.pipeline.take(),
                 }

@@ -2,6 +2,8 @@
 //! Jinja chat template (the `tokenizer.chat_template` of its GGUF), as
 //! Hugging Face's `apply_chat_template` does. Models without one get ChatML.
 
+#![forbid(unsafe_code)]
+
 use minijinja::{Environment, ErrorKind, context};
 use serde::Serialize;
 

@@ -1,8 +1,30 @@
-//! `kiln.toml`: the server's configuration file. So far it holds the plugin
-//! settings and the named pipelines; unknown keys and bad values are errors
-//! that name the key.
+//! `kiln.toml`: the configuration file of `kiln serve` and `kiln config
+//! check`. It holds the server's settings (`[server]`; a flag or `KILN_*`
+//! variable overrides each, see `serve::settings`), API keys and the default
+//! limits, the async task store and its webhooks, the Redis that replicas
+//! share, the plugin settings and the named pipelines. Unknown keys and bad
+//! values are errors that name the key; relative paths are from the file's
+//! folder.
 //!
 //! ```toml
+//! [server]
+//! port = 8080
+//! admin = "none"               # loopback (the default), anyone or none
+//!
+//! [[keys]]                     # `kiln keys create` prints an entry
+//! name = "ci"
+//! sha256 = "<hex digest>"
+//! scopes = ["generate"]
+//!
+//! [limits]                     # for keys that set none of their own
+//! requests_per_minute = 600
+//!
+//! [tasks]
+//! path = "tasks.sqlite3"
+//!
+//! [redis]                      # tasks, limits and cached answers, shared
+//! url = "redis://127.0.0.1:6379/"
+//!
 //! [plugins]
 //! dir = "plugins"              # <name>.wasm files, watched for changes
 //! default_pipeline = "default"
@@ -141,7 +163,7 @@ pub struct ServerSection {
     pub request_timeout_secs: Option<u64>,
     pub cache_mib: Option<usize>,
     pub cache_ttl_secs: Option<u64>,
-    pub admin: Option<crate::serve::Admin>,
+    pub admin: Option<kiln_access::AdminAccess>,
     /// `/metrics` without a key (default true).
     pub public_metrics: Option<bool>,
 }
@@ -279,7 +301,7 @@ mod tests {
     fn server_settings_parse_and_unknown_ones_are_named() {
         let config: FileConfig = toml::from_str("[server]\nport = 9000\nadmin = \"none\"\n").unwrap();
         assert_eq!(config.server.port, Some(9000));
-        assert!(matches!(config.server.admin, Some(crate::serve::Admin::None)));
+        assert_eq!(config.server.admin, Some(kiln_access::AdminAccess::Nobody));
         let err = toml::from_str::<FileConfig>("[server]\nprot = 1\n").unwrap_err().to_string();
         assert!(err.contains("prot"), "{err}");
         let err = toml::from_str::<FileConfig>("[server]\nport = \"x\"\n").unwrap_err().to_string();

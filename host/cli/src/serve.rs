@@ -4,47 +4,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use kiln_engine::EngineConfig;
-use kiln_server::{AdminAccess, AppState, Auth, ServedModel, ServerConfig};
+use kiln_server::{AppState, Auth, ServedModel};
 
+use self::settings::ServerFlags;
 use crate::config::FileConfig;
 use crate::{ModelArgs, load};
+
+// The flags' and the file's settings merged, one tested function a section.
+mod settings;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Address to listen on (`0.0.0.0` for every interface) [default: 127.0.0.1].
-    ///
-    /// Each setting: this flag, else its `KILN_*` variable, else `[server]` in
-    /// the config file, else the default.
-    #[arg(long, env = "KILN_HOST")]
-    host: Option<String>,
-    /// Port to listen on; 0 picks a free one (printed at start) [default: 8000].
-    #[arg(long, env = "KILN_PORT")]
-    port: Option<u16>,
-    /// The model's name in the API (default: the file name without `.gguf`).
-    #[arg(long, env = "KILN_MODEL_ID")]
-    model_id: Option<String>,
-    /// Sequences decoded together in one step [default: 16].
-    #[arg(long, env = "KILN_MAX_BATCH")]
-    max_batch: Option<usize>,
-    /// Requests waiting for a batch slot before new ones get 503 [default: 64].
-    #[arg(long, env = "KILN_MAX_QUEUE")]
-    max_queue: Option<usize>,
-    /// Larger request bodies get 413 [default: 2097152].
-    #[arg(long, env = "KILN_MAX_BODY_BYTES")]
-    max_body_bytes: Option<usize>,
-    /// Memory for reusing shared prompt prefixes across requests, in MiB (0 disables) [default: 256].
-    #[arg(long, env = "KILN_PREFIX_CACHE_MIB")]
-    prefix_cache_mib: Option<usize>,
-    /// On Ctrl-C or SIGTERM, seconds open requests may run before they are cut [default: 30].
-    #[arg(long, env = "KILN_DRAIN_TIMEOUT_SECS")]
-    drain_timeout_secs: Option<u64>,
-    /// On a shutdown signal, seconds `/ready` answers 503 while requests are
-    /// still taken, so load balancers stop sending first [default: 0].
-    #[arg(long, env = "KILN_DRAIN_GRACE_SECS")]
-    drain_grace_secs: Option<u64>,
+    #[command(flatten)]
+    server: ServerFlags,
     /// The async task store (a SQLite file) [default: kiln's data folder, tasks.sqlite3].
     #[arg(long, env = "KILN_TASKS_DB")]
     tasks_db: Option<std::path::PathBuf>,
@@ -52,25 +26,13 @@ pub struct ServeArgs {
     /// limits and cached answers live there (see `[redis]` in README).
     #[arg(long, env = "KILN_REDIS_URL")]
     redis_url: Option<String>,
-    /// The configuration file (plugins and pipelines; see README).
+    /// The configuration file (settings, keys, plugins and pipelines; see README).
     #[arg(long, env = "KILN_CONFIG")]
     config: Option<std::path::PathBuf>,
     /// The plugin directory: `<name>.wasm` files, reloaded when they change
     /// (overrides `plugins.dir`).
     #[arg(long, env = "KILN_PLUGIN_DIR")]
     plugin_dir: Option<std::path::PathBuf>,
-    /// Who may manage plugins over HTTP (`/v1/plugins`) without API keys [default: loopback].
-    #[arg(long, env = "KILN_ADMIN", value_enum)]
-    admin: Option<Admin>,
-    /// Seconds a generation may run before it is stopped (504, or an error event on a stream) [default: 120].
-    #[arg(long, env = "KILN_REQUEST_TIMEOUT_SECS")]
-    request_timeout_secs: Option<u64>,
-    /// Memory for cached answers of deterministic requests, in MiB (0 disables the cache) [default: 64].
-    #[arg(long, env = "KILN_CACHE_MIB")]
-    cache_mib: Option<usize>,
-    /// Seconds a cached answer is served before it is generated anew [default: 600].
-    #[arg(long, env = "KILN_CACHE_TTL_SECS")]
-    cache_ttl_secs: Option<u64>,
     /// Serve without plugins: only the `native` pipeline.
     #[arg(long, env = "KILN_NO_PLUGINS")]
     no_plugins: bool,
@@ -78,17 +40,6 @@ pub struct ServeArgs {
     /// as a warning). Without this flag, keys must be configured.
     #[arg(long, env = "KILN_INSECURE_NO_AUTH")]
     insecure_no_auth: bool,
-}
-
-#[derive(clap::ValueEnum, serde::Deserialize, Clone, Copy, Debug)]
-#[serde(rename_all = "lowercase")]
-pub enum Admin {
-    /// Clients on this machine only.
-    Loopback,
-    /// Every client (behind a trusted network only).
-    Anyone,
-    /// Nobody: plugins change only through their files.
-    None,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -99,65 +50,25 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let limits = file.limits()?;
     let mut task_config = file.tasks.config()?;
     let lease = file.redis.lease()?;
-    let server = &file.server;
+    let listen = settings::listen(&args.server, &file.server);
+    let model = settings::model(&args.model, &args.server, &file.server);
+    let server = settings::server(&args.server, &file.server);
+    let stores = settings::stores(args.redis_url.as_deref(), args.tasks_db.as_deref(), &file);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    let redis = match args.redis_url.as_deref().or(file.redis.url.as_deref()) {
+    let redis = match stores.redis_url.as_deref() {
         Some(url) => Some(SharedRedis::connect(url, &file.redis, &runtime)?),
         None => None,
     };
-    let model_args = ModelArgs {
-        model: args.model.model.clone().or_else(|| server.model.clone()),
-        max_context: args.model.max_context.or(server.max_context),
-    };
-    let loaded = load::load(&model_args)?;
-    let engine_defaults = EngineConfig::default();
-    let server_defaults = ServerConfig::default();
-    let cache_defaults = kiln_server::CacheConfig::default();
-    let host = args.host.clone().or_else(|| server.host.clone()).unwrap_or_else(|| "127.0.0.1".into());
-    let port = args.port.or(server.port).unwrap_or(8000);
-    let id = args.model_id.clone().or_else(|| server.model_id.clone()).unwrap_or_else(|| {
-        let name = loaded.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        name.strip_suffix(".gguf").unwrap_or(&name).to_string()
-    });
-    let engine = loaded.engine(EngineConfig {
-        max_batch: args.max_batch.or(server.max_batch).unwrap_or(engine_defaults.max_batch),
-        max_queue: args.max_queue.or(server.max_queue).unwrap_or(engine_defaults.max_queue),
-        prefix_cache_bytes: args
-            .prefix_cache_mib
-            .or(server.prefix_cache_mib)
-            .map_or(engine_defaults.prefix_cache_bytes, |m| m << 20),
-        ..engine_defaults
-    });
-    let secs =
-        |flag: Option<u64>, file: Option<u64>, default: Duration| flag.or(file).map_or(default, Duration::from_secs);
-    let drain_timeout = secs(args.drain_timeout_secs, server.drain_timeout_secs, server_defaults.drain_timeout);
-    let grace = secs(args.drain_grace_secs, server.drain_grace_secs, Duration::ZERO);
-    let admin = match args.admin.or(server.admin).unwrap_or(Admin::Loopback) {
-        Admin::Loopback => AdminAccess::Loopback,
-        Admin::Anyone => AdminAccess::Anyone,
-        Admin::None => AdminAccess::Nobody,
-    };
-    let config = ServerConfig {
-        max_body_bytes: args.max_body_bytes.or(server.max_body_bytes).unwrap_or(server_defaults.max_body_bytes),
-        drain_timeout,
-        admin,
-        auth,
-        limits,
-        public_metrics: server.public_metrics.unwrap_or(server_defaults.public_metrics),
-        request_timeout: secs(args.request_timeout_secs, server.request_timeout_secs, server_defaults.request_timeout)
-            .max(Duration::from_secs(1)),
-        cache: kiln_server::CacheConfig {
-            max_bytes: args.cache_mib.or(server.cache_mib).map_or(cache_defaults.max_bytes, |m| m << 20),
-            ttl: secs(args.cache_ttl_secs, server.cache_ttl_secs, cache_defaults.ttl),
-        },
-        redis: redis.as_ref().map(|r| r.shared.clone()),
-        ..server_defaults
-    };
+    let loaded = load::load(&model.load)?;
+    let id = model.id.unwrap_or_else(|| settings::default_model_id(&loaded.path));
+    let engine = loaded.engine(settings::engine(&args.server, &file.server));
+    let config = server.config(auth, limits, redis.as_ref().map(|r| r.shared.clone()));
     let served = ServedModel::new(id, loaded.tokenizer.clone(), loaded.template);
+    // The process's one metrics recorder, installed before anything records.
+    let metrics = kiln_server::install_metrics_recorder();
+    let mut state = AppState::builder(Arc::new(engine), served, config).metrics(metrics);
     let mut _watcher = None;
-    let state = if args.no_plugins {
-        AppState::new(Arc::new(engine), served, config)
-    } else {
+    if !args.no_plugins {
         let plugins = Arc::new(plugin_host(&args, &file, &loaded.tokenizer)?);
         for (i, key) in file.keys.iter().enumerate() {
             if let Some(p) = key.pipeline.as_deref().filter(|p| !plugins.pipelines().any(|(name, _)| name == *p)) {
@@ -167,9 +78,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         if plugins.watches() {
             _watcher = Some(plugins.watch().context("watching the plugin directory")?);
         }
-        AppState::with_plugins(Arc::new(engine), served, config, plugins)
-    };
-    let tasks = match redis.filter(|_| file.redis.tasks.unwrap_or(true)) {
+        state = state.plugins(plugins);
+    }
+    let tasks = match redis.filter(|_| stores.tasks_in_redis) {
         Some(redis) => {
             // Renewals also carry cancellations made through other replicas:
             // often enough that a cancelled generation stops within seconds.
@@ -183,7 +94,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             kiln_server::Tasks::new(Box::new(store), task_config)?
         }
         None => {
-            let tasks_db = match args.tasks_db.clone().or_else(|| file.tasks.path.clone()) {
+            let tasks_db = match stores.tasks_db {
                 Some(path) => path,
                 None => data_dir()?.join("tasks.sqlite3"),
             };
@@ -191,10 +102,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 .with_context(|| format!("opening the task store {}", tasks_db.display()))?
         }
     };
-    state.attach_tasks(Arc::new(tasks));
+    let state = state.tasks(Arc::new(tasks)).build();
 
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+        let (host, port) = (listen.host.as_str(), listen.port);
+        let listener = tokio::net::TcpListener::bind((host, port))
             .await
             .with_context(|| format!("cannot listen on {host}:{port}"))?;
         let address = listener.local_addr()?;
@@ -211,6 +123,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             }
         });
         let draining = state.clone();
+        let grace = server.drain_grace;
         let shutdown = async move {
             shutdown_signal().await;
             draining.start_draining();
@@ -219,7 +132,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 tokio::time::sleep(grace).await;
             }
         };
-        kiln_server::serve(listener, kiln_server::router(state), shutdown, drain_timeout).await.context("serving")
+        kiln_server::serve(listener, kiln_server::router(state), shutdown, server.drain_timeout)
+            .await
+            .context("serving")
     })
 }
 

@@ -6,6 +6,8 @@
 //! with a [`ValidGenerateRequest`]; the HTTP layer and the CLI both do.
 //! Dropping the returned [`TokenStream`] cancels the sequence at the next step.
 
+#![forbid(unsafe_code)]
+
 mod policy;
 mod prefix_cache;
 mod request;
@@ -21,7 +23,7 @@ use kiln_model::Model;
 use kiln_tokenizer::Tokenizer;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-pub use policy::{SamplingPolicy, StepPlan};
+pub use policy::{PolicyError, SamplingPolicy, StepPlan};
 pub use request::{GenerateRequest, MAX_TOP_LOGPROBS, ModelLimits, SamplingParams, ValidGenerateRequest};
 pub use sampling::{Sampled, Sampler};
 
@@ -39,20 +41,35 @@ pub enum EngineError {
     Stopped,
 }
 
-/// Why a sequence stopped generating.
+/// Why a sequence stopped generating. (The API's `finish_reason` also
+/// counts stop strings and post-processors, which the engine never sees.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum FinishReason {
+pub enum StopReason {
     /// `max_tokens` reached.
     Length,
-    /// An end-of-sequence or stop token was sampled.
+    /// An end-of-sequence or stop token was sampled, or the policy stopped.
     Stop,
 }
 
+/// Tokens a finished sequence read and wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Usage {
+pub struct TokenCounts {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+}
+
+/// Why a sequence failed: what a [`TokenStream`] ends with instead of a finish.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum GenerationError {
+    /// The sequence's sampling policy (a sampler plugin) failed; its message
+    /// names the policy and is safe to show to the client.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The forward pass failed: every sequence of the batch fails with it.
+    /// A fault of the server's, not the client's.
+    #[error("the forward pass failed: {0}")]
+    Forward(String),
 }
 
 /// What a [`TokenStream`] yields, in order: tokens, then one `Finished` (or `Failed`).
@@ -67,12 +84,12 @@ pub enum TokenEvent {
         top_logprobs: Vec<(u32, f32)>,
     },
     Finished {
-        reason: FinishReason,
-        usage: Usage,
+        reason: StopReason,
+        counts: TokenCounts,
         /// Text held back at the end (an incomplete character, lossily decoded).
         tail: String,
     },
-    Failed(String),
+    Failed(GenerationError),
 }
 
 /// The events of one request. Dropping it cancels the request.

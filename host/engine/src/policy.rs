@@ -7,13 +7,30 @@ use crate::SamplingParams;
 
 /// A per-sequence sampling policy.
 pub trait SamplingPolicy: Send + std::fmt::Debug {
+    /// Who steers (a plugin's name and version), for errors about its plans.
+    fn name(&self) -> String;
+
     /// The plan for the next token; `last` is the token emitted before it
-    /// (none at the first step). An error fails the request with its message.
-    fn step(&mut self, last: Option<u32>) -> Result<StepPlan, String>;
+    /// (none at the first step). An error fails the request.
+    fn step(&mut self, last: Option<u32>) -> Result<StepPlan, PolicyError>;
 
     /// Picks the next token among `candidates` (id, logit; most likely
     /// first) when the plan set `choose_from`.
-    fn choose(&mut self, candidates: &[(u32, f32)]) -> Result<u32, String>;
+    fn choose(&mut self, candidates: &[(u32, f32)]) -> Result<u32, PolicyError>;
+}
+
+/// Why a policy's step failed. Both kinds name the policy, and their
+/// messages are safe to show to the client: a policy is the request's
+/// choice (its pipeline), not the server's internals.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    /// The policy itself failed (a plugin trapped, ran out of time or
+    /// memory, or refused); the message names it.
+    #[error("{0}")]
+    Failed(String),
+    /// The policy's plan or choice cannot be carried out.
+    #[error("{policy}: {problem}")]
+    InvalidPlan { policy: String, problem: String },
 }
 
 /// What the policy wants for the next token. The default plan samples with

@@ -3,7 +3,9 @@
 use std::sync::{Arc, Mutex};
 
 use super::tests::{collect, engine, greedy, prompt};
-use crate::{EngineConfig, FinishReason, GenerateRequest, SamplingPolicy, StepPlan, TokenEvent};
+use crate::{
+    EngineConfig, GenerateRequest, GenerationError, PolicyError, SamplingPolicy, StepPlan, StopReason, TokenEvent,
+};
 
 /// A policy that runs a script of plans and records what it saw.
 #[derive(Debug, Default)]
@@ -22,17 +24,21 @@ struct Seen {
 }
 
 impl SamplingPolicy for Scripted {
-    fn step(&mut self, last: Option<u32>) -> Result<StepPlan, String> {
+    fn name(&self) -> String {
+        "scripted".into()
+    }
+
+    fn step(&mut self, last: Option<u32>) -> Result<StepPlan, PolicyError> {
         if self.fail {
-            return Err("the scripted policy fails".into());
+            return Err(PolicyError::Failed("the scripted policy fails".into()));
         }
         self.seen.lock().unwrap().lasts.push(last);
         Ok(if self.plans.is_empty() { StepPlan::default() } else { self.plans.remove(0) })
     }
 
-    fn choose(&mut self, candidates: &[(u32, f32)]) -> Result<u32, String> {
+    fn choose(&mut self, candidates: &[(u32, f32)]) -> Result<u32, PolicyError> {
         let pick = if self.pick_last { candidates.last() } else { candidates.first() };
-        let id = pick.map(|c| c.0).ok_or("no candidates")?;
+        let id = pick.map(|c| c.0).ok_or_else(|| PolicyError::Failed("no candidates".into()))?;
         let mut seen = self.seen.lock().unwrap();
         seen.candidates.push(candidates.to_vec());
         seen.chosen.push(id);
@@ -67,7 +73,7 @@ fn forced_tokens_are_emitted_then_stop_ends_the_sequence() {
     let (ids, reason) = collect(e.generate(with_policy(prompt("Say something."), 20, policy)).unwrap());
     assert_eq!(ids[..3], forced[..]);
     assert_eq!(ids.len(), 4, "the forced tokens, one sampled token, then stop");
-    assert_eq!(reason, FinishReason::Stop);
+    assert_eq!(reason, StopReason::Stop);
     // The policy saw the last forced token before the sampled one.
     assert_eq!(seen.lock().unwrap().lasts, [None, Some(forced[2]), Some(ids[3])]);
 }
@@ -114,6 +120,22 @@ fn a_failing_policy_fails_only_its_request() {
             other => break other,
         }
     };
-    assert!(matches!(&event, Some(TokenEvent::Failed(m)) if m.contains("the scripted policy fails")), "{event:?}");
+    let expected = GenerationError::Policy(PolicyError::Failed("the scripted policy fails".into()));
+    assert_eq!(event, Some(TokenEvent::Failed(expected)));
     assert_eq!(collect(fine).0.len(), 8);
+}
+
+#[test]
+fn a_plan_outside_the_vocabulary_fails_naming_the_policy() {
+    let e = engine(EngineConfig::default());
+    let policy =
+        Scripted { plans: vec![StepPlan { forced: vec![u32::MAX], ..StepPlan::default() }], ..Scripted::default() };
+    let mut stream = e.generate(with_policy(prompt("Hi"), 8, policy)).unwrap();
+    match stream.blocking_next() {
+        Some(TokenEvent::Failed(GenerationError::Policy(PolicyError::InvalidPlan { policy, problem }))) => {
+            assert_eq!(policy, "scripted");
+            assert!(problem.contains("outside the vocabulary"), "{problem}");
+        }
+        other => panic!("expected the policy's invalid plan, got {other:?}"),
+    }
 }

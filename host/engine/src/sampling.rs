@@ -3,9 +3,9 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::SamplingPolicy;
 use crate::policy::{StepPlan, allows};
 use crate::request::SamplingParams;
+use crate::{PolicyError, SamplingPolicy};
 
 /// A sampled token with its log-probability under the model's distribution
 /// (before temperature and truncation) and, if asked, the top alternatives.
@@ -61,8 +61,12 @@ impl Sampler {
         &mut self,
         logits: &mut [f32],
         plan: &StepPlan,
-        policy: Option<&mut dyn SamplingPolicy>,
-    ) -> Result<Sampled, String> {
+        mut policy: Option<&mut dyn SamplingPolicy>,
+    ) -> Result<Sampled, PolicyError> {
+        let invalid = |policy: &Option<&mut dyn SamplingPolicy>, problem: String| PolicyError::InvalidPlan {
+            policy: policy.as_ref().map_or_else(|| "the sampling plan".into(), |p| p.name()),
+            problem,
+        };
         let log_z = self.logprobs.then(|| log_normalizer(logits));
         let top_logprobs = match log_z {
             Some(z) => top_n(logits, self.top_logprobs).into_iter().map(|(t, l)| (t, l - z)).collect(),
@@ -70,7 +74,9 @@ impl Sampler {
         };
         let mut originals = self.apply_bias_and_penalties(logits);
         for &(t, b) in &plan.bias {
-            let l = logits.get_mut(t as usize).ok_or_else(|| format!("bias for token {t}, outside the vocabulary"))?;
+            let l = logits
+                .get_mut(t as usize)
+                .ok_or_else(|| invalid(&policy, format!("bias for token {t}, outside the vocabulary")))?;
             originals.push((t, *l));
             *l += b;
         }
@@ -84,17 +90,17 @@ impl Sampler {
                 }
             }
             if !any {
-                return Err("the sampler's allowed set allows no token".into());
+                return Err(invalid(&policy, "the allowed set allows no token".into()));
             }
         }
         let params = plan.params.as_ref().unwrap_or(&self.params);
-        let token = match (plan.choose_from, policy) {
-            (n, Some(policy)) if n > 0 => {
+        let token = match (plan.choose_from, policy.as_deref_mut()) {
+            (n, Some(chooser)) if n > 0 => {
                 let candidates: Vec<(u32, f32)> =
                     top_n(logits, n as usize).into_iter().filter(|(_, l)| l.is_finite()).collect();
-                let token = policy.choose(&candidates)?;
+                let token = chooser.choose(&candidates)?;
                 if !candidates.iter().any(|(t, _)| *t == token) {
-                    return Err(format!("the sampler chose token {token}, which is not among the candidates"));
+                    return Err(invalid(&policy, format!("chose token {token}, which is not among the candidates")));
                 }
                 token
             }

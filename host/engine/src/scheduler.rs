@@ -17,7 +17,10 @@ use rayon::prelude::*;
 
 use crate::prefix_cache::PrefixCache;
 use crate::sampling::{Sampled, Sampler};
-use crate::{EngineConfig, EngineStats, FinishReason, SamplingPolicy, TokenEvent, Usage, ValidGenerateRequest};
+use crate::{
+    EngineConfig, EngineStats, GenerationError, PolicyError, SamplingPolicy, StopReason, TokenCounts, TokenEvent,
+    ValidGenerateRequest,
+};
 
 pub(crate) struct Job {
     pub request: ValidGenerateRequest,
@@ -46,8 +49,8 @@ struct Sequence {
 }
 
 impl Sequence {
-    fn usage(&self) -> Usage {
-        Usage { prompt_tokens: self.prompt.len(), completion_tokens: self.generated }
+    fn counts(&self) -> TokenCounts {
+        TokenCounts { prompt_tokens: self.prompt.len(), completion_tokens: self.generated }
     }
 
     /// The policy's plan carried out on this step's logits.
@@ -64,7 +67,10 @@ impl Sequence {
         }
         if !plan.forced.is_empty() {
             return match plan.forced.iter().find(|&&t| t as usize >= logits.len()) {
-                Some(t) => Decision::Failed(format!("forced token {t} is outside the vocabulary")),
+                Some(t) => Decision::Failed(PolicyError::InvalidPlan {
+                    policy: policy.name(),
+                    problem: format!("forced token {t} is outside the vocabulary"),
+                }),
                 None => Decision::Forced(plan.forced),
             };
         }
@@ -81,7 +87,7 @@ impl Sequence {
         self.pending.push(token);
         stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
         if self.stop_ids.binary_search(&token).is_ok() {
-            self.finish(FinishReason::Stop);
+            self.finish(StopReason::Stop);
             return false;
         }
         let text = self.decoder.push(token);
@@ -90,15 +96,15 @@ impl Sequence {
             return false;
         }
         if self.generated >= self.max_tokens {
-            self.finish(FinishReason::Length);
+            self.finish(StopReason::Length);
             return false;
         }
         true
     }
 
-    fn finish(&mut self, reason: FinishReason) {
+    fn finish(&mut self, reason: StopReason) {
         let tail = self.decoder.finish();
-        let _ = self.events.send(TokenEvent::Finished { reason, usage: self.usage(), tail });
+        let _ = self.events.send(TokenEvent::Finished { reason, counts: self.counts(), tail });
         self.finished = true;
     }
 }
@@ -109,7 +115,7 @@ enum Decision {
     /// Tokens the policy emits without sampling.
     Forced(Vec<u32>),
     Stop,
-    Failed(String),
+    Failed(PolicyError),
 }
 
 pub(crate) fn run(
@@ -223,7 +229,7 @@ fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats
             };
             tracing::error!(error = %reason, sequences = running.len(), "forward pass failed; failing the batch");
             for seq in running.drain(..) {
-                let _ = seq.events.send(TokenEvent::Failed(reason.clone()));
+                let _ = seq.events.send(TokenEvent::Failed(GenerationError::Forward(reason.clone())));
             }
             return;
         }
@@ -252,9 +258,9 @@ fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats
                     }
                 }
             }
-            Decision::Stop => seq.finish(FinishReason::Stop),
+            Decision::Stop => seq.finish(StopReason::Stop),
             Decision::Failed(message) => {
-                let _ = seq.events.send(TokenEvent::Failed(format!("sampling policy: {message}")));
+                let _ = seq.events.send(TokenEvent::Failed(GenerationError::Policy(message)));
                 seq.finished = true;
             }
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kiln_model::Model;
 use kiln_tokenizer::Tokenizer;
 
-use crate::{Backend, Engine, EngineConfig, EngineError, FinishReason, GenerateRequest, SamplingParams, TokenEvent};
+use crate::{Backend, Engine, EngineConfig, EngineError, GenerateRequest, SamplingParams, StopReason, TokenEvent};
 
 /// The real default model (`$KILN_MODEL`, else kiln's cache, fetched on first use).
 fn model_path() -> PathBuf {
@@ -43,13 +43,13 @@ pub(crate) fn greedy(tokens: Vec<u32>, max_tokens: usize) -> GenerateRequest {
 }
 
 /// Collects a stream to (token ids, finish reason).
-pub(crate) fn collect(mut s: crate::TokenStream) -> (Vec<u32>, FinishReason) {
+pub(crate) fn collect(mut s: crate::TokenStream) -> (Vec<u32>, StopReason) {
     let mut ids = Vec::new();
     loop {
         match s.blocking_next().expect("stream ended without Finished") {
             TokenEvent::Token { id, .. } => ids.push(id),
-            TokenEvent::Finished { reason, usage, .. } => {
-                assert!(usage.completion_tokens >= ids.len());
+            TokenEvent::Finished { reason, counts, .. } => {
+                assert!(counts.completion_tokens >= ids.len());
                 return (ids, reason);
             }
             TokenEvent::Failed(e) => panic!("generation failed: {e}"),
@@ -100,7 +100,7 @@ fn a_request_joins_a_running_batch_and_finished_ones_leave() {
     let (short_ids, _) = collect(short);
     assert!(!short_ids.is_empty());
     let (long_ids, reason) = collect(long);
-    assert_eq!((long_ids.len(), reason), (60, FinishReason::Length));
+    assert_eq!((long_ids.len(), reason), (60, StopReason::Length));
     // Both shared steps: far fewer steps than the two would take one after the other.
     assert!(e.stats().steps() - steps_before < 60 + short_ids.len() as u64);
     wait_until("the batch to empty", || e.stats().active() == 0);
@@ -166,10 +166,10 @@ fn invalid_requests_are_refused_before_the_engine() {
 fn eos_stops_with_reason_stop_unless_ignored() {
     let e = engine(EngineConfig::default());
     let (ids, reason) = collect(e.generate(greedy(prompt("Say just the word yes."), 64)).unwrap());
-    assert_eq!(reason, FinishReason::Stop, "got {} tokens", ids.len());
+    assert_eq!(reason, StopReason::Stop, "got {} tokens", ids.len());
     let (ids, reason) =
         collect(e.generate(GenerateRequest { ignore_eos: true, ..greedy(prompt("Say yes."), 40) }).unwrap());
-    assert_eq!((ids.len(), reason), (40, FinishReason::Length));
+    assert_eq!((ids.len(), reason), (40, StopReason::Length));
 }
 
 #[test]

@@ -15,6 +15,8 @@
 //! `PIP_INDEX_URL`); [`pull_from`] takes both explicitly for tests and callers
 //! that want their own.
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod fetch;
 mod index;

@@ -8,6 +8,8 @@
 //! and knows nothing of WebAssembly; the HTTP layer sees [`Resolved`]
 //! pipelines and [`PipelineError`]s.
 
+#![forbid(unsafe_code)]
+
 mod config;
 mod policy;
 mod post;
@@ -20,10 +22,15 @@ use std::sync::Arc;
 
 use kiln_engine::{SamplingParams, SamplingPolicy};
 use kiln_plugins::{
-    ChatMessage, Loaded, PluginError, PluginKind, PostProcessPlugin, Rendered, Runtime, SamplerPlugin, TemplateInput,
-    TemplatePlugin,
+    ChatMessage, Loaded, PluginKind, PostProcessPlugin, Rendered, Runtime, SamplerPlugin, TemplateInput, TemplatePlugin,
 };
 use kiln_tokenizer::Tokenizer;
+
+// What the HTTP layer needs of the plugin runtime, so that it depends on the
+// pipeline alone.
+pub use kiln_plugins::{
+    FinishReason as PostFinishReason, PluginError, PluginInfo, RuntimeConfig, built_plugins_dir, first_party,
+};
 
 pub use config::{DEFAULT_PIPELINE, NATIVE_PIPELINE, PipelineSpec, PluginsConfig, check_name};
 pub use policy::{PluginPolicy, plugin_params};

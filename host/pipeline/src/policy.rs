@@ -1,6 +1,6 @@
 //! A sampler plugin's session as the engine's [`SamplingPolicy`].
 
-use kiln_engine::{SamplingParams, SamplingPolicy, StepPlan};
+use kiln_engine::{PolicyError, SamplingParams, SamplingPolicy, StepPlan};
 use kiln_plugins::{Candidate, PluginError, SamplerSession};
 
 /// The request's parameters in the plugin contract's terms.
@@ -31,13 +31,18 @@ impl PluginPolicy {
     }
 }
 
-fn message(e: PluginError) -> String {
-    e.to_string()
+/// A plugin's failure names the plugin and its version.
+fn failed(e: PluginError) -> PolicyError {
+    PolicyError::Failed(e.to_string())
 }
 
 impl SamplingPolicy for PluginPolicy {
-    fn step(&mut self, last: Option<u32>) -> Result<StepPlan, String> {
-        let plan = self.session.step(last).map_err(message)?;
+    fn name(&self) -> String {
+        format!("plugin {}", self.session.plugin())
+    }
+
+    fn step(&mut self, last: Option<u32>) -> Result<StepPlan, PolicyError> {
+        let plan = self.session.step(last).map_err(failed)?;
         let params = plan.params.map(|p| SamplingParams {
             temperature: p.temperature,
             top_k: p.top_k as usize,
@@ -50,7 +55,8 @@ impl SamplingPolicy for PluginPolicy {
         });
         if let Some(p) = &params {
             // Out-of-range overrides would break the sampling arithmetic.
-            p.validate(usize::MAX).map_err(|e| format!("plugin {}: {e}", self.session.plugin()))?;
+            p.validate(usize::MAX)
+                .map_err(|e| PolicyError::InvalidPlan { policy: self.name(), problem: e.to_string() })?;
         }
         Ok(StepPlan {
             params,
@@ -62,8 +68,8 @@ impl SamplingPolicy for PluginPolicy {
         })
     }
 
-    fn choose(&mut self, candidates: &[(u32, f32)]) -> Result<u32, String> {
+    fn choose(&mut self, candidates: &[(u32, f32)]) -> Result<u32, PolicyError> {
         let candidates: Vec<Candidate> = candidates.iter().map(|&(id, logit)| Candidate { id, logit }).collect();
-        self.session.choose(&candidates).map_err(message)
+        self.session.choose(&candidates).map_err(failed)
     }
 }

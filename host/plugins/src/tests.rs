@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Loaded, PluginError, PluginKind, Runtime, RuntimeConfig, SamplerPlugin, SamplingParams, Vocabulary};
+use crate::{
+    Loaded, PluginError, PluginKind, Runtime, RuntimeConfig, SamplerPlugin, SamplingParams, StepPlan, Vocabulary,
+};
 
 fn built(name: &str) -> PathBuf {
     PathBuf::from(env!("KILN_BUILT_PLUGINS")).join(format!("{}.wasm", name.replace('-', "_")))
@@ -56,10 +58,14 @@ fn the_default_sampler_loads_and_plans_plain_sampling() {
     assert_eq!(info.sha256.len(), 64);
     let mut session = plugin.start(params(), &[1, 2, 3], &[]).unwrap();
     for last in [None, Some(5), Some(6)] {
-        let plan = session.step(last).unwrap();
-        assert!(plan.params.is_none() && plan.bias.is_empty() && plan.allowed.is_empty() && plan.forced.is_empty());
-        assert!(!plan.stop && plan.choose_from == 0);
+        assert_plain_sampling(&session.step(last).unwrap());
     }
+}
+
+/// A plan that changes nothing: sample with the request's parameters, go on.
+fn assert_plain_sampling(plan: &StepPlan) {
+    assert!(plan.params.is_none() && plan.bias.is_empty() && plan.allowed.is_empty() && plan.forced.is_empty());
+    assert!(!plan.stop && plan.choose_from == 0);
 }
 
 #[test]
@@ -117,13 +123,16 @@ fn hostile_guests_fail_only_their_own_session() {
 }
 
 #[test]
-fn a_session_that_timed_out_does_not_slow_the_next() {
+fn a_session_after_one_that_timed_out_still_serves() {
     let rt = runtime();
     let plugin = sampler(&rt, "hostile-sampler");
-    let _ = plugin.start(params(), &[1], &mode("loop")).unwrap().step(None);
+    let err = plugin.start(params(), &[1], &mode("loop")).unwrap().step(None).unwrap_err();
+    assert!(matches!(err, PluginError::Timeout { .. }), "{err}");
+    // "behave" plans plain sampling at every step, and never stops.
     let mut fine = plugin.start(params(), &[1], &mode("behave")).unwrap();
-    for _ in 0..100 {
-        fine.step(Some(1)).unwrap();
+    for step in 0..100 {
+        let plan = fine.step((step > 0).then_some(1)).unwrap_or_else(|e| panic!("step {step}: {e}"));
+        assert_plain_sampling(&plan);
     }
 }
 

@@ -188,7 +188,8 @@ impl From<kiln_pipeline::PipelineError> for ApiError {
             },
             P::UnknownPlugin(name) => ApiError::NoSuchPlugin(name),
             P::InvalidName(message) => ApiError::invalid("name", message),
-            e @ (P::WrongKind { .. } | P::LoadFailed { .. } | P::Plugin(kiln_plugins::PluginError::Invalid { .. })) => {
+            e
+            @ (P::WrongKind { .. } | P::LoadFailed { .. } | P::Plugin(kiln_pipeline::PluginError::Invalid { .. })) => {
                 ApiError::InvalidPlugin(e.to_string())
             }
             e @ (P::Conflict(_) | P::NoPluginDir) => ApiError::Conflict(e.to_string()),

@@ -1,6 +1,8 @@
-//! `ApiJson<T>`: a JSON body extractor whose failures name the field.
+//! What handlers take from a request: `ApiJson<T>`, a JSON body extractor
+//! whose failures name the field, and the [`RequestContext`] the middleware
+//! left (the [`Caller`], its token meter, the cache directive).
 //!
-//! Unlike `axum::Json` it does not insist on a `Content-Type` (so
+//! Unlike `axum::Json`, `ApiJson` does not insist on a `Content-Type` (so
 //! `curl -d '{...}'` works) and answers in kiln's error envelope:
 //! 400 for text that is not JSON, 422 for JSON of the wrong shape (with the
 //! path of the offending field), 413 past the body limit.
@@ -11,6 +13,19 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::ApiError;
+use crate::token_meter::TokenMeter;
+
+/// Who is calling: the key that authenticated the request, if any.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub key: Option<kiln_access::Key>,
+}
+
+impl Caller {
+    pub fn name(&self) -> Option<&str> {
+        self.key.as_ref().map(kiln_access::Key::name)
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
@@ -60,8 +75,8 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// calls (for the key's default pipeline) and where its tokens are counted.
 #[derive(Clone, Debug, Default)]
 pub struct RequestContext {
-    pub caller: Option<crate::Caller>,
-    pub meter: Option<crate::TokenMeter>,
+    pub caller: Option<Caller>,
+    pub meter: Option<TokenMeter>,
     /// `Cache-Control: no-cache` (or `no-store`): not served from the cache.
     pub no_cache: bool,
 }
@@ -83,8 +98,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestContext {
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(RequestContext {
-            caller: parts.extensions.get::<crate::Caller>().cloned(),
-            meter: parts.extensions.get::<crate::TokenMeter>().cloned(),
+            caller: parts.extensions.get::<Caller>().cloned(),
+            meter: parts.extensions.get::<TokenMeter>().cloned(),
             no_cache: parts
                 .headers
                 .get_all(axum::http::header::CACHE_CONTROL)

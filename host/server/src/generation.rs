@@ -1,5 +1,6 @@
-//! One generation as every endpoint sees it: a specification checked
-//! against the model, then pieces of text (stop strings applied, log-
+//! One generation as every endpoint sees it: a validated request started
+//! (from the cache, or rendered, tokenized and submitted to the engine),
+//! then pieces of text (stop strings applied, post-processed, log-
 //! probabilities attached) and one finish.
 //!
 //! A [`Generation`] owns the engine's token stream: dropping it (a client
@@ -9,43 +10,17 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use kiln_api::{FinishReason, Usage};
-use kiln_engine::{GenerateRequest, SamplingParams, TokenEvent, TokenStream};
-use kiln_pipeline::{PostChain, Resolved};
+use kiln_engine::{GenerateRequest, GenerationError, SamplingParams, StopReason, TokenEvent, TokenStream};
+use kiln_pipeline::{PluginError, PostChain, PostFinishReason};
+use kiln_stop::{MAX_STOP_BYTES, StopMatcher};
 
-use crate::cache::{CacheKey, KeyParts, ResponseCache, deterministic};
-use crate::{ApiError, AppState, Prompt, TokenMeter};
-use kiln_stop::{MAX_STOP_BYTES, MAX_STOP_STRINGS, StopMatcher};
-
-/// What an endpoint asks for, in the engine's terms.
-#[derive(Debug, Default)]
-pub struct GenerationSpec {
-    pub prompt_tokens: Vec<u32>,
-    pub params: SamplingParams,
-    /// What the client asked for; `None`: `default_max_tokens`.
-    pub max_tokens: Option<u32>,
-    /// The endpoint's default, capped to what the context window leaves (a
-    /// client that did not choose a limit is not refused for it); `None`:
-    /// all the room there is.
-    pub default_max_tokens: Option<u32>,
-    /// The client's stop strings.
-    pub stop: Vec<String>,
-    /// Stop strings the pipeline's template added (not the client's to fix).
-    pub template_stop: Vec<String>,
-    pub ignore_eos: bool,
-    pub logprobs: bool,
-    pub top_logprobs: usize,
-    /// Constrain the output to one JSON object (the json-mode sampler plugin).
-    pub json: bool,
-    /// The plugin versions this request runs (`None`: the host alone).
-    pub pipeline: Option<Resolved>,
-    /// Where the request's tokens are counted against its caller's limit.
-    pub meter: Option<TokenMeter>,
-    /// The client asked not to be served from the cache (`Cache-Control: no-cache`).
-    pub no_cache: bool,
-    /// Whose answers a cached one may be served to (the API key's name):
-    /// a hit must not tell one key what another asked.
-    pub tenant: Option<String>,
-}
+use crate::extract::RequestContext;
+use crate::piece::{Piece, TokenLogprobs};
+use crate::prompt::{self, Prompt, PromptTokens};
+use crate::request::{TokenLimit, ValidGeneration};
+use crate::response_cache::{CacheKey, ResponseCache};
+use crate::token_meter::TokenMeter;
+use crate::{ApiError, AppState};
 
 /// How the response cache took part in a generation (the `x-kiln-cache` header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,50 +46,34 @@ impl CacheStatus {
     }
 }
 
-/// A sampled token's log-probability and its most likely alternatives.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TokenLogprobs {
-    pub id: u32,
-    pub logprob: f32,
-    pub top: Vec<(u32, f32)>,
-}
-
-/// Serializable: the shared response cache keeps answers as their pieces.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum Piece {
-    /// Text to send, with the log-probabilities of the tokens that produced it
-    /// (empty unless asked for). The text is empty only for the last piece,
-    /// when it carries the log-probabilities of tokens that left no text.
-    Text {
-        text: String,
-        tokens: Vec<TokenLogprobs>,
-    },
-    Finished {
-        reason: FinishReason,
-        usage: Usage,
-    },
-}
-
+/// A running (or replayed) generation: the engine's token stream turned
+/// into pieces of text and one finish.
 #[derive(Debug)]
 pub struct Generation {
     /// `None` once finished: dropping the stream cancels what is left.
     stream: Option<TokenStream>,
+    /// The client's and the template's stop strings.
     stop: StopMatcher,
     /// The pipeline's post-processors, after the stop strings.
     post: PostChain,
+    /// Pieces made and not yet taken by [`Generation::next`].
     ready: VecDeque<Piece>,
+    /// Log-probabilities of tokens whose text has not been released yet.
     pending_logprobs: Vec<TokenLogprobs>,
     prompt_tokens: usize,
+    /// Tokens the engine has emitted so far.
     generated: usize,
     /// Taken when the tokens are counted (at the finish, or when dropped),
     /// with the tokens reserved for the generation beforehand.
     meter: Option<(TokenMeter, u32)>,
     cache_status: CacheStatus,
-    /// When the generation was admitted, and when it last let text out.
+    /// When the generation was admitted (time to first token counts from here).
     started: std::time::Instant,
-    /// Past this the generation is stopped (the request timeout).
+    /// The same instant on tokio's clock, for the timeout's message.
     admitted: tokio::time::Instant,
+    /// Past this the generation is stopped (the request timeout).
     deadline: tokio::time::Instant,
+    /// When text was last let out (inter-token latency counts from here).
     last_text: Option<std::time::Instant>,
     /// The pieces so far, for the cache, when this answer will be stored.
     record: Option<(CacheKey, Vec<Piece>, Arc<ResponseCache>)>,
@@ -129,146 +88,65 @@ pub struct Collected {
     pub usage: Usage,
 }
 
-impl GenerationSpec {
-    /// Answers `prompt`: from the response cache when the same deterministic
-    /// request was answered before (no rendering, tokenizing or engine work),
-    /// else rendered, tokenized and started.
-    pub async fn start_from(mut self, state: &AppState, prompt: Prompt) -> Result<Generation, ApiError> {
-        let key = self.cache_key(state, &prompt);
+impl AppState {
+    /// Runs one forward pass (a one-token generation) so the first client
+    /// does not pay for cold caches, then reports ready.
+    pub async fn warm_up(&self) -> Result<(), ApiError> {
+        let generation = ValidGeneration {
+            prompt: Prompt::Text("Hello".into()),
+            params: SamplingParams::default(),
+            max_tokens: TokenLimit { requested: Some(1), default: None, param: "max_tokens" },
+            stop: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
+            json: false,
+            pipeline: None,
+        };
+        let context = RequestContext { no_cache: true, ..RequestContext::default() };
+        Generation::start(self, generation, context).await?.collect().await?;
+        self.mark_ready();
+        Ok(())
+    }
+}
+
+impl Generation {
+    /// Answers a validated request: from the response cache when the same
+    /// deterministic request was answered before (no rendering, tokenizing
+    /// or engine work), else rendered, tokenized and submitted to the
+    /// engine. `context` says whose request it is, where its tokens are
+    /// counted, and whether it may be served from the cache.
+    pub(crate) async fn start(
+        state: &AppState,
+        generation: ValidGeneration,
+        context: RequestContext,
+    ) -> Result<Generation, ApiError> {
+        let tenant = context.tenant();
+        let key = generation.cache_key(state, tenant.as_deref());
         let status = match key {
             None => CacheStatus::Off,
-            Some(_) if self.no_cache => CacheStatus::Bypass,
+            Some(_) if context.no_cache => CacheStatus::Bypass,
             Some(key) => match state.cache().lookup(&key).await {
                 Some(answer) => return Ok(Generation::replay(&answer)),
                 None => CacheStatus::Miss,
             },
         };
-        let tokens = state.prompt_tokens(prompt, self.pipeline.as_ref()).await?;
-        self.prompt_tokens = tokens.tokens;
-        self.template_stop = tokens.stop;
-        let mut generation = self.start(state).await?;
-        generation.cache_status = status;
-        generation.record = key.map(|k| (k, Vec::new(), state.cache_arc()));
-        Ok(generation)
+        // Errors about the prompt or the limit name the fields the client wrote.
+        let (prompt_param, limit_param) = (generation.prompt.param(), generation.max_tokens.param);
+        let rename = |e: ApiError| match e {
+            ApiError::InvalidValue { param, message, code } if param == "prompt" => {
+                ApiError::InvalidValue { param: prompt_param.into(), message, code }
+            }
+            ApiError::InvalidValue { param, message, code } if param == "max_tokens" => {
+                ApiError::InvalidValue { param: limit_param.into(), message, code }
+            }
+            other => other,
+        };
+        let mut started = submit(state, generation, context.meter).await.map_err(rename)?;
+        started.cache_status = status;
+        started.record = key.map(|k| (k, Vec::new(), state.cache().clone()));
+        Ok(started)
     }
 
-    /// The request's cache key, when its output is fixed by its inputs and the cache is on.
-    fn cache_key(&self, state: &AppState, prompt: &Prompt) -> Option<CacheKey> {
-        (state.cache().enabled() && deterministic(&self.params)).then(|| {
-            let mut plugins = self.pipeline.as_ref().map(Resolved::fingerprint).unwrap_or_default();
-            if self.json {
-                // json-mode samples in place of the pipeline's sampler.
-                let json = state.plugins().and_then(|p| p.plugin(kiln_pipeline::JSON_MODE));
-                plugins.extend(json.as_ref().and_then(|e| e.info()).map(|i| format!("{i} {}", i.sha256)));
-            }
-            KeyParts {
-                model: &state.model().id,
-                tenant: self.tenant.as_deref(),
-                prompt,
-                params: &self.params,
-                max_tokens: self.max_tokens,
-                default_max_tokens: self.default_max_tokens,
-                stop: &self.stop,
-                ignore_eos: self.ignore_eos,
-                logprobs: self.logprobs,
-                top_logprobs: self.top_logprobs,
-                json: self.json,
-                plugins,
-            }
-            .key()
-        })
-    }
-
-    /// Validates against the served model and submits to the engine.
-    async fn start(self, state: &AppState) -> Result<Generation, ApiError> {
-        if self.stop.len() > MAX_STOP_STRINGS {
-            return Err(ApiError::invalid("stop", format!("at most {MAX_STOP_STRINGS} stop strings are allowed")));
-        }
-        if let Some(bad) = self.stop.iter().find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
-            return Err(ApiError::invalid(
-                "stop",
-                format!("stop strings must be 1 to {MAX_STOP_BYTES} bytes long, got {} bytes", bad.len()),
-            ));
-        }
-        let mut stop = self.stop;
-        for extra in self.template_stop {
-            if extra.is_empty() || extra.len() > MAX_STOP_BYTES {
-                return Err(ApiError::Plugin(format!(
-                    "the template plugin returned a stop string of {} bytes (1 to {MAX_STOP_BYTES} allowed)",
-                    extra.len()
-                )));
-            }
-            if !stop.contains(&extra) {
-                stop.push(extra);
-            }
-        }
-        let backend = state.backend();
-        let limits = backend.limits();
-        let prompt_tokens = self.prompt_tokens.len();
-        let room = limits.max_context.saturating_sub(prompt_tokens).max(1);
-        let max_tokens = match (self.max_tokens, self.default_max_tokens) {
-            (Some(n), _) => n as usize,
-            (None, Some(default)) => (default as usize).min(room),
-            (None, None) => room,
-        };
-        // The most this request can spend is set aside before it runs.
-        let meter = match self.meter {
-            Some(meter) => {
-                let reserved = meter.reserve(prompt_tokens + max_tokens).await?;
-                Some((meter, reserved))
-            }
-            None => None,
-        };
-        // json-mode replaces the pipeline's sampler: the output must parse.
-        let policy = match (self.json, state.plugins(), &self.pipeline) {
-            (true, None, _) => {
-                return Err(ApiError::invalid(
-                    "response_format",
-                    "`json_object` needs the json-mode plugin, and this server runs without plugins",
-                ));
-            }
-            (true, Some(plugins), _) => Some(plugins.json_policy(&self.params, &self.prompt_tokens, max_tokens)?),
-            (false, _, Some(pipeline)) => pipeline
-                .sampler(&self.params, &self.prompt_tokens, max_tokens)
-                .map_err(|e| ApiError::Plugin(e.to_string()))?,
-            (false, _, None) => None,
-        };
-        let post = match &self.pipeline {
-            Some(pipeline) => pipeline.post_chain(&stop).map_err(|e| ApiError::Plugin(e.to_string()))?,
-            None => PostChain::default(),
-        };
-        let request = GenerateRequest {
-            prompt_tokens: self.prompt_tokens,
-            params: self.params,
-            max_tokens,
-            stop_token_ids: Vec::new(),
-            ignore_eos: self.ignore_eos,
-            logprobs: self.logprobs,
-            top_logprobs: self.top_logprobs,
-            policy,
-        }
-        .validate(limits)?;
-        let stream = backend.submit(request)?;
-        Ok(Generation {
-            stream: Some(stream),
-            stop: StopMatcher::new(stop),
-            post,
-            ready: VecDeque::new(),
-            pending_logprobs: Vec::new(),
-            prompt_tokens,
-            generated: 0,
-            meter,
-            cache_status: CacheStatus::Off,
-            started: std::time::Instant::now(),
-            admitted: tokio::time::Instant::now(),
-            deadline: tokio::time::Instant::now() + state.config().request_timeout,
-            last_text: None,
-            record: None,
-        })
-    }
-}
-
-impl Generation {
     /// A cached answer, replayed piece by piece.
     fn replay(answer: &[Piece]) -> Generation {
         Generation {
@@ -328,23 +206,24 @@ impl Generation {
                         return Some(Err(e));
                     }
                 }
-                TokenEvent::Finished { reason, usage, tail } => {
+                TokenEvent::Finished { reason, counts, tail } => {
                     let reason = match reason {
-                        kiln_engine::FinishReason::Stop => FinishReason::Stop,
-                        kiln_engine::FinishReason::Length => FinishReason::Length,
+                        StopReason::Stop => FinishReason::Stop,
+                        StopReason::Length => FinishReason::Length,
                     };
-                    let usage = Usage::new(usage.prompt_tokens, usage.completion_tokens);
+                    let usage = Usage::new(counts.prompt_tokens, counts.completion_tokens);
                     if let Err(e) = self.pass(&tail, Some(reason), usage) {
                         self.stream = None;
                         return Some(Err(e));
                     }
                 }
-                TokenEvent::Failed(message) => {
+                TokenEvent::Failed(failure) => {
                     self.stream = None;
-                    // A plugin's failure names the plugin; anything else is internal.
-                    return Some(Err(match message.strip_prefix("sampling policy: ") {
-                        Some(plugin) => ApiError::Plugin(plugin.to_string()),
-                        None => ApiError::Internal(format!("generation failed: {message}")),
+                    // A plugin's failure names the plugin and is the client's
+                    // to see; a forward pass's is internal.
+                    return Some(Err(match failure {
+                        GenerationError::Policy(e) => ApiError::Plugin(e.to_string()),
+                        e @ GenerationError::Forward(_) => ApiError::Internal(e.to_string()),
                     }));
                 }
             }
@@ -454,6 +333,88 @@ impl Generation {
     }
 }
 
+/// Renders and tokenizes the prompt, reserves the tokens the request may
+/// spend, sets up its plugins and submits it to the engine.
+async fn submit(
+    state: &AppState,
+    generation: ValidGeneration,
+    meter: Option<TokenMeter>,
+) -> Result<Generation, ApiError> {
+    let ValidGeneration { prompt, params, max_tokens, stop, ignore_eos, logprobs, json, pipeline } = generation;
+    let PromptTokens { tokens: prompt_tokens, stop: template_stop } =
+        prompt::tokenize(state, prompt, pipeline.as_ref()).await?;
+    let mut stop = stop;
+    for extra in template_stop {
+        if extra.is_empty() || extra.len() > MAX_STOP_BYTES {
+            return Err(ApiError::Plugin(format!(
+                "the template plugin returned a stop string of {} bytes (1 to {MAX_STOP_BYTES} allowed)",
+                extra.len()
+            )));
+        }
+        if !stop.contains(&extra) {
+            stop.push(extra);
+        }
+    }
+    let backend = state.backend();
+    let limits = backend.limits();
+    let prompt_len = prompt_tokens.len();
+    let room = limits.max_context.saturating_sub(prompt_len).max(1);
+    let max_tokens = match (max_tokens.requested, max_tokens.default) {
+        (Some(n), _) => n as usize,
+        (None, Some(default)) => (default as usize).min(room),
+        (None, None) => room,
+    };
+    // The most this request can spend is set aside before it runs.
+    let meter = match meter {
+        Some(meter) => {
+            let reserved = meter.reserve(prompt_len + max_tokens).await?;
+            Some((meter, reserved))
+        }
+        None => None,
+    };
+    // json-mode replaces the pipeline's sampler: the output must parse.
+    let policy = match (json, state.plugins(), &pipeline) {
+        (true, Some(plugins), _) => Some(plugins.json_policy(&params, &prompt_tokens, max_tokens)?),
+        (true, None, _) => return Err(ApiError::Internal("json mode validated without plugins".into())),
+        (false, _, Some(pipeline)) => {
+            pipeline.sampler(&params, &prompt_tokens, max_tokens).map_err(|e| ApiError::Plugin(e.to_string()))?
+        }
+        (false, _, None) => None,
+    };
+    let post = match &pipeline {
+        Some(pipeline) => pipeline.post_chain(&stop).map_err(|e| ApiError::Plugin(e.to_string()))?,
+        None => PostChain::default(),
+    };
+    let request = GenerateRequest {
+        prompt_tokens,
+        params,
+        max_tokens,
+        stop_token_ids: Vec::new(),
+        ignore_eos,
+        logprobs: logprobs.is_some(),
+        top_logprobs: logprobs.unwrap_or(0),
+        policy,
+    }
+    .validate(limits)?;
+    let stream = backend.submit(request)?;
+    Ok(Generation {
+        stream: Some(stream),
+        stop: StopMatcher::new(stop),
+        post,
+        ready: VecDeque::new(),
+        pending_logprobs: Vec::new(),
+        prompt_tokens: prompt_len,
+        generated: 0,
+        meter,
+        cache_status: CacheStatus::Off,
+        started: std::time::Instant::now(),
+        admitted: tokio::time::Instant::now(),
+        deadline: tokio::time::Instant::now() + state.config().request_timeout,
+        last_text: None,
+        record: None,
+    })
+}
+
 impl Drop for Generation {
     /// A generation cut short (a client gone, a failure) still used what it
     /// prefilled and generated.
@@ -464,13 +425,13 @@ impl Drop for Generation {
     }
 }
 
-fn plugin_failed(e: kiln_plugins::PluginError) -> ApiError {
+fn plugin_failed(e: PluginError) -> ApiError {
     ApiError::Plugin(e.to_string())
 }
 
-fn plugin_reason(reason: FinishReason) -> kiln_plugins::FinishReason {
+fn plugin_reason(reason: FinishReason) -> PostFinishReason {
     match reason {
-        FinishReason::Length => kiln_plugins::FinishReason::Length,
-        _ => kiln_plugins::FinishReason::Stop,
+        FinishReason::Length => PostFinishReason::Length,
+        _ => PostFinishReason::Stop,
     }
 }

@@ -153,7 +153,7 @@ pub fn deliver(
     let agent = agent(config.allow_private);
     let mut wait = config.first_retry;
     for attempt in 1..=config.max_attempts.max(1) {
-        let at = crate::unix_now();
+        let at = crate::time::unix_now();
         let outcome = match refused(url, config.allow_private) {
             Some(reason) => Err(reason),
             None => {

@@ -3,6 +3,8 @@
 //! The host applies a request's `stop` with it, and the `stop-sequences`
 //! plugin is built on it: one implementation of the rule.
 
+#![forbid(unsafe_code)]
+
 /// Most stop strings per request, and longest one in bytes.
 pub const MAX_STOP_STRINGS: usize = 16;
 pub const MAX_STOP_BYTES: usize = 256;

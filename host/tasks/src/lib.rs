@@ -1,12 +1,16 @@
 //! kiln-tasks: generation tasks that outlive the request that made them and
-//! the process that runs them. A task is stored before it is acknowledged,
-//! moves `pending -> running -> completed | failed | cancelled`, and is seen
-//! only by the API key that created it. Two stores implement [`TaskStore`]:
-//! SQLite in WAL mode for one machine (after a crash, tasks left `running`
-//! are run again or failed with a reason, as configured) and Redis for
+//! the process that runs them. A task is stored before the request that
+//! made it is answered, moves `pending -> running -> completed | failed |
+//! cancelled`, and is seen only by the API key that created it. Two stores
+//! implement [`TaskStore`]: [`SqliteStore`], one SQLite file in WAL mode for
+//! one machine (at start, tasks a crashed process left `running` are run
+//! again or failed with a reason, as configured), and [`RedisStore`] for
 //! several replicas (a Stream with a consumer group is the work queue; a
 //! replica that dies leaves its entries unacknowledged, and another takes
-//! them over once their lease runs out). None is silently lost.
+//! them over once their lease runs out, to run them again or fail them, as
+//! configured). None is silently lost.
+
+#![forbid(unsafe_code)]
 
 mod redis;
 #[cfg(any(test, feature = "redis-server"))]

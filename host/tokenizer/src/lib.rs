@@ -7,6 +7,8 @@
 //! precomputed once, so [`Tokenizer::decode`] and [`IncrementalDecoder`] agree byte for byte and
 //! streaming costs O(1) per token.
 
+#![forbid(unsafe_code)]
+
 mod byte_level;
 mod gguf;
 mod pretok;

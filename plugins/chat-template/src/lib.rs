@@ -3,6 +3,8 @@
 //! `apply_chat_template` does; models without one get ChatML. The same code
 //! as the host's built-in template (`kiln-chat`), compiled into the plugin.
 
+#![forbid(unsafe_code)]
+
 use kiln_chat::{ChatMessage, ChatTemplate as Jinja};
 use kiln_sdk::template::{Rendered, Template, TemplateInput};
 

@@ -2,6 +2,8 @@
 //! sampler when nothing else is configured; the yardstick for the cost of
 //! the plugin boundary.
 
+#![forbid(unsafe_code)]
+
 use kiln_sdk::Config;
 use kiln_sdk::sampler::{Sampler, SamplingParams, StepPlan};
 

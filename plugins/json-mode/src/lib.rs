@@ -5,6 +5,8 @@
 //! token budget (`max_tokens` in its config) it closes the object in time,
 //! so even a cut-short answer parses.
 
+#![forbid(unsafe_code)]
+
 mod grammar;
 
 use grammar::{Mode, State};

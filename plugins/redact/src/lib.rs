@@ -3,6 +3,8 @@
 //! word of a chunk is held back until the next whitespace settles it: a
 //! secret split across chunks is masked whole and never leaks in part.
 
+#![forbid(unsafe_code)]
+
 use kiln_sdk::Config;
 use kiln_sdk::post_process::{ChunkAction, FinishReason, PostProcess};
 

@@ -2,6 +2,8 @@
 //! Text that may be the start of a stop sequence is held back until the
 //! next chunk settles it, so a match split across chunks never leaks.
 
+#![forbid(unsafe_code)]
+
 use kiln_sdk::Config;
 use kiln_sdk::post_process::{ChunkAction, FinishReason, PostProcess};
 use kiln_stop::StopMatcher;

@@ -1,6 +1,8 @@
-//! Who may use the admin endpoints (plugin management). Until API keys and
-//! scopes exist, the choice is by network: loopback clients only (the
-//! default), anyone (an explicit operator choice), or no one.
+//! Who may use the admin endpoints (plugin management). With API keys, a key
+//! with the `admin` scope (unless `--admin none` turns them off). Without
+//! keys (`--insecure-no-auth`), the choice is by network: loopback clients
+//! that did not come through a proxy (the default), anyone (an explicit
+//! operator choice), or no one.
 
 use std::net::SocketAddr;
 
@@ -11,17 +13,8 @@ use axum::response::Response;
 
 use crate::{ApiError, AppState};
 
-/// Which clients the admin endpoints answer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum AdminAccess {
-    /// Clients connecting from a loopback address (the server's own machine).
-    #[default]
-    Loopback,
-    /// Every client: only behind a trusted network or proxy.
-    Anyone,
-    /// No client: plugins change only through their files.
-    Nobody,
-}
+// One type for the command line, the config file and this check.
+pub use kiln_access::AdminAccess;
 
 /// Refuses admin requests from clients `AdminAccess` does not allow.
 pub async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
@@ -34,7 +27,7 @@ pub async fn require_admin(State(state): State<AppState>, request: Request, next
     // A reverse proxy on this machine makes every client look local: a
     // forwarded request is not a local one.
     let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| request.headers().contains_key(*h));
-    let keyed = matches!(state.config().auth, super::auth::Auth::Keys(_));
+    let keyed = matches!(state.config().auth, crate::config::Auth::Keys(_));
     match (state.config().admin, peer) {
         (AdminAccess::Nobody, _) => Err(ApiError::Forbidden("the admin endpoints are turned off (see --admin)".into())),
         // With API keys, the `admin` scope decides (authentication checked it
@@ -42,7 +35,7 @@ pub async fn require_admin(State(state): State<AppState>, request: Request, next
         (_, _) if keyed => {
             let admin = request
                 .extensions()
-                .get::<super::auth::Caller>()
+                .get::<crate::extract::Caller>()
                 .and_then(|c| c.key.as_ref())
                 .is_some_and(|k| k.allows(kiln_access::Scope::Admin));
             if admin {

@@ -4,35 +4,15 @@
 //! Without configured keys the server runs only when started with
 //! `--insecure-no-auth`, and then every caller is anonymous.
 
-use std::sync::Arc;
-
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
-use kiln_access::{Key, KeyStore, Scope};
+use kiln_access::Scope;
 
+use crate::config::Auth;
+use crate::extract::Caller;
 use crate::{ApiError, AppState};
-
-/// How callers are authenticated.
-#[derive(Clone, Debug)]
-pub enum Auth {
-    Keys(Arc<KeyStore>),
-    /// No keys: anyone may call (an explicit operator choice, logged at start).
-    Insecure,
-}
-
-/// Who is calling: the key that authenticated the request, if any.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    pub key: Option<Key>,
-}
-
-impl Caller {
-    pub fn name(&self) -> Option<&str> {
-        self.key.as_ref().map(Key::name)
-    }
-}
 
 /// Paths anyone may call, whatever the authentication.
 pub fn is_public(path: &str, public_metrics: bool) -> bool {

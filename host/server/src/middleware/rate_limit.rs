@@ -7,89 +7,24 @@
 //! `kiln_rate_limit_errors_total`): an outage of the limiter's store should
 //! not become an outage of the API.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use kiln_access::{Decision, LimitStatus, Limits, RateLimiter};
+use kiln_access::{Decision, LimitStatus, Limits};
 
-use super::auth::{Caller, is_public};
+use super::auth::is_public;
+use crate::extract::Caller;
+use crate::token_meter::{TokenMeter, key_limits, unreachable_limits};
 use crate::{ApiError, AppState};
-
-/// Charges the tokens of one request to its caller's token limit.
-#[derive(Clone, Debug)]
-pub struct TokenMeter {
-    limiter: Arc<RateLimiter>,
-    id: String,
-    limits: Limits,
-}
-
-fn clamp(tokens: usize) -> u32 {
-    tokens.min(u32::MAX as usize) as u32
-}
-
-impl TokenMeter {
-    /// Sets aside `tokens` (a request's prompt and limit) before it runs.
-    pub async fn reserve(&self, tokens: usize) -> Result<u32, ApiError> {
-        match self.limiter.reserve_tokens(&self.id, self.limits, clamp(tokens)).await {
-            Ok(reserved) => reserved.map_err(|retry_after| ApiError::RateLimited { which: "tokens", retry_after }),
-            Err(e) => {
-                unreachable_limits(&e);
-                Ok(0)
-            }
-        }
-    }
-
-    /// Counts what the request really used against what it reserved (for
-    /// shared limits in the background: the answer does not wait on Redis).
-    pub fn settle(&self, reserved: u32, used: usize) {
-        if let RateLimiter::Local(local) = &*self.limiter {
-            return local.settle_tokens(&self.id, self.limits, reserved, clamp(used));
-        }
-        let meter = self.clone();
-        let settle = async move {
-            if let Err(e) = meter.limiter.settle_tokens(&meter.id, meter.limits, reserved, clamp(used)).await {
-                unreachable_limits(&e);
-            }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(settle)),
-            Err(_) => tracing::warn!("no runtime to settle a request's tokens on"),
-        }
-    }
-
-    /// The meter of `key`'s token limit, if it has one (async tasks run
-    /// with their owner's).
-    pub(crate) fn for_key(state: &AppState, key: &kiln_access::Key) -> Option<TokenMeter> {
-        let (id, limits) = key_limits(state, key);
-        limits.tokens_per_minute.map(|_| TokenMeter { limiter: state.limiter_arc(), id, limits })
-    }
-}
-
-fn unreachable_limits(e: &kiln_access::LimitError) {
-    tracing::error!(error = %e, "rate limits unavailable; admitting");
-    metrics::counter!("kiln_rate_limit_errors_total").increment(1);
-}
-
-fn key_limits(state: &AppState, key: &kiln_access::Key) -> (String, Limits) {
-    let defaults = state.config().limits;
-    (
-        format!("key:{}", key.name()),
-        Limits {
-            requests_per_minute: key.config.requests_per_minute.or(defaults.requests_per_minute),
-            tokens_per_minute: key.config.tokens_per_minute.or(defaults.tokens_per_minute),
-        },
-    )
-}
 
 /// Keys are limited by name; anonymous callers (`--insecure-no-auth`) by address.
 fn identity(request: &Request, state: &AppState) -> (String, Limits) {
     let defaults = state.config().limits;
     match request.extensions().get::<Caller>().and_then(|c| c.key.as_ref()) {
-        Some(key) => key_limits(state, key),
+        Some(key) => key_limits(key, defaults),
         None => {
             let peer = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
             (format!("addr:{}", peer.map(|p| p.to_string()).unwrap_or_default()), defaults)
@@ -120,7 +55,7 @@ pub async fn rate_limit(State(state): State<AppState>, mut request: Request, nex
             ApiError::RateLimited { which, retry_after }.into_response()
         }
         None => {
-            let meter = TokenMeter { limiter: state.limiter_arc(), id, limits };
+            let meter = TokenMeter::new(state.limiter_arc(), id, limits);
             request.extensions_mut().insert(meter);
             next.run(request).await
         }

@@ -9,74 +9,64 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use kiln_api::ErrorBody;
-use kiln_api::generate::GenerateRequest;
+use kiln_api::generate::GenerationRequest;
 use kiln_api::openai::ChatCompletionRequest;
 use kiln_api::tasks::{TaskAccepted, TaskList, TaskView};
-use kiln_tasks::{Task, TaskError, TaskStore};
+use kiln_tasks::{TaskError, TaskStore};
 
 use crate::extract::{ApiJson, RequestContext};
-use crate::tasks::{TaskRequest, Tasks};
+use crate::openapi::GenerationErrors;
+use crate::tasks::Tasks;
+use crate::tasks::job::TaskRequest;
+use crate::tasks::view::view;
 use crate::webhooks::refused;
 use crate::{ApiError, AppState};
 
 /// Most tasks one page lists.
 const MAX_PAGE: usize = 100;
 
-/// Generate in the background: the task is stored, then `202 {task_id, status: "pending"}`.
-#[utoipa::path(post, path = "/v1/generate/async", tag = "tasks", request_body = GenerateRequest,
+/// Generate in the background: the request is checked as `POST /v1/generate`
+/// checks it, stored, then `202 {task_id, status: "pending"}`.
+#[utoipa::path(post, path = "/v1/generate/async", tag = "tasks", request_body = GenerationRequest,
     responses(
         (status = 202, description = "Stored; poll `GET /v1/tasks/{task_id}`", body = TaskAccepted),
-        (status = 400, description = "An unknown model or an empty prompt", body = ErrorBody),
-        (status = 422, description = "A missing field or one of the wrong type", body = ErrorBody),
+        GenerationErrors,
     ))]
 pub async fn generate_async(
     State(state): State<AppState>,
     context: RequestContext,
-    ApiJson(req): ApiJson<GenerateRequest>,
+    ApiJson(req): ApiJson<GenerationRequest>,
 ) -> Result<(StatusCode, Json<TaskAccepted>), ApiError> {
-    // What can be checked without the model is checked now; anything else
-    // the generation refuses ends the task `failed` with the reason.
-    state.check_model(req.model.as_deref())?;
-    if req.prompt.is_empty() {
-        return Err(ApiError::invalid("prompt", "must not be empty"));
-    }
-    if req.stream {
-        return Err(ApiError::invalid("stream", "an async task is polled, not streamed"));
-    }
-    let webhook_url = req.webhook_url.clone();
-    submit(&state, &context, TaskRequest::Generate(req), webhook_url).await
+    submit(&state, &context, TaskRequest::Generate(req)).await
 }
 
-/// A chat completion in the background: stored, then `202 {task_id, status: "pending"}`;
-/// the task's result is a `chat.completion`.
+/// A chat completion in the background: checked as `POST /v1/chat/completions`
+/// checks it, stored, then `202 {task_id, status: "pending"}`; the task's
+/// result is a `chat.completion`.
 #[utoipa::path(post, path = "/v1/chat/completions/async", tag = "tasks", request_body = ChatCompletionRequest,
     responses(
         (status = 202, description = "Stored; poll `GET /v1/tasks/{task_id}`", body = TaskAccepted),
-        (status = 400, description = "An unknown model, no messages, or an unsupported option", body = ErrorBody),
-        (status = 422, description = "A missing field or one of the wrong type", body = ErrorBody),
+        GenerationErrors,
     ))]
 pub async fn chat_completions_async(
     State(state): State<AppState>,
     context: RequestContext,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<(StatusCode, Json<TaskAccepted>), ApiError> {
-    crate::routes::chat::check(&state, &req)?;
-    crate::routes::chat::chat_messages(req.messages.clone())?;
-    if req.stream {
-        return Err(ApiError::invalid("stream", "an async task is polled, not streamed"));
-    }
-    let webhook_url = req.webhook_url.clone();
-    submit(&state, &context, TaskRequest::ChatCompletions(req), webhook_url).await
+    submit(&state, &context, TaskRequest::ChatCompletions(req)).await
 }
 
-/// Stores a task for the caller; its webhook, if any, must be one the server may call.
+/// Validates a task's request as the synchronous endpoint would (a request
+/// that would be 400 there is 400 here, not a failed task later), checks its
+/// webhook is one the server may call, and stores it for the caller.
 async fn submit(
     state: &AppState,
     context: &RequestContext,
     request: TaskRequest,
-    webhook_url: Option<String>,
 ) -> Result<(StatusCode, Json<TaskAccepted>), ApiError> {
     let tasks = tasks(state)?;
+    request.clone().validate(state, context)?;
+    let webhook_url = request.webhook_url().map(str::to_string);
     if let Some(url) = webhook_url.clone() {
         // Resolving the host blocks: off the async workers.
         let allow_private = tasks.webhooks().allow_private;
@@ -166,7 +156,7 @@ pub async fn list_tasks(
 }
 
 fn tasks(state: &AppState) -> Result<Arc<Tasks>, ApiError> {
-    state.tasks_arc().ok_or_else(|| ApiError::Conflict("async tasks are not enabled on this server".into()))
+    state.tasks().cloned().ok_or_else(|| ApiError::Conflict("async tasks are not enabled on this server".into()))
 }
 
 async fn store<T: Send + 'static>(
@@ -174,26 +164,4 @@ async fn store<T: Send + 'static>(
     f: impl FnOnce(&dyn TaskStore) -> Result<T, TaskError> + Send + 'static,
 ) -> Result<T, ApiError> {
     crate::tasks::blocking(tasks, f).await.map_err(|e| ApiError::Internal(e.to_string()))
-}
-
-fn seconds(ms: i64) -> f64 {
-    ms as f64 / 1000.0
-}
-
-pub(crate) fn view(task: Task) -> TaskView {
-    let usage = task.result.as_ref().and_then(|r| serde_json::from_value(r["usage"].clone()).ok());
-    TaskView {
-        task_id: task.id,
-        status: task.status.as_str().into(),
-        created_at: seconds(task.created_at),
-        started_at: task.started_at.map(seconds),
-        completed_at: task.completed_at.map(seconds),
-        usage,
-        result: task.result,
-        error: task.error,
-        attempts: task.attempts,
-        worker: task.worker,
-        webhook_url: task.webhook_url,
-        webhook_deliveries: task.deliveries,
-    }
 }

@@ -5,9 +5,10 @@ use axum::extract::State;
 use kiln_api::ErrorBody;
 use kiln_api::tokenize::{DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse};
 
-use super::chat::chat_messages;
 use crate::extract::{ApiJson, RequestContext};
-use crate::{ApiError, AppState, Prompt};
+use crate::prompt::{self, Prompt};
+use crate::request::chat_messages;
+use crate::{ApiError, AppState};
 
 /// Count a prompt's tokens: either `prompt` as is, or `messages` rendered with
 /// the chat template exactly as a chat completion would be.
@@ -31,7 +32,7 @@ pub async fn tokenize(
         _ => return Err(ApiError::invalid("prompt", "give exactly one of `prompt` and `messages`")),
     };
     let pipeline = state.pipeline(context.pipeline(req.pipeline.as_deref()))?;
-    let tokens = state.prompt_tokens(prompt, pipeline.as_ref()).await?.tokens;
+    let tokens = prompt::tokenize(&state, prompt, pipeline.as_ref()).await?.tokens;
     Ok(Json(TokenizeResponse {
         count: tokens.len() as u32,
         tokens,
@@ -51,6 +52,6 @@ pub async fn detokenize(
     ApiJson(req): ApiJson<DetokenizeRequest>,
 ) -> Result<Json<DetokenizeResponse>, ApiError> {
     state.check_model(req.model.as_deref())?;
-    let prompt = state.decode("tokens", &req.tokens)?;
+    let prompt = prompt::decode(&state, "tokens", &req.tokens)?;
     Ok(Json(DetokenizeResponse { prompt }))
 }

@@ -37,8 +37,8 @@ pub(super) fn keyed_config(limits: Limits) -> ServerConfig {
     ServerConfig { auth: Auth::Keys(Arc::new(keys)), limits, ..ServerConfig::default() }
 }
 
-fn keyed_app(limits: Limits) -> Router {
-    fake_app_with(Fake::Say(vec!["Hello", " there"]), keyed_config(limits))
+fn keyed_app(limits: Limits) -> Built {
+    TestApp::fake(Fake::Say(vec!["Hello", " there"])).config(keyed_config(limits)).build()
 }
 
 fn generate(key: Option<(&str, &str)>) -> Request<Body> {
@@ -154,10 +154,8 @@ async fn tokens_are_reserved_before_and_counted_when_a_generation_ends() {
 
 #[tokio::test]
 async fn ready_only_after_the_warm_up_and_not_while_draining() {
-    let (model, tokenizer) = super::loaded();
-    let engine = Arc::new(kiln_engine::Engine::start(model, tokenizer.clone(), kiln_engine::EngineConfig::default()));
-    let state = crate::AppState::new(engine, super::served(tokenizer), ServerConfig::default());
-    let app = crate::router(state.clone());
+    let app = TestApp::real().build();
+    let state = app.state.clone();
     assert_eq!(get(&app, "/ready").await.error(StatusCode::SERVICE_UNAVAILABLE)["code"], "not_ready");
     state.warm_up().await.unwrap();
     assert_eq!(get(&app, "/ready").await.status, StatusCode::OK);

@@ -20,7 +20,8 @@ fn chat(temperature: f64, seed: Option<u64>) -> serde_json::Value {
 
 #[tokio::test]
 async fn a_repeated_greedy_request_is_replayed_without_the_engine() {
-    let (app, engine) = real_app();
+    let app = TestApp::real().build();
+    let engine = app.engine();
     let first = post(&app, "/v1/chat/completions", chat(0.0, None)).await;
     assert_eq!(first.headers["x-kiln-cache"], "miss");
     let generated = engine.stats().generated_tokens();
@@ -43,7 +44,8 @@ async fn a_repeated_greedy_request_is_replayed_without_the_engine() {
 
 #[tokio::test]
 async fn sampled_requests_without_a_seed_are_never_cached() {
-    let (app, engine) = real_app();
+    let app = TestApp::real().build();
+    let engine = app.engine();
     for _ in 0..2 {
         let answer = post(&app, "/v1/chat/completions", chat(0.9, None)).await;
         assert_eq!(answer.status, StatusCode::OK);
@@ -60,7 +62,8 @@ async fn sampled_requests_without_a_seed_are_never_cached() {
 
 #[tokio::test]
 async fn cache_control_no_cache_generates_anew() {
-    let (app, engine) = real_app();
+    let app = TestApp::real().build();
+    let engine = app.engine();
     let body = json!({"prompt": "Say yes.", "max_tokens": 4, "temperature": 0});
     post(&app, "/v1/generate", body.clone()).await;
     let generated = engine.stats().generated_tokens();

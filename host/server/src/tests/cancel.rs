@@ -9,14 +9,15 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{CONTEXT, real_app};
+use super::{CONTEXT, TestApp};
 
 /// Serves the real app on a loopback port.
 async fn serve() -> (std::net::SocketAddr, Arc<Engine>) {
-    let (app, engine) = real_app();
+    let app = TestApp::real().build();
+    let engine = app.engine();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(crate::serve(listener, app, std::future::pending(), Duration::from_secs(1)));
+    tokio::spawn(crate::serve(listener, app.router, std::future::pending(), Duration::from_secs(1)));
     (address, engine)
 }
 

@@ -2,11 +2,11 @@
 
 use axum::http::StatusCode;
 
-use super::{get, real_app};
+use super::{TestApp, get};
 
 #[tokio::test]
 async fn openapi_is_3_1_and_documents_every_endpoint_with_its_schemas() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let doc = get(&app, "/openapi.json").await.json();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
     let paths = doc["paths"].as_object().unwrap();
@@ -23,7 +23,7 @@ async fn openapi_is_3_1_and_documents_every_endpoint_with_its_schemas() {
         assert!(paths.contains_key(path), "{path} is not documented");
     }
     let schemas = doc["components"]["schemas"].as_object().unwrap();
-    for schema in ["GenerateRequest", "ChatCompletionRequest", "ChatCompletionChunk", "ErrorBody", "Usage"] {
+    for schema in ["GenerationRequest", "ChatCompletionRequest", "ChatCompletionChunk", "ErrorBody", "Usage"] {
         assert!(schemas.contains_key(schema), "{schema} is missing");
     }
     for path in ["/v1/generate", "/v1/chat/completions", "/v1/completions"] {
@@ -34,13 +34,13 @@ async fn openapi_is_3_1_and_documents_every_endpoint_with_its_schemas() {
         let error = &responses["422"]["content"]["application/json"]["schema"]["$ref"];
         assert_eq!(error, "#/components/schemas/ErrorBody");
     }
-    let generate = &schemas["GenerateRequest"]["properties"];
+    let generate = &schemas["GenerationRequest"]["properties"];
     assert_eq!(generate["max_tokens"]["default"], 512);
 }
 
 #[tokio::test]
 async fn the_docs_page_and_its_assets_are_served_without_a_cdn() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let page = get(&app, "/docs/").await;
     assert_eq!(page.status, StatusCode::OK);
     let html = String::from_utf8(page.body.to_vec()).unwrap();

@@ -4,13 +4,13 @@ use axum::http::StatusCode;
 use kiln_engine::Backend;
 use serde_json::json;
 
-use super::{CONTEXT, Fake, fake_app, get, post, post_raw, real_app, real_app_with};
+use super::{CONTEXT, Fake, TestApp, get, post, post_raw};
 use crate::ServerConfig;
 use serde_json::Value;
 
 #[tokio::test]
 async fn malformed_json_is_400_and_wrong_types_are_422_naming_the_field() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     for path in ["/v1/generate", "/v1/chat/completions", "/v1/completions", "/v1/tokenize"] {
         let error = post_raw(&app, path, "{\"prompt\": ").await.error(StatusCode::BAD_REQUEST);
         assert_eq!(error["code"], "invalid_json", "{path}");
@@ -28,7 +28,8 @@ async fn malformed_json_is_400_and_wrong_types_are_422_naming_the_field() {
 
 #[tokio::test]
 async fn out_of_range_values_are_400_naming_the_field() {
-    let (app, engine) = real_app();
+    let app = TestApp::real().build();
+    let engine = app.engine();
     let cases = [
         (json!({"temperature": -0.5}), "temperature"),
         (json!({"top_p": 0.0}), "top_p"),
@@ -81,7 +82,7 @@ async fn out_of_range_values_are_400_naming_the_field() {
 
 #[tokio::test]
 async fn a_prompt_longer_than_the_context_is_400_context_length_exceeded() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let long = "word ".repeat(CONTEXT + 10);
     let error = post(&app, "/v1/generate", json!({"prompt": long, "raw": true})).await.error(StatusCode::BAD_REQUEST);
     assert_eq!(error["code"], "context_length_exceeded");
@@ -93,7 +94,7 @@ async fn a_prompt_longer_than_the_context_is_400_context_length_exceeded() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_is_413() {
-    let (app, _) = real_app_with(ServerConfig { max_body_bytes: 4096, ..ServerConfig::default() });
+    let app = TestApp::real().config(ServerConfig { max_body_bytes: 4096, ..ServerConfig::default() }).build();
     let body = json!({"prompt": "x".repeat(5000)});
     let error = post(&app, "/v1/generate", body).await.error(StatusCode::PAYLOAD_TOO_LARGE);
     assert!(error["message"].as_str().unwrap().contains("4096"), "{error}");
@@ -101,14 +102,14 @@ async fn a_body_over_the_limit_is_413() {
 
 #[tokio::test]
 async fn unknown_routes_are_404_and_wrong_methods_405_in_json() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     assert_eq!(get(&app, "/v2/everything").await.error(StatusCode::NOT_FOUND)["code"], "not_found");
     assert_eq!(get(&app, "/v1/generate").await.error(StatusCode::METHOD_NOT_ALLOWED)["code"], "method_not_allowed");
 }
 
 #[tokio::test]
 async fn an_overloaded_engine_is_503_with_retry_after() {
-    let app = fake_app(Fake::Overloaded);
+    let app = TestApp::fake(Fake::Overloaded).build();
     let answer = post(&app, "/v1/generate", json!({"prompt": "hi"})).await;
     assert_eq!(answer.headers["retry-after"], "1");
     assert_eq!(answer.error(StatusCode::SERVICE_UNAVAILABLE)["type"], "overloaded_error");
@@ -116,7 +117,7 @@ async fn an_overloaded_engine_is_503_with_retry_after() {
 
 #[tokio::test]
 async fn an_engine_failure_is_500_without_internal_details() {
-    let app = fake_app(Fake::FailAfter(vec!["Hello", " world"]));
+    let app = TestApp::fake(Fake::FailAfter(vec!["Hello", " world"])).build();
     let answer = post(&app, "/v1/chat/completions", json!({"messages": [{"role": "user", "content": "hi"}]})).await;
     let error = answer.error(StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(error["type"], "server_error");
@@ -125,7 +126,7 @@ async fn an_engine_failure_is_500_without_internal_details() {
 
 #[tokio::test]
 async fn a_failure_midway_through_a_stream_ends_it_with_an_error_event_then_done() {
-    let app = fake_app(Fake::FailAfter(vec!["Hello", " world"]));
+    let app = TestApp::fake(Fake::FailAfter(vec!["Hello", " world"])).build();
     let answer = post(&app, "/v1/generate/stream", json!({"prompt": "hi"})).await;
     assert_eq!(answer.status, StatusCode::OK);
     let events = answer.json_events();
@@ -139,7 +140,7 @@ async fn a_failure_midway_through_a_stream_ends_it_with_an_error_event_then_done
 
 #[tokio::test]
 async fn a_wrong_type_in_a_shared_sampling_field_names_the_field() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let chat = json!({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"});
     let error = post(&app, "/v1/chat/completions", chat).await.error(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(error["param"], "temperature");
@@ -150,7 +151,7 @@ async fn a_wrong_type_in_a_shared_sampling_field_names_the_field() {
 
 #[tokio::test]
 async fn errors_name_the_field_the_client_wrote() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let chat = |extra: Value| {
         let mut body = json!({"messages": [{"role": "user", "content": "hi"}]});
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
@@ -174,7 +175,7 @@ async fn errors_name_the_field_the_client_wrote() {
 
 #[tokio::test]
 async fn an_unset_max_tokens_fits_what_the_context_leaves() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     // About 1000 of the 1024 positions: the default 512 would not fit.
     let prompt = "word ".repeat(1000);
     let body = json!({"prompt": prompt, "raw": true, "ignore_eos": true, "temperature": 0});
@@ -186,7 +187,7 @@ async fn an_unset_max_tokens_fits_what_the_context_leaves() {
 
 #[tokio::test]
 async fn ids_past_the_tokenizers_list_are_400_not_500() {
-    let app = fake_app(Fake::Overloaded);
+    let app = TestApp::fake(Fake::Overloaded).build();
     let (_, tokenizer) = super::loaded();
     let id = tokenizer.vocab_size() + super::PADDED_IDS / 2;
     let error = post(&app, "/v1/detokenize", json!({"tokens": [1, id]})).await.error(StatusCode::BAD_REQUEST);
@@ -199,7 +200,7 @@ async fn ids_past_the_tokenizers_list_are_400_not_500() {
 #[tokio::test]
 async fn a_quiet_stream_sends_keep_alive_comments() {
     let config = ServerConfig { sse_keep_alive: std::time::Duration::from_millis(50), ..ServerConfig::default() };
-    let app = super::fake_app_with(Fake::Slow(std::time::Duration::from_millis(400)), config);
+    let app = TestApp::fake(Fake::Slow(std::time::Duration::from_millis(400))).config(config).build();
     let answer = post(&app, "/v1/generate/stream", json!({"prompt": "hi"})).await;
     let body = String::from_utf8(answer.body.to_vec()).unwrap();
     let comments = body.split("\n\n").filter(|event| event.starts_with(':')).count();
@@ -210,7 +211,7 @@ async fn a_quiet_stream_sends_keep_alive_comments() {
 #[tokio::test]
 async fn a_generation_past_the_request_timeout_is_stopped_with_a_504() {
     let config = crate::ServerConfig { request_timeout: std::time::Duration::from_millis(50), ..Default::default() };
-    let app = super::fake_app_with(Fake::Slow(std::time::Duration::from_secs(5)), config);
+    let app = TestApp::fake(Fake::Slow(std::time::Duration::from_secs(5))).config(config).build();
     let answer = post(&app, "/v1/generate", serde_json::json!({"prompt": "hi", "max_tokens": 4})).await;
     let error = answer.error(axum::http::StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(error["code"], "timeout");

@@ -3,11 +3,11 @@
 use axum::http::StatusCode;
 use serde_json::json;
 
-use super::{MODEL_ID, post, real_app};
+use super::{MODEL_ID, TestApp, post};
 
 #[tokio::test]
 async fn generate_answers_with_text_usage_and_the_model() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let answer =
         post(&app, "/v1/generate", json!({"prompt": "What is 2+2?", "max_tokens": 24, "temperature": 0})).await;
     assert_eq!(answer.status, StatusCode::OK);
@@ -24,7 +24,7 @@ async fn generate_answers_with_text_usage_and_the_model() {
 
 #[tokio::test]
 async fn the_stream_endpoint_sends_json_text_events_then_the_finish_then_done() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let request = json!({"prompt": "Write two short lines of a poem.", "max_tokens": 40, "temperature": 0});
     let whole = post(&app, "/v1/generate", request.clone()).await.json();
     let answer = post(&app, "/v1/generate/stream", request).await;
@@ -44,7 +44,7 @@ async fn the_stream_endpoint_sends_json_text_events_then_the_finish_then_done() 
 
 #[tokio::test]
 async fn stream_true_on_generate_streams_too() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let answer = post(&app, "/v1/generate", json!({"prompt": "Hi", "max_tokens": 5, "stream": true})).await;
     assert_eq!(answer.headers["content-type"], "text/event-stream");
     assert!(answer.json_events().last().unwrap()["finish_reason"].is_string());
@@ -52,7 +52,7 @@ async fn stream_true_on_generate_streams_too() {
 
 #[tokio::test]
 async fn ignore_eos_generates_exactly_max_tokens() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let body = json!({"prompt": "Say OK.", "max_tokens": 48, "temperature": 0, "ignore_eos": true});
     let answer = post(&app, "/v1/generate", body).await.json();
     assert_eq!(answer["usage"]["completion_tokens"], 48, "{answer}");
@@ -61,7 +61,7 @@ async fn ignore_eos_generates_exactly_max_tokens() {
 
 #[tokio::test]
 async fn a_stop_string_ends_the_text_before_it_streamed_or_not() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let base = json!({"prompt": "Count from 1 to 20, separated by commas.", "max_tokens": 80, "temperature": 0});
     let free = post(&app, "/v1/generate", base.clone()).await.json();
     let free_text = free["text"].as_str().unwrap();
@@ -80,7 +80,7 @@ async fn a_stop_string_ends_the_text_before_it_streamed_or_not() {
 
 #[tokio::test]
 async fn raw_prompts_skip_the_chat_template() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let templated = post(&app, "/v1/generate", json!({"prompt": "Paris is", "max_tokens": 1})).await.json();
     let raw = post(&app, "/v1/generate", json!({"prompt": "Paris is", "max_tokens": 1, "raw": true})).await.json();
     assert_eq!(raw["usage"]["prompt_tokens"], 2, "{raw}");
@@ -89,7 +89,7 @@ async fn raw_prompts_skip_the_chat_template() {
 
 #[tokio::test]
 async fn the_same_seed_gives_the_same_sampled_text() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let body = json!({"prompt": "Invent a name for a cat.", "max_tokens": 16, "temperature": 1.0, "seed": 7});
     let a = post(&app, "/v1/generate", body.clone()).await.json();
     let b = post(&app, "/v1/generate", body).await.json();

@@ -11,7 +11,7 @@ use super::*;
 
 #[tokio::test]
 async fn metrics_count_requests_tokens_and_cache_and_pass_promtool() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let body = json!({"prompt": "Hello", "max_tokens": 3, "temperature": 0});
     post(&app, "/v1/generate", body.clone()).await;
     post(&app, "/v1/generate", body).await;

@@ -31,6 +31,8 @@ use tower::ServiceExt;
 
 use crate::{AppState, ServedModel, ServerConfig, router};
 
+pub use crate::TaskConfig;
+
 pub const MODEL_ID: &str = "smollm2-test";
 /// A small context keeps the "prompt too long" tests cheap.
 pub const CONTEXT: usize = 1024;
@@ -51,18 +53,6 @@ pub(crate) fn loaded() -> (Arc<Model>, Arc<Tokenizer>) {
 pub(crate) fn served(tokenizer: Arc<Tokenizer>) -> ServedModel {
     let template = ChatTemplate::new(tokenizer.chat_template(), "", "<|im_end|>").unwrap();
     ServedModel::new(MODEL_ID, tokenizer, template)
-}
-
-/// The API on the real model; the engine is returned to watch its counters.
-pub fn real_app() -> (Router, Arc<Engine>) {
-    real_app_with(ServerConfig::default())
-}
-
-pub fn real_app_with(config: ServerConfig) -> (Router, Arc<Engine>) {
-    let (model, tokenizer) = loaded();
-    let engine = Arc::new(Engine::start(model, tokenizer.clone(), EngineConfig::default()));
-    let state = AppState::with_plugins(engine.clone(), served(tokenizer), config, shared_plugins());
-    (router(state), engine)
 }
 
 /// Pipelines the tests use, on top of `default` and `native`: one per
@@ -89,15 +79,15 @@ pub fn plugin_host() -> (Arc<PluginHost>, tempfile::TempDir) {
     static CACHE: OnceLock<tempfile::TempDir> = OnceLock::new();
     let cache = CACHE.get_or_init(|| tempfile::tempdir().unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let hostile = kiln_plugins::built_plugins_dir().join("hostile_sampler.wasm");
+    let hostile = kiln_pipeline::built_plugins_dir().join("hostile_sampler.wasm");
     std::fs::copy(hostile, dir.path().join("hostile.wasm")).unwrap();
     let (_, tokenizer) = loaded();
     let config = PluginsConfig {
         dir: Some(dir.path().to_path_buf()),
         watch: false,
-        runtime: kiln_plugins::RuntimeConfig {
+        runtime: kiln_pipeline::RuntimeConfig {
             cache_dir: Some(cache.path().to_path_buf()),
-            ..kiln_plugins::RuntimeConfig::default()
+            ..kiln_pipeline::RuntimeConfig::default()
         },
         pipelines: test_pipelines(),
         ..PluginsConfig::default()
@@ -109,14 +99,6 @@ pub fn plugin_host() -> (Arc<PluginHost>, tempfile::TempDir) {
 fn shared_plugins() -> Arc<PluginHost> {
     static HOST: OnceLock<(Arc<PluginHost>, tempfile::TempDir)> = OnceLock::new();
     HOST.get_or_init(plugin_host).0.clone()
-}
-
-/// The API on the real model with `plugins`, as a client at `peer` sees it.
-pub fn app_with_plugins(plugins: Arc<PluginHost>, peer: std::net::SocketAddr) -> Router {
-    let (model, tokenizer) = loaded();
-    let engine = Arc::new(Engine::start(model, tokenizer.clone(), EngineConfig::default()));
-    let state = AppState::with_plugins(engine, served(tokenizer), ServerConfig::default(), plugins);
-    router(state).layer(axum::extract::connect_info::MockConnectInfo(peer))
 }
 
 /// What a fake backend does with every request.
@@ -158,12 +140,13 @@ impl Backend for FakeBackend {
         match &self.fake {
             Fake::Overloaded => Err(EngineError::Overloaded { queued: 64 }),
             Fake::FailAfter(texts) => {
-                Ok(scripted(texts, TokenEvent::Failed("matmul kernel fault at 0xdeadbeef".into())))
+                let fault = kiln_engine::GenerationError::Forward("matmul kernel fault at 0xdeadbeef".into());
+                Ok(scripted(texts, TokenEvent::Failed(fault)))
             }
             Fake::Say(texts) => {
-                let usage = kiln_engine::Usage { prompt_tokens: 1, completion_tokens: texts.len() };
-                let reason = kiln_engine::FinishReason::Length;
-                Ok(scripted(texts, TokenEvent::Finished { reason, usage, tail: String::new() }))
+                let counts = kiln_engine::TokenCounts { prompt_tokens: 1, completion_tokens: texts.len() };
+                let reason = kiln_engine::StopReason::Length;
+                Ok(scripted(texts, TokenEvent::Finished { reason, counts, tail: String::new() }))
             }
             Fake::Slow(delay) => {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -171,9 +154,9 @@ impl Backend for FakeBackend {
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     let token = TokenEvent::Token { id: 0, text: "late".into(), logprob: None, top_logprobs: vec![] };
-                    let usage = kiln_engine::Usage { prompt_tokens: 1, completion_tokens: 1 };
-                    let finish =
-                        TokenEvent::Finished { reason: kiln_engine::FinishReason::Length, usage, tail: String::new() };
+                    let counts = kiln_engine::TokenCounts { prompt_tokens: 1, completion_tokens: 1 };
+                    let reason = kiln_engine::StopReason::Length;
+                    let finish = TokenEvent::Finished { reason, counts, tail: String::new() };
                     let _ = tx.send(token).and_then(|()| tx.send(finish));
                 });
                 Ok(TokenStream::from_receiver(rx))
@@ -190,45 +173,132 @@ impl Backend for FakeBackend {
 /// whose embedding table is padded.
 pub const PADDED_IDS: usize = 64;
 
-pub fn fake_app(fake: Fake) -> Router {
-    fake_app_with(fake, ServerConfig::default())
-}
-
-pub fn fake_app_with(fake: Fake, config: ServerConfig) -> Router {
-    let (_, tokenizer) = loaded();
-    let vocab_size = tokenizer.vocab_size() + PADDED_IDS;
-    let limits = ModelLimits { vocab_size, max_context: CONTEXT, default_stop_ids: vec![] };
-    let backend = FakeBackend { fake, limits, stats: EngineStats::default() };
-    router(AppState::new(Arc::new(backend), served(tokenizer), config))
-}
-
-/// A fake model with async tasks in a fresh SQLite file, workers running.
-pub fn fake_app_with_tasks(fake: Fake, config: ServerConfig) -> (Router, tempfile::TempDir) {
-    fake_app_with_task_config(fake, config, crate::TaskConfig::default())
-}
-
-pub fn fake_app_with_task_config(
-    fake: Fake,
+/// How a test builds the API: on the real model or a fake backend, with or
+/// without plugins and async tasks, as a client at some address sees it.
+#[must_use]
+pub struct TestApp {
+    model: TestModel,
     config: ServerConfig,
-    tasks: crate::TaskConfig,
-) -> (Router, tempfile::TempDir) {
-    let (_, tokenizer) = loaded();
-    let limits = ModelLimits { vocab_size: tokenizer.vocab_size(), max_context: CONTEXT, default_stop_ids: vec![] };
-    let backend = FakeBackend { fake, limits, stats: EngineStats::default() };
-    let state = AppState::new(Arc::new(backend), served(tokenizer), config);
-    let dir = tempfile::tempdir().unwrap();
-    let tasks = crate::Tasks::open(&dir.path().join("tasks.db"), tasks).unwrap();
-    state.attach_tasks(Arc::new(tasks));
-    crate::spawn_workers(&state);
-    (router(state), dir)
+    plugins: Option<Arc<PluginHost>>,
+    tasks: Option<crate::TaskConfig>,
+    peer: Option<std::net::SocketAddr>,
 }
 
-/// A fake model behind the test pipelines.
-pub fn fake_app_with_plugins(fake: Fake) -> Router {
-    let (_, tokenizer) = loaded();
-    let limits = ModelLimits { vocab_size: tokenizer.vocab_size(), max_context: CONTEXT, default_stop_ids: vec![] };
-    let backend = FakeBackend { fake, limits, stats: EngineStats::default() };
-    router(AppState::with_plugins(Arc::new(backend), served(tokenizer), ServerConfig::default(), shared_plugins()))
+enum TestModel {
+    Real,
+    Fake(Fake),
+}
+
+/// A built API: its router (what requests go to), its state, the real
+/// engine (to watch its counters) and the task store's folder, kept while
+/// the app lives.
+pub struct Built {
+    pub router: Router,
+    pub state: AppState,
+    engine: Option<Arc<Engine>>,
+    _tasks_dir: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for Built {
+    type Target = Router;
+
+    fn deref(&self) -> &Router {
+        &self.router
+    }
+}
+
+impl Built {
+    /// The real engine (not there for a fake backend).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.clone().expect("a real engine")
+    }
+}
+
+impl TestApp {
+    /// The real default model, behind the shared test pipelines.
+    pub fn real() -> Self {
+        TestApp { model: TestModel::Real, plugins: Some(shared_plugins()), ..TestApp::fake(Fake::Overloaded) }
+    }
+
+    /// A fake backend doing `fake` with every request, without plugins.
+    pub fn fake(fake: Fake) -> Self {
+        TestApp {
+            model: TestModel::Fake(fake),
+            config: ServerConfig::default(),
+            plugins: None,
+            tasks: None,
+            peer: None,
+        }
+    }
+
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The shared test pipelines (for tests that only read the plugin host).
+    pub fn shared_plugins(mut self) -> Self {
+        self.plugins = Some(shared_plugins());
+        self
+    }
+
+    /// A plugin host of the test's own (tests that change it).
+    pub fn plugins(mut self, plugins: Arc<PluginHost>) -> Self {
+        self.plugins = Some(plugins);
+        self
+    }
+
+    /// Async tasks in a fresh SQLite file, workers running.
+    pub fn tasks(mut self, config: crate::TaskConfig) -> Self {
+        self.tasks = Some(config);
+        self
+    }
+
+    /// Requests come from `peer` (the admin check reads it).
+    pub fn peer(mut self, peer: std::net::SocketAddr) -> Self {
+        self.peer = Some(peer);
+        self
+    }
+
+    pub fn build(self) -> Built {
+        let (model, tokenizer) = loaded();
+        let (backend, engine): (Arc<dyn Backend>, _) = match self.model {
+            TestModel::Real => {
+                let engine = Arc::new(Engine::start(model, tokenizer.clone(), EngineConfig::default()));
+                (engine.clone(), Some(engine))
+            }
+            TestModel::Fake(fake) => {
+                // Ids past the tokenizer's list that the fake model accepts
+                // (as in GGUFs whose embedding table is padded), unless the
+                // fake sits behind plugins, which see the tokenizer's list.
+                let padded = if self.plugins.is_some() || self.tasks.is_some() { 0 } else { PADDED_IDS };
+                let vocab_size = tokenizer.vocab_size() + padded;
+                let limits = ModelLimits { vocab_size, max_context: CONTEXT, default_stop_ids: vec![] };
+                (Arc::new(FakeBackend { fake, limits, stats: EngineStats::default() }), None)
+            }
+        };
+        let mut state =
+            AppState::builder(backend, served(tokenizer), self.config).metrics(crate::install_metrics_recorder());
+        if let Some(plugins) = self.plugins {
+            state = state.plugins(plugins);
+        }
+        let mut tasks_dir = None;
+        if let Some(config) = self.tasks {
+            let dir = tempfile::tempdir().unwrap();
+            let tasks = crate::Tasks::open(&dir.path().join("tasks.db"), config).unwrap();
+            state = state.tasks(Arc::new(tasks));
+            tasks_dir = Some(dir);
+        }
+        let state = state.build();
+        if tasks_dir.is_some() {
+            crate::spawn_workers(&state);
+        }
+        let mut router = router(state.clone());
+        if let Some(peer) = self.peer {
+            router = router.layer(axum::extract::connect_info::MockConnectInfo(peer));
+        }
+        Built { router, state, engine, _tasks_dir: tasks_dir }
+    }
 }
 
 pub struct Answer {

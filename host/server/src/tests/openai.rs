@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{MODEL_ID, get, post, real_app};
+use super::{MODEL_ID, TestApp, get, post};
 
 fn chat(extra: Value) -> Value {
     let mut body = json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 12, "temperature": 0});
@@ -13,7 +13,7 @@ fn chat(extra: Value) -> Value {
 
 #[tokio::test]
 async fn chat_completion_has_openais_shape() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let answer = post(&app, "/v1/chat/completions", chat(json!({}))).await;
     assert_eq!(answer.status, StatusCode::OK);
     let body = answer.json();
@@ -32,7 +32,7 @@ async fn chat_completion_has_openais_shape() {
 
 #[tokio::test]
 async fn streamed_chat_sends_role_then_content_then_finish_then_usage_then_done() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let whole = post(&app, "/v1/chat/completions", chat(json!({}))).await.json();
     let body = chat(json!({"stream": true, "stream_options": {"include_usage": true}}));
     let events = post(&app, "/v1/chat/completions", body).await.json_events();
@@ -51,7 +51,7 @@ async fn streamed_chat_sends_role_then_content_then_finish_then_usage_then_done(
 
 #[tokio::test]
 async fn chat_logprobs_list_each_token_with_its_alternatives() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let body = post(&app, "/v1/chat/completions", chat(json!({"logprobs": true, "top_logprobs": 3}))).await.json();
     let content = body["choices"][0]["logprobs"]["content"].as_array().unwrap();
     // Every generated token is listed, except an end-of-sequence token (no text).
@@ -73,7 +73,7 @@ async fn chat_logprobs_list_each_token_with_its_alternatives() {
 
 #[tokio::test]
 async fn logit_bias_can_force_a_token() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let tokens = post(&app, "/v1/tokenize", json!({"prompt": " banana"})).await.json()["tokens"].clone();
     let id = tokens[0].as_u64().unwrap();
     let body = chat(json!({"logit_bias": {id.to_string(): 100}, "max_tokens": 3}));
@@ -83,7 +83,7 @@ async fn logit_bias_can_force_a_token() {
 
 #[tokio::test]
 async fn completions_continue_raw_text_with_echo_and_logprobs() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let body = json!({"model": MODEL_ID, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0, "echo": true, "logprobs": 2});
     let answer = post(&app, "/v1/completions", body).await;
     assert_eq!(answer.status, StatusCode::OK);
@@ -103,7 +103,7 @@ async fn completions_continue_raw_text_with_echo_and_logprobs() {
 
 #[tokio::test]
 async fn completions_take_token_ids_and_stream_text_completion_chunks() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let ids = post(&app, "/v1/tokenize", json!({"prompt": "One, two, three,"})).await.json()["tokens"].clone();
     let whole = post(&app, "/v1/completions", json!({"prompt": ids, "max_tokens": 8, "temperature": 0})).await.json();
     let stream = json!({"prompt": ids, "max_tokens": 8, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}});
@@ -117,7 +117,7 @@ async fn completions_take_token_ids_and_stream_text_completion_chunks() {
 
 #[tokio::test]
 async fn models_lists_the_served_model_and_retrieves_it_by_id() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let list = get(&app, "/v1/models").await.json();
     assert_eq!(list["object"], "list");
     assert_eq!(list["data"][0]["id"], MODEL_ID);
@@ -130,7 +130,7 @@ async fn models_lists_the_served_model_and_retrieves_it_by_id() {
 
 #[tokio::test]
 async fn logprobs_cover_every_token_also_when_a_stop_string_cuts_the_text() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let base = json!({"messages": [{"role": "user", "content": "Count from 1 to 20."}], "max_tokens": 40,
         "temperature": 0, "logprobs": true});
     let free = post(&app, "/v1/chat/completions", base.clone()).await.json();
@@ -167,7 +167,7 @@ async fn logprobs_cover_every_token_also_when_a_stop_string_cuts_the_text() {
 
 #[tokio::test]
 async fn response_format_json_object_answers_with_one_json_object() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     for (content, max_tokens, stream) in [
         ("Tell me about owls.", 60, false),
         ("Say hello in plain words.", 20, true),
@@ -194,7 +194,7 @@ async fn response_format_json_object_answers_with_one_json_object() {
 
 #[tokio::test]
 async fn json_object_without_plugins_is_refused_naming_response_format() {
-    let app = super::fake_app(super::Fake::Overloaded);
+    let app = TestApp::fake(super::Fake::Overloaded).build();
     let body = json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}});
     let error = post(&app, "/v1/chat/completions", body).await.error(StatusCode::BAD_REQUEST);
     assert_eq!(error["param"], "response_format");

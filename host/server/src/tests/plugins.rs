@@ -28,7 +28,7 @@ fn loopback() -> SocketAddr {
 
 #[tokio::test]
 async fn the_default_pipeline_answers_exactly_as_the_native_one() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let plugin = post(&app, "/v1/chat/completions", chat(None, "Name a colour.", 12)).await;
     let native = post(&app, "/v1/chat/completions", chat(Some("native"), "Name a colour.", 12)).await;
     assert_eq!(plugin.status, StatusCode::OK, "{}", String::from_utf8_lossy(&plugin.body));
@@ -38,7 +38,7 @@ async fn the_default_pipeline_answers_exactly_as_the_native_one() {
 
 #[tokio::test]
 async fn an_unknown_pipeline_is_a_400_naming_the_field() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let error = post(&app, "/v1/chat/completions", chat(Some("nope"), "hi", 4)).await.error(StatusCode::BAD_REQUEST);
     assert_eq!(error["param"], "pipeline");
     assert_eq!(error["code"], "pipeline_not_found");
@@ -48,7 +48,7 @@ async fn an_unknown_pipeline_is_a_400_naming_the_field() {
 
 #[tokio::test]
 async fn each_hostile_plugin_fails_only_its_own_request_naming_the_plugin() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     for mode in ["loop", "memory", "trap", "garbage", "refuse"] {
         let pipeline = format!("hostile-{mode}");
         let (bad, good) = tokio::join!(
@@ -73,13 +73,15 @@ async fn each_hostile_plugin_fails_only_its_own_request_naming_the_plugin() {
 
 #[tokio::test]
 async fn redaction_masks_secrets_split_across_streamed_chunks() {
-    let app = fake_app_with_plugins(Fake::Say(vec![
+    let app = TestApp::fake(Fake::Say(vec![
         "write to jo",
         "hn.doe@exam",
         "ple.org or use sk-",
         "abcdefghij",
         "0123456789 ok",
-    ]));
+    ]))
+    .shared_plugins()
+    .build();
     let body = json!({"prompt": "x", "raw": true, "pipeline": "redacted"});
     let answer = post(&app, "/v1/generate", body.clone()).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", String::from_utf8_lossy(&answer.body));
@@ -94,7 +96,7 @@ async fn redaction_masks_secrets_split_across_streamed_chunks() {
 
 #[tokio::test]
 async fn stop_strings_apply_before_post_processing() {
-    let app = fake_app_with_plugins(Fake::Say(vec!["mail a@b.co", "m then ST", "OP and more"]));
+    let app = TestApp::fake(Fake::Say(vec!["mail a@b.co", "m then ST", "OP and more"])).shared_plugins().build();
     let body = json!({"prompt": "x", "raw": true, "pipeline": "redacted", "stop": ["STOP"]});
     let answer = post(&app, "/v1/generate", body).await.json();
     assert_eq!(answer["text"], "mail [email] then ");
@@ -108,7 +110,7 @@ async fn admin(app: &Router, method: &str, path: &str, body: impl Into<Body>) ->
 #[tokio::test]
 async fn the_plugin_list_shows_versions_pipelines_and_calls() {
     let (plugins, _dir) = plugin_host();
-    let app = app_with_plugins(plugins, loopback());
+    let app = TestApp::real().plugins(plugins).peer(loopback()).build();
     assert_eq!(post(&app, "/v1/chat/completions", chat(None, "Hi", 3)).await.status, StatusCode::OK);
     let list = get(&app, "/v1/plugins").await;
     assert_eq!(list.status, StatusCode::OK);
@@ -130,9 +132,9 @@ async fn the_plugin_list_shows_versions_pipelines_and_calls() {
 #[tokio::test]
 async fn admin_endpoints_refuse_clients_that_are_not_local() {
     let (plugins, _dir) = plugin_host();
-    let app = app_with_plugins(plugins, "192.0.2.7:40000".parse().unwrap());
+    let app = TestApp::real().plugins(plugins).peer("192.0.2.7:40000".parse().unwrap()).build();
     assert_eq!(get(&app, "/v1/plugins").await.error(StatusCode::FORBIDDEN)["code"], "forbidden");
-    let put = admin(&app, "PUT", "/v1/plugins/x", kiln_plugins::first_party::REDACT.to_vec()).await;
+    let put = admin(&app, "PUT", "/v1/plugins/x", kiln_pipeline::first_party::REDACT.to_vec()).await;
     put.error(StatusCode::FORBIDDEN);
     // Inference is not an admin endpoint.
     assert_eq!(post(&app, "/v1/generate", json!({"prompt": "Hi", "max_tokens": 1})).await.status, StatusCode::OK);
@@ -141,33 +143,33 @@ async fn admin_endpoints_refuse_clients_that_are_not_local() {
 #[tokio::test]
 async fn a_request_forwarded_by_a_local_proxy_is_not_an_admin_request() {
     let (plugins, _dir) = plugin_host();
-    let app = app_with_plugins(plugins, loopback());
+    let app = TestApp::real().plugins(plugins).peer(loopback()).build();
     let request = Request::get("/v1/plugins").header("x-forwarded-for", "203.0.113.9").body(Body::empty()).unwrap();
     send(&app, request).await.error(StatusCode::FORBIDDEN);
-    let v6 = app_with_plugins(plugin_host().0, "[::ffff:127.0.0.1]:1".parse().unwrap());
+    let v6 = TestApp::real().plugins(plugin_host().0).peer("[::ffff:127.0.0.1]:1".parse().unwrap()).build();
     assert_eq!(get(&v6, "/v1/plugins").await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn uploads_are_validated_before_they_replace_anything() {
     let (plugins, dir) = plugin_host();
-    let app = app_with_plugins(plugins.clone(), loopback());
+    let app = TestApp::real().plugins(plugins.clone()).peer(loopback()).build();
     let before = plugins.plugin("default-sampler").unwrap().info().unwrap().sha256.clone();
 
     let garbage = admin(&app, "PUT", "/v1/plugins/default-sampler", &b"\0asm not really"[..]).await;
     assert_eq!(garbage.error(StatusCode::UNPROCESSABLE_ENTITY)["code"], "invalid_plugin");
     // A template in the place of the default pipeline's sampler.
-    let template = kiln_plugins::first_party::CHAT_TEMPLATE.to_vec();
+    let template = kiln_pipeline::first_party::CHAT_TEMPLATE.to_vec();
     let wrong =
         admin(&app, "PUT", "/v1/plugins/default-sampler", template).await.error(StatusCode::UNPROCESSABLE_ENTITY);
     assert!(wrong["message"].as_str().unwrap().contains("pipeline \"default\""), "{wrong}");
     assert_eq!(plugins.plugin("default-sampler").unwrap().info().unwrap().sha256, before);
     assert!(!dir.path().join("default-sampler.wasm").exists(), "a refused upload never lands in the plugin directory");
-    let bad_name = admin(&app, "PUT", "/v1/plugins/..%2Fescape", kiln_plugins::first_party::REDACT.to_vec()).await;
+    let bad_name = admin(&app, "PUT", "/v1/plugins/..%2Fescape", kiln_pipeline::first_party::REDACT.to_vec()).await;
     assert_eq!(bad_name.error(StatusCode::BAD_REQUEST)["param"], "name");
 
     // A valid upload serves, is kept as a file, and can be removed.
-    let put = admin(&app, "PUT", "/v1/plugins/my-redact", kiln_plugins::first_party::REDACT.to_vec()).await;
+    let put = admin(&app, "PUT", "/v1/plugins/my-redact", kiln_pipeline::first_party::REDACT.to_vec()).await;
     assert_eq!(put.status, StatusCode::OK, "{}", String::from_utf8_lossy(&put.body));
     assert_eq!(put.json()["kind"], "post-process");
     assert!(dir.path().join("my-redact.wasm").exists());

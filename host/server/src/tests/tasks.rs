@@ -43,7 +43,10 @@ async fn wait_until(app: &Router, id: &str, key: &str, status: &str) -> Value {
 
 #[tokio::test]
 async fn a_submitted_task_completes_and_only_its_owner_sees_it() {
-    let (app, _dir) = fake_app_with_tasks(Fake::Say(vec!["Hello", " there"]), keyed_config(Limits::default()));
+    let app = TestApp::fake(Fake::Say(vec!["Hello", " there"]))
+        .config(keyed_config(Limits::default()))
+        .tasks(TaskConfig::default())
+        .build();
     let id = submit(&app, APP_KEY).await;
     let done = wait_until(&app, &id, APP_KEY, "completed").await;
     assert_eq!(done["result"]["text"], "Hello there");
@@ -62,7 +65,10 @@ async fn a_submitted_task_completes_and_only_its_owner_sees_it() {
 
 #[tokio::test]
 async fn a_running_task_is_cancelled_and_stays_cancelled() {
-    let (app, _dir) = fake_app_with_tasks(Fake::Slow(Duration::from_secs(30)), keyed_config(Limits::default()));
+    let app = TestApp::fake(Fake::Slow(Duration::from_secs(30)))
+        .config(keyed_config(Limits::default()))
+        .tasks(TaskConfig::default())
+        .build();
     let id = submit(&app, APP_KEY).await;
     wait_until(&app, &id, APP_KEY, "running").await;
     let cancelled = send(&app, call("DELETE", &format!("/v1/tasks/{id}"), APP_KEY, None)).await;
@@ -75,7 +81,10 @@ async fn a_running_task_is_cancelled_and_stays_cancelled() {
 
 #[tokio::test]
 async fn the_callers_tasks_are_listed_newest_first_a_page_at_a_time() {
-    let (app, _dir) = fake_app_with_tasks(Fake::Say(vec!["x"]), keyed_config(Limits::default()));
+    let app = TestApp::fake(Fake::Say(vec!["x"]))
+        .config(keyed_config(Limits::default()))
+        .tasks(TaskConfig::default())
+        .build();
     let mut ids = Vec::new();
     for _ in 0..3 {
         ids.push(submit(&app, APP_KEY).await);
@@ -93,7 +102,10 @@ async fn the_callers_tasks_are_listed_newest_first_a_page_at_a_time() {
 
 #[tokio::test]
 async fn bad_async_requests_are_refused_before_they_are_stored() {
-    let (app, _dir) = fake_app_with_tasks(Fake::Say(vec!["x"]), keyed_config(Limits::default()));
+    let app = TestApp::fake(Fake::Say(vec!["x"]))
+        .config(keyed_config(Limits::default()))
+        .tasks(TaskConfig::default())
+        .build();
     let empty = send(&app, call("POST", "/v1/generate/async", APP_KEY, Some(json!({"prompt": ""})))).await;
     assert_eq!(empty.error(StatusCode::BAD_REQUEST)["param"], "prompt");
     let streamed = json!({"prompt": "x", "stream": true});
@@ -155,7 +167,7 @@ async fn delivered(app: &Router, id: &str, key: &str, n: usize) -> Value {
 #[tokio::test]
 async fn a_webhook_is_signed_retried_after_a_failure_and_its_attempts_recorded() {
     let (url, seen) = receiver("s3cret").await;
-    let (app, _dir) = fake_app_with_task_config(Fake::Say(vec!["done"]), keyed_config(Limits::default()), hooks());
+    let app = TestApp::fake(Fake::Say(vec!["done"])).config(keyed_config(Limits::default())).tasks(hooks()).build();
     let body = json!({"prompt": "Hi", "max_tokens": 2, "webhook_url": url});
     let accepted = send(&app, call("POST", "/v1/generate/async", APP_KEY, Some(body))).await.json();
     let id = accepted["task_id"].as_str().unwrap().to_string();
@@ -177,7 +189,7 @@ async fn a_keys_own_webhook_secret_signs_its_tasks_webhooks() {
     own.webhook_secret = Some(kiln_access::Secret("the-keys-own".into()));
     let keys = kiln_access::KeyStore::new(vec![own]).unwrap();
     let config = ServerConfig { auth: crate::Auth::Keys(std::sync::Arc::new(keys)), ..ServerConfig::default() };
-    let (app, _dir) = fake_app_with_task_config(Fake::Say(vec!["done"]), config, hooks());
+    let app = TestApp::fake(Fake::Say(vec!["done"])).config(config).tasks(hooks()).build();
     let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "webhook_url": url});
     let accepted = send(&app, call("POST", "/v1/chat/completions/async", APP_KEY, Some(body))).await.json();
     let id = accepted["task_id"].as_str().unwrap().to_string();
@@ -188,7 +200,10 @@ async fn a_keys_own_webhook_secret_signs_its_tasks_webhooks() {
 
 #[tokio::test]
 async fn an_async_chat_completion_ends_with_a_chat_completion() {
-    let (app, _dir) = fake_app_with_tasks(Fake::Say(vec!["Hello", " there"]), keyed_config(Limits::default()));
+    let app = TestApp::fake(Fake::Say(vec!["Hello", " there"]))
+        .config(keyed_config(Limits::default()))
+        .tasks(TaskConfig::default())
+        .build();
     let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2});
     let accepted = send(&app, call("POST", "/v1/chat/completions/async", APP_KEY, Some(body))).await;
     assert_eq!(accepted.status, StatusCode::ACCEPTED);
@@ -220,7 +235,10 @@ async fn an_async_chat_completion_ends_with_a_chat_completion() {
 #[tokio::test]
 async fn async_tasks_spend_their_owners_token_allowance() {
     let limits = Limits { requests_per_minute: None, tokens_per_minute: Some(60) };
-    let (app, _dir) = fake_app_with_tasks(Fake::Say(vec!["Hello", " there"]), keyed_config(limits));
+    let app = TestApp::fake(Fake::Say(vec!["Hello", " there"]))
+        .config(keyed_config(limits))
+        .tasks(TaskConfig::default())
+        .build();
     let remaining = |a: &Answer| a.headers["x-ratelimit-remaining-tokens"].to_str().unwrap().parse::<i64>().unwrap();
     let before = remaining(&send(&app, call("GET", "/v1/tasks", APP_KEY, None)).await);
     let id = submit(&app, APP_KEY).await;
@@ -234,10 +252,57 @@ async fn async_tasks_spend_their_owners_token_allowance() {
 
 #[tokio::test]
 async fn a_webhook_to_an_internal_address_is_refused_by_default() {
-    let (app, _dir) = fake_app_with_tasks(Fake::Say(vec!["x"]), keyed_config(Limits::default()));
+    let app = TestApp::fake(Fake::Say(vec!["x"]))
+        .config(keyed_config(Limits::default()))
+        .tasks(TaskConfig::default())
+        .build();
     let body = json!({"prompt": "Hi", "webhook_url": "http://169.254.169.254/latest/meta-data"});
     let refused = send(&app, call("POST", "/v1/generate/async", APP_KEY, Some(body))).await;
     assert_eq!(refused.error(StatusCode::BAD_REQUEST)["param"], "webhook_url");
     let sync = json!({"prompt": "Hi", "webhook_url": "https://example.com/hook"});
     send(&app, call("POST", "/v1/generate", APP_KEY, Some(sync))).await.error(StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn an_async_request_refused_synchronously_is_refused_at_submission() {
+    let app = TestApp::fake(Fake::Say(vec!["x"]))
+        .config(keyed_config(Limits::default()))
+        .tasks(TaskConfig::default())
+        .build();
+    let refused = [
+        ("/v1/generate/async", json!({"prompt": "Hi", "temperature": -1}), "temperature"),
+        ("/v1/generate/async", json!({"prompt": "Hi", "top_p": 0}), "top_p"),
+        ("/v1/generate/async", json!({"prompt": "Hi", "max_tokens": 0}), "max_tokens"),
+        ("/v1/generate/async", json!({"prompt": "Hi", "stop": vec!["a"; 17]}), "stop"),
+        ("/v1/generate/async", json!({"prompt": "Hi", "pipeline": "nowhere"}), "pipeline"),
+        ("/v1/generate/async", json!({"prompt": "Hi", "stream": true}), "stream"),
+        (
+            "/v1/chat/completions/async",
+            json!({"messages": [{"role": "user", "content": "Hi"}], "presence_penalty": 3}),
+            "presence_penalty",
+        ),
+        (
+            "/v1/chat/completions/async",
+            json!({"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"x": 1}}),
+            "logit_bias",
+        ),
+        ("/v1/chat/completions/async", json!({"messages": [{"role": "user", "content": "Hi"}], "n": 2}), "n"),
+        ("/v1/chat/completions/async", json!({"messages": [{"role": "wizard", "content": "Hi"}]}), "messages[0].role"),
+    ];
+    for (path, body, param) in refused {
+        let answer = send(&app, call("POST", path, APP_KEY, Some(body.clone()))).await;
+        assert_eq!(answer.error(StatusCode::BAD_REQUEST)["param"], param, "{body}");
+        // The same request is refused the same way synchronously.
+        let sync_path = path.trim_end_matches("/async");
+        let mut sync_body = body.clone();
+        if param == "stream" {
+            continue;
+        }
+        sync_body["stream"] = json!(false);
+        let sync = send(&app, call("POST", sync_path, APP_KEY, Some(sync_body))).await;
+        assert_eq!(sync.error(StatusCode::BAD_REQUEST)["param"], param, "{body}");
+    }
+    // Nothing was stored.
+    let listed = send(&app, call("GET", "/v1/tasks", APP_KEY, None)).await.json();
+    assert_eq!(listed["data"], json!([]), "{listed}");
 }

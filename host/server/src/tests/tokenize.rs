@@ -3,11 +3,11 @@
 use axum::http::StatusCode;
 use serde_json::json;
 
-use super::{CONTEXT, post, real_app};
+use super::{CONTEXT, TestApp, post};
 
 #[tokio::test]
 async fn tokenize_and_detokenize_round_trip() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let text = "Hello, world! 12 + 30 = 42.\n日本語";
     let tokens = post(&app, "/v1/tokenize", json!({"prompt": text})).await.json();
     assert_eq!(tokens["count"].as_u64().unwrap() as usize, tokens["tokens"].as_array().unwrap().len());
@@ -18,7 +18,7 @@ async fn tokenize_and_detokenize_round_trip() {
 
 #[tokio::test]
 async fn tokenizing_messages_counts_what_a_chat_completion_would_prefill() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let messages = json!([{"role": "user", "content": "Name a colour."}]);
     let count = post(&app, "/v1/tokenize", json!({"messages": messages})).await.json()["count"].clone();
     let body = json!({"messages": messages, "max_tokens": 1});
@@ -28,7 +28,7 @@ async fn tokenizing_messages_counts_what_a_chat_completion_would_prefill() {
 
 #[tokio::test]
 async fn tokenize_wants_exactly_one_input_and_detokenize_known_ids() {
-    let (app, _) = real_app();
+    let app = TestApp::real().build();
     let both = json!({"prompt": "a", "messages": [{"role": "user", "content": "b"}]});
     assert_eq!(post(&app, "/v1/tokenize", both).await.error(StatusCode::BAD_REQUEST)["param"], "prompt");
     assert_eq!(post(&app, "/v1/tokenize", json!({})).await.error(StatusCode::BAD_REQUEST)["param"], "prompt");

@@ -4,6 +4,8 @@
 //! (refuses to start). Any other mode behaves: it samples normally.
 //! The runtime must contain each to the request that uses it.
 
+#![forbid(unsafe_code)]
+
 use kiln_sdk::Config;
 use kiln_sdk::sampler::{Sampler, SamplingParams, StepPlan};
 

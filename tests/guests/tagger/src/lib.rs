@@ -4,6 +4,8 @@
 //! bytes; the hot-reload test patches those bytes to make many versions of
 //! one build, each telling which version produced every piece of an answer.
 
+#![forbid(unsafe_code)]
+
 use kiln_sdk::Config;
 use kiln_sdk::post_process::{ChunkAction, FinishReason, PostProcess};
 

@@ -1,25 +1,7 @@
-//! Types shared by several endpoints.
+//! How a generation ended, as every endpoint reports it.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-
-/// One stop string or several: generation ends before the first occurrence,
-/// which is not included in the output.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum StopSequences {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl StopSequences {
-    pub fn into_vec(self) -> Vec<String> {
-        match self {
-            StopSequences::One(s) => vec![s],
-            StopSequences::Many(v) => v,
-        }
-    }
-}
 
 /// Token counts of one request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

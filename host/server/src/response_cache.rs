@@ -1,9 +1,7 @@
-//! The response cache: finished deterministic generations, stored by the
-//! sha256 of everything that decides their output (the model, the exact
-//! prompt tokens, every sampling parameter, the limits and stop strings,
-//! and the pipeline's plugin versions). Only requests whose output cannot
-//! vary are served from it: temperature 0, or an explicit seed. Bounded by
-//! bytes (least recently used first out) and by age.
+//! The response cache: finished deterministic generations, stored by a
+//! [`CacheKey`], the sha256 of everything that decides their output (the
+//! request computes it: [`crate::request::ValidGeneration::cache_key`]).
+//! Bounded by bytes (least recently used first out) and by age.
 //!
 //! With Redis shared by replicas, answers are also written there (with the
 //! same age limit, in the background) and a local miss asks Redis, so an
@@ -16,10 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::generation::Piece;
+use crate::piece::{Piece, TokenLogprobs};
 
 pub type CacheKey = [u8; 32];
 
@@ -103,8 +99,19 @@ impl SharedAnswers {
     }
 }
 
+/// Where the cache reads the time: the real clock, or a test's.
+#[derive(Clone)]
+pub(crate) struct Clock(Arc<dyn Fn() -> Instant + Send + Sync>);
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock(Arc::new(Instant::now))
+    }
+}
+
 pub struct ResponseCache {
     config: CacheConfig,
+    clock: Clock,
     shared: Option<SharedAnswers>,
     entries: Mutex<Entries>,
     hits: AtomicU64,
@@ -122,12 +129,24 @@ impl ResponseCache {
     pub fn new(config: CacheConfig) -> Self {
         ResponseCache {
             config,
+            clock: Clock::default(),
             shared: None,
             entries: Mutex::new(Entries { lru: LruCache::unbounded(), bytes: 0 }),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
         }
+    }
+
+    /// The same cache on another clock (tests).
+    #[cfg(test)]
+    pub(crate) fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now(&self) -> Instant {
+        (self.clock.0)()
     }
 
     /// The same cache, backed by answers shared in Redis.
@@ -162,8 +181,9 @@ impl ResponseCache {
                 Ok(Some((pieces, left))) => {
                     let answer = Arc::new(pieces);
                     // Aged so it expires here when it does in Redis.
-                    let stored = Instant::now().checked_sub(self.config.ttl.saturating_sub(left));
-                    self.insert(*key, answer.clone(), stored.unwrap_or_else(Instant::now));
+                    let now = self.now();
+                    let stored = now.checked_sub(self.config.ttl.saturating_sub(left));
+                    self.insert(*key, answer.clone(), stored.unwrap_or(now));
                     found = Some(answer);
                 }
                 Ok(None) => {}
@@ -180,9 +200,10 @@ impl ResponseCache {
     }
 
     fn local(&self, key: &CacheKey) -> Option<Answer> {
+        let now = self.now();
         let mut entries = self.lock();
         match entries.lru.get(key) {
-            Some(entry) if entry.stored.elapsed() <= self.config.ttl => Some(entry.answer.clone()),
+            Some(entry) if now.saturating_duration_since(entry.stored) <= self.config.ttl => Some(entry.answer.clone()),
             Some(_) => {
                 if let Some(stale) = entries.lru.pop(key) {
                     entries.bytes -= stale.bytes;
@@ -200,7 +221,8 @@ impl ResponseCache {
         if let Some(shared) = &self.shared {
             shared.put(&key, &pieces, self.config.ttl);
         }
-        self.insert(key, Arc::new(pieces), Instant::now());
+        let now = self.now();
+        self.insert(key, Arc::new(pieces), now);
     }
 
     fn insert(&self, key: CacheKey, answer: Answer, stored: Instant) {
@@ -238,9 +260,7 @@ fn size_of_answer(pieces: &[Piece]) -> usize {
     use std::mem::size_of;
     let per_piece = |p: &Piece| match p {
         Piece::Text { text, tokens } => {
-            let logprobs = |t: &crate::generation::TokenLogprobs| {
-                size_of::<crate::generation::TokenLogprobs>() + t.top.len() * size_of::<(u32, f32)>()
-            };
+            let logprobs = |t: &TokenLogprobs| size_of::<TokenLogprobs>() + t.top.len() * size_of::<(u32, f32)>();
             text.len() + tokens.iter().map(logprobs).sum::<usize>()
         }
         Piece::Finished { .. } => 0,
@@ -250,45 +270,10 @@ fn size_of_answer(pieces: &[Piece]) -> usize {
     overhead + pieces.iter().map(|p| size_of::<Piece>() + per_piece(p)).sum::<usize>()
 }
 
-/// Everything that decides a generation's output, hashed.
-#[derive(Serialize)]
-pub(crate) struct KeyParts<'a> {
-    pub model: &'a str,
-    pub tenant: Option<&'a str>,
-    /// As the client gave it (text, messages or token ids): a hit needs no
-    /// rendering or tokenizing.
-    pub prompt: &'a crate::Prompt,
-    pub params: &'a kiln_engine::SamplingParams,
-    pub max_tokens: Option<u32>,
-    pub default_max_tokens: Option<u32>,
-    /// The client's stop strings (a template's follow from its version).
-    pub stop: &'a [String],
-    pub ignore_eos: bool,
-    pub logprobs: bool,
-    pub top_logprobs: usize,
-    pub json: bool,
-    /// Every plugin the request runs, in order, with its version, sha256
-    /// and configuration ([`kiln_pipeline::Resolved::fingerprint`]).
-    pub plugins: Vec<String>,
-}
-
-impl KeyParts<'_> {
-    pub fn key(&self) -> CacheKey {
-        // Serializing plain data to JSON cannot fail; the field order is fixed.
-        let canonical = serde_json::to_vec(self).unwrap_or_default();
-        Sha256::digest(&canonical).into()
-    }
-}
-
-/// Whether a request's output is fixed by its inputs.
-pub(crate) fn deterministic(params: &kiln_engine::SamplingParams) -> bool {
-    params.temperature == 0.0 || params.seed.is_some()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generation::Piece;
+    use crate::piece::Piece;
     use kiln_api::{FinishReason, Usage};
 
     fn answer(text: &str) -> Vec<Piece> {
@@ -300,11 +285,18 @@ mod tests {
 
     #[test]
     fn a_stored_answer_is_found_until_it_expires() {
-        let cache = ResponseCache::new(CacheConfig { max_bytes: 1 << 20, ttl: Duration::from_millis(50) });
+        // A clock the test moves: expiry without sleeping on a busy machine.
+        let start = Instant::now();
+        let elapsed = Arc::new(Mutex::new(Duration::ZERO));
+        let read = elapsed.clone();
+        let clock = Clock(Arc::new(move || start + *read.lock().unwrap()));
+        let cache =
+            ResponseCache::new(CacheConfig { max_bytes: 1 << 20, ttl: Duration::from_secs(60) }).with_clock(clock);
         assert!(cache.get(&[1; 32]).is_none());
         cache.put([1; 32], answer("hi"));
-        assert_eq!(cache.get(&[1; 32]).unwrap()[0], answer("hi")[0]);
-        std::thread::sleep(Duration::from_millis(60));
+        *elapsed.lock().unwrap() = Duration::from_secs(60);
+        assert_eq!(cache.get(&[1; 32]).unwrap()[0], answer("hi")[0], "fresh up to the TTL");
+        *elapsed.lock().unwrap() = Duration::from_secs(61);
         assert!(cache.get(&[1; 32]).is_none(), "expired");
         let stats = cache.stats();
         assert_eq!((stats.hits, stats.misses, stats.entries, stats.bytes), (1, 2, 0, 0));
@@ -326,56 +318,5 @@ mod tests {
         // Larger than the whole budget: not kept.
         cache.put([4; 32], answer(&"w".repeat(one * 3)));
         assert!(cache.get(&[4; 32]).is_none());
-    }
-
-    #[test]
-    fn every_input_that_decides_the_output_changes_the_key() {
-        let params = kiln_engine::SamplingParams::greedy();
-        let seeded = kiln_engine::SamplingParams { seed: Some(1), ..params.clone() };
-        let (hi, ho) = (crate::Prompt::Text("hi".into()), crate::Prompt::Text("ho".into()));
-        let chat = crate::Prompt::Chat {
-            messages: vec![kiln_chat::ChatMessage::new("user", "hi")],
-            add_generation_prompt: true,
-        };
-        let stop = ["x".to_string()];
-        let key = |prompt, params, max_tokens, stop: &[String], plugin: &str| {
-            KeyParts {
-                model: "m",
-                tenant: None,
-                prompt,
-                params,
-                max_tokens,
-                default_max_tokens: Some(16),
-                stop,
-                ignore_eos: false,
-                logprobs: false,
-                top_logprobs: 0,
-                json: false,
-                plugins: vec![plugin.to_string()],
-            }
-            .key()
-        };
-        let base = key(&hi, &params, Some(8), &[], "p@1 abc");
-        assert_eq!(base, key(&hi, &params, Some(8), &[], "p@1 abc"));
-        for changed in [
-            key(&ho, &params, Some(8), &[], "p@1 abc"),
-            key(&chat, &params, Some(8), &[], "p@1 abc"),
-            key(&hi, &seeded, Some(8), &[], "p@1 abc"),
-            key(&hi, &params, Some(9), &[], "p@1 abc"),
-            key(&hi, &params, None, &[], "p@1 abc"),
-            key(&hi, &params, Some(8), &stop, "p@1 abc"),
-            key(&hi, &params, Some(8), &[], "p@1 abd"),
-        ] {
-            assert_ne!(changed, base);
-        }
-    }
-
-    #[test]
-    fn only_greedy_or_seeded_requests_are_deterministic() {
-        let greedy = kiln_engine::SamplingParams::greedy();
-        assert!(deterministic(&greedy));
-        let warm = kiln_engine::SamplingParams { temperature: 0.7, ..greedy.clone() };
-        assert!(!deterministic(&warm));
-        assert!(deterministic(&kiln_engine::SamplingParams { seed: Some(3), ..warm }));
     }
 }

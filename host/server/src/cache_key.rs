@@ -1,0 +1,138 @@
+//! A validated generation's response-cache key: the sha256 of everything
+//! that decides its output (the model, the prompt as the client gave it,
+//! every sampling parameter, the limits and stop strings, the pipeline's
+//! plugin versions and configuration) and of the API key it is for. Only
+//! requests whose output cannot vary have one: temperature 0, or a seed.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::prompt::Prompt;
+use crate::request::ValidGeneration;
+use crate::response_cache::CacheKey;
+
+/// Everything that decides a generation's output, hashed.
+#[derive(Serialize)]
+struct KeyParts<'a> {
+    model: &'a str,
+    tenant: Option<&'a str>,
+    /// As the client gave it (text, messages or token ids): a hit needs no
+    /// rendering or tokenizing.
+    prompt: &'a Prompt,
+    params: &'a kiln_engine::SamplingParams,
+    max_tokens: Option<u32>,
+    default_max_tokens: Option<u32>,
+    /// The client's stop strings (a template's follow from its version).
+    stop: &'a [String],
+    ignore_eos: bool,
+    logprobs: bool,
+    top_logprobs: usize,
+    json: bool,
+    /// Every plugin the request runs, in order, with its version, sha256
+    /// and configuration ([`kiln_pipeline::Resolved::fingerprint`]).
+    plugins: Vec<String>,
+}
+
+impl KeyParts<'_> {
+    fn key(&self) -> CacheKey {
+        // Serializing plain data to JSON cannot fail; the field order is fixed.
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        Sha256::digest(&canonical).into()
+    }
+}
+
+impl ValidGeneration {
+    /// The key of this request's answer for `tenant` (an answer is never
+    /// shared between API keys), when its output is fixed by its inputs and
+    /// the cache is on.
+    pub(crate) fn cache_key(&self, state: &AppState, tenant: Option<&str>) -> Option<CacheKey> {
+        if !state.cache().enabled() || !deterministic(&self.params) {
+            return None;
+        }
+        let mut plugins = self.pipeline.as_ref().map(kiln_pipeline::Resolved::fingerprint).unwrap_or_default();
+        if self.json {
+            // json-mode samples in place of the pipeline's sampler.
+            let json = state.plugins().and_then(|p| p.plugin(kiln_pipeline::JSON_MODE));
+            plugins.extend(json.as_ref().and_then(|e| e.info()).map(|i| format!("{i} {}", i.sha256)));
+        }
+        Some(self.key_parts(&state.model().id, tenant, plugins).key())
+    }
+
+    fn key_parts<'a>(&'a self, model: &'a str, tenant: Option<&'a str>, plugins: Vec<String>) -> KeyParts<'a> {
+        KeyParts {
+            model,
+            tenant,
+            prompt: &self.prompt,
+            params: &self.params,
+            max_tokens: self.max_tokens.requested,
+            default_max_tokens: self.max_tokens.default,
+            stop: &self.stop,
+            ignore_eos: self.ignore_eos,
+            logprobs: self.logprobs.is_some(),
+            top_logprobs: self.logprobs.unwrap_or(0),
+            json: self.json,
+            plugins,
+        }
+    }
+}
+
+/// Whether a request's output is fixed by its inputs.
+fn deterministic(params: &kiln_engine::SamplingParams) -> bool {
+    params.temperature == 0.0 || params.seed.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::TokenLimit;
+    use kiln_engine::SamplingParams;
+
+    fn generation(prompt: Prompt, params: SamplingParams, max_tokens: Option<u32>, stop: &[&str]) -> ValidGeneration {
+        ValidGeneration {
+            prompt,
+            params,
+            max_tokens: TokenLimit { requested: max_tokens, default: Some(16), param: "max_tokens" },
+            stop: stop.iter().map(|s| s.to_string()).collect(),
+            ignore_eos: false,
+            logprobs: None,
+            json: false,
+            pipeline: None,
+        }
+    }
+
+    #[test]
+    fn every_input_that_decides_the_output_changes_the_key() {
+        let params = SamplingParams::greedy();
+        let seeded = SamplingParams { seed: Some(1), ..params.clone() };
+        let hi = || Prompt::Text("hi".into());
+        let chat =
+            Prompt::Chat { messages: vec![kiln_chat::ChatMessage::new("user", "hi")], add_generation_prompt: true };
+        let key = |g: ValidGeneration, tenant: Option<&str>, plugin: &str| {
+            g.key_parts("m", tenant, vec![plugin.to_string()]).key()
+        };
+        let base = key(generation(hi(), params.clone(), Some(8), &[]), None, "p@1 abc");
+        assert_eq!(base, key(generation(hi(), params.clone(), Some(8), &[]), None, "p@1 abc"));
+        for changed in [
+            key(generation(Prompt::Text("ho".into()), params.clone(), Some(8), &[]), None, "p@1 abc"),
+            key(generation(chat, params.clone(), Some(8), &[]), None, "p@1 abc"),
+            key(generation(hi(), seeded, Some(8), &[]), None, "p@1 abc"),
+            key(generation(hi(), params.clone(), Some(9), &[]), None, "p@1 abc"),
+            key(generation(hi(), params.clone(), None, &[]), None, "p@1 abc"),
+            key(generation(hi(), params.clone(), Some(8), &["x"]), None, "p@1 abc"),
+            key(generation(hi(), params.clone(), Some(8), &[]), None, "p@1 abd"),
+            key(generation(hi(), params.clone(), Some(8), &[]), Some("app"), "p@1 abc"),
+        ] {
+            assert_ne!(changed, base);
+        }
+    }
+
+    #[test]
+    fn only_greedy_or_seeded_requests_are_deterministic() {
+        let greedy = SamplingParams::greedy();
+        assert!(deterministic(&greedy));
+        let warm = SamplingParams { temperature: 0.7, ..greedy.clone() };
+        assert!(!deterministic(&warm));
+        assert!(deterministic(&SamplingParams { seed: Some(3), ..warm }));
+    }
+}

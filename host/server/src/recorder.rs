@@ -1,0 +1,62 @@
+//! The Prometheus recorder every metric of the process goes to. The binary
+//! installs it (a process has one global recorder; a library should not
+//! take it behind its caller's back) and hands the server its handle.
+
+/// Installs the process-wide Prometheus recorder (once: later calls return
+/// the same handle) and describes kiln's metrics; the handle renders
+/// `/metrics` ([`crate::AppStateBuilder::metrics`]).
+pub fn install_metrics_recorder() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
+            let builder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .expect("the bucket list is not empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Only fails if another recorder was installed first: then its
+            // metrics go there, and this handle renders what it has.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed; /metrics may be empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("kiln_http_requests_total", "HTTP requests by route, method and status");
+    describe_histogram!("kiln_http_request_duration_seconds", Unit::Seconds, "Time to the response's headers");
+    describe_histogram!("kiln_time_to_first_token_seconds", Unit::Seconds, "From admission to the first text");
+    describe_histogram!("kiln_inter_token_latency_seconds", Unit::Seconds, "Between consecutive pieces of text");
+    describe_counter!("kiln_prompt_tokens_total", "Prompt tokens of finished generations");
+    describe_counter!("kiln_generated_tokens_total", "Tokens generated, finished generations");
+    describe_counter!("kiln_rate_limited_total", "Requests refused by a rate limit, by limit");
+    describe_gauge!("kiln_queue_depth", "Requests waiting for a batch slot");
+    describe_gauge!("kiln_running_sequences", "Sequences in the running batch");
+    describe_gauge!("kiln_cache_entries", "Answers in the response cache");
+    describe_gauge!("kiln_cache_bytes", Unit::Bytes, "Size of the response cache");
+    describe_counter!("kiln_cache_hits_total", "Requests answered from the response cache");
+    describe_counter!("kiln_cache_misses_total", "Cacheable requests generated anew");
+    describe_counter!("kiln_cache_evictions_total", "Answers evicted from the response cache");
+    describe_counter!("kiln_plugin_calls_total", "Calls into each plugin, all its versions");
+    describe_counter!("kiln_plugin_errors_total", "Failed calls into each plugin, all its versions");
+    describe_gauge!(
+        "kiln_plugin_busy_seconds",
+        Unit::Seconds,
+        "Time spent inside each plugin since start, all versions"
+    );
+    describe_counter!("kiln_plugin_reloads_total", "New versions of each plugin swapped in");
+    describe_counter!("kiln_plugin_failed_reloads_total", "New versions of each plugin refused");
+    describe_gauge!("kiln_process_resident_memory_bytes", Unit::Bytes, "Resident memory of the process");
+    describe_counter!("kiln_webhook_deliveries_total", "Webhook delivery attempts, by outcome");
+    describe_gauge!("kiln_tasks", "Async tasks in the store, by status (pending is the queue length)");
+    describe_gauge!(
+        "kiln_tasks_oldest_pending_age_seconds",
+        Unit::Seconds,
+        "How long the oldest pending task has waited"
+    );
+}

@@ -1,0 +1,106 @@
+//! Async tasks: the store and what its workers share. A task is stored
+//! (its request validated first, as a synchronous one would be) before it
+//! is acknowledged; workers ([`worker`]) take stored tasks and generate
+//! them on the same path as the synchronous endpoints, each under its
+//! owner's API key. A worker that dies with the process leaves its task
+//! `running`, which the next start requeues or fails.
+
+pub(crate) mod job;
+pub(crate) mod view;
+pub(crate) mod worker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kiln_tasks::{OnRestart, SqliteStore, TaskError, TaskStore};
+use tokio::sync::Notify;
+
+use crate::webhooks::WebhookConfig;
+
+#[derive(Clone, Debug)]
+pub struct TaskConfig {
+    /// Tasks generated at once.
+    pub workers: usize,
+    /// Ended tasks are deleted this long after they end.
+    pub retention: Duration,
+    pub on_restart: OnRestart,
+    /// How often a worker renews its claim on a running task (and hears of
+    /// a cancellation made on another replica).
+    pub heartbeat: Duration,
+    pub webhooks: WebhookConfig,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        TaskConfig {
+            workers: 4,
+            retention: Duration::from_secs(24 * 3600),
+            on_restart: OnRestart::Requeue,
+            heartbeat: Duration::from_secs(10),
+            webhooks: WebhookConfig::default(),
+        }
+    }
+}
+
+/// The store and the workers' shared state.
+pub struct Tasks {
+    pub(crate) store: Box<dyn TaskStore>,
+    pub(crate) config: TaskConfig,
+    /// Running tasks, to stop on cancellation.
+    running: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Rung when a task is stored, so an idle worker takes it at once.
+    pub(crate) wake: Notify,
+}
+
+impl std::fmt::Debug for Tasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tasks").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Tasks {
+    /// Opens the SQLite store at `path` and settles what a previous process left running.
+    pub fn open(path: &std::path::Path, config: TaskConfig) -> Result<Tasks, TaskError> {
+        Tasks::new(Box::new(SqliteStore::open(path)?), config)
+    }
+
+    /// Runs tasks from `store`, first settling what a previous process left running.
+    pub fn new(store: Box<dyn TaskStore>, config: TaskConfig) -> Result<Tasks, TaskError> {
+        let recovered = store.recover(config.on_restart)?;
+        if recovered > 0 {
+            tracing::warn!(recovered, on_restart = ?config.on_restart, "tasks left running by the previous process");
+        }
+        Ok(Tasks { store, config, running: Mutex::new(HashMap::new()), wake: Notify::new() })
+    }
+
+    pub(crate) fn webhooks(&self) -> &WebhookConfig {
+        &self.config.webhooks
+    }
+
+    pub(crate) fn woken(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Stops a running task's generation (its record is already `cancelled`).
+    pub(crate) fn stop(&self, id: &str) {
+        if let Some(stop) = self.lock().get(id) {
+            stop.notify_one();
+        }
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Runs `f` on the store off the async workers (SQLite calls block).
+pub(crate) async fn blocking<T: Send + 'static>(
+    tasks: &Arc<Tasks>,
+    f: impl FnOnce(&dyn TaskStore) -> Result<T, TaskError> + Send + 'static,
+) -> Result<T, TaskError> {
+    let tasks = tasks.clone();
+    tokio::task::spawn_blocking(move || f(&*tasks.store))
+        .await
+        .unwrap_or_else(|e| Err(TaskError::Corrupt(format!("task store worker: {e}"))))
+}
