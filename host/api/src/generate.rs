@@ -78,13 +78,13 @@ pub struct GenerationResponse {
 
 /// One streamed event: the text decoded since the previous one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct GenerateChunk {
+pub struct GenerationChunk {
     pub text: String,
 }
 
 /// The last event before `data: [DONE]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct GenerateStreamEnd {
+pub struct GenerationStreamEnd {
     pub finish_reason: FinishReason,
     pub tokens_used: u32,
     pub model: String,

@@ -91,6 +91,7 @@ mod tests {
     fn generation(prompt: Prompt, params: SamplingParams, max_tokens: Option<u32>, stop: &[&str]) -> ValidGeneration {
         ValidGeneration {
             prompt,
+            prompt_param: "prompt",
             params,
             max_tokens: TokenLimit { requested: max_tokens, default: Some(16), param: "max_tokens" },
             stop: stop.iter().map(|s| s.to_string()).collect(),

@@ -94,6 +94,7 @@ impl AppState {
     pub async fn warm_up(&self) -> Result<(), ApiError> {
         let generation = ValidGeneration {
             prompt: Prompt::Text("Hello".into()),
+            prompt_param: "prompt",
             params: SamplingParams::default(),
             max_tokens: TokenLimit { requested: Some(1), default: None, param: "max_tokens" },
             stop: Vec::new(),
@@ -131,7 +132,7 @@ impl Generation {
             },
         };
         // Errors about the prompt or the limit name the fields the client wrote.
-        let (prompt_param, limit_param) = (generation.prompt.param(), generation.max_tokens.param);
+        let (prompt_param, limit_param) = (generation.prompt_param, generation.max_tokens.param);
         let rename = |e: ApiError| match e {
             ApiError::InvalidValue { param, message, code } if param == "prompt" => {
                 ApiError::InvalidValue { param: prompt_param.into(), message, code }
@@ -340,7 +341,7 @@ async fn submit(
     generation: ValidGeneration,
     meter: Option<TokenMeter>,
 ) -> Result<Generation, ApiError> {
-    let ValidGeneration { prompt, params, max_tokens, stop, ignore_eos, logprobs, json, pipeline } = generation;
+    let ValidGeneration { prompt, params, max_tokens, stop, ignore_eos, logprobs, json, pipeline, .. } = generation;
     let PromptTokens { tokens: prompt_tokens, stop: template_stop } =
         prompt::tokenize(state, prompt, pipeline.as_ref()).await?;
     let mut stop = stop;

@@ -6,7 +6,7 @@
 //! `/v1/detokenize`), plugin administration, probes, metrics and the
 //! OpenAPI document with an offline docs page (`/openapi.json`, `/docs`).
 //!
-//! A request is checked once, at the boundary ([`request`]), into a
+//! A request is checked once, at the boundary (`request.rs`), into a
 //! validated generation; it reaches the engine only through
 //! [`kiln_engine::Backend`], so this crate knows nothing of models or
 //! kernels, and reaches plugins only through `kiln-pipeline`. Errors become

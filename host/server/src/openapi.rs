@@ -41,7 +41,7 @@ use crate::routes;
         routes::tasks::cancel_task,
         routes::tasks::list_tasks,
     ),
-    components(schemas(kiln_api::generate::GenerateStreamEnd, kiln_api::ErrorBody)),
+    components(schemas(kiln_api::generate::GenerationStreamEnd, kiln_api::ErrorBody)),
     tags(
         (name = "generate", description = "The guide's endpoints"),
         (name = "openai", description = "OpenAI-compatible API"),

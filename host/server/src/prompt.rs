@@ -19,16 +19,6 @@ pub(crate) enum Prompt {
     Chat { messages: Vec<ChatMessage>, add_generation_prompt: bool },
 }
 
-impl Prompt {
-    /// The request field a client wrote this prompt in (errors about it name it).
-    pub fn param(&self) -> &'static str {
-        match self {
-            Prompt::Chat { .. } => "messages",
-            Prompt::Text(_) | Prompt::Tokens(_) => "prompt",
-        }
-    }
-}
-
 /// A prompt's tokens, and stop strings its template added.
 #[derive(Debug)]
 pub(crate) struct PromptTokens {

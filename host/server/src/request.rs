@@ -35,6 +35,8 @@ const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 #[derive(Debug)]
 pub(crate) struct ValidGeneration {
     pub prompt: Prompt,
+    /// The field the client wrote the prompt in (`prompt`, `messages`), for errors.
+    pub prompt_param: &'static str,
     pub params: SamplingParams,
     pub max_tokens: TokenLimit,
     /// The client's stop strings (a template may add its own).
@@ -120,6 +122,7 @@ pub(crate) fn generate(
     };
     let generation = ValidGeneration {
         prompt,
+        prompt_param: "prompt",
         params,
         max_tokens: token_limit(req.max_tokens, Some(GENERATE_MAX_TOKENS), "max_tokens")?,
         stop: stop_strings(req.stop)?,
@@ -182,7 +185,7 @@ pub(crate) fn chat(
         state,
         context,
         fields,
-        Prompt::Chat { messages, add_generation_prompt: true },
+        (Prompt::Chat { messages, add_generation_prompt: true }, "messages"),
         token_limit(max_tokens, None, param)?,
         logprobs,
         json,
@@ -212,7 +215,7 @@ pub(crate) fn completion(
         state,
         context,
         fields,
-        prompt,
+        (prompt, "prompt"),
         token_limit(req.max_tokens, Some(COMPLETION_MAX_TOKENS), "max_tokens")?,
         req.logprobs.map(|n| n as usize),
         false,
@@ -274,7 +277,7 @@ fn openai_generation(
     state: &AppState,
     context: &RequestContext,
     fields: kiln_api::openai::SamplingFields,
-    prompt: Prompt,
+    (prompt, prompt_param): (Prompt, &'static str),
     max_tokens: TokenLimit,
     logprobs: Option<usize>,
     json: bool,
@@ -292,6 +295,7 @@ fn openai_generation(
     logit_bias.sort_unstable_by_key(|(id, _)| *id);
     Ok(ValidGeneration {
         prompt,
+        prompt_param,
         params: sampling_params(state, fields.knobs, OPENAI_TEMPERATURE, logit_bias)?,
         max_tokens,
         stop: stop_strings(fields.stop)?,

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use kiln_api::generate::{GenerateChunk, GenerateStreamEnd, GenerationRequest, GenerationResponse};
+use kiln_api::generate::{GenerationChunk, GenerationRequest, GenerationResponse, GenerationStreamEnd};
 
 use super::sse::{json_event, mark_cache, sse};
 use crate::extract::{ApiJson, RequestContext};
@@ -18,7 +18,7 @@ use crate::{ApiError, AppState};
 #[utoipa::path(post, path = "/v1/generate", tag = "generate", request_body = GenerationRequest,
     responses(
         (status = 200, description = "The answer (or, with `stream: true`, events as from `/v1/generate/stream`)",
-            content((GenerationResponse = "application/json"), (GenerateChunk = "text/event-stream"))),
+            content((GenerationResponse = "application/json"), (GenerationChunk = "text/event-stream"))),
         GenerationErrors,
     ))]
 pub async fn generate(
@@ -40,8 +40,8 @@ pub async fn generate(
 /// chunk, then `{"finish_reason", "usage", ...}`, then `[DONE]`.
 #[utoipa::path(post, path = "/v1/generate/stream", tag = "generate", request_body = GenerationRequest,
     responses(
-        (status = 200, description = "`data: {\"text\": ...}` events, a `GenerateStreamEnd` event, then `data: [DONE]`",
-            content((GenerateChunk = "text/event-stream"))),
+        (status = 200, description = "`data: {\"text\": ...}` events, a `GenerationStreamEnd` event, then `data: [DONE]`",
+            content((GenerationChunk = "text/event-stream"))),
         GenerationErrors,
     ))]
 pub async fn generate_stream(
@@ -58,8 +58,8 @@ fn stream_events(state: &AppState, generation: Generation) -> Response {
     let model = state.model().id.clone();
     sse(state, generation, move |piece| match piece {
         Piece::Text { text, .. } if text.is_empty() => vec![],
-        Piece::Text { text, .. } => vec![json_event(&GenerateChunk { text })],
-        Piece::Finished { reason, usage } => vec![json_event(&GenerateStreamEnd {
+        Piece::Text { text, .. } => vec![json_event(&GenerationChunk { text })],
+        Piece::Finished { reason, usage } => vec![json_event(&GenerationStreamEnd {
             finish_reason: reason,
             tokens_used: usage.total_tokens,
             model: model.clone(),

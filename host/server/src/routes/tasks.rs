@@ -1,5 +1,6 @@
-//! Async generation: `POST /v1/generate/async` stores a task and answers
-//! 202 at once; `GET /v1/tasks/{id}` reports it; `DELETE` cancels it;
+//! Async generation: `POST /v1/generate/async` and
+//! `POST /v1/chat/completions/async` check the request as their synchronous
+//! endpoint does, store a task and answer 202 at once; `GET /v1/tasks/{id}` reports it; `DELETE` cancels it;
 //! `GET /v1/tasks` lists the caller's. A task is visible only to the API key
 //! that created it: to any other it does not exist (404).
 
@@ -64,8 +65,8 @@ async fn submit(
     context: &RequestContext,
     request: TaskRequest,
 ) -> Result<(StatusCode, Json<TaskAccepted>), ApiError> {
-    let tasks = tasks(state)?;
     request.clone().validate(state, context)?;
+    let tasks = tasks(state)?;
     let webhook_url = request.webhook_url().map(str::to_string);
     if let Some(url) = webhook_url.clone() {
         // Resolving the host blocks: off the async workers.

@@ -87,6 +87,9 @@ async fn a_prompt_longer_than_the_context_is_400_context_length_exceeded() {
     let error = post(&app, "/v1/generate", json!({"prompt": long, "raw": true})).await.error(StatusCode::BAD_REQUEST);
     assert_eq!(error["code"], "context_length_exceeded");
     assert_eq!(error["param"], "prompt");
+    // Through the chat template, the field the client wrote is still `prompt`.
+    let error = post(&app, "/v1/generate", json!({"prompt": long})).await.error(StatusCode::BAD_REQUEST);
+    assert_eq!((&error["code"], &error["param"]), (&json!("context_length_exceeded"), &json!("prompt")));
     let body = json!({"messages": [{"role": "user", "content": long}]});
     let error = post(&app, "/v1/chat/completions", body).await.error(StatusCode::BAD_REQUEST);
     assert_eq!(error["param"], "messages");

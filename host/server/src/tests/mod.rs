@@ -271,7 +271,7 @@ impl TestApp {
                 // Ids past the tokenizer's list that the fake model accepts
                 // (as in GGUFs whose embedding table is padded), unless the
                 // fake sits behind plugins, which see the tokenizer's list.
-                let padded = if self.plugins.is_some() || self.tasks.is_some() { 0 } else { PADDED_IDS };
+                let padded = if self.plugins.is_some() { 0 } else { PADDED_IDS };
                 let vocab_size = tokenizer.vocab_size() + padded;
                 let limits = ModelLimits { vocab_size, max_context: CONTEXT, default_stop_ids: vec![] };
                 (Arc::new(FakeBackend { fake, limits, stats: EngineStats::default() }), None)

@@ -302,6 +302,11 @@ async fn an_async_request_refused_synchronously_is_refused_at_submission() {
         let sync = send(&app, call("POST", sync_path, APP_KEY, Some(sync_body))).await;
         assert_eq!(sync.error(StatusCode::BAD_REQUEST)["param"], param, "{body}");
     }
+    // This server runs without plugins: JSON mode is refused before it is stored.
+    let json_mode =
+        json!({"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_object"}});
+    let answer = send(&app, call("POST", "/v1/chat/completions/async", APP_KEY, Some(json_mode))).await;
+    assert_eq!(answer.error(StatusCode::BAD_REQUEST)["param"], "response_format");
     // Nothing was stored.
     let listed = send(&app, call("GET", "/v1/tasks", APP_KEY, None)).await.json();
     assert_eq!(listed["data"], json!([]), "{listed}");
