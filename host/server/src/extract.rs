@@ -71,6 +71,47 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// A query string deserialized into `T`; a value of the wrong type is 400
+/// in the error envelope, naming the parameter (axum's own `Query` answers
+/// in plain text).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| {
+            let param = e.path().to_string();
+            let message = format!("`{param}`: {}", e.into_inner());
+            ApiError::InvalidValue { param, message, code: Some("invalid_query") }
+        })
+    }
+}
+
+/// One path parameter; one that is not valid UTF-8 after percent-decoding
+/// is 400 in the error envelope, naming it.
+#[derive(Debug, Clone)]
+pub struct ApiPath(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ApiPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let name = parts
+            .extensions
+            .get::<axum::extract::MatchedPath>()
+            .and_then(|p| p.as_str().rsplit_once('{').and_then(|(_, rest)| rest.split('}').next()).map(str::to_string))
+            .unwrap_or_else(|| "path".into());
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(ApiError::invalid(name.trim_start_matches('*'), rejection.body_text())),
+        }
+    }
+}
+
 /// What the middleware learned about a request that handlers act on: who
 /// calls (for the key's default pipeline) and where its tokens are counted.
 #[derive(Clone, Debug, Default)]

@@ -19,7 +19,7 @@ use crate::piece::{Piece, TokenLogprobs};
 use crate::prompt::{self, Prompt, PromptTokens};
 use crate::request::{TokenLimit, ValidGeneration};
 use crate::response_cache::{CacheKey, ResponseCache};
-use crate::token_meter::TokenMeter;
+use crate::token_meter::{Reservation, TokenMeter};
 use crate::{ApiError, AppState};
 
 /// How the response cache took part in a generation (the `x-kiln-cache` header).
@@ -63,9 +63,9 @@ pub struct Generation {
     prompt_tokens: usize,
     /// Tokens the engine has emitted so far.
     generated: usize,
-    /// Taken when the tokens are counted (at the finish, or when dropped),
-    /// with the tokens reserved for the generation beforehand.
-    meter: Option<(TokenMeter, u32)>,
+    /// The tokens reserved for the generation beforehand; settled at the
+    /// finish, or when the generation is dropped.
+    reservation: Option<Reservation>,
     cache_status: CacheStatus,
     /// When the generation was admitted (time to first token counts from here).
     started: std::time::Instant,
@@ -159,7 +159,7 @@ impl Generation {
             prompt_tokens: 0,
             generated: 0,
             // Nothing was computed: no tokens to count.
-            meter: None,
+            reservation: None,
             cache_status: CacheStatus::Hit,
             started: std::time::Instant::now(),
             admitted: tokio::time::Instant::now(),
@@ -319,8 +319,8 @@ impl Generation {
     fn finish(&mut self, reason: FinishReason, usage: Usage) {
         metrics::counter!("kiln_prompt_tokens_total").increment(u64::from(usage.prompt_tokens));
         metrics::counter!("kiln_generated_tokens_total").increment(u64::from(usage.completion_tokens));
-        if let Some((meter, reserved)) = self.meter.take() {
-            meter.settle(reserved, usage.total_tokens as usize);
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle(usage.total_tokens as usize);
         }
         // Ends the engine's sequence now if a stop string cut it short.
         self.stream = None;
@@ -366,11 +366,9 @@ async fn submit(
         (None, None) => room,
     };
     // The most this request can spend is set aside before it runs.
-    let meter = match meter {
-        Some(meter) => {
-            let reserved = meter.reserve(prompt_len + max_tokens).await?;
-            Some((meter, reserved))
-        }
+    // Given back whole if anything below refuses the request.
+    let reservation = match meter {
+        Some(meter) => Some(meter.reserve(prompt_len + max_tokens).await?),
         None => None,
     };
     // json-mode replaces the pipeline's sampler: the output must parse.
@@ -406,7 +404,7 @@ async fn submit(
         pending_logprobs: Vec::new(),
         prompt_tokens: prompt_len,
         generated: 0,
-        meter,
+        reservation,
         cache_status: CacheStatus::Off,
         started: std::time::Instant::now(),
         admitted: tokio::time::Instant::now(),
@@ -420,8 +418,11 @@ impl Drop for Generation {
     /// A generation cut short (a client gone, a failure) still used what it
     /// prefilled and generated.
     fn drop(&mut self) {
-        if let Some((meter, reserved)) = self.meter.take() {
-            meter.settle(reserved, self.prompt_tokens + self.generated);
+        if let Some(reservation) = self.reservation.take() {
+            // Nothing generated (refused by a plugin at once, its client gone
+            // while it queued, out of time): nothing is charged.
+            let used = if self.generated == 0 { 0 } else { self.prompt_tokens + self.generated };
+            reservation.settle(used);
         }
     }
 }

@@ -33,19 +33,20 @@ impl TokenMeter {
     }
 
     /// Sets aside `tokens` (a request's prompt and limit) before it runs.
-    pub async fn reserve(&self, tokens: usize) -> Result<u32, ApiError> {
-        match self.limiter.reserve_tokens(&self.id, self.limits, clamp(tokens)).await {
-            Ok(reserved) => reserved.map_err(|retry_after| ApiError::RateLimited { which: "tokens", retry_after }),
+    pub async fn reserve(&self, tokens: usize) -> Result<Reservation, ApiError> {
+        let reserved = match self.limiter.reserve_tokens(&self.id, self.limits, clamp(tokens)).await {
+            Ok(reserved) => reserved.map_err(|retry_after| ApiError::RateLimited { which: "tokens", retry_after })?,
             Err(e) => {
                 unreachable_limits(&e);
-                Ok(0)
+                0
             }
-        }
+        };
+        Ok(Reservation { meter: self.clone(), reserved, settled: false })
     }
 
     /// Counts what the request really used against what it reserved (for
     /// shared limits in the background: the answer does not wait on Redis).
-    pub fn settle(&self, reserved: u32, used: usize) {
+    fn settle(&self, reserved: u32, used: usize) {
         if let RateLimiter::Local(local) = &*self.limiter {
             return local.settle_tokens(&self.id, self.limits, reserved, clamp(used));
         }
@@ -58,6 +59,33 @@ impl TokenMeter {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(settle)),
             Err(_) => tracing::warn!("no runtime to settle a request's tokens on"),
+        }
+    }
+}
+
+/// Tokens set aside for one request. Settled against what it used when it
+/// ends; dropped unsettled (the request ended without generating: refused,
+/// failed to start, its client gone), every token goes back.
+#[derive(Debug)]
+pub struct Reservation {
+    meter: TokenMeter,
+    reserved: u32,
+    settled: bool,
+}
+
+impl Reservation {
+    /// The request used `used` tokens: more than reserved is a debt, less
+    /// is given back.
+    pub fn settle(mut self, used: usize) {
+        self.settled = true;
+        self.meter.settle(self.reserved, used);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.meter.settle(self.reserved, 0);
         }
     }
 }

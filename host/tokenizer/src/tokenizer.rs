@@ -44,6 +44,8 @@ pub struct Tokenizer {
     stop_ids: Vec<u32>,
     pre_fallback: Option<String>,
     chat_template: Option<String>,
+    /// The texts of the control tokens, longest first.
+    control_texts: Vec<String>,
 }
 
 impl Tokenizer {
@@ -115,6 +117,12 @@ impl Tokenizer {
         }
 
         let stop_ids = stop_ids(&v);
+        let mut control_texts: Vec<String> = (v.tokens.iter().zip(&v.kinds))
+            .filter(|(text, kind)| **kind == TokenKind::Control && !text.is_empty())
+            .map(|(text, _)| text.clone())
+            .collect();
+        // Longest first: where one control text contains another, the whole is found.
+        control_texts.sort_by_key(|t| std::cmp::Reverse(t.len()));
         Ok(Self {
             with_special,
             plain,
@@ -128,7 +136,28 @@ impl Tokenizer {
             stop_ids,
             pre_fallback,
             chat_template: v.chat_template,
+            control_texts,
         })
+    }
+
+    /// Encode text made of parts, each with its own `parse_special` (see
+    /// [`Tokenizer::encode`]): a chat prompt's markup with control tokens,
+    /// the content clients wrote as text. BOS/EOS as for one text.
+    pub fn encode_parts(&self, parts: &[(&str, bool)]) -> Result<Vec<u32>, TokenizerError> {
+        let mut ids = Vec::new();
+        ids.extend(self.ids.bos.filter(|_| self.add_bos));
+        for &(text, parse_special) in parts.iter().filter(|(text, _)| !text.is_empty()) {
+            let inner = if parse_special { &self.with_special } else { &self.plain };
+            ids.extend_from_slice(inner.encode_fast(text, false).map_err(TokenizerError::Backend)?.get_ids());
+        }
+        ids.extend(self.ids.eos.filter(|_| self.add_eos));
+        Ok(ids)
+    }
+
+    /// The texts of the control tokens (`<|im_start|>`...), longest first:
+    /// what [`Tokenizer::encode`] with `parse_special` turns into their ids.
+    pub fn control_texts(&self) -> &[String] {
+        &self.control_texts
     }
 
     /// Encode text. With `parse_special`, control-token strings in the text (e.g.

@@ -1,11 +1,11 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`.
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use kiln_api::ErrorBody;
 use kiln_api::openai::{ModelCard, ModelList};
 
+use crate::extract::ApiPath;
 use crate::{ApiError, AppState};
 
 /// The served model (kiln serves one model per process).
@@ -18,11 +18,7 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
 #[utoipa::path(get, path = "/v1/models/{id}", tag = "openai",
     params(("id" = String, Path, description = "The model's id")),
     responses((status = 200, description = "The model", body = ModelCard), (status = 404, description = "No such model", body = ErrorBody)))]
-pub async fn retrieve_model(
-    State(state): State<AppState>,
-    id: Result<Path<String>, PathRejection>,
-) -> Result<Json<ModelCard>, ApiError> {
-    let Path(id) = id.map_err(|e| ApiError::invalid("id", e.body_text()))?;
+pub async fn retrieve_model(State(state): State<AppState>, ApiPath(id): ApiPath) -> Result<Json<ModelCard>, ApiError> {
     if id != state.model().id {
         return Err(ApiError::NoSuchModel(id));
     }

@@ -7,14 +7,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use kiln_api::ErrorBody;
 use kiln_api::plugins::{PipelineView, PluginCallStats, PluginList, PluginStatus};
 use kiln_pipeline::{PluginEntry, PluginHost, Source};
 
+use crate::extract::ApiPath;
 use crate::{ApiError, AppState};
 
 /// Every plugin (with its serving version, last load error and call
@@ -54,7 +55,7 @@ pub async fn list_plugins(State(state): State<AppState>) -> Result<Json<PluginLi
     ))]
 pub async fn put_plugin(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PluginStatus>, ApiError> {
     let bytes = body.map_err(|rejection| match rejection.status() {
@@ -79,7 +80,7 @@ pub async fn put_plugin(
     ))]
 pub async fn reload_plugin(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath,
 ) -> Result<Json<PluginStatus>, ApiError> {
     let entry = blocking(&state, move |plugins| plugins.reload(&name)).await?;
     Ok(Json(status(&entry)))
@@ -96,7 +97,7 @@ pub async fn reload_plugin(
         (status = 404, description = "No such plugin", body = ErrorBody),
         (status = 409, description = "Built in, or used by a pipeline", body = ErrorBody),
     ))]
-pub async fn delete_plugin(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub async fn delete_plugin(State(state): State<AppState>, ApiPath(name): ApiPath) -> Result<Response, ApiError> {
     match blocking(&state, move |plugins| plugins.remove(&name)).await? {
         Some(built_in) => Ok(Json(status(&built_in)).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use kiln_api::ErrorBody;
 use kiln_api::generate::GenerationRequest;
@@ -15,7 +15,7 @@ use kiln_api::openai::ChatCompletionRequest;
 use kiln_api::tasks::{TaskAccepted, TaskList, TaskView};
 use kiln_tasks::{TaskError, TaskStore};
 
-use crate::extract::{ApiJson, RequestContext};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, RequestContext};
 use crate::openapi::GenerationErrors;
 use crate::tasks::Tasks;
 use crate::tasks::job::TaskRequest;
@@ -95,7 +95,7 @@ async fn submit(
 pub async fn get_task(
     State(state): State<AppState>,
     context: RequestContext,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<TaskView>, ApiError> {
     let tasks = tasks(&state)?;
     let owner = context.tenant().unwrap_or_default();
@@ -114,7 +114,7 @@ pub async fn get_task(
 pub async fn cancel_task(
     State(state): State<AppState>,
     context: RequestContext,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<TaskView>, ApiError> {
     let tasks = tasks(&state)?;
     let owner = context.tenant().unwrap_or_default();
@@ -142,7 +142,7 @@ pub struct Page {
 pub async fn list_tasks(
     State(state): State<AppState>,
     context: RequestContext,
-    Query(page): Query<Page>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<TaskList>, ApiError> {
     let limit = page.limit.unwrap_or(20);
     if !(1..=MAX_PAGE).contains(&limit) {

@@ -222,3 +222,20 @@ async fn a_generation_past_the_request_timeout_is_stopped_with_a_504() {
     let events = streamed.json_events();
     assert_eq!(events.last().unwrap()["error"]["code"], "timeout", "{events:?}");
 }
+
+#[tokio::test]
+async fn query_and_path_rejections_are_the_json_envelope_naming_the_parameter() {
+    let app = TestApp::fake(Fake::Say(vec!["x"])).tasks(super::TaskConfig::default()).build();
+    let error = get(&app, "/v1/tasks?limit=abc").await.error(StatusCode::BAD_REQUEST);
+    assert_eq!((&error["param"], &error["code"]), (&json!("limit"), &json!("invalid_query")));
+    assert!(error["message"].as_str().unwrap().contains("limit"), "{error}");
+    // A path segment that is not UTF-8 once decoded.
+    let error = get(&app, "/v1/tasks/%FF").await.error(StatusCode::BAD_REQUEST);
+    assert_eq!(error["param"], "id");
+    let error = get(&app, "/v1/models/%FF").await.error(StatusCode::BAD_REQUEST);
+    assert_eq!(error["param"], "id");
+    // Unknown routes and methods too.
+    assert_eq!(get(&app, "/v1/nowhere").await.error(StatusCode::NOT_FOUND)["code"], "not_found");
+    let wrong = post(&app, "/v1/models", json!({})).await;
+    assert_eq!(wrong.error(StatusCode::METHOD_NOT_ALLOWED)["code"], "method_not_allowed");
+}

@@ -3,6 +3,7 @@
 //! backends), plus cancellation over a real socket.
 
 mod access;
+mod allowance;
 mod cache;
 mod cancel;
 mod docs;
