@@ -6,12 +6,15 @@ use subtle::ConstantTimeEq;
 
 use crate::AccessError;
 
-/// What a key may do. `admin` includes `generate`.
+/// What a key may do. `admin` includes the others.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Inference and token counting.
     Generate,
+    /// Scraping `/metrics` (when it is not public): for a scraper that
+    /// should not also be able to replace plugins.
+    Metrics,
     /// Everything, plugin administration included.
     Admin,
 }
@@ -20,6 +23,7 @@ impl std::fmt::Display for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Scope::Generate => "generate",
+            Scope::Metrics => "metrics",
             Scope::Admin => "admin",
         })
     }
@@ -38,7 +42,12 @@ pub struct KeyConfig {
     /// Overrides of the server's default limits for this key.
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u32>,
-    /// The pipeline this key's requests run when they name none.
+    /// The pipelines this key's requests may run, the first when they name
+    /// none; empty: any (the server's default when they name none).
+    #[serde(default)]
+    pub pipelines: Vec<String>,
+    /// The older form of `pipelines` with one name: the only pipeline this
+    /// key may run.
     pub pipeline: Option<String>,
     /// Signs the webhooks of this key's tasks (else `[tasks] webhook_secret`).
     #[serde(default)]
@@ -53,6 +62,13 @@ pub struct Secret(pub String);
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(..)")
+    }
+}
+
+impl KeyConfig {
+    /// The pipelines this key may run, its default first; none: any.
+    pub fn allowed_pipelines(&self) -> impl Iterator<Item = &str> {
+        self.pipelines.iter().chain(&self.pipeline).map(String::as_str)
     }
 }
 
@@ -97,10 +113,15 @@ impl KeyStore {
                 return Err(bad("name must not be empty".into()));
             }
             if config.scopes.is_empty() {
-                return Err(bad("scopes must list at least one of generate, admin".into()));
+                return Err(bad("scopes must list at least one of generate, metrics, admin".into()));
             }
             if config.requests_per_minute == Some(0) || config.tokens_per_minute == Some(0) {
                 return Err(bad("a limit of 0 would refuse every request; leave it out for the default".into()));
+            }
+            if config.pipeline.is_some() && !config.pipelines.is_empty() {
+                return Err(bad(
+                    "give `pipelines` (the allowed list, the default first) or `pipeline`, not both".into()
+                ));
             }
             if keys.iter().any(|k| k.config.name == config.name) {
                 return Err(bad("another key has the same name".into()));
@@ -159,6 +180,7 @@ mod tests {
             scopes,
             requests_per_minute: None,
             tokens_per_minute: None,
+            pipelines: Vec::new(),
             pipeline: None,
             webhook_secret: None,
         }
@@ -214,5 +236,32 @@ mod tests {
         assert_eq!(file.keys[0].tokens_per_minute, Some(1000));
         let unknown = toml::from_str::<File>("[[keys]]\nname = \"a\"\nsha = \"0\"\n").unwrap_err();
         assert!(unknown.to_string().contains("sha"), "{unknown}");
+    }
+
+    #[test]
+    fn a_key_runs_only_its_pipelines_and_names_them_one_way() {
+        let mut key = config("app", "kiln-app", vec![Scope::Generate]);
+        assert_eq!(key.allowed_pipelines().count(), 0, "no list: any pipeline");
+        key.pipelines = vec!["safe".into(), "fast".into()];
+        assert_eq!(key.allowed_pipelines().collect::<Vec<_>>(), ["safe", "fast"]);
+        key.pipeline = Some("other".into());
+        let err = KeyStore::new(vec![key]).unwrap_err().to_string();
+        assert!(err.contains("keys[0] (app)") && err.contains("not both"), "{err}");
+        let mut old = config("old", "kiln-old", vec![Scope::Generate]);
+        old.pipeline = Some("safe".into());
+        assert_eq!(old.allowed_pipelines().collect::<Vec<_>>(), ["safe"]);
+    }
+
+    #[test]
+    fn admin_includes_metrics_but_metrics_is_only_metrics() {
+        let store = KeyStore::new(vec![
+            config("ops", "kiln-ops", vec![Scope::Admin]),
+            config("scraper", "kiln-scraper", vec![Scope::Metrics]),
+        ])
+        .unwrap();
+        assert!(store.verify("kiln-ops").unwrap().allows(Scope::Metrics));
+        let scraper = store.verify("kiln-scraper").unwrap();
+        assert!(scraper.allows(Scope::Metrics));
+        assert!(!scraper.allows(Scope::Generate) && !scraper.allows(Scope::Admin));
     }
 }

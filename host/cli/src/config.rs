@@ -272,7 +272,7 @@ impl FileConfig {
             plugins.default_pipeline
         );
         for (i, key) in self.keys.iter().enumerate() {
-            if let Some(p) = key.pipeline.as_deref().filter(|p| !defined(p)) {
+            if let Some(p) = key.allowed_pipelines().find(|p| !defined(p)) {
                 anyhow::bail!("keys[{i}] ({}): pipeline {p:?} is not defined", key.name);
             }
         }

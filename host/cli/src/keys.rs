@@ -10,7 +10,8 @@ pub enum KeysCommand {
         /// Who the key is for (shown in logs; letters, digits, '-', '_', '.').
         #[arg(long, default_value = "default")]
         name: String,
-        /// `generate` (inference) or `admin` (everything, plugin administration too).
+        /// `generate` (inference), `metrics` (scraping `/metrics` only) or `admin`
+        /// (everything, plugin administration too).
         #[arg(long, value_enum, default_value_t = ScopeArg::Generate)]
         scope: ScopeArg,
     },
@@ -19,6 +20,7 @@ pub enum KeysCommand {
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum ScopeArg {
     Generate,
+    Metrics,
     Admin,
 }
 
@@ -32,6 +34,7 @@ pub fn run(command: KeysCommand) -> Result<()> {
             let key = kiln_access::generate_key()?;
             let scope = match scope {
                 ScopeArg::Generate => "generate",
+                ScopeArg::Metrics => "metrics",
                 ScopeArg::Admin => "admin",
             };
             println!("{key}");

@@ -71,7 +71,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if !args.no_plugins {
         let plugins = Arc::new(plugin_host(&args, &file, &loaded.tokenizer)?);
         for (i, key) in file.keys.iter().enumerate() {
-            if let Some(p) = key.pipeline.as_deref().filter(|p| !plugins.pipelines().any(|(name, _)| name == *p)) {
+            if let Some(p) = key.allowed_pipelines().find(|p| !plugins.pipelines().any(|(name, _)| name == *p)) {
                 anyhow::bail!("keys[{i}] ({}): pipeline {p:?} is not defined", key.name);
             }
         }

@@ -129,8 +129,19 @@ impl RequestContext {
     }
 
     /// The pipeline a request runs: its own choice, else its key's default.
-    pub fn pipeline<'a>(&'a self, requested: Option<&'a str>) -> Option<&'a str> {
-        requested.or_else(|| self.caller.as_ref()?.key.as_ref()?.config.pipeline.as_deref())
+    /// A key that lists its pipelines runs no other (403 naming them).
+    pub fn pipeline<'a>(&'a self, requested: Option<&'a str>) -> Result<Option<&'a str>, ApiError> {
+        let Some(key) = self.caller.as_ref().and_then(|c| c.key.as_ref()) else { return Ok(requested) };
+        let allowed: Vec<&str> = key.config.allowed_pipelines().collect();
+        match requested {
+            None => Ok(allowed.first().copied()),
+            Some(name) if allowed.is_empty() || allowed.contains(&name) => Ok(Some(name)),
+            Some(name) => Err(ApiError::Forbidden(format!(
+                "the key {:?} may not run pipeline {name:?}; it may run {}",
+                key.name(),
+                allowed.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ")
+            ))),
+        }
     }
 }
 

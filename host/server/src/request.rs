@@ -129,7 +129,7 @@ pub(crate) fn generate(
         ignore_eos: req.ignore_eos,
         logprobs: None,
         json: false,
-        pipeline: state.pipeline(context.pipeline(req.pipeline.as_deref()))?,
+        pipeline: state.pipeline(context.pipeline(req.pipeline.as_deref())?)?,
     };
     Ok(ValidGenerate { generation, stream: req.stream })
 }
@@ -302,7 +302,7 @@ fn openai_generation(
         ignore_eos: fields.ignore_eos.unwrap_or(false),
         logprobs,
         json,
-        pipeline: state.pipeline(context.pipeline(fields.pipeline.as_deref()))?,
+        pipeline: state.pipeline(context.pipeline(fields.pipeline.as_deref())?)?,
     })
 }
 

@@ -1,8 +1,7 @@
-//! Who may use the admin endpoints (plugin management). With API keys, a key
-//! with the `admin` scope (unless `--admin none` turns them off). Without
-//! keys (`--insecure-no-auth`), the choice is by network: loopback clients
-//! that did not come through a proxy (the default), anyone (an explicit
-//! operator choice), or no one.
+//! Who may use the admin endpoints (plugin management), one rule: `--admin`
+//! chooses by network (loopback clients that did not come through a proxy,
+//! the default; anyone, an explicit operator choice; or no one), and with
+//! API keys the key must have the `admin` scope as well.
 
 use std::net::SocketAddr;
 
@@ -27,29 +26,23 @@ pub async fn require_admin(State(state): State<AppState>, request: Request, next
     // A reverse proxy on this machine makes every client look local: a
     // forwarded request is not a local one.
     let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| request.headers().contains_key(*h));
+    let local = peer.is_some_and(|p| p.ip().to_canonical().is_loopback()) && !forwarded;
+    // With API keys, the `admin` scope as well (authentication checked it by
+    // path; this checks it again where the admin routes are).
     let keyed = matches!(state.config().auth, crate::config::Auth::Keys(_));
-    match (state.config().admin, peer) {
-        (AdminAccess::Nobody, _) => Err(ApiError::Forbidden("the admin endpoints are turned off (see --admin)".into())),
-        // With API keys, the `admin` scope decides (authentication checked it
-        // by path; this checks it again where the admin routes are).
-        (_, _) if keyed => {
-            let admin = request
-                .extensions()
-                .get::<crate::extract::Caller>()
-                .and_then(|c| c.key.as_ref())
-                .is_some_and(|k| k.allows(kiln_access::Scope::Admin));
-            if admin {
-                Ok(next.run(request).await)
-            } else {
-                Err(ApiError::Forbidden("plugin administration needs a key with the `admin` scope".into()))
-            }
-        }
-        (AdminAccess::Anyone, _) => Ok(next.run(request).await),
-        (AdminAccess::Loopback, Some(peer)) if peer.ip().to_canonical().is_loopback() && !forwarded => {
-            Ok(next.run(request).await)
-        }
-        (AdminAccess::Loopback, _) => {
+    let admin_key = request
+        .extensions()
+        .get::<crate::extract::Caller>()
+        .and_then(|c| c.key.as_ref())
+        .is_some_and(|k| k.allows(kiln_access::Scope::Admin));
+    match state.config().admin {
+        AdminAccess::Nobody => Err(ApiError::Forbidden("the admin endpoints are turned off (see --admin)".into())),
+        AdminAccess::Loopback if !local => {
             Err(ApiError::Forbidden("the admin endpoints answer loopback clients only (see --admin)".into()))
         }
+        _ if keyed && !admin_key => {
+            Err(ApiError::Forbidden("plugin administration needs a key with the `admin` scope".into()))
+        }
+        AdminAccess::Loopback | AdminAccess::Anyone => Ok(next.run(request).await),
     }
 }

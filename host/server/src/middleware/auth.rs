@@ -1,6 +1,7 @@
 //! API keys: `Authorization: Bearer KEY` (OpenAI's clients) or `X-API-Key:
 //! KEY` (the guide's). Probes, metrics and the API docs are public; plugin
-//! administration needs the `admin` scope; everything else `generate`.
+//! administration needs the `admin` scope; `/metrics` when it is not
+//! public, `metrics` (or `admin`); everything else `generate`.
 //! Without configured keys the server runs only when started with
 //! `--insecure-no-auth`, and then every caller is anonymous.
 
@@ -23,8 +24,10 @@ pub fn is_public(path: &str, public_metrics: bool) -> bool {
 }
 
 fn scope_of(path: &str) -> Scope {
-    if path == "/v1/plugins" || path.starts_with("/v1/plugins/") || path == "/metrics" {
+    if path == "/v1/plugins" || path.starts_with("/v1/plugins/") {
         Scope::Admin
+    } else if path == "/metrics" {
+        Scope::Metrics
     } else {
         Scope::Generate
     }

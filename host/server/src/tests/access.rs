@@ -22,6 +22,7 @@ pub(super) fn key(name: &str, key: &str, scope: Scope, requests_per_minute: Opti
         scopes: vec![scope],
         requests_per_minute,
         tokens_per_minute: None,
+        pipelines: Vec::new(),
         pipeline: None,
         webhook_secret: None,
     }
@@ -37,8 +38,13 @@ pub(super) fn keyed_config(limits: Limits) -> ServerConfig {
     ServerConfig { auth: Auth::Keys(Arc::new(keys)), limits, ..ServerConfig::default() }
 }
 
+/// Requests come from this machine, as the admin endpoints want by default.
+fn loopback() -> std::net::SocketAddr {
+    "127.0.0.1:50000".parse().unwrap()
+}
+
 fn keyed_app(limits: Limits) -> Built {
-    TestApp::fake(Fake::Say(vec!["Hello", " there"])).config(keyed_config(limits)).build()
+    TestApp::fake(Fake::Say(vec!["Hello", " there"])).config(keyed_config(limits)).peer(loopback()).build()
 }
 
 fn generate(key: Option<(&str, &str)>) -> Request<Body> {
@@ -78,6 +84,44 @@ async fn plugin_administration_needs_the_admin_scope() {
     assert!(refused["message"].as_str().unwrap().contains("admin"), "{refused}");
     // An admin key passes authentication; this server has no plugins to list.
     assert_eq!(send(&app, list(OPS_KEY)).await.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn with_keys_the_admin_endpoints_want_the_admin_scope_and_the_network_admin_allows() {
+    let list = || Request::get("/v1/plugins").header("x-api-key", OPS_KEY).body(Body::empty()).unwrap();
+    let remote: std::net::SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    // `--admin loopback` (the default): an admin key from elsewhere is refused.
+    let app = TestApp::fake(Fake::Say(vec!["x"])).config(keyed_config(Limits::default())).peer(remote).build();
+    let refused = send(&app, list()).await.error(StatusCode::FORBIDDEN);
+    assert!(refused["message"].as_str().unwrap().contains("loopback"), "{refused}");
+    // Through a proxy on this machine is not local either.
+    let app = keyed_app(Limits::default());
+    let proxied = Request::get("/v1/plugins").header("x-api-key", OPS_KEY).header("x-forwarded-for", "192.0.2.7");
+    send(&app, proxied.body(Body::empty()).unwrap()).await.error(StatusCode::FORBIDDEN);
+    // `--admin anyone`: the scope alone decides.
+    let anyone = ServerConfig { admin: crate::AdminAccess::Anyone, ..keyed_config(Limits::default()) };
+    let app = TestApp::fake(Fake::Say(vec!["x"])).config(anyone).peer(remote).build();
+    assert_eq!(send(&app, list()).await.status, StatusCode::CONFLICT, "admitted; no plugins to list");
+    let app_key = Request::get("/v1/plugins").header("x-api-key", APP_KEY).body(Body::empty()).unwrap();
+    send(&app, app_key).await.error(StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_metrics_key_scrapes_metrics_and_nothing_else() {
+    const SCRAPER_KEY: &str = "kiln-scraper-key";
+    let mut config = keyed_config(Limits::default());
+    config.public_metrics = false;
+    let Auth::Keys(keys) = &config.auth else { unreachable!("keyed") };
+    let mut configs: Vec<KeyConfig> = keys.keys().iter().map(|k| k.config.clone()).collect();
+    configs.push(KeyConfig { scopes: vec![Scope::Metrics], ..key("scraper", SCRAPER_KEY, Scope::Metrics, None) });
+    config.auth = Auth::Keys(Arc::new(KeyStore::new(configs).unwrap()));
+    let app = TestApp::fake(Fake::Say(vec!["x"])).config(config).peer(loopback()).build();
+    let call = |path: &str, key: &str| Request::get(path).header("x-api-key", key).body(Body::empty()).unwrap();
+    assert_eq!(send(&app, call("/metrics", SCRAPER_KEY)).await.status, StatusCode::OK);
+    assert_eq!(send(&app, call("/metrics", OPS_KEY)).await.status, StatusCode::OK, "admin includes metrics");
+    send(&app, call("/metrics", APP_KEY)).await.error(StatusCode::FORBIDDEN);
+    send(&app, call("/v1/plugins", SCRAPER_KEY)).await.error(StatusCode::FORBIDDEN);
+    send(&app, generate(Some(("x-api-key", SCRAPER_KEY)))).await.error(StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]

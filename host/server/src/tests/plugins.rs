@@ -181,3 +181,38 @@ async fn uploads_are_validated_before_they_replace_anything() {
     // The hostile guest is used by pipelines and has no built-in to fall back to.
     admin(&app, "DELETE", "/v1/plugins/hostile", Body::empty()).await.error(StatusCode::CONFLICT);
 }
+
+#[tokio::test]
+async fn a_key_runs_only_its_pipelines_and_its_first_by_default() {
+    use kiln_access::{KeyStore, Limits, Scope};
+    let mut safe = super::access::key("safe", "kiln-safe-key", Scope::Generate, None);
+    safe.pipelines = vec!["redacted".into(), "default".into()];
+    let config = crate::ServerConfig {
+        auth: crate::Auth::Keys(Arc::new(KeyStore::new(vec![safe]).unwrap())),
+        ..super::access::keyed_config(Limits::default())
+    };
+    let app =
+        TestApp::fake(Fake::Say(vec!["mail a@b.co"])).config(config).shared_plugins().tasks(TaskConfig::default());
+    let app = app.build();
+    let call = |body: serde_json::Value| {
+        let request = Request::post("/v1/generate").header("x-api-key", "kiln-safe-key");
+        request.body(Body::from(body.to_string())).unwrap()
+    };
+    // No pipeline named: the key's first, which redacts.
+    let answer = send(&app, call(json!({"prompt": "x", "raw": true}))).await;
+    assert_eq!(answer.json()["text"], "mail [email]");
+    assert_eq!(
+        send(&app, call(json!({"prompt": "x", "raw": true, "pipeline": "default"}))).await.status,
+        StatusCode::OK
+    );
+    // Any other is refused, naming the allowed ones; asynchronously too.
+    let skip = send(&app, call(json!({"prompt": "x", "raw": true, "pipeline": "native"}))).await;
+    let message = skip.error(StatusCode::FORBIDDEN)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("\"native\"") && message.contains("\"redacted\", \"default\""), "{message}");
+    let task = Request::post("/v1/generate/async").header("x-api-key", "kiln-safe-key");
+    let body = json!({"prompt": "x", "pipeline": "native"});
+    send(&app, task.body(Body::from(body.to_string())).unwrap()).await.error(StatusCode::FORBIDDEN);
+    let tokenize = Request::post("/v1/tokenize").header("x-api-key", "kiln-safe-key");
+    let body = json!({"messages": [{"role": "user", "content": "x"}], "pipeline": "native"});
+    send(&app, tokenize.body(Body::from(body.to_string())).unwrap()).await.error(StatusCode::FORBIDDEN);
+}
