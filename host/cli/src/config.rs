@@ -166,6 +166,10 @@ pub struct ServerSection {
     pub admin: Option<kiln_access::AdminAccess>,
     /// `/metrics` without a key (default true).
     pub public_metrics: Option<bool>,
+    /// Web origins browsers may call from (`https://app.example`): CORS,
+    /// and not refused as cross-site without API keys.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

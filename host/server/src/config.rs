@@ -34,6 +34,9 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Redis, where replicas share rate limits and cached answers.
     pub redis: Option<RedisShared>,
+    /// Web origins (`https://app.example`) browsers may call from: answered
+    /// with CORS, and not refused as cross-site without API keys.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +53,7 @@ impl Default for ServerConfig {
             cache: CacheConfig::default(),
             request_timeout: Duration::from_secs(120),
             redis: None,
+            allowed_origins: Vec::new(),
         }
     }
 }

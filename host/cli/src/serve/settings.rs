@@ -135,6 +135,7 @@ pub struct ServerSettings {
     pub cache: CacheConfig,
     pub admin: AdminAccess,
     pub public_metrics: bool,
+    pub allowed_origins: Vec<String>,
 }
 
 pub fn server(flags: &ServerFlags, file: &ServerSection) -> ServerSettings {
@@ -154,6 +155,8 @@ pub fn server(flags: &ServerFlags, file: &ServerSection) -> ServerSettings {
         admin: flags.admin.or(file.admin).unwrap_or_default(),
         // No flag: who scrapes metrics is a deployment's standing choice.
         public_metrics: file.public_metrics.unwrap_or(defaults.public_metrics),
+        // No flag: a deployment's standing list, like `public_metrics`.
+        allowed_origins: file.allowed_origins.clone(),
     }
 }
 
@@ -171,6 +174,7 @@ impl ServerSettings {
             request_timeout: self.request_timeout,
             cache: self.cache,
             redis,
+            allowed_origins: self.allowed_origins.clone(),
             ..ServerConfig::default()
         }
     }
@@ -258,6 +262,7 @@ mod tests {
             cache_ttl_secs: Some(111),
             admin: Some(AdminAccess::Nobody),
             public_metrics: Some(false),
+            allowed_origins: vec!["https://app.example".into()],
         }
     }
 
@@ -349,8 +354,9 @@ mod tests {
         assert_eq!(s.request_timeout, Duration::from_secs(8));
         assert_eq!((s.cache.max_bytes, s.cache.ttl), (9 * MIB, Duration::from_secs(10)));
         assert_eq!(s.admin, AdminAccess::Anyone);
-        // No flag for it: the file decides.
+        // No flag for these: the file decides.
         assert!(!s.public_metrics);
+        assert_eq!(s.allowed_origins, ["https://app.example"]);
     }
 
     #[test]
@@ -393,6 +399,7 @@ mod tests {
         assert_eq!(config.cache.max_bytes, 9 * MIB);
         assert_eq!(config.admin, AdminAccess::Anyone);
         assert!(!config.public_metrics);
+        assert_eq!(config.allowed_origins, ["https://app.example"]);
         assert!(config.redis.is_none());
     }
 

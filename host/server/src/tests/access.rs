@@ -207,3 +207,62 @@ async fn ready_only_after_the_warm_up_and_not_while_draining() {
     get(&app, "/ready").await.error(StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(get(&app, "/health").await.json()["status"], "draining");
 }
+
+#[tokio::test]
+async fn without_keys_web_pages_cannot_drive_the_server_but_listed_origins_can() {
+    let app = TestApp::fake(Fake::Say(vec!["x"])).build();
+    let call = |headers: &[(&str, &str)]| {
+        let mut request = Request::post("/v1/generate");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(Body::from(json!({"prompt": "Hi"}).to_string())).unwrap()
+    };
+    // Clients that are not browsers: no Origin, a loopback or IP Host.
+    for host in ["127.0.0.1:8000", "localhost:8000", "[::1]:8000", "10.1.2.3:8000"] {
+        assert_eq!(send(&app, call(&[("host", host)])).await.status, StatusCode::OK, "{host}");
+    }
+    // DNS rebinding: a page's own name resolving to this machine.
+    let rebound = send(&app, call(&[("host", "evil.example:8000")])).await;
+    assert!(rebound.error(StatusCode::FORBIDDEN)["message"].as_str().unwrap().contains("DNS rebinding"));
+    // A cross-site form post (text/plain needs no preflight).
+    let cross = [("host", "127.0.0.1:8000"), ("origin", "https://evil.example"), ("content-type", "text/plain")];
+    send(&app, call(&cross)).await.error(StatusCode::FORBIDDEN);
+    send(&app, call(&[("host", "127.0.0.1:8000"), ("sec-fetch-site", "cross-site")]))
+        .await
+        .error(StatusCode::FORBIDDEN);
+    // The server's own pages (/docs) call it from its origin.
+    let same = [("host", "127.0.0.1:8000"), ("origin", "http://127.0.0.1:8000"), ("sec-fetch-site", "same-origin")];
+    assert_eq!(send(&app, call(&same)).await.status, StatusCode::OK);
+
+    // A listed origin may, and gets CORS (its preflight too).
+    let config = ServerConfig { allowed_origins: vec!["https://app.example".into()], ..ServerConfig::default() };
+    let app = TestApp::fake(Fake::Say(vec!["x"])).config(config).build();
+    let listed = [("host", "127.0.0.1:8000"), ("origin", "https://app.example"), ("sec-fetch-site", "cross-site")];
+    let answer = send(&app, call(&listed)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers["access-control-allow-origin"], "https://app.example");
+    let preflight = Request::options("/v1/generate")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .body(Body::empty())
+        .unwrap();
+    let answer = send(&app, preflight).await;
+    assert!(answer.status.is_success(), "{}", answer.status);
+    assert_eq!(answer.headers["access-control-allow-origin"], "https://app.example");
+    send(&app, call(&[("host", "127.0.0.1:8000"), ("origin", "https://evil.example")]))
+        .await
+        .error(StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn with_keys_the_key_decides_whatever_the_host() {
+    let app = keyed_app(Limits::default());
+    let request = Request::post("/v1/generate")
+        .header("host", "kiln.internal.example")
+        .header("x-api-key", APP_KEY)
+        .body(Body::from(json!({"prompt": "Hi"}).to_string()))
+        .unwrap();
+    assert_eq!(send(&app, request).await.status, StatusCode::OK);
+}
