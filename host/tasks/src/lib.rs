@@ -49,6 +49,13 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     /// At start: settles what a previous process left `running`. Returns how
     /// many tasks that touched.
     fn recover(&self, on_restart: OnRestart) -> Result<usize, TaskError>;
+    /// While serving: settles tasks this process claimed at least
+    /// `stale_ms` ago that none of its workers runs (`live` lists what they
+    /// run): a task whose final write failed. Stores whose claims lapse
+    /// (Redis leases) recover these by themselves and do nothing here.
+    fn recover_orphans(&self, _live: &[String], _stale_ms: i64, _on_restart: OnRestart) -> Result<usize, TaskError> {
+        Ok(0)
+    }
     /// Deletes ended tasks that ended more than `retention_ms` ago.
     fn expire(&self, retention_ms: i64) -> Result<usize, TaskError>;
     /// When the oldest pending task was created (Unix ms), if any is pending.

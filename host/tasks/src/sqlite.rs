@@ -207,6 +207,29 @@ impl TaskStore for SqliteStore {
         Ok(changed)
     }
 
+    fn recover_orphans(&self, live: &[String], stale_ms: i64, on_restart: OnRestart) -> Result<usize, TaskError> {
+        // Claimed a while ago (not one a worker is just taking), by this
+        // process, and run by none of its workers.
+        let live = serde_json::to_string(live).map_err(|e| TaskError::Corrupt(e.to_string()))?;
+        let orphans = "status = 'running' AND worker = ?1 AND started_at < ?2
+                       AND id NOT IN (SELECT value FROM json_each(?3))";
+        let cutoff = now_ms() - stale_ms;
+        let changed = match on_restart {
+            OnRestart::Requeue => self.conn().execute(
+                &format!("UPDATE tasks SET status = 'pending' WHERE {orphans}"),
+                params![self.worker, cutoff, live],
+            )?,
+            OnRestart::Fail => self.conn().execute(
+                &format!(
+                    "UPDATE tasks SET status = 'failed', completed_at = ?4,
+                     error = 'the end of this task could not be recorded' WHERE {orphans}"
+                ),
+                params![self.worker, cutoff, live, now_ms()],
+            )?,
+        };
+        Ok(changed)
+    }
+
     fn expire(&self, retention_ms: i64) -> Result<usize, TaskError> {
         let cutoff = now_ms() - retention_ms;
         Ok(self.conn().execute(
@@ -338,5 +361,24 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(store.expire(0).unwrap(), 1);
         assert!(store.get(&task.id, "app").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_running_task_no_worker_runs_is_recovered_while_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let orphan = store.create("a", &serde_json::json!({"prompt": "x"}), None).unwrap();
+        let live = store.create("a", &serde_json::json!({"prompt": "y"}), None).unwrap();
+        let (first, second) = (store.claim().unwrap().unwrap(), store.claim().unwrap().unwrap());
+        assert_eq!((first.id.as_str(), second.id.as_str()), (orphan.id.as_str(), live.id.as_str()));
+        // Just claimed: a worker may be about to note it as running.
+        assert_eq!(store.recover_orphans(std::slice::from_ref(&live.id), 60_000, OnRestart::Requeue).unwrap(), 0);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(store.recover_orphans(std::slice::from_ref(&live.id), 1, OnRestart::Requeue).unwrap(), 1);
+        assert_eq!(store.get_any(&orphan.id).unwrap().unwrap().status, TaskStatus::Pending);
+        assert_eq!(store.get_any(&live.id).unwrap().unwrap().status, TaskStatus::Running, "a live task is left alone");
+        // The old claim can no longer end it; the next claim runs it again.
+        assert!(!store.finish(&first, Ok(serde_json::json!({}))).unwrap());
+        assert_eq!(store.claim().unwrap().unwrap().attempts, 2);
     }
 }

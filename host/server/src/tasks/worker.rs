@@ -43,14 +43,29 @@ pub fn spawn_workers(state: &AppState) {
     }
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            tokio::time::sleep(SWEEP_EVERY).await;
             let retention = tasks.config.retention.as_millis() as i64;
             if let Err(e) = blocking(&tasks, move |store| store.expire(retention)).await {
                 tracing::error!(error = %e, "expiring old tasks");
             }
+            // A task whose end could not be recorded is left `running` by no
+            // one: settled as a restart would settle it.
+            let live: Vec<String> = tasks.lock().keys().cloned().collect();
+            let on_restart = tasks.config.on_restart;
+            let stale = SWEEP_EVERY.as_millis() as i64;
+            match blocking(&tasks, move |store| store.recover_orphans(&live, stale, on_restart)).await {
+                Ok(0) => {}
+                Ok(recovered) => tracing::warn!(recovered, ?on_restart, "tasks left running by no worker"),
+                Err(e) => tracing::error!(error = %e, "recovering tasks left running"),
+            }
         }
     });
 }
+
+/// How often ended tasks are expired and orphaned ones recovered.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Tries at recording a task's end before it is left to the sweep.
+const FINISH_TRIES: u32 = 3;
 
 /// Generates one task and records how it ended.
 async fn run(state: &AppState, tasks: &Arc<Tasks>, task: Task) {
@@ -70,7 +85,20 @@ async fn run(state: &AppState, tasks: &Arc<Tasks>, task: Task) {
     tasks.lock().remove(&task.id);
     let (id, webhook) = (task.id.clone(), task.webhook_url.is_some());
     let status = if outcome.is_ok() { "completed" } else { "failed" };
-    match blocking(tasks, move |store| store.finish(&task, outcome)).await {
+    let mut tries = 0;
+    let finished = loop {
+        tries += 1;
+        let (task, outcome) = (task.clone(), outcome.clone());
+        match blocking(tasks, move |store| store.finish(&task, outcome)).await {
+            // The store busy or the disk full for a moment: try again soon.
+            Err(e) if tries < FINISH_TRIES => {
+                tracing::warn!(task = id, error = %e, tries, "recording a task's end; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            finished => break finished,
+        }
+    };
+    match finished {
         Ok(true) => {
             tracing::info!(task = id, status, "task ended");
             if webhook {
@@ -78,7 +106,7 @@ async fn run(state: &AppState, tasks: &Arc<Tasks>, task: Task) {
             }
         }
         Ok(false) => tracing::info!(task = id, "task no longer this worker's; its outcome is dropped"),
-        Err(e) => tracing::error!(task = id, error = %e, "recording a task's end"),
+        Err(e) => tracing::error!(task = id, error = %e, "recording a task's end failed; the sweep will settle it"),
     }
 }
 
