@@ -172,29 +172,49 @@ impl Runtime {
     }
 
     /// Compiles, or loads the artifact a previous compile left in the cache.
+    ///
+    /// An artifact is native code loaded as is, so the cache trusts nothing
+    /// but what it can check: the directory is this user's alone (0700),
+    /// the name binds the source's sha256 and the engine's compatibility
+    /// hash (wasmtime's version and every setting that shapes the code),
+    /// and the file starts with the sha256 of the rest, recorded when it was
+    /// written, so a truncated, corrupted or swapped-in body is recompiled.
     fn compile(&self, sha256: &str, bytes: &[u8]) -> wasmtime::Result<Component> {
         let engine = &self.shared.engine;
-        let Some(dir) = &self.shared.config.cache_dir else {
+        let dir = self.shared.config.cache_dir.as_deref().filter(|dir| match private_dir(dir) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "not caching compiled plugins: the cache directory cannot be made private");
+                false
+            }
+        });
+        let Some(dir) = dir else {
             self.compilations.fetch_add(1, Ordering::Relaxed);
             return Component::new(engine, bytes);
         };
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let artifact = dir.join(format!("{sha256}-{:016x}.cwasm", hasher.finish()));
-        if artifact.exists() {
-            // SAFETY: the file was written by `Component::serialize` of an
-            // engine with the same compatibility hash (it is in the name), in
-            // kiln's own cache directory.
-            match unsafe { Component::deserialize_file(engine, &artifact) } {
-                Ok(component) => return Ok(component),
-                Err(e) => {
-                    tracing::warn!(error = %e, path = %artifact.display(), "unusable cached artifact; recompiling")
-                }
+        if let Ok(stored) = std::fs::read(&artifact) {
+            match verified(&stored) {
+                // SAFETY: the body is what `Component::serialize` of an engine
+                // with the same compatibility hash (it is in the name) wrote
+                // into this user's private directory: its digest, recorded
+                // then, matches.
+                Some(body) => match unsafe { Component::deserialize(engine, body) } {
+                    Ok(component) => return Ok(component),
+                    Err(e) => {
+                        tracing::warn!(error = %e, path = %artifact.display(), "unusable cached artifact; recompiling")
+                    }
+                },
+                None => tracing::warn!(path = %artifact.display(), "cached artifact fails its digest; recompiling"),
             }
         }
         self.compilations.fetch_add(1, Ordering::Relaxed);
         let component = Component::new(engine, bytes)?;
-        if let Err(e) = crate::write_atomically(&artifact, &component.serialize()?) {
+        let body = component.serialize()?;
+        let stored = [Sha256::digest(&body).as_slice(), &body].concat();
+        if let Err(e) = crate::write_atomically(&artifact, &stored) {
             tracing::warn!(error = %e, path = %artifact.display(), "cannot cache the compiled plugin");
         }
         Ok(component)
@@ -208,6 +228,26 @@ impl Drop for Runtime {
             let _ = ticker.join();
         }
     }
+}
+
+/// The body of a cached artifact whose leading sha256 matches it.
+fn verified(stored: &[u8]) -> Option<&[u8]> {
+    let (digest, body) = stored.split_at_checked(32)?;
+    (Sha256::digest(body).as_slice() == digest).then_some(body)
+}
+
+/// Creates `dir` if need be and makes it this user's alone: another user
+/// able to write there could plant native code.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(dir)?.permissions().mode() & 0o777 != 0o700 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
 }
 
 /// Which of kiln's interfaces the component exports.

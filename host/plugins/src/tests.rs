@@ -84,6 +84,31 @@ fn a_compiled_plugin_is_cached_and_a_restart_does_not_recompile() {
 }
 
 #[test]
+fn a_cached_artifact_that_fails_its_digest_is_recompiled_and_the_cache_is_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("compiled");
+    let config = RuntimeConfig { cache_dir: Some(cache.clone()), ..RuntimeConfig::default() };
+    Runtime::new(config.clone(), vocabulary()).unwrap().load(&built("default-sampler")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+    // Flip one byte of the stored code.
+    let artifact = std::fs::read_dir(&cache).unwrap().next().unwrap().unwrap().path();
+    let mut stored = std::fs::read(&artifact).unwrap();
+    let last = stored.len() - 1;
+    stored[last] ^= 0xff;
+    std::fs::write(&artifact, &stored).unwrap();
+    let restarted = Runtime::new(config, vocabulary()).unwrap();
+    let loaded = restarted.load(&built("default-sampler")).unwrap();
+    assert_eq!(restarted.compilations(), 1, "not loaded from the tampered file");
+    assert_eq!(loaded.info().name, "default-sampler");
+    // And the cache holds a good copy again.
+    assert_ne!(std::fs::read(&artifact).unwrap(), stored);
+}
+
+#[test]
 fn a_file_that_is_not_a_component_is_refused_with_its_path() {
     let rt = runtime();
     let err = rt.load_bytes("broken.wasm", b"\0asm garbage").unwrap_err();
