@@ -67,3 +67,53 @@ fn sigterm_mid_stream_lets_the_stream_finish_then_exits_cleanly() {
     let exit = server.wait_exit(Duration::from_secs(30));
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+/// A new key from `kiln keys create`: the key, and its `[[keys]]` entry.
+fn new_key(name: &str) -> (String, String) {
+    let out = run(kiln().args(["keys", "create", "--name", name, "--scope", "generate"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let entry = stderr(&out);
+    (stdout(&out).trim().to_string(), entry[entry.find("[[keys]]").expect("the config entry is printed")..].to_string())
+}
+
+/// Asks `GET /v1/models` with `key` until it answers `status`.
+fn until_status(server: &Server, key: &str, status: &str, what: &str) {
+    let started = Instant::now();
+    loop {
+        let (got, _) = server.request_with("GET", "/v1/models", &[("X-API-Key", key)], "");
+        if got == status {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{what}: still {got}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn keys_reload_when_the_config_changes_or_on_sighup_and_a_bad_file_keeps_the_old_ones() {
+    let ((kept, kept_entry), (revoked, revoked_entry)) = (new_key("kept"), new_key("revoked"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(&config, format!("{kept_entry}\n{revoked_entry}")).unwrap();
+    let server = Server::start_with(&["--config", config.to_str().unwrap()], "info", &[]);
+    until_status(&server, &revoked, "HTTP/1.1 200 OK", "both keys admitted at start");
+
+    std::fs::write(&config, &kept_entry).unwrap();
+    until_status(&server, &revoked, "HTTP/1.1 401 Unauthorized", "a key dropped from the file is refused");
+    until_status(&server, &kept, "HTTP/1.1 200 OK", "the kept key still admitted");
+
+    std::fs::write(&config, "[[keys]]\nname = \"half-written").unwrap();
+    let started = Instant::now();
+    while !server.log().contains("API keys not reloaded") {
+        assert!(started.elapsed() < Duration::from_secs(30), "a bad file is not reported: {}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    until_status(&server, &kept, "HTTP/1.1 200 OK", "a bad file keeps the keys in force");
+
+    // SIGHUP re-reads at once, whatever the file's content was last time.
+    std::fs::write(&config, format!("{kept_entry}\n{revoked_entry}")).unwrap();
+    let hup = std::process::Command::new("kill").args(["-HUP", &server.pid().to_string()]).status().unwrap();
+    assert!(hup.success());
+    until_status(&server, &revoked, "HTTP/1.1 200 OK", "the key restored to the file is admitted again");
+    assert!(server.log().contains("API keys reloaded"), "{}", server.log());
+}

@@ -108,7 +108,7 @@ fn replicas_sharing_redis_run_each_others_tasks_and_finish_those_of_a_killed_one
     let running = wait_until(&servers[0], &id, Duration::from_secs(60), |t| t["status"] == "running");
     let worker =
         servers.iter().position(|s| s.pid() == worker_pid(&running)).expect("the worker is one of the replicas");
-    let (status, cancelled) = call(&servers[(worker + 1) % 3], "DELETE", &format!("/v1/tasks/{id}"), APP_KEY, "");
+    let (status, cancelled) = call(&servers[(worker + 1) % 3], "POST", &format!("/v1/tasks/{id}/cancel"), APP_KEY, "");
     assert_eq!((status.as_str(), &cancelled["status"]), ("HTTP/1.1 200 OK", &Value::from("cancelled")));
     let started = Instant::now();
     while !servers[worker].log().lines().any(|l| l.contains("no longer this worker's") && l.contains(&id)) {

@@ -158,6 +158,27 @@ impl KeyStore {
 }
 
 /// A new random key: `kiln-` and 64 hex digits (256 bits).
+/// The keys in force, replaceable while serving: a reload swaps the whole
+/// set at once, so a request sees the old keys or the new, never a mix.
+#[derive(Debug)]
+pub struct LiveKeys(arc_swap::ArcSwap<KeyStore>);
+
+impl LiveKeys {
+    pub fn new(keys: KeyStore) -> Self {
+        LiveKeys(arc_swap::ArcSwap::from_pointee(keys))
+    }
+
+    /// The keys in force now.
+    pub fn current(&self) -> std::sync::Arc<KeyStore> {
+        self.0.load_full()
+    }
+
+    /// From now on, `keys` are the ones in force.
+    pub fn replace(&self, keys: KeyStore) {
+        self.0.store(std::sync::Arc::new(keys));
+    }
+}
+
 pub fn generate_key() -> Result<String, AccessError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| AccessError::Random(e.to_string()))?;
@@ -263,5 +284,33 @@ mod tests {
         let scraper = store.verify("kiln-scraper").unwrap();
         assert!(scraper.allows(Scope::Metrics));
         assert!(!scraper.allows(Scope::Generate) && !scraper.allows(Scope::Admin));
+    }
+
+    #[test]
+    fn a_replaced_key_set_is_the_one_in_force() {
+        let keys = |names: &[&str]| {
+            KeyStore::new(
+                names
+                    .iter()
+                    .map(|n| KeyConfig {
+                        name: n.to_string(),
+                        sha256: hash_key(n),
+                        scopes: vec![Scope::Generate],
+                        requests_per_minute: None,
+                        tokens_per_minute: None,
+                        pipelines: Vec::new(),
+                        pipeline: None,
+                        webhook_secret: None,
+                    })
+                    .collect(),
+            )
+            .unwrap()
+        };
+        let live = LiveKeys::new(keys(&["a", "b"]));
+        let before = live.current();
+        live.replace(keys(&["a"]));
+        assert!(live.current().verify("b").is_none(), "revoked");
+        assert!(live.current().verify("a").is_some());
+        assert!(before.verify("b").is_some(), "a request already admitted keeps the set it saw");
     }
 }

@@ -18,7 +18,7 @@ mod shared;
 
 pub use admin::{AdminAccess, UnknownAdminAccess};
 pub use gcra::{Decision, Gcra, LimitStatus, Limiter, Limits};
-pub use keys::{Key, KeyConfig, KeyStore, Scope, Secret, generate_key, hash_key};
+pub use keys::{Key, KeyConfig, KeyStore, LiveKeys, Scope, Secret, generate_key, hash_key};
 pub use shared::{LimitError, RateLimiter, RedisLimiter};
 
 #[derive(Debug, thiserror::Error)]

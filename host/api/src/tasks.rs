@@ -1,6 +1,6 @@
 //! Async generation tasks: `POST /v1/generate/async`,
 //! `POST /v1/chat/completions/async`, `GET /v1/tasks`,
-//! `GET /v1/tasks/{id}`, `DELETE /v1/tasks/{id}`.
+//! `GET /v1/tasks/{id}`, `POST /v1/tasks/{id}/cancel`, `DELETE /v1/tasks/{id}`.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -42,6 +42,14 @@ pub struct TaskView {
 }
 
 /// A page of the caller's tasks, newest first.
+/// The answer to `DELETE /v1/tasks/{id}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskDeleted {
+    pub task_id: String,
+    /// Always `true`.
+    pub deleted: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskList {
     pub data: Vec<TaskView>,

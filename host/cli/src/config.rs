@@ -119,6 +119,16 @@ pub struct TasksSection {
     pub allow_private_webhooks: Option<bool>,
     /// Delivery attempts per task, the first included (default 5).
     pub webhook_max_attempts: Option<u32>,
+    /// Deliveries in flight at most, on threads of their own (default 4).
+    pub webhook_workers: Option<usize>,
+    /// Seconds one delivery attempt may take (default 10).
+    pub webhook_timeout_secs: Option<u64>,
+    /// Tasks waiting for a worker, all keys together; past it 503 (default 1000).
+    pub max_pending: Option<u64>,
+    /// Tasks waiting for a worker per API key; past it 429 (default 200).
+    pub max_pending_per_key: Option<u64>,
+    /// Seconds a task may wait for a worker before it fails (default 3600).
+    pub pending_ttl_secs: Option<u64>,
 }
 
 impl TasksSection {
@@ -129,6 +139,19 @@ impl TasksSection {
         let hooks = defaults.webhooks;
         let max_attempts = self.webhook_max_attempts.unwrap_or(hooks.max_attempts);
         anyhow::ensure!((1..=20).contains(&max_attempts), "tasks.webhook_max_attempts must be 1 to 20");
+        let webhook_workers = self.webhook_workers.unwrap_or(hooks.workers);
+        anyhow::ensure!((1..=64).contains(&webhook_workers), "tasks.webhook_workers must be 1 to 64");
+        let timeout = self.webhook_timeout_secs.map_or(hooks.timeout, Duration::from_secs);
+        anyhow::ensure!((1..=300).contains(&timeout.as_secs()), "tasks.webhook_timeout_secs must be 1 to 300");
+        let max_pending = self.max_pending.unwrap_or(defaults.max_pending);
+        let max_pending_per_key = self.max_pending_per_key.unwrap_or(defaults.max_pending_per_key);
+        anyhow::ensure!(max_pending >= 1, "tasks.max_pending must be at least 1");
+        anyhow::ensure!(
+            (1..=max_pending).contains(&max_pending_per_key),
+            "tasks.max_pending_per_key must be 1 to tasks.max_pending ({max_pending})"
+        );
+        let pending_ttl = self.pending_ttl_secs.map_or(defaults.pending_ttl, Duration::from_secs);
+        anyhow::ensure!(pending_ttl.as_secs() >= 1, "tasks.pending_ttl_secs must be at least 1");
         Ok(kiln_server::TaskConfig {
             workers,
             retention: self.retention_secs.map_or(defaults.retention, Duration::from_secs),
@@ -139,7 +162,13 @@ impl TasksSection {
                 allow_private: self.allow_private_webhooks.unwrap_or(hooks.allow_private),
                 max_attempts,
                 first_retry: hooks.first_retry,
+                workers: webhook_workers,
+                timeout,
             },
+            max_pending,
+            max_pending_per_key,
+            pending_ttl,
+            sweep_every: defaults.sweep_every.min(pending_ttl),
         })
     }
 }
@@ -170,6 +199,10 @@ pub struct ServerSection {
     /// and not refused as cross-site without API keys.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    pub stream_stall_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -321,6 +354,21 @@ mod tests {
         assert!(config.check().unwrap().contains("3 pipelines"));
         let config: FileConfig = toml::from_str("[[keys]]\nname = \"a\"\nsha256 = \"00\"\n").unwrap();
         assert!(config.check().unwrap_err().to_string().contains("keys[0] (a)"));
+    }
+
+    #[test]
+    fn task_queue_and_webhook_settings_parse_and_bad_ones_are_named() {
+        let text = "[tasks]\nmax_pending = 50\nmax_pending_per_key = 5\npending_ttl_secs = 30\n\
+                    webhook_workers = 2\nwebhook_timeout_secs = 3\n";
+        let config = toml::from_str::<FileConfig>(text).unwrap().tasks.config().unwrap();
+        assert_eq!((config.max_pending, config.max_pending_per_key), (50, 5));
+        assert_eq!((config.pending_ttl.as_secs(), config.sweep_every.as_secs()), (30, 30));
+        assert_eq!((config.webhooks.workers, config.webhooks.timeout.as_secs()), (2, 3));
+        let over = toml::from_str::<FileConfig>("[tasks]\nmax_pending = 5\nmax_pending_per_key = 6\n").unwrap();
+        let err = over.tasks.config().unwrap_err().to_string();
+        assert!(err.contains("max_pending_per_key"), "{err}");
+        let none = toml::from_str::<FileConfig>("[tasks]\nwebhook_workers = 0\n").unwrap();
+        assert!(none.tasks.config().unwrap_err().to_string().contains("webhook_workers"));
     }
 
     #[test]

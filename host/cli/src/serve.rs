@@ -11,6 +11,7 @@ use crate::config::FileConfig;
 use crate::{ModelArgs, load};
 
 // The flags' and the file's settings merged, one tested function a section.
+mod key_reload;
 mod settings;
 
 #[derive(clap::Args, Debug)]
@@ -114,6 +115,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         // One line on stdout that scripts (and the tests) wait for.
         println!("listening on http://{address}");
         kiln_server::spawn_workers(&state);
+        if let (Auth::Keys(keys), Some(path)) = (&state.config().auth, args.config.clone()) {
+            key_reload::spawn(path, keys.clone());
+        }
         // `/ready` answers 503 until one forward pass has run.
         let warming = state.clone();
         tokio::spawn(async move {
@@ -132,9 +136,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 tokio::time::sleep(grace).await;
             }
         };
-        kiln_server::serve(listener, kiln_server::router(state), shutdown, server.drain_timeout)
-            .await
-            .context("serving")
+        let config = state.config().clone();
+        kiln_server::serve(listener, kiln_server::router(state), shutdown, &config).await.context("serving")
     })
 }
 
@@ -184,7 +187,7 @@ fn auth(args: &ServeArgs, file: &FileConfig) -> Result<Auth> {
         (false, true) => {
             anyhow::bail!("--insecure-no-auth was given, but the configuration has keys; drop one of them")
         }
-        (false, false) => Ok(Auth::Keys(Arc::new(kiln_access::KeyStore::new(file.keys.clone())?))),
+        (false, false) => Ok(Auth::keys(kiln_access::KeyStore::new(file.keys.clone())?)),
     }
 }
 

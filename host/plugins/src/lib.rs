@@ -161,6 +161,9 @@ pub enum PluginError {
     /// host cannot use (e.g. a token id outside the vocabulary).
     #[error("plugin {plugin} failed: {message}")]
     Refused { plugin: String, message: String },
+    /// Every pooled plugin instance is in use (`max_instances`): retry shortly.
+    #[error("plugin {plugin} has no free instance: all {instances} are in use")]
+    Busy { plugin: String, instances: u32 },
     #[error("plugin runtime: {0}")]
     Runtime(String),
 }

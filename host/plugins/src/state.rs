@@ -35,7 +35,7 @@ pub(crate) fn new_store(runtime: &Shared) -> Store<HostState> {
     let state = HostState {
         wasi,
         table: ResourceTable::new(),
-        cap: MemoryCap { limit: runtime.config.memory_limit, hit: false },
+        cap: MemoryCap::new(runtime.config.memory_limit),
         vocabulary: runtime.vocabulary.clone(),
         stderr,
     };
@@ -54,6 +54,10 @@ pub(crate) fn call_failed(
     runtime: &Shared,
 ) -> PluginError {
     let plugin = plugin.to_string();
+    // Every pooled instance is taken: a moment's overload, not a fault.
+    if error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+        return PluginError::Busy { plugin, instances: runtime.config.max_instances };
+    }
     if store.data().cap.hit {
         return PluginError::OutOfMemory { plugin, limit_mib: runtime.config.memory_limit >> 20 };
     }

@@ -227,3 +227,19 @@ fn the_chat_template_component_renders_as_the_host_does() {
     let err = plugin.render(&refusing).unwrap_err();
     assert!(matches!(err, PluginError::Refused { .. }) && err.to_string().contains("chat-template@0.1.0"), "{err}");
 }
+
+#[test]
+fn with_every_pooled_instance_in_use_a_new_session_is_busy_not_a_crash() {
+    // Loading takes one instance for its smoke call and gives it back.
+    let config = RuntimeConfig { max_instances: 2, ..RuntimeConfig::default() };
+    let rt = Runtime::new(config, vocabulary()).unwrap();
+    let plugin = sampler(&rt, "default-sampler");
+    let held: Vec<_> = (0..2).map(|_| plugin.start(params(), &[1], &[]).unwrap()).collect();
+    match plugin.start(params(), &[1], &[]) {
+        Err(PluginError::Busy { instances: 2, .. }) => {}
+        Err(other) => panic!("expected Busy, got {other}"),
+        Ok(_) => panic!("a third instance from a pool of two"),
+    }
+    drop(held);
+    assert!(plugin.start(params(), &[1], &[]).is_ok(), "a freed instance is taken again");
+}

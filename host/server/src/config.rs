@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_access::KeyStore;
+use kiln_access::{KeyStore, LiveKeys};
 
 use crate::response_cache::CacheConfig;
 use kiln_access::AdminAccess;
@@ -37,6 +37,33 @@ pub struct ServerConfig {
     /// Web origins (`https://app.example`) browsers may call from: answered
     /// with CORS, and not refused as cross-site without API keys.
     pub allowed_origins: Vec<String>,
+    /// A stream whose client has read nothing for this long while events
+    /// wait is cancelled (its sequence, plugin instances and reservation freed).
+    pub stream_stall: Duration,
+    pub connections: ConnectionLimits,
+}
+
+/// What one client connection may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once; past it a new one is answered 503
+    /// (`too_many_connections`) and closed.
+    pub max_connections: usize,
+    /// A request's head must arrive within this of its first byte.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and nothing arriving is
+    /// closed after this.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -54,6 +81,8 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(120),
             redis: None,
             allowed_origins: Vec::new(),
+            stream_stall: Duration::from_secs(30),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -61,9 +90,17 @@ impl Default for ServerConfig {
 /// How callers are authenticated.
 #[derive(Clone, Debug)]
 pub enum Auth {
-    Keys(Arc<KeyStore>),
+    /// The keys in force, which a reload may replace while serving.
+    Keys(Arc<LiveKeys>),
     /// No keys: anyone may call (an explicit operator choice, logged at start).
     Insecure,
+}
+
+impl Auth {
+    /// Requests need one of `keys` (until a reload replaces them).
+    pub fn keys(keys: KeyStore) -> Auth {
+        Auth::Keys(Arc::new(LiveKeys::new(keys)))
+    }
 }
 
 /// A connection to the Redis that replicas share, and what they share in it.

@@ -36,10 +36,21 @@ pub enum ApiError {
     Overloaded { queued: usize },
     #[error("the engine has stopped; the server is shutting down")]
     Unavailable,
+    #[error("the server has {limit} connections open, its limit; retry shortly")]
+    TooManyConnections { limit: usize },
+    /// Every pooled plugin instance is in use.
+    #[error("{0}; retry shortly")]
+    PluginsBusy(String),
     #[error("no plugin is named {0:?}; see GET /v1/plugins")]
     NoSuchPlugin(String),
     #[error("no task {0:?} for this API key")]
     NoSuchTask(String),
+    /// The key's own tasks fill its share of the task queue.
+    #[error("this API key has {limit} tasks waiting, the most it may; retry once some have started")]
+    TooManyPendingTasks { limit: u64 },
+    /// The task queue is full, all keys together.
+    #[error("the task queue is full ({limit} tasks waiting); retry shortly")]
+    TaskQueueFull { limit: u64 },
     /// An uploaded or reloaded component that cannot serve (not a kiln
     /// plugin, the wrong kind for a pipeline using the name, a failing smoke call).
     #[error("{0}")]
@@ -91,11 +102,15 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::TooManyPendingTasks { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Overloaded { .. } | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. }
+            | ApiError::Unavailable
+            | ApiError::TaskQueueFull { .. }
+            | ApiError::TooManyConnections { .. }
+            | ApiError::PluginsBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::Plugin(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -115,8 +130,12 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => ("invalid_request_error", None, Some("method_not_allowed")),
             ApiError::Overloaded { .. } => ("overloaded_error", None, Some("overloaded")),
             ApiError::Unavailable => ("overloaded_error", None, Some("unavailable")),
+            ApiError::TooManyConnections { .. } => ("overloaded_error", None, Some("too_many_connections")),
+            ApiError::PluginsBusy(_) => ("overloaded_error", None, Some("overloaded")),
             ApiError::NoSuchPlugin(_) => ("not_found_error", Some("name".into()), Some("plugin_not_found")),
             ApiError::NoSuchTask(_) => ("not_found_error", Some("id".into()), Some("task_not_found")),
+            ApiError::TooManyPendingTasks { .. } => ("rate_limit_error", None, Some("too_many_pending_tasks")),
+            ApiError::TaskQueueFull { .. } => ("overloaded_error", None, Some("task_queue_full")),
             ApiError::InvalidPlugin(_) => ("invalid_request_error", None, Some("invalid_plugin")),
             ApiError::Conflict(_) => ("invalid_request_error", None, Some("conflict")),
             ApiError::Forbidden(_) => ("permission_error", None, Some("forbidden")),
@@ -163,6 +182,8 @@ impl IntoResponse for ApiError {
         }
         let retry_after = match &self {
             ApiError::RateLimited { retry_after, .. } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            // A task queue drains at generation speed: seconds, not a moment.
+            ApiError::TooManyPendingTasks { .. } | ApiError::TaskQueueFull { .. } => Some(5),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };
@@ -193,8 +214,19 @@ impl From<kiln_pipeline::PipelineError> for ApiError {
                 ApiError::InvalidPlugin(e.to_string())
             }
             e @ (P::Conflict(_) | P::NoPluginDir) => ApiError::Conflict(e.to_string()),
-            P::Plugin(e) => ApiError::Plugin(e.to_string()),
+            P::Plugin(e) => e.into(),
             e @ (P::Config(_) | P::Io(_)) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<kiln_pipeline::PluginError> for ApiError {
+    /// A plugin's failure is the server's (500, naming the plugin), except a
+    /// pool with no free instance: overload, retried shortly (503).
+    fn from(e: kiln_pipeline::PluginError) -> Self {
+        match e {
+            e @ kiln_pipeline::PluginError::Busy { .. } => ApiError::PluginsBusy(e.to_string()),
+            e => ApiError::Plugin(e.to_string()),
         }
     }
 }

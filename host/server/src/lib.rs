@@ -36,7 +36,7 @@ mod time;
 mod token_meter;
 mod webhooks;
 
-pub use config::{Auth, RedisShared, ServerConfig};
+pub use config::{Auth, ConnectionLimits, RedisShared, ServerConfig};
 pub use error::ApiError;
 pub use extract::Caller;
 pub use middleware::admin::AdminAccess;

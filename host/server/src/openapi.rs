@@ -39,6 +39,7 @@ use crate::routes;
         routes::tasks::chat_completions_async,
         routes::tasks::get_task,
         routes::tasks::cancel_task,
+        routes::tasks::delete_task,
         routes::tasks::list_tasks,
     ),
     components(schemas(kiln_api::generate::GenerationStreamEnd, kiln_api::ErrorBody)),

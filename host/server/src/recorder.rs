@@ -52,7 +52,19 @@ fn describe() {
     describe_counter!("kiln_plugin_reloads_total", "New versions of each plugin swapped in");
     describe_counter!("kiln_plugin_failed_reloads_total", "New versions of each plugin refused");
     describe_gauge!("kiln_process_resident_memory_bytes", Unit::Bytes, "Resident memory of the process");
-    describe_counter!("kiln_webhook_deliveries_total", "Webhook delivery attempts, by outcome");
+    describe_counter!(
+        "kiln_webhook_deliveries_total",
+        "Webhook delivery attempts, by outcome (delivered, retrying, failed)"
+    );
+    describe_counter!("kiln_tasks_refused_total", "Async tasks refused at submission: per_key or queue_full");
+    describe_counter!("kiln_stream_stalls_total", "Streams cancelled because their client stopped reading");
+    describe_gauge!("kiln_connections_open", "Client connections open");
+    describe_counter!("kiln_key_reloads_total", "Reloads of [[keys]]: reloaded, or refused (the old keys stay)");
+    describe_counter!("kiln_connections_refused_total", "Connections answered 503 past --max-connections");
+    describe_counter!(
+        "kiln_connections_closed_total",
+        "Connections closed by the server: idle, or header_read_timeout"
+    );
     describe_gauge!("kiln_tasks", "Async tasks in the store, by status (pending is the queue length)");
     describe_gauge!(
         "kiln_tasks_oldest_pending_age_seconds",

@@ -131,6 +131,17 @@ impl AppStateBuilder {
     }
 }
 
+/// An [`AppState`] that does not keep the server alive: what threads of
+/// its own hold, so they end once the server is dropped.
+#[derive(Clone)]
+pub(crate) struct WeakAppState(std::sync::Weak<Inner>);
+
+impl WeakAppState {
+    pub(crate) fn upgrade(&self) -> Option<AppState> {
+        self.0.upgrade().map(|inner| AppState { inner })
+    }
+}
+
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState").field("model", &self.inner.model.id).finish_non_exhaustive()
@@ -140,6 +151,10 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     pub fn builder(backend: Arc<dyn Backend>, model: ServedModel, config: ServerConfig) -> AppStateBuilder {
         AppStateBuilder { backend, model, config, plugins: None, tasks: None, metrics: None }
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakAppState {
+        WeakAppState(Arc::downgrade(&self.inner))
     }
 
     pub fn backend(&self) -> &dyn Backend {

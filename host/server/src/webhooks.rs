@@ -1,7 +1,8 @@
 //! Webhooks: when a task with a `webhook_url` ends, its JSON is POSTed
 //! there, signed (`X-Kiln-Signature: sha256=<hex HMAC-SHA256 of the body>`),
 //! retried with exponential backoff up to a cap, and every attempt is
-//! recorded on the task. Targets on loopback, link-local or private
+//! recorded on the task. This module is the policy and one attempt;
+//! `tasks::delivery` schedules them. Targets on loopback, link-local or private
 //! networks are refused unless the operator allows them (so a client cannot
 //! make the server call its own internal services).
 
@@ -26,11 +27,32 @@ pub struct WebhookConfig {
     pub max_attempts: u32,
     /// Wait before the second attempt; doubled each time, at most a minute.
     pub first_retry: Duration,
+    /// Deliveries in flight at most: the threads that make them, apart
+    /// from the runtime's blocking pool, so a target that never answers
+    /// slows nothing but other deliveries.
+    pub workers: usize,
+    /// One attempt's limit, connecting and reading the answer included.
+    pub timeout: Duration,
 }
 
 impl Default for WebhookConfig {
     fn default() -> Self {
-        WebhookConfig { secret: None, allow_private: false, max_attempts: 5, first_retry: Duration::from_secs(1) }
+        WebhookConfig {
+            secret: None,
+            allow_private: false,
+            max_attempts: 5,
+            first_retry: Duration::from_secs(1),
+            workers: 4,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// The wait after attempt `attempt` (1-based) failed.
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        let doubled = self.first_retry.saturating_mul(1 << attempt.saturating_sub(1).min(16));
+        doubled.min(Duration::from_secs(60))
     }
 }
 
@@ -129,54 +151,74 @@ impl Resolver for CheckedResolver {
 
 /// The client webhooks are sent with: statuses are answers, not errors;
 /// internal addresses refused at connection time.
-fn agent(allow_private: bool) -> ureq::Agent {
-    let config = ureq::Agent::config_builder()
+pub(crate) fn agent(config: &WebhookConfig) -> ureq::Agent {
+    let agent_config = ureq::Agent::config_builder()
         // Through a proxy the resolver would see only the proxy's address,
         // and the proxy could reach internal hosts: webhooks go direct.
         .proxy(None)
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
+        .timeout_global(Some(config.timeout))
         .build();
-    ureq::Agent::with_parts(config, DefaultConnector::default(), CheckedResolver { allow_private })
+    ureq::Agent::with_parts(
+        agent_config,
+        DefaultConnector::default(),
+        CheckedResolver { allow_private: config.allow_private },
+    )
 }
 
-/// Delivers `body` to `url`, signed with `secret` if any, until it is
-/// accepted (2xx) or the attempts run out; `record` is called with each
-/// attempt. Blocking: run it off the runtime.
-pub fn deliver(
-    config: &WebhookConfig,
+/// How one attempt went.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// The target answered with this status (2xx: delivered).
+    Answered(u16),
+    /// No answer (connection refused, timeout, TLS...): worth retrying.
+    Failed(String),
+    /// The configuration forbids the target: no retry will change that.
+    Refused(String),
+}
+
+impl Attempt {
+    pub(crate) fn delivered(&self) -> bool {
+        matches!(self, Attempt::Answered(200..=299))
+    }
+
+    /// Whether another attempt might go differently.
+    pub(crate) fn retryable(&self) -> bool {
+        !self.delivered() && !matches!(self, Attempt::Refused(_))
+    }
+
+    /// As recorded on the task.
+    pub(crate) fn record(&self, attempt: u32, at: u64) -> serde_json::Value {
+        match self {
+            Attempt::Answered(status) => serde_json::json!({"attempt": attempt, "at": at, "status": status}),
+            Attempt::Failed(error) | Attempt::Refused(error) => {
+                serde_json::json!({"attempt": attempt, "at": at, "error": error})
+            }
+        }
+    }
+}
+
+/// POSTs `body` to `url` once, signed with `secret` if any. Blocking: the
+/// delivery threads call it.
+pub(crate) fn attempt(
+    agent: &ureq::Agent,
+    allow_private: bool,
     secret: Option<&str>,
     url: &str,
     body: &[u8],
-    mut record: impl FnMut(serde_json::Value),
-) {
-    let agent = agent(config.allow_private);
-    let mut wait = config.first_retry;
-    for attempt in 1..=config.max_attempts.max(1) {
-        let at = crate::time::unix_now();
-        let outcome = match refused(url, config.allow_private) {
-            Some(reason) => Err(reason),
-            None => {
-                let mut request = agent.post(url).header("content-type", "application/json");
-                if let Some(secret) = secret {
-                    request = request.header("x-kiln-signature", signature(secret, body));
-                }
-                request.send(body).map(|r| r.status().as_u16()).map_err(|e| e.to_string())
-            }
-        };
-        let delivered = matches!(outcome, Ok(200..=299));
-        record(match &outcome {
-            Ok(status) => serde_json::json!({"attempt": attempt, "at": at, "status": status}),
-            Err(error) => serde_json::json!({"attempt": attempt, "at": at, "error": error}),
-        });
-        // An address the configuration refuses will not become allowed.
-        if delivered || matches!(&outcome, Err(e) if e.starts_with("webhook_url")) {
-            return;
-        }
-        if attempt < config.max_attempts {
-            std::thread::sleep(wait);
-            wait = (wait * 2).min(Duration::from_secs(60));
-        }
+) -> Attempt {
+    if let Some(reason) = refused(url, allow_private) {
+        return Attempt::Refused(reason);
+    }
+    let mut request = agent.post(url).header("content-type", "application/json");
+    if let Some(secret) = secret {
+        request = request.header("x-kiln-signature", signature(secret, body));
+    }
+    match request.send(body) {
+        Ok(response) => Attempt::Answered(response.status().as_u16()),
+        // The resolver's refusal of an internal address (DNS rebinding).
+        Err(ureq::Error::BadUri(reason)) if reason.starts_with("webhook_url") => Attempt::Refused(reason),
+        Err(e) => Attempt::Failed(e.to_string()),
     }
 }
 
@@ -210,10 +252,23 @@ mod tests {
     fn the_client_refuses_internal_addresses_when_it_connects() {
         // Past the submission check (as after DNS rebinding): the address
         // connected to is checked again.
-        let refused = agent(false).post("http://127.0.0.1:9/hook").send(&b"{}"[..]).unwrap_err().to_string();
+        let config = |allow_private| WebhookConfig { allow_private, ..WebhookConfig::default() };
+        let refused = agent(&config(false)).post("http://127.0.0.1:9/hook").send(&b"{}"[..]).unwrap_err().to_string();
         assert!(refused.contains("internal address"), "{refused}");
-        let allowed = agent(true).post("http://127.0.0.1:9/hook").send(&b"{}"[..]).unwrap_err().to_string();
+        let allowed = agent(&config(true)).post("http://127.0.0.1:9/hook").send(&b"{}"[..]).unwrap_err().to_string();
         assert!(!allowed.contains("internal address"), "{allowed}");
+        // Past the submission check, the refusal is final: no retry.
+        let attempt = attempt(&agent(&config(false)), true, None, "http://127.0.0.1:9/hook", b"{}");
+        assert!(matches!(&attempt, Attempt::Refused(r) if r.contains("internal address")), "{attempt:?}");
+        assert!(!attempt.retryable());
+    }
+
+    #[test]
+    fn retries_wait_twice_as_long_each_time_up_to_a_minute() {
+        let config = WebhookConfig::default();
+        let waits: Vec<u64> = (1..=8).map(|n| config.backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(config.backoff(u32::MAX).as_secs(), 60);
     }
 
     #[test]

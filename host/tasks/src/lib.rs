@@ -62,8 +62,32 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     fn oldest_pending(&self) -> Result<Option<i64>, TaskError>;
     /// Tasks per status, for metrics.
     fn counts(&self) -> Result<Vec<(TaskStatus, u64)>, TaskError>;
-    /// Notes one attempt to deliver the task's webhook.
-    fn record_delivery(&self, id: &str, attempt: &serde_json::Value) -> Result<(), TaskError>;
+    /// Pending tasks: all of them, and `owner`'s.
+    fn pending(&self, owner: &str) -> Result<PendingCounts, TaskError>;
+    /// Fails the tasks still pending that were created before `cutoff_ms`,
+    /// with `reason` as their error. Returns how many.
+    fn fail_pending_before(&self, cutoff_ms: i64, reason: &str) -> Result<usize, TaskError>;
+    /// Deletes `owner`'s task, whatever its state (a running one's worker
+    /// hears of it at its next heartbeat). Whether there was one.
+    fn delete(&self, id: &str, owner: &str) -> Result<bool, TaskError>;
+    /// Takes the task whose webhook delivery is due soonest, if one is due
+    /// now, and moves its next delivery `lease_ms` ahead so no other
+    /// deliverer takes it meanwhile (a deliverer that dies mid-attempt
+    /// leaves it to be taken again: at least once). A task whose end is
+    /// recorded (completed or failed) with a `webhook_url` is due at once;
+    /// the due time is stored with the task, so a restart resumes delivery.
+    fn claim_delivery(&self, lease_ms: i64) -> Result<Option<Task>, TaskError>;
+    /// Notes one attempt to deliver the task's webhook, and when the next
+    /// is due (`None`: no more attempts).
+    fn record_delivery(&self, id: &str, attempt: &serde_json::Value, next_due: Option<i64>) -> Result<(), TaskError>;
+}
+
+/// How many tasks wait for a worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingCounts {
+    pub total: u64,
+    /// The owner's asked about.
+    pub owner: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::redis_server::RedisServer;
-use crate::{OnRestart, RedisStore, RedisTaskConfig, TaskStatus, TaskStore};
+use crate::{OnRestart, PendingCounts, RedisStore, RedisTaskConfig, TaskStatus, TaskStore, now_ms};
 
 fn replica(server: &RedisServer, lease: Duration, on_abandoned: OnRestart) -> RedisStore {
     let config = RedisTaskConfig { prefix: "test:".into(), lease, on_abandoned };
@@ -126,8 +126,8 @@ fn lists_paginate_deliveries_are_kept_and_ended_tasks_expire() {
     assert_eq!(next.iter().map(|t| &t.id).collect::<Vec<_>>(), [&ids[2], &ids[1], &ids[0]]);
     assert!(store.list("other", Some(&ids[3]), 10).unwrap().is_empty(), "another key's cursor finds nothing");
 
-    store.record_delivery(&ids[0], &json!({"status": 500})).unwrap();
-    store.record_delivery(&ids[0], &json!({"status": 200})).unwrap();
+    store.record_delivery(&ids[0], &json!({"status": 500}), Some(i64::MAX)).unwrap();
+    store.record_delivery(&ids[0], &json!({"status": 200}), None).unwrap();
     assert_eq!(
         store.get(&ids[0], "app").unwrap().unwrap().deliveries,
         [json!({"status": 500}), json!({"status": 200})]
@@ -141,4 +141,57 @@ fn lists_paginate_deliveries_are_kept_and_ended_tasks_expire() {
     assert!(store.get(&claimed.id, "app").unwrap().is_none());
     assert_eq!(store.list("app", None, 10).unwrap().len(), 4);
     assert_eq!(count(&store, TaskStatus::Failed), 0);
+}
+
+#[test]
+fn an_ended_task_with_a_webhook_is_due_on_any_replica_until_its_last_attempt() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        replica(&server, Duration::from_secs(30), OnRestart::Requeue),
+        replica(&server, Duration::from_secs(30), OnRestart::Requeue),
+    );
+    let hooked = a.create("app", &json!({}), Some("https://example.com/hook")).unwrap();
+    a.create("app", &json!({}), None).unwrap();
+    assert!(b.claim_delivery(60_000).unwrap().is_none(), "nothing ended yet");
+    let (first, second) = (a.claim().unwrap().unwrap(), a.claim().unwrap().unwrap());
+    a.finish(&second, Ok(json!({}))).unwrap();
+    assert!(b.claim_delivery(60_000).unwrap().is_none(), "no webhook, no delivery");
+    a.finish(&first, Ok(json!({}))).unwrap();
+    let due = b.claim_delivery(60_000).unwrap().expect("due once ended");
+    assert_eq!(due.id, hooked.id);
+    assert!(a.claim_delivery(60_000).unwrap().is_none(), "leased to the replica delivering it");
+    b.record_delivery(&due.id, &json!({"attempt": 1, "status": 503}), Some(now_ms() - 1)).unwrap();
+    assert_eq!(a.claim_delivery(60_000).unwrap().unwrap().deliveries.len(), 1, "a retry is due");
+    a.record_delivery(&due.id, &json!({"attempt": 2, "status": 200}), None).unwrap();
+    assert!(b.claim_delivery(0).unwrap().is_none(), "delivered: nothing more");
+}
+
+#[test]
+fn pending_tasks_are_counted_per_owner_fail_once_too_old_and_delete_cleanly() {
+    let server = RedisServer::start();
+    let store = replica(&server, Duration::from_secs(30), OnRestart::Requeue);
+    let old = store.create("a", &json!({}), Some("https://example.com/hook")).unwrap();
+    let other = store.create("b", &json!({}), None).unwrap();
+    assert_eq!(store.pending("a").unwrap(), PendingCounts { total: 2, owner: 1 });
+    std::thread::sleep(Duration::from_millis(5));
+    let young = store.create("a", &json!({}), None).unwrap();
+    assert_eq!(store.fail_pending_before(young.created_at, "too old").unwrap(), 2);
+    let failed = store.get(&old.id, "a").unwrap().unwrap();
+    assert_eq!((failed.status, failed.error.as_deref()), (TaskStatus::Failed, Some("too old")));
+    assert_eq!(store.pending("a").unwrap(), PendingCounts { total: 1, owner: 1 });
+    assert_eq!(store.claim_delivery(0).unwrap().map(|t| t.id), Some(old.id.clone()), "its webhook hears of it");
+    assert_eq!(store.claim().unwrap().unwrap().id, young.id, "failed tasks left the queue");
+
+    assert!(!store.delete(&other.id, "a").unwrap(), "only its owner deletes it");
+    for id in [&other.id, &old.id] {
+        let owner = if *id == other.id { "b" } else { "a" };
+        assert!(store.delete(id, owner).unwrap());
+        assert!(store.get_any(id).unwrap().is_none());
+    }
+    let running = store.get_any(&young.id).unwrap().unwrap();
+    assert!(store.delete(&young.id, "a").unwrap());
+    assert!(!store.heartbeat(&running).unwrap(), "its worker hears of it");
+    assert!(!store.finish(&running, Ok(json!({}))).unwrap());
+    assert!(store.counts().unwrap().iter().all(|(_, n)| *n == 0), "{:?}", store.counts());
+    assert_eq!(store.pending("a").unwrap(), PendingCounts::default());
 }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::{OnRestart, Task, TaskError, TaskStatus, TaskStore, now_ms};
+use crate::{OnRestart, PendingCounts, Task, TaskError, TaskStatus, TaskStore, now_ms};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
@@ -27,6 +27,10 @@ CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks(owner, seq);
 -- Added with webhooks; ALTERed into stores made before them (see `open`).
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status, seq);
 ";
+
+/// Makes a task that ends in this statement due for its webhook, if it has
+/// one (`?1` is now in every statement that uses it).
+const DUE_NOW: &str = "webhook_due = CASE WHEN webhook_url IS NULL THEN NULL ELSE ?1 END";
 
 const COLUMNS: &str = "id, owner, status, request, created_at, started_at, completed_at, result, error, attempts, webhook_url, deliveries, worker";
 
@@ -82,7 +86,9 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        for (column, kind) in [("webhook_url", "TEXT"), ("deliveries", "TEXT"), ("worker", "TEXT")] {
+        for (column, kind) in
+            [("webhook_url", "TEXT"), ("deliveries", "TEXT"), ("worker", "TEXT"), ("webhook_due", "INTEGER")]
+        {
             let present: bool = conn.query_row(
                 "SELECT COUNT(*) > 0 FROM pragma_table_info('tasks') WHERE name = ?1",
                 params![column],
@@ -92,6 +98,9 @@ impl SqliteStore {
                 conn.execute_batch(&format!("ALTER TABLE tasks ADD COLUMN {column} {kind}"))?;
             }
         }
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS tasks_by_webhook_due ON tasks(webhook_due) WHERE webhook_due IS NOT NULL",
+        )?;
         Ok(SqliteStore { conn: Mutex::new(conn), worker: crate::worker_name() })
     }
 
@@ -112,12 +121,46 @@ impl TaskStore for SqliteStore {
         Ok(task)
     }
 
-    fn record_delivery(&self, id: &str, attempt: &serde_json::Value) -> Result<(), TaskError> {
+    fn record_delivery(&self, id: &str, attempt: &serde_json::Value, next_due: Option<i64>) -> Result<(), TaskError> {
         self.conn().execute(
-            "UPDATE tasks SET deliveries = json_insert(COALESCE(deliveries, '[]'), '$[#]', json(?1)) WHERE id = ?2",
-            params![attempt.to_string(), id],
+            "UPDATE tasks SET deliveries = json_insert(COALESCE(deliveries, '[]'), '$[#]', json(?1)),
+             webhook_due = ?2 WHERE id = ?3",
+            params![attempt.to_string(), next_due, id],
         )?;
         Ok(())
+    }
+
+    fn claim_delivery(&self, lease_ms: i64) -> Result<Option<Task>, TaskError> {
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE tasks SET webhook_due = ?1 + ?2
+             WHERE seq = (SELECT seq FROM tasks WHERE webhook_due <= ?1 ORDER BY webhook_due LIMIT 1)
+             RETURNING {COLUMNS}"
+        );
+        Ok(self.conn().query_row(&sql, params![now, lease_ms], task).optional()?)
+    }
+
+    fn pending(&self, owner: &str) -> Result<PendingCounts, TaskError> {
+        let (total, mine): (i64, i64) = self.conn().query_row(
+            "SELECT COUNT(*), COALESCE(SUM(owner = ?1), 0) FROM tasks WHERE status = 'pending'",
+            params![owner],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(PendingCounts { total: total as u64, owner: mine as u64 })
+    }
+
+    fn fail_pending_before(&self, cutoff_ms: i64, reason: &str) -> Result<usize, TaskError> {
+        Ok(self.conn().execute(
+            &format!(
+                "UPDATE tasks SET status = 'failed', completed_at = ?1, error = ?2, {DUE_NOW}
+                 WHERE status = 'pending' AND created_at < ?3"
+            ),
+            params![now_ms(), reason, cutoff_ms],
+        )?)
+    }
+
+    fn delete(&self, id: &str, owner: &str) -> Result<bool, TaskError> {
+        Ok(self.conn().execute("DELETE FROM tasks WHERE id = ?1 AND owner = ?2", params![id, owner])? == 1)
     }
 
     fn get_any(&self, id: &str) -> Result<Option<Task>, TaskError> {
@@ -172,9 +215,11 @@ impl TaskStore for SqliteStore {
             Err(message) => (TaskStatus::Failed, None, Some(message)),
         };
         let changed = self.conn().execute(
-            "UPDATE tasks SET status = ?1, completed_at = ?2, result = ?3, error = ?4
-             WHERE id = ?5 AND status = 'running' AND attempts = ?6",
-            params![status.as_str(), now_ms(), result, error, task.id, task.attempts],
+            &format!(
+                "UPDATE tasks SET status = ?2, completed_at = ?1, result = ?3, error = ?4, {DUE_NOW}
+                 WHERE id = ?5 AND status = 'running' AND attempts = ?6"
+            ),
+            params![now_ms(), status.as_str(), result, error, task.id, task.attempts],
         )?;
         Ok(changed == 1)
     }
@@ -198,9 +243,11 @@ impl TaskStore for SqliteStore {
                 self.conn().execute("UPDATE tasks SET status = 'pending' WHERE status = 'running'", [])?
             }
             OnRestart::Fail => self.conn().execute(
-                "UPDATE tasks SET status = 'failed', completed_at = ?1,
-                 error = 'the server stopped while this task was running'
-                 WHERE status = 'running'",
+                &format!(
+                    "UPDATE tasks SET status = 'failed', completed_at = ?1,
+                     error = 'the server stopped while this task was running', {DUE_NOW}
+                     WHERE status = 'running'"
+                ),
                 params![now_ms()],
             )?,
         };
@@ -222,7 +269,8 @@ impl TaskStore for SqliteStore {
             OnRestart::Fail => self.conn().execute(
                 &format!(
                     "UPDATE tasks SET status = 'failed', completed_at = ?4,
-                     error = 'the end of this task could not be recorded' WHERE {orphans}"
+                     error = 'the end of this task could not be recorded',
+                     webhook_due = CASE WHEN webhook_url IS NULL THEN NULL ELSE ?4 END WHERE {orphans}"
                 ),
                 params![self.worker, cutoff, live, now_ms()],
             )?,
@@ -342,8 +390,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         let task = store.create("app", &json!({}), Some("https://example.com/hook")).unwrap();
-        store.record_delivery(&task.id, &json!({"status": 500})).unwrap();
-        store.record_delivery(&task.id, &json!({"status": 200})).unwrap();
+        store.record_delivery(&task.id, &json!({"status": 500}), Some(0)).unwrap();
+        store.record_delivery(&task.id, &json!({"status": 200}), None).unwrap();
         let task = store.get(&task.id, "app").unwrap().unwrap();
         assert_eq!(task.webhook_url.as_deref(), Some("https://example.com/hook"));
         assert_eq!(task.deliveries, [json!({"status": 500}), json!({"status": 200})]);
@@ -380,5 +428,62 @@ mod tests {
         // The old claim can no longer end it; the next claim runs it again.
         assert!(!store.finish(&first, Ok(serde_json::json!({}))).unwrap());
         assert_eq!(store.claim().unwrap().unwrap().attempts, 2);
+    }
+
+    #[test]
+    fn an_ended_task_with_a_webhook_is_due_for_delivery_until_its_last_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let hooked = {
+            let store = store(&dir);
+            let hooked = store.create("app", &json!({}), Some("https://example.com/hook")).unwrap();
+            store.create("app", &json!({}), None).unwrap();
+            assert!(store.claim_delivery(60_000).unwrap().is_none(), "nothing ended yet");
+            let (a, b) = (store.claim().unwrap().unwrap(), store.claim().unwrap().unwrap());
+            store.finish(&b, Ok(json!({}))).unwrap();
+            assert!(store.claim_delivery(60_000).unwrap().is_none(), "no webhook, no delivery");
+            store.finish(&a, Err("boom".into())).unwrap();
+            hooked
+        };
+        // Reopened, as after a restart: the delivery is still due.
+        let store = store(&dir);
+        let due = store.claim_delivery(60_000).unwrap().expect("due once ended");
+        assert_eq!(due.id, hooked.id);
+        assert!(store.claim_delivery(60_000).unwrap().is_none(), "taken: leased to its deliverer");
+        store.record_delivery(&due.id, &json!({"attempt": 1, "status": 503}), Some(now_ms() - 1)).unwrap();
+        let again = store.claim_delivery(60_000).unwrap().expect("a retry is due");
+        assert_eq!(again.deliveries.len(), 1);
+        store.record_delivery(&due.id, &json!({"attempt": 2, "status": 200}), None).unwrap();
+        assert!(store.claim_delivery(0).unwrap().is_none(), "delivered: nothing more");
+    }
+
+    #[test]
+    fn pending_tasks_are_counted_per_owner_and_fail_once_too_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let old = store.create("a", &json!({}), Some("https://example.com/hook")).unwrap();
+        store.create("b", &json!({}), None).unwrap();
+        assert_eq!(store.pending("a").unwrap(), PendingCounts { total: 2, owner: 1 });
+        assert_eq!(store.pending("c").unwrap(), PendingCounts { total: 2, owner: 0 });
+        assert_eq!(store.fail_pending_before(old.created_at, "too old").unwrap(), 0);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(store.fail_pending_before(now_ms(), "too old").unwrap(), 2);
+        let failed = store.get(&old.id, "a").unwrap().unwrap();
+        assert_eq!((failed.status, failed.error.as_deref()), (TaskStatus::Failed, Some("too old")));
+        assert_eq!(store.pending("a").unwrap(), PendingCounts::default());
+        assert_eq!(store.claim_delivery(0).unwrap().map(|t| t.id), Some(old.id), "its webhook hears of it");
+    }
+
+    #[test]
+    fn a_deleted_task_is_gone_and_its_worker_hears_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let task = store.create("a", &json!({}), None).unwrap();
+        let claimed = store.claim().unwrap().unwrap();
+        assert!(!store.delete(&task.id, "b").unwrap(), "only its owner deletes it");
+        assert!(store.delete(&task.id, "a").unwrap());
+        assert!(store.get(&task.id, "a").unwrap().is_none());
+        assert!(!store.heartbeat(&claimed).unwrap());
+        assert!(!store.finish(&claimed, Ok(json!({}))).unwrap());
+        assert!(!store.delete(&task.id, "a").unwrap());
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use kiln_access::AdminAccess;
 use kiln_engine::EngineConfig;
-use kiln_server::{Auth, CacheConfig, RedisShared, ServerConfig};
+use kiln_server::{Auth, CacheConfig, ConnectionLimits, RedisShared, ServerConfig};
 
 use crate::ModelArgs;
 use crate::config::{FileConfig, ServerSection};
@@ -62,6 +62,19 @@ pub struct ServerFlags {
     /// Seconds a cached answer is served before it is generated anew [default: 600].
     #[arg(long, env = "KILN_CACHE_TTL_SECS")]
     pub cache_ttl_secs: Option<u64>,
+    /// Seconds a stream's client may read nothing while events wait before
+    /// the stream is cancelled [default: 30].
+    #[arg(long, env = "KILN_STREAM_STALL_SECS")]
+    pub stream_stall_secs: Option<u64>,
+    /// Connections open at once; past it a new one is answered 503 and closed [default: 1024].
+    #[arg(long, env = "KILN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a request's head may take to arrive, from its first byte [default: 10].
+    #[arg(long, env = "KILN_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds a connection with no request in flight stays open [default: 60].
+    #[arg(long, env = "KILN_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// `--admin`'s values, listed with their meaning in `--help`. `AdminAccess`
@@ -136,6 +149,8 @@ pub struct ServerSettings {
     pub admin: AdminAccess,
     pub public_metrics: bool,
     pub allowed_origins: Vec<String>,
+    pub stream_stall: Duration,
+    pub connections: ConnectionLimits,
 }
 
 pub fn server(flags: &ServerFlags, file: &ServerSection) -> ServerSettings {
@@ -157,6 +172,24 @@ pub fn server(flags: &ServerFlags, file: &ServerSection) -> ServerSettings {
         public_metrics: file.public_metrics.unwrap_or(defaults.public_metrics),
         // No flag: a deployment's standing list, like `public_metrics`.
         allowed_origins: file.allowed_origins.clone(),
+        // 0 would cancel a stream at its first pause.
+        stream_stall: secs(flags.stream_stall_secs, file.stream_stall_secs, defaults.stream_stall)
+            .max(Duration::from_secs(1)),
+        connections: ConnectionLimits {
+            max_connections: flags
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(defaults.connections.max_connections)
+                .max(1),
+            header_read_timeout: secs(
+                flags.header_read_timeout_secs,
+                file.header_read_timeout_secs,
+                defaults.connections.header_read_timeout,
+            )
+            .max(Duration::from_secs(1)),
+            idle_timeout: secs(flags.idle_timeout_secs, file.idle_timeout_secs, defaults.connections.idle_timeout)
+                .max(Duration::from_secs(1)),
+        },
     }
 }
 
@@ -175,6 +208,8 @@ impl ServerSettings {
             cache: self.cache,
             redis,
             allowed_origins: self.allowed_origins.clone(),
+            stream_stall: self.stream_stall,
+            connections: self.connections,
             ..ServerConfig::default()
         }
     }
@@ -240,6 +275,10 @@ mod tests {
             request_timeout_secs: Some(8),
             cache_mib: Some(9),
             cache_ttl_secs: Some(10),
+            stream_stall_secs: Some(11),
+            max_connections: Some(12),
+            header_read_timeout_secs: Some(13),
+            idle_timeout_secs: Some(14),
         }
     }
 
@@ -263,6 +302,10 @@ mod tests {
             admin: Some(AdminAccess::Nobody),
             public_metrics: Some(false),
             allowed_origins: vec!["https://app.example".into()],
+            stream_stall_secs: Some(112),
+            max_connections: Some(113),
+            header_read_timeout_secs: Some(114),
+            idle_timeout_secs: Some(115),
         }
     }
 
@@ -343,6 +386,7 @@ mod tests {
         assert_eq!((s.cache.max_bytes, s.cache.ttl), (cache.max_bytes, cache.ttl));
         assert_eq!(s.admin, AdminAccess::Loopback);
         assert!(s.public_metrics);
+        assert_eq!((s.stream_stall, s.connections), (defaults.stream_stall, defaults.connections));
     }
 
     #[test]
@@ -354,6 +398,19 @@ mod tests {
         assert_eq!(s.request_timeout, Duration::from_secs(8));
         assert_eq!((s.cache.max_bytes, s.cache.ttl), (9 * MIB, Duration::from_secs(10)));
         assert_eq!(s.admin, AdminAccess::Anyone);
+        assert_eq!(s.stream_stall, Duration::from_secs(11));
+        let secs = Duration::from_secs;
+        assert_eq!(
+            s.connections,
+            ConnectionLimits { max_connections: 12, header_read_timeout: secs(13), idle_timeout: secs(14) }
+        );
+        let s = server(&ServerFlags::default(), &full_file());
+        assert_eq!(s.stream_stall, Duration::from_secs(112));
+        assert_eq!(
+            s.connections,
+            ConnectionLimits { max_connections: 113, header_read_timeout: secs(114), idle_timeout: secs(115) }
+        );
+        let s = server(&all_flags(), &full_file());
         // No flag for these: the file decides.
         assert!(!s.public_metrics);
         assert_eq!(s.allowed_origins, ["https://app.example"]);

@@ -60,6 +60,7 @@ pub async fn authenticate(
                     "no API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`".into(),
                 ));
             };
+            let keys = keys.current();
             let Some(key) = keys.verify(presented) else {
                 return Err(ApiError::Unauthorized("the API key is not valid".into()));
             };

@@ -2,43 +2,81 @@
 //! header every generating endpoint sets.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::{StreamExt, stream};
+use futures_util::stream;
+use tokio::sync::mpsc::Sender;
 
 use crate::AppState;
 use crate::generation::{CacheStatus, Generation};
 use crate::piece::Piece;
 
+/// Events produced ahead of a client that has not read them yet, at most.
+const STREAM_AHEAD: usize = 16;
+
 /// Streams a generation as Server-Sent Events: `format` turns each piece
 /// into events; an error midway becomes a last `{"error": ...}` event; the
-/// stream ends with `data: [DONE]`. Dropping the response body (the client
-/// went away) drops the generation, which cancels it in the engine.
+/// stream ends with `data: [DONE]`. A task of its own runs the generation
+/// a few events ahead of the client, and drops it (which cancels the
+/// sequence in the engine and frees its plugin instances and reservation)
+/// when the client goes away or stops reading for `stream_stall`.
 pub(crate) fn sse<F>(state: &AppState, generation: Generation, format: F) -> Response
 where
     F: FnMut(Piece) -> Vec<Event> + Send + 'static,
 {
     let cache = generation.cache_status();
-    let events = stream::unfold((Some(generation), format), |(generation, mut format)| async move {
-        let mut generation = generation?;
-        match generation.next().await? {
-            Ok(piece) => Some((format(piece), (Some(generation), format))),
-            Err(e) => {
-                tracing::error!(error = %e, "stream failed midway");
-                Some((vec![json_event(&e.body())], (None, format)))
-            }
-        }
-    })
-    .flat_map(stream::iter)
-    .chain(stream::once(async { Event::default().data("[DONE]") }))
-    .map(Ok::<_, Infallible>);
+    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_AHEAD);
+    tokio::spawn(produce(generation, format, tx, state.config().stream_stall));
+    let events =
+        stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|event| (Ok::<_, Infallible>(event), rx)) });
     let mut response =
         Sse::new(events).keep_alive(KeepAlive::new().interval(state.config().sse_keep_alive)).into_response();
     // Reverse proxies (nginx) buffer responses unless told not to.
     response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
     mark_cache(response, cache)
+}
+
+/// Runs `generation`, sending its events to the client's stream until it
+/// ends, the client goes away or the client stops reading.
+async fn produce<F>(mut generation: Generation, mut format: F, tx: Sender<Event>, stall: Duration)
+where
+    F: FnMut(Piece) -> Vec<Event>,
+{
+    loop {
+        let piece = tokio::select! {
+            piece = generation.next() => piece,
+            // The client went away: dropping the generation cancels it.
+            () = tx.closed() => return,
+        };
+        let (mut events, last) = match piece {
+            Some(Ok(piece)) => (format(piece), false),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "stream failed midway");
+                (vec![json_event(&e.body())], true)
+            }
+            None => (Vec::new(), true),
+        };
+        if last {
+            events.push(Event::default().data("[DONE]"));
+        }
+        for event in events {
+            match tokio::time::timeout(stall, tx.send(event)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::warn!(?stall, "the client stopped reading; its stream is cancelled");
+                    metrics::counter!("kiln_stream_stalls_total").increment(1);
+                    return;
+                }
+            }
+        }
+        if last {
+            return;
+        }
+    }
 }
 
 /// The `x-kiln-cache` header: whether the answer came from the response cache.

@@ -1,6 +1,8 @@
 //! Async generation: `POST /v1/generate/async` and
 //! `POST /v1/chat/completions/async` check the request as their synchronous
-//! endpoint does, store a task and answer 202 at once; `GET /v1/tasks/{id}` reports it; `DELETE` cancels it;
+//! endpoint does, store a task and answer 202 at once (or 429/503 when the
+//! key's share of the queue, or the queue, is full); `GET /v1/tasks/{id}`
+//! reports it, `POST /v1/tasks/{id}/cancel` cancels it, `DELETE` deletes it;
 //! `GET /v1/tasks` lists the caller's. A task is visible only to the API key
 //! that created it: to any other it does not exist (404).
 
@@ -12,7 +14,7 @@ use axum::http::StatusCode;
 use kiln_api::ErrorBody;
 use kiln_api::generate::GenerationRequest;
 use kiln_api::openai::ChatCompletionRequest;
-use kiln_api::tasks::{TaskAccepted, TaskList, TaskView};
+use kiln_api::tasks::{TaskAccepted, TaskDeleted, TaskList, TaskView};
 use kiln_tasks::{TaskError, TaskStore};
 
 use crate::extract::{ApiJson, ApiPath, ApiQuery, RequestContext};
@@ -79,10 +81,29 @@ async fn submit(
         }
     }
     let owner = context.tenant().unwrap_or_default();
+    admit(&tasks, &owner).await?;
     let request = serde_json::to_value(&request).map_err(|e| ApiError::Internal(e.to_string()))?;
     let task = store(&tasks, move |s| s.create(&owner, &request, webhook_url.as_deref())).await?;
     tasks.woken();
     Ok((StatusCode::ACCEPTED, Json(TaskAccepted { task_id: task.id, status: "pending".into() })))
+}
+
+/// Refuses a task past the key's share of the queue (429) or the queue's
+/// bound (503). Counted, then stored: submissions racing each other may
+/// pass the bound by as many as race, never without limit.
+async fn admit(tasks: &Arc<Tasks>, owner: &str) -> Result<(), ApiError> {
+    let asking = owner.to_string();
+    let pending = store(tasks, move |s| s.pending(&asking)).await?;
+    let (per_key, total) = (tasks.config.max_pending_per_key, tasks.config.max_pending);
+    if pending.owner >= per_key {
+        metrics::counter!("kiln_tasks_refused_total", "reason" => "per_key").increment(1);
+        return Err(ApiError::TooManyPendingTasks { limit: per_key });
+    }
+    if pending.total >= total {
+        metrics::counter!("kiln_tasks_refused_total", "reason" => "queue_full").increment(1);
+        return Err(ApiError::TaskQueueFull { limit: total });
+    }
+    Ok(())
 }
 
 /// A task of the caller's: its status, and its result or error once ended.
@@ -104,8 +125,9 @@ pub async fn get_task(
     task.map(|t| Json(view(t))).ok_or(ApiError::NoSuchTask(id))
 }
 
-/// Cancel a task: a pending one never runs, a running one stops at its next token.
-#[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "tasks",
+/// Cancel a task: a pending one never runs, a running one stops at its next
+/// token. The task is kept (as `cancelled`) until the retention ends.
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks",
     params(("id" = String, Path, description = "The task's id")),
     responses(
         (status = 200, description = "The task as it now stands (`cancelled`, or how it had already ended)", body = TaskView),
@@ -122,6 +144,29 @@ pub async fn cancel_task(
     let task = store(&tasks, move |s| s.cancel(&lookup, &owner)).await?.ok_or(ApiError::NoSuchTask(id))?;
     tasks.stop(&task.id);
     Ok(Json(view(task)))
+}
+
+/// Delete a task, whatever its state: a pending one never runs, a running
+/// one stops; afterwards it is 404.
+#[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "Deleted", body = TaskDeleted),
+        (status = 404, description = "No such task for this API key", body = ErrorBody),
+    ))]
+pub async fn delete_task(
+    State(state): State<AppState>,
+    context: RequestContext,
+    ApiPath(id): ApiPath,
+) -> Result<Json<TaskDeleted>, ApiError> {
+    let tasks = tasks(&state)?;
+    let owner = context.tenant().unwrap_or_default();
+    let lookup = id.clone();
+    if !store(&tasks, move |s| s.delete(&lookup, &owner)).await? {
+        return Err(ApiError::NoSuchTask(id));
+    }
+    tasks.stop(&id);
+    Ok(Json(TaskDeleted { task_id: id, deleted: true }))
 }
 
 #[derive(Debug, serde::Deserialize)]

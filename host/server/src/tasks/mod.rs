@@ -3,8 +3,10 @@
 //! is acknowledged; workers ([`worker`]) take stored tasks and generate
 //! them on the same path as the synchronous endpoints, each under its
 //! owner's API key. A worker that dies with the process leaves its task
-//! `running`, which the next start requeues or fails.
+//! `running`, which the next start requeues or fails. Webhooks are
+//! delivered by their own threads ([`delivery`]) from the store's schedule.
 
+pub(crate) mod delivery;
 pub(crate) mod job;
 pub(crate) mod view;
 pub(crate) mod worker;
@@ -29,6 +31,18 @@ pub struct TaskConfig {
     /// a cancellation made on another replica).
     pub heartbeat: Duration,
     pub webhooks: WebhookConfig,
+    /// Tasks waiting for a worker, all keys together: past it, a new one is
+    /// 503 (`task_queue_full`) with `Retry-After`.
+    pub max_pending: u64,
+    /// Tasks waiting for a worker per API key: past it, 429
+    /// (`too_many_pending_tasks`) with `Retry-After`.
+    pub max_pending_per_key: u64,
+    /// A task still pending this long after it was stored fails, saying so,
+    /// rather than run for a client that has likely given up.
+    pub pending_ttl: Duration,
+    /// How often ended tasks are expired, too-old pending ones failed and
+    /// orphaned running ones recovered.
+    pub sweep_every: Duration,
 }
 
 impl Default for TaskConfig {
@@ -39,6 +53,10 @@ impl Default for TaskConfig {
             on_restart: OnRestart::Requeue,
             heartbeat: Duration::from_secs(10),
             webhooks: WebhookConfig::default(),
+            max_pending: 1000,
+            max_pending_per_key: 200,
+            pending_ttl: Duration::from_secs(3600),
+            sweep_every: Duration::from_secs(60),
         }
     }
 }
@@ -51,6 +69,8 @@ pub struct Tasks {
     running: Mutex<HashMap<String, Arc<Notify>>>,
     /// Rung when a task is stored, so an idle worker takes it at once.
     pub(crate) wake: Notify,
+    /// Rung when a webhook delivery becomes due.
+    pub(crate) doorbell: delivery::Doorbell,
 }
 
 impl std::fmt::Debug for Tasks {
@@ -71,7 +91,13 @@ impl Tasks {
         if recovered > 0 {
             tracing::warn!(recovered, on_restart = ?config.on_restart, "tasks left running by the previous process");
         }
-        Ok(Tasks { store, config, running: Mutex::new(HashMap::new()), wake: Notify::new() })
+        Ok(Tasks {
+            store,
+            config,
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            doorbell: delivery::Doorbell::default(),
+        })
     }
 
     pub(crate) fn webhooks(&self) -> &WebhookConfig {
@@ -80,6 +106,14 @@ impl Tasks {
 
     pub(crate) fn woken(&self) {
         self.wake.notify_one();
+    }
+
+    /// The error of a task that waited past `pending_ttl`.
+    pub(crate) fn expired_reason(&self) -> String {
+        format!(
+            "the task waited longer than the server's pending_ttl_secs ({} s) for a worker",
+            self.config.pending_ttl.as_secs()
+        )
     }
 
     /// Stops a running task's generation (its record is already `cancelled`).

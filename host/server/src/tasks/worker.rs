@@ -1,15 +1,17 @@
 //! The task workers: each takes a stored task, generates it under its
 //! owner's API key (its default pipeline, token allowance and cache
-//! tenancy), records how it ended and calls its webhook.
+//! tenancy) and records how it ended (which makes its webhook due). The
+//! sweep expires ended tasks, fails those pending past their time to live
+//! and settles running ones whose end could not be recorded.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_tasks::Task;
+use kiln_tasks::{Task, now_ms};
 use tokio::sync::Notify;
 
+use super::delivery::spawn_deliverers;
 use super::job::{ResultShape, TaskRequest};
-use super::view::view;
 use super::{Tasks, blocking};
 use crate::config::Auth;
 use crate::extract::{Caller, RequestContext};
@@ -18,9 +20,11 @@ use crate::responses::{chat_completion, generation_response};
 use crate::token_meter::TokenMeter;
 use crate::{ApiError, AppState};
 
-/// Starts the workers and the retention sweep on the current runtime.
+/// Starts the workers and the sweep on the current runtime, and the
+/// webhook delivery threads.
 pub fn spawn_workers(state: &AppState) {
     let Some(tasks) = state.tasks().cloned() else { return };
+    spawn_deliverers(state.downgrade(), &tasks);
     for _ in 0..tasks.config.workers.max(1) {
         let (state, tasks) = (state.clone(), tasks.clone());
         tokio::spawn(async move {
@@ -43,27 +47,42 @@ pub fn spawn_workers(state: &AppState) {
     }
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(SWEEP_EVERY).await;
-            let retention = tasks.config.retention.as_millis() as i64;
-            if let Err(e) = blocking(&tasks, move |store| store.expire(retention)).await {
-                tracing::error!(error = %e, "expiring old tasks");
-            }
-            // A task whose end could not be recorded is left `running` by no
-            // one: settled as a restart would settle it.
-            let live: Vec<String> = tasks.lock().keys().cloned().collect();
-            let on_restart = tasks.config.on_restart;
-            let stale = SWEEP_EVERY.as_millis() as i64;
-            match blocking(&tasks, move |store| store.recover_orphans(&live, stale, on_restart)).await {
-                Ok(0) => {}
-                Ok(recovered) => tracing::warn!(recovered, ?on_restart, "tasks left running by no worker"),
-                Err(e) => tracing::error!(error = %e, "recovering tasks left running"),
-            }
+            tokio::time::sleep(tasks.config.sweep_every).await;
+            sweep(&tasks).await;
         }
     });
 }
 
-/// How often ended tasks are expired and orphaned ones recovered.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Expires ended tasks, fails those pending too long and settles running
+/// ones no worker runs.
+async fn sweep(tasks: &Arc<Tasks>) {
+    let retention = tasks.config.retention.as_millis() as i64;
+    if let Err(e) = blocking(tasks, move |store| store.expire(retention)).await {
+        tracing::error!(error = %e, "expiring old tasks");
+    }
+    let (cutoff, reason) = (now_ms() - tasks.config.pending_ttl.as_millis() as i64, tasks.expired_reason());
+    match blocking(tasks, move |store| store.fail_pending_before(cutoff, &reason)).await {
+        Ok(0) => {}
+        Ok(failed) => {
+            tracing::warn!(failed, ttl = ?tasks.config.pending_ttl, "tasks pending past their time to live");
+            tasks.doorbell.ring();
+        }
+        Err(e) => tracing::error!(error = %e, "failing tasks pending past their time to live"),
+    }
+    // A task whose end could not be recorded is left `running` by no one:
+    // settled as a restart would settle it.
+    let live: Vec<String> = tasks.lock().keys().cloned().collect();
+    let on_restart = tasks.config.on_restart;
+    let stale = tasks.config.sweep_every.as_millis() as i64;
+    match blocking(tasks, move |store| store.recover_orphans(&live, stale, on_restart)).await {
+        Ok(0) => {}
+        Ok(recovered) => {
+            tracing::warn!(recovered, ?on_restart, "tasks left running by no worker");
+            tasks.doorbell.ring();
+        }
+        Err(e) => tracing::error!(error = %e, "recovering tasks left running"),
+    }
+}
 /// Tries at recording a task's end before it is left to the sweep.
 const FINISH_TRIES: u32 = 3;
 
@@ -72,15 +91,26 @@ async fn run(state: &AppState, tasks: &Arc<Tasks>, task: Task) {
     let stop = Arc::new(Notify::new());
     tasks.lock().insert(task.id.clone(), stop.clone());
     let caller = caller(state, &task.owner);
+    // With keys, a task whose key has been revoked (a reload) does not run
+    // unmetered: it fails, saying why.
+    let revoked = caller.is_none() && matches!(state.config().auth, Auth::Keys(_));
     let key = caller.as_ref().and_then(|c| c.key.as_ref());
-    let secret = key.and_then(|k| k.config.webhook_secret.as_ref()).map(|s| s.0.clone());
     // Tasks spend their owner's token allowance like its synchronous requests.
     let meter = key.and_then(|k| TokenMeter::for_key(state.limiter_arc(), k, state.config().limits));
     let context = RequestContext { caller, meter, ..RequestContext::default() };
-    let outcome = tokio::select! {
-        outcome = generate(state, context, task.request.clone()) => outcome,
-        () = stop.notified() => Err("cancelled by the client".to_string()),
-        () = lost(tasks, &task) => Err("no longer this worker's task".to_string()),
+    // Taken after its time to live (before the sweep got to it): its client
+    // has likely given up, and the worker is better spent on another.
+    let expired = now_ms() - task.created_at > tasks.config.pending_ttl.as_millis() as i64;
+    let outcome = if expired {
+        Err(tasks.expired_reason())
+    } else if revoked {
+        Err(format!("the API key {:?} that created this task is no longer configured", task.owner))
+    } else {
+        tokio::select! {
+            outcome = generate(state, context, task.request.clone()) => outcome,
+            () = stop.notified() => Err("cancelled by the client".to_string()),
+            () = lost(tasks, &task) => Err("no longer this worker's task".to_string()),
+        }
     };
     tasks.lock().remove(&task.id);
     let (id, webhook) = (task.id.clone(), task.webhook_url.is_some());
@@ -102,7 +132,7 @@ async fn run(state: &AppState, tasks: &Arc<Tasks>, task: Task) {
         Ok(true) => {
             tracing::info!(task = id, status, "task ended");
             if webhook {
-                notify(tasks, id, secret.or_else(|| tasks.config.webhooks.secret.as_ref().map(|s| s.0.clone())));
+                tasks.doorbell.ring();
             }
         }
         Ok(false) => tracing::info!(task = id, "task no longer this worker's; its outcome is dropped"),
@@ -125,28 +155,6 @@ async fn lost(tasks: &Arc<Tasks>, task: &Task) {
             Err(e) => tracing::warn!(task = task.id, error = %e, "renewing a task's claim"),
         }
     }
-}
-
-/// Tells the task's webhook how it ended, in the background, signed with `secret`.
-fn notify(tasks: &Arc<Tasks>, id: String, secret: Option<String>) {
-    let tasks = tasks.clone();
-    tokio::task::spawn_blocking(move || {
-        let task = match tasks.store.get_any(&id) {
-            Ok(Some(task)) => task,
-            Ok(None) => return,
-            Err(e) => return tracing::error!(task = id, error = %e, "reading a task for its webhook"),
-        };
-        let Some(url) = task.webhook_url.clone() else { return };
-        let body = serde_json::to_vec(&view(task)).unwrap_or_default();
-        crate::webhooks::deliver(&tasks.config.webhooks, secret.as_deref(), &url, &body, |attempt| {
-            if let Err(e) = tasks.store.record_delivery(&id, &attempt) {
-                tracing::error!(task = id, error = %e, "recording a webhook delivery");
-            }
-            let ok = attempt["status"].as_u64().is_some_and(|s| (200..300).contains(&s));
-            metrics::counter!("kiln_webhook_deliveries_total", "outcome" => if ok { "delivered" } else { "failed" })
-                .increment(1);
-        });
-    });
 }
 
 async fn generate(
@@ -176,10 +184,13 @@ async fn generate(
     }
 }
 
-/// The owner's key, so the task runs with its default pipeline and cache tenancy.
-fn caller(state: &AppState, owner: &str) -> Option<Caller> {
+/// The owner's key, so the task runs with its default pipeline and cache
+/// tenancy (and its webhook is signed with the key's secret).
+pub(super) fn caller(state: &AppState, owner: &str) -> Option<Caller> {
     match &state.config().auth {
-        Auth::Keys(keys) => keys.keys().iter().find(|k| k.name() == owner).map(|k| Caller { key: Some(k.clone()) }),
+        Auth::Keys(keys) => {
+            keys.current().keys().iter().find(|k| k.name() == owner).map(|k| Caller { key: Some(k.clone()) })
+        }
         Auth::Insecure => None,
     }
 }

@@ -1,8 +1,6 @@
 //! The production layer's front door: API keys and scopes, per-key rate
 //! limits, request ids, and the probes.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use kiln_access::{KeyConfig, KeyStore, Limits, Scope, hash_key};
@@ -35,7 +33,7 @@ pub(super) fn keyed_config(limits: Limits) -> ServerConfig {
         key("small", SMALL_KEY, Scope::Generate, Some(5)),
     ])
     .unwrap();
-    ServerConfig { auth: Auth::Keys(Arc::new(keys)), limits, ..ServerConfig::default() }
+    ServerConfig { auth: Auth::keys(keys), limits, ..ServerConfig::default() }
 }
 
 /// Requests come from this machine, as the admin endpoints want by default.
@@ -112,9 +110,9 @@ async fn a_metrics_key_scrapes_metrics_and_nothing_else() {
     let mut config = keyed_config(Limits::default());
     config.public_metrics = false;
     let Auth::Keys(keys) = &config.auth else { unreachable!("keyed") };
-    let mut configs: Vec<KeyConfig> = keys.keys().iter().map(|k| k.config.clone()).collect();
+    let mut configs: Vec<KeyConfig> = keys.current().keys().iter().map(|k| k.config.clone()).collect();
     configs.push(KeyConfig { scopes: vec![Scope::Metrics], ..key("scraper", SCRAPER_KEY, Scope::Metrics, None) });
-    config.auth = Auth::Keys(Arc::new(KeyStore::new(configs).unwrap()));
+    config.auth = Auth::keys(KeyStore::new(configs).unwrap());
     let app = TestApp::fake(Fake::Say(vec!["x"])).config(config).peer(loopback()).build();
     let call = |path: &str, key: &str| Request::get(path).header("x-api-key", key).body(Body::empty()).unwrap();
     assert_eq!(send(&app, call("/metrics", SCRAPER_KEY)).await.status, StatusCode::OK);
@@ -265,4 +263,17 @@ async fn with_keys_the_key_decides_whatever_the_host() {
         .body(Body::from(json!({"prompt": "Hi"}).to_string()))
         .unwrap();
     assert_eq!(send(&app, request).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_key_revoked_by_a_reload_is_refused_from_then_on() {
+    let config = keyed_config(Limits::default());
+    let Auth::Keys(live) = config.auth.clone() else { unreachable!("keyed") };
+    let app = TestApp::fake(Fake::Say(vec!["x"])).config(config).build();
+    let call = |key: &str| Request::get("/v1/models").header("x-api-key", key).body(Body::empty()).unwrap();
+    assert_eq!(send(&app, call(OPS_KEY)).await.status, StatusCode::OK);
+    // The reload keeps "app" and drops "ops".
+    live.replace(KeyStore::new(vec![key("app", APP_KEY, Scope::Generate, None)]).unwrap());
+    assert_eq!(send(&app, call(OPS_KEY)).await.error(StatusCode::UNAUTHORIZED)["code"], "invalid_api_key");
+    assert_eq!(send(&app, call(APP_KEY)).await.status, StatusCode::OK);
 }

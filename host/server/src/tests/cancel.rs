@@ -1,5 +1,6 @@
-//! A client that goes away cancels its sequence in the engine, streaming or
-//! not: over a real socket, watching the engine's active-sequence count.
+//! A client that goes away, or stops reading its stream, cancels its
+//! sequence in the engine: over a real socket, watching the engine's
+//! active-sequence count.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,14 +18,15 @@ async fn serve() -> (std::net::SocketAddr, Arc<Engine>) {
     let engine = app.engine();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(crate::serve(listener, app.router, std::future::pending(), Duration::from_secs(1)));
+    let config = crate::ServerConfig { drain_timeout: Duration::from_secs(1), ..app.state.config().clone() };
+    tokio::spawn(async move { crate::serve(listener, app.router, std::future::pending(), &config).await });
     (address, engine)
 }
 
 /// Opens a connection and sends a POST; the caller reads and drops it.
 async fn send(address: std::net::SocketAddr, path: &str, body: serde_json::Value) -> TcpStream {
-    let body = body.to_string();
     let mut socket = TcpStream::connect(address).await.unwrap();
+    let body = body.to_string();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: kiln\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -72,4 +74,26 @@ async fn a_client_leaving_before_a_non_streamed_answer_cancels_its_sequence() {
     drop(socket);
     wait_until("the sequence to be cancelled", || engine.stats().active() == 0).await;
     assert!(engine.stats().generated_tokens() < (CONTEXT - 64) as u64, "it was cancelled, not finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_stream_has_it_cancelled() {
+    use tower::ServiceExt as _;
+    let config = crate::ServerConfig { stream_stall: Duration::from_millis(300), ..crate::ServerConfig::default() };
+    let app = TestApp::real().config(config).build();
+    let engine = app.engine();
+    let body =
+        json!({"prompt": "Tell me a long story.", "max_tokens": CONTEXT - 64, "ignore_eos": true, "stream": true});
+    let request = axum::http::Request::post("/v1/generate/stream")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    // The response is held and its body never read: as a client that stopped
+    // reading looks once the socket's buffers are full.
+    let response = app.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    wait_until("the sequence to start", || engine.stats().active() == 1).await;
+    wait_until("the stalled stream to be cancelled", || engine.stats().active() == 0).await;
+    assert!(engine.stats().generated_tokens() < (CONTEXT - 64) as u64, "it was cancelled, not finished");
+    drop(response);
 }

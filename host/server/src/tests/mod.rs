@@ -6,6 +6,7 @@ mod access;
 mod allowance;
 mod cache;
 mod cancel;
+mod connections;
 mod docs;
 mod errors;
 mod generate;
@@ -181,7 +182,7 @@ pub struct TestApp {
     model: TestModel,
     config: ServerConfig,
     plugins: Option<Arc<PluginHost>>,
-    tasks: Option<crate::TaskConfig>,
+    tasks: Option<(crate::TaskConfig, Option<tempfile::TempDir>)>,
     peer: Option<std::net::SocketAddr>,
 }
 
@@ -251,7 +252,13 @@ impl TestApp {
 
     /// Async tasks in a fresh SQLite file, workers running.
     pub fn tasks(mut self, config: crate::TaskConfig) -> Self {
-        self.tasks = Some(config);
+        self.tasks = Some((config, None));
+        self
+    }
+
+    /// Async tasks in `dir`'s `tasks.db` (one a previous server left), workers running.
+    pub fn tasks_in(mut self, dir: tempfile::TempDir, config: crate::TaskConfig) -> Self {
+        self.tasks = Some((config, Some(dir)));
         self
     }
 
@@ -284,8 +291,8 @@ impl TestApp {
             state = state.plugins(plugins);
         }
         let mut tasks_dir = None;
-        if let Some(config) = self.tasks {
-            let dir = tempfile::tempdir().unwrap();
+        if let Some((config, dir)) = self.tasks {
+            let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
             let tasks = crate::Tasks::open(&dir.path().join("tasks.db"), config).unwrap();
             state = state.tasks(Arc::new(tasks));
             tasks_dir = Some(dir);

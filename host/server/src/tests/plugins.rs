@@ -188,7 +188,7 @@ async fn a_key_runs_only_its_pipelines_and_its_first_by_default() {
     let mut safe = super::access::key("safe", "kiln-safe-key", Scope::Generate, None);
     safe.pipelines = vec!["redacted".into(), "default".into()];
     let config = crate::ServerConfig {
-        auth: crate::Auth::Keys(Arc::new(KeyStore::new(vec![safe]).unwrap())),
+        auth: crate::Auth::keys(KeyStore::new(vec![safe]).unwrap()),
         ..super::access::keyed_config(Limits::default())
     };
     let app =

@@ -1,11 +1,13 @@
 //! Async tasks through the API: stored, run by the workers, visible to
-//! their owner only, cancellable.
+//! their owner only, cancellable and deletable, bounded in number and age;
+//! their webhooks delivered apart from everything else.
 
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use kiln_access::Limits;
+use kiln_tasks::TaskStore as _;
 use serde_json::{Value, json};
 
 use super::access::{APP_KEY, OPS_KEY, keyed_config};
@@ -57,6 +59,7 @@ async fn a_submitted_task_completes_and_only_its_owner_sees_it() {
     let other = send(&app, call("GET", &format!("/v1/tasks/{id}"), OPS_KEY, None)).await;
     assert_eq!(other.error(StatusCode::NOT_FOUND)["code"], "task_not_found");
     send(&app, call("DELETE", &format!("/v1/tasks/{id}"), OPS_KEY, None)).await.error(StatusCode::NOT_FOUND);
+    send(&app, call("POST", &format!("/v1/tasks/{id}/cancel"), OPS_KEY, None)).await.error(StatusCode::NOT_FOUND);
     // Scrapes show the store's levels (values are process-wide, shared by tests).
     let metrics = String::from_utf8(get(&app, "/metrics").await.body.to_vec()).unwrap();
     assert!(metrics.contains(r#"kiln_tasks{status="completed"}"#), "{metrics}");
@@ -71,12 +74,73 @@ async fn a_running_task_is_cancelled_and_stays_cancelled() {
         .build();
     let id = submit(&app, APP_KEY).await;
     wait_until(&app, &id, APP_KEY, "running").await;
-    let cancelled = send(&app, call("DELETE", &format!("/v1/tasks/{id}"), APP_KEY, None)).await;
+    let cancelled = send(&app, call("POST", &format!("/v1/tasks/{id}/cancel"), APP_KEY, None)).await;
     assert_eq!(cancelled.status, StatusCode::OK);
     assert_eq!(cancelled.json()["status"], "cancelled");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let task = wait_until(&app, &id, APP_KEY, "cancelled").await;
     assert!(task["result"].is_null());
+}
+
+#[tokio::test]
+async fn a_deleted_task_stops_and_is_gone() {
+    let app = TestApp::fake(Fake::Slow(Duration::from_secs(30)))
+        .config(keyed_config(Limits::default()))
+        .tasks(TaskConfig::default())
+        .build();
+    let id = submit(&app, APP_KEY).await;
+    wait_until(&app, &id, APP_KEY, "running").await;
+    let deleted = send(&app, call("DELETE", &format!("/v1/tasks/{id}"), APP_KEY, None)).await.json();
+    assert_eq!(deleted, json!({"task_id": id, "deleted": true}));
+    let path = format!("/v1/tasks/{id}");
+    send(&app, call("GET", &path, APP_KEY, None)).await.error(StatusCode::NOT_FOUND);
+    send(&app, call("DELETE", &path, APP_KEY, None)).await.error(StatusCode::NOT_FOUND);
+    // Its worker was stopped: the next task runs at once on the one worker left free.
+    assert!(app.state.tasks().unwrap().lock().is_empty(), "no worker runs it any more");
+}
+
+#[tokio::test]
+async fn past_its_share_of_the_queue_a_key_gets_429_and_past_the_queue_503() {
+    let config = TaskConfig { workers: 1, max_pending: 3, max_pending_per_key: 2, ..TaskConfig::default() };
+    let app = TestApp::fake(Fake::Slow(Duration::from_secs(30)))
+        .config(keyed_config(Limits::default()))
+        .tasks(config)
+        .build();
+    let running = submit(&app, APP_KEY).await;
+    wait_until(&app, &running, APP_KEY, "running").await;
+    submit(&app, APP_KEY).await;
+    submit(&app, APP_KEY).await;
+    let body = || Some(json!({"prompt": "Hi", "max_tokens": 2}));
+    let refused = send(&app, call("POST", "/v1/generate/async", APP_KEY, body())).await;
+    assert_eq!(refused.headers["retry-after"], "5");
+    assert_eq!(refused.error(StatusCode::TOO_MANY_REQUESTS)["code"], "too_many_pending_tasks");
+    submit(&app, OPS_KEY).await;
+    let full = send(&app, call("POST", "/v1/generate/async", OPS_KEY, body())).await;
+    assert!(full.headers.contains_key("retry-after"));
+    assert_eq!(full.error(StatusCode::SERVICE_UNAVAILABLE)["code"], "task_queue_full");
+    // Nothing refused was stored.
+    let listed = send(&app, call("GET", "/v1/tasks", APP_KEY, None)).await.json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_task_pending_past_its_time_to_live_fails_saying_why() {
+    let config = TaskConfig {
+        workers: 1,
+        pending_ttl: Duration::from_millis(300),
+        sweep_every: Duration::from_millis(50),
+        ..TaskConfig::default()
+    };
+    let app = TestApp::fake(Fake::Slow(Duration::from_secs(30)))
+        .config(keyed_config(Limits::default()))
+        .tasks(config)
+        .build();
+    let running = submit(&app, APP_KEY).await;
+    wait_until(&app, &running, APP_KEY, "running").await;
+    let waiting = submit(&app, APP_KEY).await;
+    let failed = wait_until(&app, &waiting, APP_KEY, "failed").await;
+    assert!(failed["error"].as_str().unwrap().contains("pending_ttl_secs"), "{failed}");
+    assert!(failed["started_at"].is_null(), "it never ran");
 }
 
 #[tokio::test]
@@ -147,6 +211,7 @@ fn hooks() -> crate::TaskConfig {
         allow_private: true,
         max_attempts: 3,
         first_retry: Duration::from_millis(20),
+        ..crate::WebhookConfig::default()
     };
     crate::TaskConfig { webhooks, ..crate::TaskConfig::default() }
 }
@@ -188,7 +253,7 @@ async fn a_keys_own_webhook_secret_signs_its_tasks_webhooks() {
     let mut own = super::access::key("app", APP_KEY, kiln_access::Scope::Generate, None);
     own.webhook_secret = Some(kiln_access::Secret("the-keys-own".into()));
     let keys = kiln_access::KeyStore::new(vec![own]).unwrap();
-    let config = ServerConfig { auth: crate::Auth::Keys(std::sync::Arc::new(keys)), ..ServerConfig::default() };
+    let config = ServerConfig { auth: crate::Auth::keys(keys), ..ServerConfig::default() };
     let app = TestApp::fake(Fake::Say(vec!["done"])).config(config).tasks(hooks()).build();
     let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "webhook_url": url});
     let accepted = send(&app, call("POST", "/v1/chat/completions/async", APP_KEY, Some(body))).await.json();
@@ -310,4 +375,73 @@ async fn an_async_request_refused_synchronously_is_refused_at_submission() {
     // Nothing was stored.
     let listed = send(&app, call("GET", "/v1/tasks", APP_KEY, None)).await.json();
     assert_eq!(listed["data"], json!([]), "{listed}");
+}
+
+/// A webhook target that accepts connections and never answers; how many it holds.
+async fn black_hole() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = held.clone();
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (url, held)
+}
+
+#[test]
+fn webhooks_that_never_answer_leave_the_blocking_pool_to_everything_else() {
+    // Two blocking threads: every delivery held one before, so tokenizing
+    // and the task store waited for webhooks to time out.
+    let runtime = tokio::runtime::Builder::new_multi_thread().max_blocking_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (url, held) = black_hole().await;
+        let mut config = hooks();
+        config.webhooks.timeout = Duration::from_secs(60);
+        let app = TestApp::fake(Fake::Say(vec!["done"])).config(keyed_config(Limits::default())).tasks(config).build();
+        let mut ids = Vec::new();
+        for _ in 0..8 {
+            let body = json!({"prompt": "Hi", "max_tokens": 2, "webhook_url": url});
+            let accepted = send(&app, call("POST", "/v1/generate/async", APP_KEY, Some(body))).await.json();
+            ids.push(accepted["task_id"].as_str().unwrap().to_string());
+        }
+        for id in &ids {
+            wait_until(&app, id, APP_KEY, "completed").await;
+        }
+        let workers = crate::WebhookConfig::default().workers;
+        let started = Instant::now();
+        while held.load(std::sync::atomic::Ordering::SeqCst) < workers {
+            assert!(started.elapsed() < Duration::from_secs(20), "the deliveries never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Every delivery thread hangs now; the API does not.
+        let tokenize = call("POST", "/v1/tokenize", APP_KEY, Some(json!({"prompt": "still fast"})));
+        let answered = tokio::time::timeout(Duration::from_secs(10), send(&app, tokenize)).await;
+        assert_eq!(answered.expect("tokenizing waits for no webhook").status, StatusCode::OK);
+        let read = tokio::time::timeout(Duration::from_secs(10), wait_until(&app, &ids[0], APP_KEY, "completed"));
+        assert!(read.await.is_ok(), "reading a task waits for no webhook");
+        assert_eq!(held.load(std::sync::atomic::Ordering::SeqCst), workers, "deliveries in flight are bounded");
+    });
+}
+
+#[tokio::test]
+async fn a_webhook_due_when_the_server_stopped_is_delivered_by_the_next() {
+    let (url, seen) = receiver("s3cret").await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let store = kiln_tasks::SqliteStore::open(&dir.path().join("tasks.db")).unwrap();
+        let task = store.create("app", &json!({"prompt": "Hi"}), Some(&url)).unwrap();
+        let claimed = store.claim().unwrap().unwrap();
+        assert!(store.finish(&claimed, Ok(json!({"text": "before the restart"}))).unwrap());
+        task.id
+    };
+    let app =
+        TestApp::fake(Fake::Say(vec!["x"])).config(keyed_config(Limits::default())).tasks_in(dir, hooks()).build();
+    let task = delivered(&app, &id, APP_KEY, 2).await;
+    assert_eq!(task["webhook_deliveries"][1]["status"], 200);
+    assert_eq!(seen.lock().unwrap()[1].1["result"]["text"], "before the restart");
 }

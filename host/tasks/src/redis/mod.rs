@@ -13,13 +13,16 @@ use std::time::Duration;
 
 use redis::{Commands, Connection, Script};
 
-use crate::{OnRestart, Task, TaskError, TaskStatus, TaskStore, now_ms};
+use crate::{OnRestart, PendingCounts, Task, TaskError, TaskStatus, TaskStore, now_ms};
 
 mod connector;
 mod scripts;
 
 pub use connector::RedisConnector;
-use scripts::{CANCEL, CLAIM, CREATE, EXPIRE, EXPIRE_BATCH, FINISH, HEARTBEAT, PRELUDE};
+use scripts::{
+    CANCEL, CLAIM, CLAIM_DELIVERY, CREATE, DELETE, EXPIRE, EXPIRE_BATCH, FAIL_PENDING, FINISH, HEARTBEAT, PRELUDE,
+    RECORD_DELIVERY,
+};
 
 /// Settings of the Redis store.
 #[derive(Clone, Debug)]
@@ -48,6 +51,10 @@ struct Scripts {
     finish: Script,
     cancel: Script,
     expire: Script,
+    fail_pending: Script,
+    delete: Script,
+    claim_delivery: Script,
+    record_delivery: Script,
 }
 
 pub struct RedisStore {
@@ -81,6 +88,10 @@ impl RedisStore {
                 finish: with_prelude(FINISH),
                 cancel: with_prelude(CANCEL),
                 expire: with_prelude(EXPIRE),
+                fail_pending: with_prelude(FAIL_PENDING),
+                delete: with_prelude(DELETE),
+                claim_delivery: with_prelude(CLAIM_DELIVERY),
+                record_delivery: with_prelude(RECORD_DELIVERY),
             },
         };
         store.create_group(&mut *store.conn()?)?;
@@ -173,6 +184,7 @@ impl TaskStore for RedisStore {
             .key(self.key("queue"))
             .key(self.key("pending"))
             .key(self.key("counts"))
+            .key(self.key("pending_by_owner"))
             .arg(&task.id)
             .arg(owner)
             .arg(request.to_string())
@@ -264,6 +276,7 @@ impl TaskStore for RedisStore {
             .key(self.key("queue"))
             .key(self.key("counts"))
             .key(self.key("ended"))
+            .key(self.key("webhooks"))
             .arg(task.attempts)
             .arg(status.as_str())
             .arg(now_ms())
@@ -284,6 +297,7 @@ impl TaskStore for RedisStore {
             .key(self.key("counts"))
             .key(self.key("pending"))
             .key(self.key("ended"))
+            .key(self.key("pending_by_owner"))
             .arg(owner)
             .arg(now_ms())
             .arg(id)
@@ -336,8 +350,85 @@ impl TaskStore for RedisStore {
         Ok(found)
     }
 
-    fn record_delivery(&self, id: &str, attempt: &serde_json::Value) -> Result<(), TaskError> {
-        let _: i64 = self.conn()?.rpush(format!("{}:deliveries", self.task_key(id)), attempt.to_string())?;
+    fn record_delivery(&self, id: &str, attempt: &serde_json::Value, next_due: Option<i64>) -> Result<(), TaskError> {
+        let task = self.task_key(id);
+        let _: i64 = self
+            .scripts
+            .record_delivery
+            .key(&task)
+            .key(format!("{task}:deliveries"))
+            .key(self.key("webhooks"))
+            .arg(attempt.to_string())
+            .arg(next_due.map(|d| d.to_string()).unwrap_or_default())
+            .arg(id)
+            .invoke(&mut *self.conn()?)?;
         Ok(())
+    }
+
+    fn claim_delivery(&self, lease_ms: i64) -> Result<Option<Task>, TaskError> {
+        let mut conn = self.conn()?;
+        let id: Option<String> = self
+            .scripts
+            .claim_delivery
+            .key(self.key("webhooks"))
+            .arg(now_ms())
+            .arg(lease_ms)
+            .arg(&self.config.prefix)
+            .invoke(&mut *conn)?;
+        match id {
+            Some(id) => self.read_one(&mut conn, &id),
+            None => Ok(None),
+        }
+    }
+
+    fn pending(&self, owner: &str) -> Result<PendingCounts, TaskError> {
+        let mut conn = self.conn()?;
+        let total: Option<i64> = conn.hget(self.key("counts"), "pending")?;
+        let mine: Option<i64> = conn.hget(self.key("pending_by_owner"), owner)?;
+        let count = |n: Option<i64>| n.unwrap_or_default().max(0) as u64;
+        Ok(PendingCounts { total: count(total), owner: count(mine) })
+    }
+
+    fn fail_pending_before(&self, cutoff_ms: i64, reason: &str) -> Result<usize, TaskError> {
+        let mut conn = self.conn()?;
+        let mut failed = 0;
+        loop {
+            let batch: usize = self
+                .scripts
+                .fail_pending
+                .key(self.key("pending"))
+                .key(self.key("counts"))
+                .key(self.key("ended"))
+                .key(self.key("queue"))
+                .key(self.key("webhooks"))
+                .key(self.key("pending_by_owner"))
+                .arg(cutoff_ms)
+                .arg(now_ms())
+                .arg(reason)
+                .arg(&self.config.prefix)
+                .invoke(&mut *conn)?;
+            failed += batch;
+            if batch < EXPIRE_BATCH {
+                return Ok(failed);
+            }
+        }
+    }
+
+    fn delete(&self, id: &str, owner: &str) -> Result<bool, TaskError> {
+        let deleted: i64 = self
+            .scripts
+            .delete
+            .key(self.task_key(id))
+            .key(self.key("queue"))
+            .key(self.key("counts"))
+            .key(self.key("pending"))
+            .key(self.key("ended"))
+            .key(self.key("webhooks"))
+            .key(self.key("pending_by_owner"))
+            .key(self.key(&format!("owner:{owner}")))
+            .arg(owner)
+            .arg(id)
+            .invoke(&mut *self.conn()?)?;
+        Ok(deleted == 1)
     }
 }
