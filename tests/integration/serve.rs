@@ -29,7 +29,9 @@ impl Server {
         let log = tempfile::NamedTempFile::new().unwrap();
         let data = tempfile::tempdir().unwrap();
         let mut child = kiln()
-            .args(["serve", "--port", "0", "--max-context", "2048"])
+            .args(["serve", "--port", "0"])
+            // A test that sets its own context says so.
+            .args(if args.contains(&"--max-context") { &[][..] } else { &["--max-context", "2048"][..] })
             .args(args)
             .env("RUST_LOG", log_level)
             .env("KILN_DATA_DIR", data.path())
@@ -182,12 +184,21 @@ fn repo_root() -> PathBuf {
 /// they are missing; returns its stdout, failing the test with its output if
 /// it fails.
 fn run_client(script: &str, url: &str) -> String {
+    let clients = install_clients();
+    let out = Command::new("python3").arg(clients.join(script)).arg(url).output().expect("running python3");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{script} failed:\n{stdout}{stderr}");
+    stdout.into_owned()
+}
+
+/// tests/clients, its requirements installed from the package index if missing.
+fn install_clients() -> PathBuf {
     let clients = repo_root().join("tests/clients");
     // Once per test run, and never two pip installs at the same time.
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let installed = Command::new("python3")
-            .args(["-c", "import openai, openapi_spec_validator"])
+            .args(["-c", "import openai, openapi_spec_validator, schemathesis"])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
@@ -201,10 +212,7 @@ fn run_client(script: &str, url: &str) -> String {
             assert!(status.success(), "pip install -r {} failed", requirements.display());
         }
     });
-    let out = Command::new("python3").arg(clients.join(script)).arg(url).output().expect("running python3");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{script} failed:\n{stdout}{stderr}");
-    stdout.into_owned()
+    clients
 }
 
 #[test]
@@ -219,4 +227,27 @@ fn the_served_openapi_document_is_valid_openapi_3_1() {
     let server = Server::start();
     let stdout = run_client("openapi_check.py", &format!("http://{}", server.address));
     assert!(stdout.contains("valid"), "{stdout}");
+}
+
+#[test]
+fn schemathesis_finds_no_failure_anywhere_in_the_api() {
+    // A short context keeps every generation it asks for short.
+    let server = Server::start_with(&["--insecure-no-auth", "--max-context", "128"], "warn", &[]);
+    let clients = install_clients();
+    // Every check, every operation (plugin administration included: the
+    // tests run on loopback, which may administer), a few examples each
+    // and a fixed seed, so a failure reproduces.
+    // It keeps a cache of what it found in its working folder: a scratch one.
+    let scratch = tempfile::tempdir().unwrap();
+    let out = Command::new("python3")
+        .current_dir(scratch.path())
+        .args(["-c", "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())"])
+        .arg("--config-file")
+        .arg(clients.join("schemathesis.toml"))
+        .args(["run", &format!("http://{}/openapi.json", server.address)])
+        .args(["--checks", "all", "--max-examples", "5", "--seed", "7", "--request-timeout", "120", "--no-color"])
+        .output()
+        .expect("running schemathesis");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "schemathesis found failures:\n{stdout}{stderr}");
 }

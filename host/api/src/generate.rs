@@ -11,31 +11,35 @@ use crate::{FinishReason, SamplingKnobs, StopSequences, Usage};
 /// the model's chat template; `raw: true` sends it to the model as is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GenerationRequest {
+    #[schema(min_length = 1)]
     pub prompt: String,
     /// Most tokens to generate. Unset: 512, or what the context window
     /// leaves after the prompt if that is less.
     #[schema(default = 512, minimum = 1)]
+    #[serde(default, deserialize_with = "crate::integer::option")]
     pub max_tokens: Option<u32>,
     /// 0 is greedy (deterministic).
     #[serde(default = "default_temperature")]
-    #[schema(default = 0.7, minimum = 0.0)]
+    #[schema(default = 0.7, minimum = 0.0, maximum = 2.0)]
     pub temperature: f32,
     /// Answer as Server-Sent Events (as `/v1/generate/stream` does).
     #[serde(default)]
     pub stream: bool,
-    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub top_p: Option<f32>,
     /// 0 disables.
+    #[serde(default, deserialize_with = "crate::integer::option")]
     pub top_k: Option<u32>,
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub min_p: Option<f32>,
-    #[schema(exclusive_minimum = 0.0)]
+    #[schema(minimum = 0.01, maximum = 10.0)]
     pub repetition_penalty: Option<f32>,
     #[schema(minimum = -2.0, maximum = 2.0)]
     pub frequency_penalty: Option<f32>,
     #[schema(minimum = -2.0, maximum = 2.0)]
     pub presence_penalty: Option<f32>,
     /// Same seed and request: same output.
+    #[serde(default, deserialize_with = "crate::integer::option")]
     pub seed: Option<u64>,
     /// Up to 16 strings that end generation (not included in the text).
     pub stop: Option<StopSequences>,

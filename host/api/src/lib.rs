@@ -12,6 +12,7 @@ pub mod error;
 pub mod finish;
 pub mod generate;
 pub mod health;
+mod integer;
 pub mod openai;
 pub mod plugins;
 pub mod sampling;

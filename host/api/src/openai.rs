@@ -33,11 +33,12 @@ macro_rules! with_sampling_fields {
         pub struct $name {
             $($body)*
             /// Default 1; 0 is greedy.
-            #[schema(minimum = 0.0)]
+            #[schema(minimum = 0.0, maximum = 2.0)]
             pub temperature: Option<f32>,
-            #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
+            #[schema(minimum = 0.0, maximum = 1.0)]
             pub top_p: Option<f32>,
             /// Only 1 is supported.
+            #[serde(default, deserialize_with = "crate::integer::option")]
             pub n: Option<u32>,
             pub stop: Option<StopSequences>,
             #[schema(minimum = -2.0, maximum = 2.0)]
@@ -46,16 +47,18 @@ macro_rules! with_sampling_fields {
             pub frequency_penalty: Option<f32>,
             /// Token id (as a string) to a bias in [-100, 100] added to its logit.
             pub logit_bias: Option<HashMap<String, f32>>,
+            #[serde(default, deserialize_with = "crate::integer::option")]
             pub seed: Option<u64>,
             /// Accepted and ignored (OpenAI uses it for abuse monitoring).
             pub user: Option<String>,
             /// Extension: keep the k most likely tokens (0 disables).
+            #[serde(default, deserialize_with = "crate::integer::option")]
             pub top_k: Option<u32>,
             /// Extension: drop tokens less likely than `min_p` times the most likely one.
             #[schema(minimum = 0.0, maximum = 1.0)]
             pub min_p: Option<f32>,
             /// Extension: llama.cpp's repetition penalty (1 disables).
-            #[schema(exclusive_minimum = 0.0)]
+            #[schema(minimum = 0.01, maximum = 10.0)]
             pub repetition_penalty: Option<f32>,
             /// Extension: keep generating past end-of-sequence tokens, up to the token limit.
             pub ignore_eos: Option<bool>,
@@ -129,11 +132,14 @@ pub struct ChatCompletionRequest {
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     /// Deprecated by OpenAI in favour of `max_completion_tokens`; either works.
+    #[serde(default, deserialize_with = "crate::integer::option")]
     pub max_tokens: Option<u32>,
+    #[serde(default, deserialize_with = "crate::integer::option")]
     pub max_completion_tokens: Option<u32>,
     /// Return each output token's log-probability.
     pub logprobs: Option<bool>,
     /// With `logprobs`: the 0 to 20 most likely alternatives at each position.
+    #[serde(default, deserialize_with = "crate::integer::option")]
     pub top_logprobs: Option<u32>,
     pub response_format: Option<ResponseFormat>,
     /// Tool calling is not supported: a non-empty list is refused.
@@ -224,9 +230,9 @@ pub struct ChatCompletionChunk {
 #[serde(untagged)]
 pub enum PromptInput {
     Text(String),
-    Tokens(Vec<u32>),
+    Tokens(#[serde(deserialize_with = "crate::integer::list")] Vec<u32>),
     Texts(Vec<String>),
-    TokenLists(Vec<Vec<u32>>),
+    TokenLists(#[serde(deserialize_with = "crate::integer::lists")] Vec<Vec<u32>>),
 }
 
 with_sampling_fields! {
@@ -238,8 +244,10 @@ pub struct CompletionRequest {
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     /// Default 16, as OpenAI's.
+    #[serde(default, deserialize_with = "crate::integer::option")]
     pub max_tokens: Option<u32>,
     /// The 0 to 5 most likely alternatives to report at each position.
+    #[serde(default, deserialize_with = "crate::integer::option")]
     pub logprobs: Option<u32>,
     /// Prepend the prompt to the returned text.
     #[serde(default)]
@@ -247,6 +255,7 @@ pub struct CompletionRequest {
     /// Not supported (no fill-in-the-middle); refused when given.
     pub suffix: Option<String>,
     /// Only 1 is supported.
+    #[serde(default, deserialize_with = "crate::integer::option")]
     pub best_of: Option<u32>,
 }
 }

@@ -34,6 +34,7 @@ pub struct TokenizeResponse {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DetokenizeRequest {
     pub model: Option<String>,
+    #[serde(deserialize_with = "crate::integer::list")]
     pub tokens: Vec<u32>,
 }
 

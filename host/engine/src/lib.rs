@@ -24,7 +24,10 @@ use kiln_tokenizer::Tokenizer;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 pub use policy::{PolicyError, SamplingPolicy, StepPlan};
-pub use request::{GenerateRequest, MAX_TOP_LOGPROBS, ModelLimits, SamplingParams, ValidGenerateRequest};
+pub use request::{
+    GenerateRequest, MAX_REPETITION_PENALTY, MAX_TEMPERATURE, MAX_TOP_LOGPROBS, MIN_REPETITION_PENALTY, ModelLimits,
+    SamplingParams, ValidGenerateRequest,
+};
 pub use sampling::{Sampled, Sampler};
 
 /// Why a request was refused or failed.

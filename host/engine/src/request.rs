@@ -50,17 +50,24 @@ impl SamplingParams {
     /// Checks ranges; the error names the offending field.
     pub fn validate(&self, vocab_size: usize) -> Result<(), EngineError> {
         let bad = |field: &str, message: String| Err(EngineError::Validation { field: field.into(), message });
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad("temperature", format!("must be >= 0, got {}", self.temperature));
+        if !(0.0..=MAX_TEMPERATURE).contains(&self.temperature) {
+            return bad("temperature", format!("must be in [0, {MAX_TEMPERATURE}], got {}", self.temperature));
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top_p", format!("must be in (0, 1], got {}", self.top_p));
+        // 0 keeps only the most likely token (a tiny top_p may round to 0 as f32).
+        if !(0.0..=1.0).contains(&self.top_p) {
+            return bad("top_p", format!("must be in [0, 1], got {}", self.top_p));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
             return bad("min_p", format!("must be in [0, 1], got {}", self.min_p));
         }
-        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return bad("repetition_penalty", format!("must be > 0, got {}", self.repetition_penalty));
+        if !(MIN_REPETITION_PENALTY..=MAX_REPETITION_PENALTY).contains(&self.repetition_penalty) {
+            return bad(
+                "repetition_penalty",
+                format!(
+                    "must be in [{MIN_REPETITION_PENALTY}, {MAX_REPETITION_PENALTY}], got {}",
+                    self.repetition_penalty
+                ),
+            );
         }
         for (field, v) in [("frequency_penalty", self.frequency_penalty), ("presence_penalty", self.presence_penalty)] {
             if !(-2.0..=2.0).contains(&v) {
@@ -122,6 +129,12 @@ pub struct ValidGenerateRequest {
 
 /// Most alternatives a caller may ask for per token (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
+/// Highest temperature accepted (OpenAI's bound; past it output is noise).
+pub const MAX_TEMPERATURE: f32 = 2.0;
+/// The repetition penalties accepted (1 disables; llama.cpp's useful range
+/// is far inside): a penalty divides logits, so 0 is not one.
+pub const MIN_REPETITION_PENALTY: f32 = 0.01;
+pub const MAX_REPETITION_PENALTY: f32 = 10.0;
 
 impl ValidGenerateRequest {
     pub fn prompt_tokens(&self) -> &[u32] {

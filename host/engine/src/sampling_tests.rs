@@ -114,13 +114,17 @@ fn logit_bias_can_force_a_token_and_logprob_stays_the_models() {
 fn out_of_range_parameters_name_their_field() {
     let cases = [
         (SamplingParams { temperature: -1.0, ..Default::default() }, "temperature"),
-        (SamplingParams { top_p: 0.0, ..Default::default() }, "top_p"),
+        (SamplingParams { temperature: 2.5, ..Default::default() }, "temperature"),
+        (SamplingParams { top_p: -0.1, ..Default::default() }, "top_p"),
         (SamplingParams { top_p: 1.5, ..Default::default() }, "top_p"),
         (SamplingParams { min_p: 2.0, ..Default::default() }, "min_p"),
         (SamplingParams { repetition_penalty: 0.0, ..Default::default() }, "repetition_penalty"),
+        (SamplingParams { repetition_penalty: 11.0, ..Default::default() }, "repetition_penalty"),
         (SamplingParams { presence_penalty: 3.0, ..Default::default() }, "presence_penalty"),
         (SamplingParams { logit_bias: vec![(5000, 1.0)], ..Default::default() }, "logit_bias"),
     ];
+    // A top_p of 0 keeps only the most likely token (tiny values round to it as f32).
+    assert!(SamplingParams { top_p: 0.0, ..Default::default() }.validate(1000).is_ok());
     for (p, field) in cases {
         match p.validate(1000) {
             Err(crate::EngineError::Validation { field: f, .. }) => assert_eq!(f, field),

@@ -77,6 +77,9 @@ impl Default for PluginsConfig {
     }
 }
 
+/// [`check_name`]'s rule as a regular expression (for the API's schema).
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$";
+
 /// Plugin and pipeline names: what can be a file name in any directory.
 pub fn check_name(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()

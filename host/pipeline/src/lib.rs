@@ -32,7 +32,7 @@ pub use kiln_plugins::{
     FinishReason as PostFinishReason, PluginError, PluginInfo, RuntimeConfig, built_plugins_dir, first_party,
 };
 
-pub use config::{DEFAULT_PIPELINE, NATIVE_PIPELINE, PipelineSpec, PluginsConfig, check_name};
+pub use config::{DEFAULT_PIPELINE, NAME_PATTERN, NATIVE_PIPELINE, PipelineSpec, PluginsConfig, check_name};
 pub use policy::{PluginPolicy, plugin_params};
 pub use post::{PostChain, PostOutput};
 pub use registry::{LoadError, PluginEntry, Source};

@@ -16,6 +16,7 @@
 
 mod cache_key;
 mod config;
+mod contract;
 mod error;
 mod extract;
 mod generation;

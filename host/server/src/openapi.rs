@@ -10,6 +10,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoResponses, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::contract::{Served, declare};
 use crate::routes;
 
 #[derive(OpenApi, Debug)]
@@ -54,9 +55,14 @@ use crate::routes;
 )]
 pub struct ApiDoc;
 
-/// `/openapi.json` and the docs page at `/docs`.
-pub fn docs_router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()).into()
+/// `/openapi.json`, with the served model's limits and the validation's
+/// bounds declared ([`crate::contract`]), and the docs page at `/docs`.
+pub(crate) fn docs_router<S: Clone + Send + Sync + 'static>(served: &Served) -> Router<S> {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the generated document serializes");
+    declare(&mut doc, served);
+    // Served as JSON: utoipa's model does not hold every keyword added
+    // (`propertyNames`, an `enum` with `null`); the tests validate the result.
+    SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", doc).into()
 }
 
 /// The failures every generating endpoint documents, all as `ErrorBody`.

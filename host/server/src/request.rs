@@ -26,9 +26,13 @@ const OPENAI_TEMPERATURE: f32 = 1.0;
 /// OpenAI's default `max_tokens` for completions.
 const COMPLETION_MAX_TOKENS: u32 = 16;
 /// OpenAI's limit on alternatives per position for completions.
-const COMPLETION_MAX_LOGPROBS: u32 = 5;
+pub(crate) const COMPLETION_MAX_LOGPROBS: u32 = 5;
 /// The roles a chat message may have.
-const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+pub(crate) const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+/// The longest stop string a client may send, in characters (at most
+/// [`MAX_STOP_BYTES`] bytes however they are encoded; the OpenAPI document
+/// can bound a string only in characters).
+pub(crate) const MAX_STOP_CHARS: usize = MAX_STOP_BYTES / 4;
 
 /// A generation every value of which has been checked: what the model is
 /// asked to continue and how. Built only by this module's functions.
@@ -124,7 +128,7 @@ pub(crate) fn generate(
         prompt,
         prompt_param: "prompt",
         params,
-        max_tokens: token_limit(req.max_tokens, Some(GENERATE_MAX_TOKENS), "max_tokens")?,
+        max_tokens: token_limit(state, req.max_tokens, Some(GENERATE_MAX_TOKENS), "max_tokens")?,
         stop: stop_strings(req.stop)?,
         ignore_eos: req.ignore_eos,
         logprobs: None,
@@ -186,7 +190,7 @@ pub(crate) fn chat(
         context,
         fields,
         (Prompt::Chat { messages, add_generation_prompt: true }, "messages"),
-        token_limit(max_tokens, None, param)?,
+        token_limit(state, max_tokens, None, param)?,
         logprobs,
         json,
     )?;
@@ -216,7 +220,7 @@ pub(crate) fn completion(
         context,
         fields,
         (prompt, "prompt"),
-        token_limit(req.max_tokens, Some(COMPLETION_MAX_TOKENS), "max_tokens")?,
+        token_limit(state, req.max_tokens, Some(COMPLETION_MAX_TOKENS), "max_tokens")?,
         req.logprobs.map(|n| n as usize),
         false,
     )?;
@@ -313,6 +317,10 @@ fn sampling_params(
     default_temperature: f32,
     logit_bias: Vec<(u32, f32)>,
 ) -> Result<SamplingParams, ApiError> {
+    // OpenAI's seed is a signed 64-bit integer: the document says so.
+    if let Some(seed) = knobs.seed.filter(|s| *s > i64::MAX as u64) {
+        return Err(ApiError::invalid("seed", format!("invalid `seed`: must be 0 to {}, got {seed}", i64::MAX)));
+    }
     let params = SamplingParams {
         temperature: knobs.temperature.unwrap_or(default_temperature),
         top_k: knobs.top_k.unwrap_or(0) as usize,
@@ -328,11 +336,25 @@ fn sampling_params(
     Ok(params)
 }
 
-fn token_limit(requested: Option<u32>, default: Option<u32>, param: &'static str) -> Result<TokenLimit, ApiError> {
-    if requested == Some(0) {
-        return Err(ApiError::invalid(param, format!("invalid `{param}`: must be at least 1, got 0")));
+/// The token limit as asked, checked against what holds for any prompt: at
+/// least one token, at most the context window (whether it fits beside
+/// this prompt is known once the prompt is tokenized).
+fn token_limit(
+    state: &AppState,
+    requested: Option<u32>,
+    default: Option<u32>,
+    param: &'static str,
+) -> Result<TokenLimit, ApiError> {
+    let context = state.backend().limits().max_context;
+    match requested {
+        Some(0) => Err(ApiError::invalid(param, format!("invalid `{param}`: must be at least 1, got 0"))),
+        Some(n) if n as usize > context => Err(ApiError::InvalidValue {
+            param: param.into(),
+            message: format!("invalid `{param}`: must be at most the context window of {context} tokens, got {n}"),
+            code: Some("context_length_exceeded"),
+        }),
+        _ => Ok(TokenLimit { requested, default, param }),
     }
-    Ok(TokenLimit { requested, default, param })
 }
 
 fn stop_strings(stop: Option<StopSequences>) -> Result<Vec<String>, ApiError> {
@@ -340,10 +362,10 @@ fn stop_strings(stop: Option<StopSequences>) -> Result<Vec<String>, ApiError> {
     if stop.len() > MAX_STOP_STRINGS {
         return Err(ApiError::invalid("stop", format!("at most {MAX_STOP_STRINGS} stop strings are allowed")));
     }
-    if let Some(bad) = stop.iter().find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+    if let Some(bad) = stop.iter().find(|s| s.is_empty() || s.chars().count() > MAX_STOP_CHARS) {
         return Err(ApiError::invalid(
             "stop",
-            format!("stop strings must be 1 to {MAX_STOP_BYTES} bytes long, got {} bytes", bad.len()),
+            format!("stop strings must be 1 to {MAX_STOP_CHARS} characters long, got {}", bad.chars().count()),
         ));
     }
     Ok(stop)

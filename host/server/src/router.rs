@@ -11,6 +11,16 @@ use crate::{AppState, middleware, openapi, routes};
 /// The API on `state`.
 pub fn router(state: AppState) -> Router {
     let limit = state.config().max_body_bytes;
+    let model = state.backend().limits();
+    let served = crate::contract::Served {
+        model: state.model().id.clone(),
+        max_context: model.max_context,
+        vocab_size: state.model().tokenizer.vocab_size(),
+        pipelines: match state.plugins() {
+            Some(plugins) => plugins.pipelines().map(|(name, _)| name.to_string()).collect(),
+            None => vec![kiln_pipeline::NATIVE_PIPELINE.to_string()],
+        },
+    };
     let admin = Router::new()
         .route("/v1/plugins", get(routes::plugins::list_plugins))
         .route("/v1/plugins/{name}", put(routes::plugins::put_plugin).delete(routes::plugins::delete_plugin))
@@ -40,7 +50,7 @@ pub fn router(state: AppState) -> Router {
     }
     let routes = routes
         .merge(admin)
-        .merge(openapi::docs_router())
+        .merge(openapi::docs_router(&served))
         .fallback(routes::fallback::not_found)
         .method_not_allowed_fallback(routes::fallback::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

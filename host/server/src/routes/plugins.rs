@@ -50,6 +50,7 @@ pub async fn list_plugins(State(state): State<AppState>) -> Result<Json<PluginLi
     responses(
         (status = 200, description = "The plugin as it now serves", body = PluginStatus),
         (status = 403, description = "Not an admin client", body = ErrorBody),
+        (status = 400, description = "An invalid plugin name, or an empty upload (`param` names it)", body = ErrorBody),
         (status = 413, description = "Larger than the upload limit", body = ErrorBody),
         (status = 422, description = "Not a usable kiln plugin, or the wrong kind for a pipeline using the name", body = ErrorBody),
     ))]
@@ -75,6 +76,7 @@ pub async fn put_plugin(
     responses(
         (status = 200, description = "The plugin as it now serves", body = PluginStatus),
         (status = 403, description = "Not an admin client", body = ErrorBody),
+        (status = 400, description = "An invalid plugin name, or an empty upload (`param` names it)", body = ErrorBody),
         (status = 404, description = "No such plugin", body = ErrorBody),
         (status = 422, description = "The file does not load; the previous version keeps serving", body = ErrorBody),
     ))]
@@ -94,6 +96,7 @@ pub async fn reload_plugin(
         (status = 200, description = "Removed; the built-in version of the name serves again", body = PluginStatus),
         (status = 204, description = "Removed"),
         (status = 403, description = "Not an admin client", body = ErrorBody),
+        (status = 400, description = "An invalid plugin name, or an empty upload (`param` names it)", body = ErrorBody),
         (status = 404, description = "No such plugin", body = ErrorBody),
         (status = 409, description = "Built in, or used by a pipeline", body = ErrorBody),
     ))]

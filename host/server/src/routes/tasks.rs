@@ -26,7 +26,7 @@ use crate::webhooks::refused;
 use crate::{ApiError, AppState};
 
 /// Most tasks one page lists.
-const MAX_PAGE: usize = 100;
+pub(crate) const MAX_PAGE: usize = 100;
 
 /// Generate in the background: the request is checked as `POST /v1/generate`
 /// checks it, stored, then `202 {task_id, status: "pending"}`.
@@ -183,7 +183,10 @@ pub struct Page {
         ("after" = Option<String>, Query, description = "The last `task_id` of the previous page"),
         ("limit" = Option<usize>, Query, description = "Tasks per page (default 20, at most 100)"),
     ),
-    responses((status = 200, description = "A page of tasks", body = TaskList)))]
+    responses(
+        (status = 200, description = "A page of tasks", body = TaskList),
+        (status = 400, description = "A query parameter out of range or of the wrong type (`param` names it)", body = ErrorBody),
+    ))]
 pub async fn list_tasks(
     State(state): State<AppState>,
     context: RequestContext,

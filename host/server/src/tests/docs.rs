@@ -39,6 +39,30 @@ async fn openapi_is_3_1_and_documents_every_endpoint_with_its_schemas() {
 }
 
 #[tokio::test]
+async fn the_document_declares_what_the_validation_enforces() {
+    let app = TestApp::real().build();
+    let doc = get(&app, "/openapi.json").await.json();
+    let schemas = &doc["components"]["schemas"];
+    let chat = &schemas["ChatCompletionRequest"]["properties"];
+    assert_eq!(chat["model"]["enum"][0], app.state.model().id.as_str(), "only the served model");
+    assert_eq!(chat["max_tokens"]["maximum"], super::CONTEXT, "the context window");
+    assert_eq!(chat["top_logprobs"]["maximum"], kiln_engine::MAX_TOP_LOGPROBS);
+    assert_eq!((chat["n"]["minimum"].as_u64(), chat["n"]["maximum"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(chat["temperature"]["maximum"], 2.0);
+    assert_eq!(chat["seed"]["maximum"], i64::MAX, "u64 fields as the server bounds them, no int64 format");
+    assert_eq!(chat["top_k"]["maximum"], u32::MAX);
+    assert_eq!(chat["messages"]["minItems"], 1);
+    assert_eq!(schemas["ChatMessage"]["properties"]["role"]["enum"].as_array().unwrap().len(), 5);
+    let stop = &schemas["StopSequences"]["oneOf"];
+    assert_eq!(stop[1]["maxItems"], kiln_stop::MAX_STOP_STRINGS);
+    assert_eq!(stop[0]["maxLength"], crate::request::MAX_STOP_CHARS);
+    let limit = &doc["paths"]["/v1/tasks"]["get"]["parameters"][1]["schema"];
+    assert_eq!((limit["minimum"].as_u64(), limit["maximum"].as_u64()), (Some(1), Some(100)));
+    let name = &doc["paths"]["/v1/plugins/{name}"]["put"]["parameters"][0]["schema"];
+    assert_eq!(name["pattern"], kiln_pipeline::NAME_PATTERN);
+}
+
+#[tokio::test]
 async fn the_docs_page_and_its_assets_are_served_without_a_cdn() {
     let app = TestApp::real().build();
     let page = get(&app, "/docs/").await;

@@ -32,7 +32,11 @@ async fn out_of_range_values_are_400_naming_the_field() {
     let engine = app.engine();
     let cases = [
         (json!({"temperature": -0.5}), "temperature"),
-        (json!({"top_p": 0.0}), "top_p"),
+        (json!({"top_p": -0.1}), "top_p"),
+        (json!({"temperature": 2.5}), "temperature"),
+        (json!({"repetition_penalty": 11}), "repetition_penalty"),
+        (json!({"max_tokens": 100000}), "max_tokens"),
+        (json!({"seed": 9223372036854775808u64}), "seed"),
         (json!({"top_p": 1.5}), "top_p"),
         (json!({"min_p": 2.0}), "min_p"),
         (json!({"max_tokens": 0}), "max_tokens"),
@@ -238,4 +242,14 @@ async fn query_and_path_rejections_are_the_json_envelope_naming_the_parameter() 
     assert_eq!(get(&app, "/v1/nowhere").await.error(StatusCode::NOT_FOUND)["code"], "not_found");
     let wrong = post(&app, "/v1/models", json!({})).await;
     assert_eq!(wrong.error(StatusCode::METHOD_NOT_ALLOWED)["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn integers_written_as_integral_numbers_are_integers() {
+    let app = TestApp::fake(Fake::Say(vec!["x"])).build();
+    let answer =
+        post(&app, "/v1/generate", json!({"prompt": "hi", "max_tokens": 4.0, "seed": 7.0, "top_k": 40.0})).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", String::from_utf8_lossy(&answer.body));
+    let fraction = post(&app, "/v1/generate", json!({"prompt": "hi", "max_tokens": 4.5})).await;
+    assert_eq!(fraction.error(StatusCode::UNPROCESSABLE_ENTITY)["param"], "max_tokens");
 }

@@ -336,7 +336,7 @@ async fn an_async_request_refused_synchronously_is_refused_at_submission() {
         .build();
     let refused = [
         ("/v1/generate/async", json!({"prompt": "Hi", "temperature": -1}), "temperature"),
-        ("/v1/generate/async", json!({"prompt": "Hi", "top_p": 0}), "top_p"),
+        ("/v1/generate/async", json!({"prompt": "Hi", "top_p": 1.5}), "top_p"),
         ("/v1/generate/async", json!({"prompt": "Hi", "max_tokens": 0}), "max_tokens"),
         ("/v1/generate/async", json!({"prompt": "Hi", "stop": vec!["a"; 17]}), "stop"),
         ("/v1/generate/async", json!({"prompt": "Hi", "pipeline": "nowhere"}), "pipeline"),
