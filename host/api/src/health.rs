@@ -25,6 +25,10 @@ pub struct Health {
     pub cache_size: usize,
     /// Their size in bytes.
     pub cache_bytes: usize,
+    /// Keys and values the running sequences hold, in bytes.
+    pub kv_cache_bytes: usize,
+    /// Keys and values kept for reuse by later prompts with the same prefix, in bytes.
+    pub prefix_cache_bytes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -126,6 +126,7 @@ pub struct EngineStats {
     pub(crate) generated_tokens: AtomicU64,
     pub(crate) prefix_reused_tokens: AtomicU64,
     pub(crate) prefix_cache_bytes: AtomicUsize,
+    pub(crate) kv_cache_bytes: AtomicUsize,
 }
 
 impl EngineStats {
@@ -150,6 +151,10 @@ impl EngineStats {
     /// Memory held by the prefix cache.
     pub fn prefix_cache_bytes(&self) -> usize {
         self.prefix_cache_bytes.load(Ordering::Relaxed)
+    }
+    /// Keys and values held by the running sequences (allocated bytes).
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.kv_cache_bytes.load(Ordering::Relaxed)
     }
 }
 

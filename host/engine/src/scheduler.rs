@@ -179,6 +179,7 @@ pub(crate) fn run(
             prefixes.insert(seq.prompt, seq.cache);
         }
         stats.active.store(running.len(), Ordering::Relaxed);
+        stats.kv_cache_bytes.store(running.iter().map(|s| s.cache.size_in_bytes()).sum(), Ordering::Relaxed);
         if running.is_empty() {
             if disconnected {
                 return;
@@ -190,6 +191,7 @@ pub(crate) fn run(
             prefixes.insert(seq.prompt, seq.cache);
         }
         stats.prefix_cache_bytes.store(prefixes.bytes(), Ordering::Relaxed);
+        stats.kv_cache_bytes.store(running.iter().map(|s| s.cache.size_in_bytes()).sum(), Ordering::Relaxed);
         stats.active.store(running.len(), Ordering::Relaxed);
     }
 }

@@ -59,6 +59,11 @@ fn describe() {
     describe_counter!("kiln_tasks_refused_total", "Async tasks refused at submission: per_key or queue_full");
     describe_counter!("kiln_stream_stalls_total", "Streams cancelled because their client stopped reading");
     describe_gauge!("kiln_connections_open", "Client connections open");
+    describe_gauge!(
+        "kiln_kv_cache_bytes",
+        Unit::Bytes,
+        "Keys and values in memory, held_by the running sequences or the prefix cache"
+    );
     describe_counter!("kiln_key_reloads_total", "Reloads of [[keys]]: reloaded, or refused (the old keys stay)");
     describe_counter!("kiln_connections_refused_total", "Connections answered 503 past --max-connections");
     describe_counter!(

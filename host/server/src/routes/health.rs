@@ -29,6 +29,8 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
         uptime_secs: state.uptime().as_secs(),
         running: stats.active(),
         queued: stats.queued(),
+        kv_cache_bytes: stats.kv_cache_bytes(),
+        prefix_cache_bytes: stats.prefix_cache_bytes(),
         plugins,
         cache_size: cache.entries,
         cache_bytes: cache.bytes,

@@ -61,8 +61,10 @@ async fn a_client_leaving_mid_stream_cancels_its_sequence() {
         seen.extend_from_slice(&buf[..n]);
     }
     assert_eq!(engine.stats().active(), 1);
+    assert!(engine.stats().kv_cache_bytes() > 0, "a running sequence holds keys and values");
     drop(socket);
     wait_until("the sequence to be cancelled", || engine.stats().active() == 0).await;
+    wait_until("its keys and values to be let go", || engine.stats().kv_cache_bytes() == 0).await;
     assert!(engine.stats().generated_tokens() < (CONTEXT - 64) as u64, "it was cancelled, not finished");
 }
 

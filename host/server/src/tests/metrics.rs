@@ -28,6 +28,8 @@ async fn metrics_count_requests_tokens_and_cache_and_pass_promtool() {
         "kiln_generated_tokens_total",
         "kiln_queue_depth",
         "kiln_running_sequences",
+        r#"kiln_kv_cache_bytes{held_by="running"}"#,
+        r#"kiln_kv_cache_bytes{held_by="prefix_cache"}"#,
         "kiln_cache_hits_total",
         r#"kiln_plugin_calls_total{plugin="default-sampler"}"#,
         "kiln_process_resident_memory_bytes",
