@@ -179,8 +179,9 @@ pub(crate) fn run(
             prefixes.insert(seq.prompt, seq.cache);
         }
         stats.active.store(running.len(), Ordering::Relaxed);
-        stats.kv_cache_bytes.store(running.iter().map(|s| s.cache.size_in_bytes()).sum(), Ordering::Relaxed);
         if running.is_empty() {
+            // Otherwise counted once per step, below.
+            stats.kv_cache_bytes.store(0, Ordering::Relaxed);
             if disconnected {
                 return;
             }

@@ -9,6 +9,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::error::TrySendError;
 
 use crate::AppState;
 use crate::generation::{CacheStatus, Generation};
@@ -63,6 +64,13 @@ where
             events.push(Event::default().data("[DONE]"));
         }
         for event in events {
+            // A client keeping up finds room at once; only one behind waits,
+            // on a timer, for the stall limit.
+            let event = match tx.try_send(event) {
+                Ok(()) => continue,
+                Err(TrySendError::Closed(_)) => return,
+                Err(TrySendError::Full(event)) => event,
+            };
             match tokio::time::timeout(stall, tx.send(event)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
