@@ -47,6 +47,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // The configuration is checked before the model is loaded: a mistake
     // costs no waiting.
     let file = file_config(&args)?;
+    let keys_read = args.config.as_deref().and_then(key_reload::fingerprint);
     let auth = auth(&args, &file)?;
     let limits = file.limits()?;
     let mut task_config = file.tasks.config()?;
@@ -116,7 +117,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         println!("listening on http://{address}");
         kiln_server::spawn_workers(&state);
         if let (Auth::Keys(keys), Some(path)) = (&state.config().auth, args.config.clone()) {
-            key_reload::spawn(path, keys.clone());
+            key_reload::spawn(path, keys.clone(), keys_read);
         }
         // `/ready` answers 503 until one forward pass has run.
         let warming = state.clone();

@@ -18,10 +18,18 @@ use crate::config::FileConfig;
 /// How often the file is looked at.
 const LOOK_EVERY: Duration = Duration::from_secs(2);
 
-/// Watches `path` for new keys for as long as the runtime runs.
-pub fn spawn(path: PathBuf, keys: Arc<LiveKeys>) {
+/// The content hash of the config file (`None` while it cannot be read),
+/// taken when its keys are read at start, so a change made while the model
+/// loads is still seen as one.
+pub fn fingerprint(path: &std::path::Path) -> Option<[u8; 32]> {
+    Some(Sha256::digest(std::fs::read(path).ok()?).into())
+}
+
+/// Watches `path` for new keys for as long as the runtime runs; `seen` is
+/// the [`fingerprint`] of the file the keys in force came from.
+pub fn spawn(path: PathBuf, keys: Arc<LiveKeys>, seen: Option<[u8; 32]>) {
     tokio::spawn(async move {
-        let mut seen = digest(path.clone()).await;
+        let mut seen = seen;
         let mut hangup = hangups();
         loop {
             let asked = tokio::select! {
