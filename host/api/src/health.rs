@@ -27,6 +27,11 @@ pub struct Health {
     pub cache_bytes: usize,
     /// Keys and values the running sequences hold, in bytes.
     pub kv_cache_bytes: usize,
+    /// What the running sequences have set aside for their keys and values
+    /// (each its prompt plus `max_tokens`), in bytes.
+    pub kv_cache_reserved_bytes: usize,
+    /// The most they may set aside (`--kv-cache-mib`); requests past it wait in the queue.
+    pub kv_cache_budget_bytes: usize,
     /// Keys and values kept for reuse by later prompts with the same prefix, in bytes.
     pub prefix_cache_bytes: usize,
 }

@@ -103,8 +103,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // kiln and llama.cpp get the same number of threads.
     rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global().context("sizing the thread pool")?;
     let loaded = load::load(&args.model)?;
-    let engine =
-        loaded.engine(EngineConfig { max_batch: 16, max_queue: 64, prefill_chunk: 512, prefix_cache_bytes: 0 });
+    let engine = loaded.engine(EngineConfig {
+        max_batch: 16,
+        max_queue: 64,
+        prefill_chunk: 512,
+        prefix_cache_bytes: 0,
+        ..EngineConfig::default()
+    });
     let runs = args.runs.max(1);
     // One untimed pass warms caches and the thread pool.
     run_batch(&engine, vec![tokens(&loaded, PROMPT_LEN, 0)?], 8)?;

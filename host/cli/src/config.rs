@@ -187,6 +187,10 @@ pub struct ServerSection {
     pub max_queue: Option<usize>,
     pub max_body_bytes: Option<usize>,
     pub prefix_cache_mib: Option<usize>,
+    pub kv_cache_mib: Option<std::num::NonZeroUsize>,
+    /// `f16` or `f32`.
+    #[serde(default, deserialize_with = "from_str")]
+    pub kv_cache_type: Option<kiln_model::KvType>,
     pub drain_timeout_secs: Option<u64>,
     pub drain_grace_secs: Option<u64>,
     pub request_timeout_secs: Option<u64>,
@@ -272,6 +276,16 @@ impl FileConfig {
             default_pipeline: p.default_pipeline.clone().unwrap_or(defaults.default_pipeline),
         })
     }
+}
+
+/// A value given as a string its type parses (`FromStr`).
+fn from_str<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err: std::fmt::Display>,
+{
+    let text = Option::<String>::deserialize(deserializer)?;
+    text.map(|t| t.parse().map_err(serde::de::Error::custom)).transpose()
 }
 
 impl FileConfig {

@@ -29,7 +29,11 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let mut file = std::fs::File::open(&path).with_context(|| format!("cannot open model file {}", path.display()))?;
     let content = candle_core::quantized::gguf_file::Content::read(&mut file)
         .with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
-    let options = LoadOptions { max_context: args.max_context, ..LoadOptions::default() };
+    let options = LoadOptions {
+        max_context: args.max_context,
+        kv_type: args.kv_cache_type.unwrap_or_default(),
+        ..LoadOptions::default()
+    };
     let model =
         Model::from_content(&content, &mut file, options).with_context(|| format!("loading {}", path.display()))?;
     let tokenizer = Tokenizer::from_gguf(&content)?;
@@ -48,6 +52,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         model = %path.display(),
         layers = model.config().n_layer,
         context = model.max_context(),
+        kv_cache_type = %model.kv_type(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "model loaded"
     );

@@ -37,6 +37,11 @@ pub struct ModelArgs {
     /// Longest sequence, prompt plus output (default: the model's training context).
     #[arg(long)]
     pub max_context: Option<usize>,
+    /// How keys and values are stored: f16 (half the memory, logits within a
+    /// tested bound of f32) or f32 (exact).
+    /// [default: f16]
+    #[arg(long, env = "KILN_KV_CACHE_TYPE")]
+    pub kv_cache_type: Option<kiln_model::KvType>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+mod load;
 mod policy;
 mod prefix_cache;
 mod request;
@@ -18,10 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use kiln_model::Model;
 use kiln_tokenizer::Tokenizer;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+use crate::load::Load;
 
 pub use policy::{PolicyError, SamplingPolicy, StepPlan};
 pub use request::{
@@ -40,6 +44,13 @@ pub enum EngineError {
     PromptTooLong { prompt_tokens: usize, max_context: usize },
     #[error("the engine is at capacity ({queued} requests queued); retry later")]
     Overloaded { queued: usize },
+    /// The work already accepted would keep this request past its deadline.
+    #[error(
+        "the server is behind: this request would finish in about {} s, past its deadline in {} s",
+        eta.as_secs(),
+        time_left.as_secs()
+    )]
+    WouldMissDeadline { eta: Duration, time_left: Duration },
     #[error("the engine has stopped")]
     Stopped,
 }
@@ -73,6 +84,10 @@ pub enum GenerationError {
     /// A fault of the server's, not the client's.
     #[error("the forward pass failed: {0}")]
     Forward(String),
+    /// Queued behind more work than expected, it could no longer finish
+    /// before its deadline: dropped before it ran.
+    #[error("the server fell behind: this request could not finish before its deadline and did not start")]
+    WouldMissDeadline,
 }
 
 /// What a [`TokenStream`] yields, in order: tokens, then one `Finished` (or `Failed`).
@@ -127,6 +142,8 @@ pub struct EngineStats {
     pub(crate) prefix_reused_tokens: AtomicU64,
     pub(crate) prefix_cache_bytes: AtomicUsize,
     pub(crate) kv_cache_bytes: AtomicUsize,
+    pub(crate) kv_budget_bytes: AtomicUsize,
+    pub(crate) kv_reserved_bytes: AtomicUsize,
 }
 
 impl EngineStats {
@@ -156,6 +173,15 @@ impl EngineStats {
     pub fn kv_cache_bytes(&self) -> usize {
         self.kv_cache_bytes.load(Ordering::Relaxed)
     }
+    /// The most the running sequences' keys and values may take ([`EngineConfig::kv_cache_bytes`]).
+    pub fn kv_budget_bytes(&self) -> usize {
+        self.kv_budget_bytes.load(Ordering::Relaxed)
+    }
+    /// What the running sequences have set aside of the budget: each its
+    /// prompt plus `max_tokens`, at admission.
+    pub fn kv_reserved_bytes(&self) -> usize {
+        self.kv_reserved_bytes.load(Ordering::Relaxed)
+    }
 }
 
 /// What the API layers need from an engine.
@@ -176,11 +202,22 @@ pub struct EngineConfig {
     /// Bytes of prompt keys and values kept for reuse by later requests with
     /// the same prefix; 0 disables.
     pub prefix_cache_bytes: usize,
+    /// Bytes of keys and values the running sequences may hold together. A
+    /// sequence sets aside its prompt plus `max_tokens` when it joins the
+    /// batch, and waits in the queue until that much is free; the context
+    /// window shrinks to what the budget holds, if less.
+    pub kv_cache_bytes: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_batch: 16, max_queue: 64, prefill_chunk: 256, prefix_cache_bytes: 256 << 20 }
+        EngineConfig {
+            max_batch: 16,
+            max_queue: 64,
+            prefill_chunk: 256,
+            prefix_cache_bytes: 256 << 20,
+            kv_cache_bytes: 2048 << 20,
+        }
     }
 }
 
@@ -190,14 +227,24 @@ pub struct Engine {
     jobs: Option<SyncSender<scheduler::Job>>,
     limits: ModelLimits,
     stats: Arc<EngineStats>,
+    load: Arc<Load>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Engine {
     pub fn start(model: Arc<Model>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Engine {
+        let fits = budget_positions(&model, config.kv_cache_bytes);
+        if fits < model.max_context() {
+            tracing::warn!(
+                budget_mib = config.kv_cache_bytes >> 20,
+                positions = fits,
+                model_context = model.max_context(),
+                "the KV cache budget holds fewer positions than the context window; sequences are capped to it"
+            );
+        }
         let limits = ModelLimits {
             vocab_size: model.config().vocab_size,
-            max_context: model.max_context(),
+            max_context: model.max_context().min(fits).max(1),
             default_stop_ids: tokenizer.stop_token_ids().to_vec(),
         };
         let config = EngineConfig {
@@ -208,12 +255,14 @@ impl Engine {
         };
         let (tx, rx) = sync_channel(config.max_queue);
         let stats = Arc::new(EngineStats::default());
-        let thread_stats = stats.clone();
+        stats.kv_budget_bytes.store(config.kv_cache_bytes, Ordering::Relaxed);
+        let load = Arc::new(Load::default());
+        let shared = scheduler::Shared { stats: stats.clone(), load: load.clone() };
         let thread = std::thread::Builder::new()
             .name("kiln-engine".into())
-            .spawn(move || scheduler::run(model, tokenizer, rx, config, thread_stats))
+            .spawn(move || scheduler::run(model, tokenizer, rx, config, shared))
             .expect("spawning the engine thread");
-        Engine { jobs: Some(tx), limits, stats, thread: Some(thread) }
+        Engine { jobs: Some(tx), limits, stats, load, thread: Some(thread) }
     }
 
     /// Validates and submits in one call.
@@ -234,12 +283,25 @@ impl Backend for Engine {
                 message: "was validated against another model's limits".into(),
             });
         }
-        let (tx, rx) = unbounded_channel();
         let jobs = self.jobs.as_ref().ok_or(EngineError::Stopped)?;
+        let work = self.load.expected(
+            request.prompt_tokens.len(),
+            request.max_tokens,
+            !request.stop_token_ids.is_empty() || request.policy.is_some(),
+        );
+        if let (Some(deadline), Some(eta)) = (request.deadline, self.load.eta(work)) {
+            let time_left = deadline.saturating_duration_since(Instant::now());
+            if eta > time_left {
+                return Err(EngineError::WouldMissDeadline { eta, time_left });
+            }
+        }
+        let (tx, rx) = unbounded_channel();
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        match jobs.try_send(scheduler::Job { request, events: tx }) {
+        self.load.accept(work.tokens);
+        match jobs.try_send(scheduler::Job { request, events: tx, work }) {
             Ok(()) => Ok(TokenStream { events: rx }),
             Err(e) => {
+                self.load.settle(work.tokens);
                 let queued = self.stats.queued.fetch_sub(1, Ordering::Relaxed) - 1;
                 match e {
                     TrySendError::Full(_) => Err(EngineError::Overloaded { queued }),
@@ -252,6 +314,18 @@ impl Backend for Engine {
     fn stats(&self) -> &EngineStats {
         &self.stats
     }
+}
+
+/// The most positions one sequence may hold within `budget` bytes.
+fn budget_positions(model: &Model, budget: usize) -> usize {
+    // Keys are held in blocks of 16 positions: the rate over whole blocks,
+    // then down to what fits with the last block partly used.
+    let per_token = (model.kv_cache_bytes(1024) / 1024).max(1);
+    let mut positions = budget / per_token;
+    while positions > 0 && model.kv_cache_bytes(positions) > budget {
+        positions -= 1;
+    }
+    positions
 }
 
 impl Drop for Engine {

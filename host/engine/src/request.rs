@@ -109,6 +109,9 @@ pub struct GenerateRequest {
     pub top_logprobs: usize,
     /// Steers sampling token by token (a sampler plugin); `None`: the params alone.
     pub policy: Option<Box<dyn SamplingPolicy>>,
+    /// When the caller stops waiting. A request the engine expects to finish
+    /// later is refused at once ([`EngineError::WouldMissDeadline`]).
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// A request the engine accepts without further checks: it fits the context
@@ -122,6 +125,7 @@ pub struct ValidGenerateRequest {
     pub(crate) logprobs: bool,
     pub(crate) top_logprobs: usize,
     pub(crate) policy: Option<Box<dyn SamplingPolicy>>,
+    pub(crate) deadline: Option<std::time::Instant>,
     /// The limits it was checked against: an engine refuses a request checked
     /// for another model.
     pub(crate) checked_for: (usize, usize),
@@ -207,6 +211,7 @@ impl GenerateRequest {
             logprobs: self.logprobs || self.top_logprobs > 0,
             top_logprobs: self.top_logprobs,
             policy: self.policy,
+            deadline: self.deadline,
             checked_for: (limits.vocab_size, limits.max_context),
         })
     }

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Instant;
 
 use kiln_model::{KvCache, Model, SeqBatchItem};
 use kiln_tokenizer::{IncrementalDecoder, Tokenizer};
@@ -15,6 +16,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use rayon::prelude::*;
 
+use crate::load::{self, Load};
 use crate::prefix_cache::PrefixCache;
 use crate::sampling::{Sampled, Sampler};
 use crate::{
@@ -25,6 +27,14 @@ use crate::{
 pub(crate) struct Job {
     pub request: ValidGenerateRequest,
     pub events: UnboundedSender<TokenEvent>,
+    /// What [`Load`] counts it to cost.
+    pub work: load::Work,
+}
+
+/// What the engine thread shares with [`crate::Engine`].
+pub(crate) struct Shared {
+    pub stats: Arc<EngineStats>,
+    pub load: Arc<Load>,
 }
 
 struct Sequence {
@@ -46,6 +56,15 @@ struct Sequence {
     events: UnboundedSender<TokenEvent>,
     /// Finished this step: leaves the batch, its prompt's cache kept for reuse.
     finished: bool,
+    /// Ended by a stop token, `max_tokens` or its policy (not cancelled or failed).
+    completed: bool,
+    /// False after a failed forward pass: its cache is not kept for reuse.
+    cache_intact: bool,
+    /// Bytes of the KV budget it set aside.
+    reserved: usize,
+    /// Tokens of its expected work not yet run.
+    work_left: usize,
+    deadline: Option<Instant>,
 }
 
 impl Sequence {
@@ -106,6 +125,23 @@ impl Sequence {
         let tail = self.decoder.finish();
         let _ = self.events.send(TokenEvent::Finished { reason, counts: self.counts(), tail });
         self.finished = true;
+        self.completed = true;
+    }
+
+    fn is_decoding(&self) -> bool {
+        self.prefilled == self.prompt.len()
+    }
+
+    /// Gives back what it held of the budget and the backlog as it leaves the batch.
+    fn leave(self, reserved: &mut usize, load: &Load, prefixes: &mut PrefixCache) {
+        *reserved -= self.reserved;
+        load.settle(self.work_left);
+        if self.completed {
+            load.record_output(self.generated);
+        }
+        if self.cache_intact {
+            prefixes.insert(self.prompt, self.cache);
+        }
     }
 }
 
@@ -123,40 +159,69 @@ pub(crate) fn run(
     tokenizer: Arc<Tokenizer>,
     jobs: Receiver<Job>,
     config: EngineConfig,
-    stats: Arc<EngineStats>,
+    shared: Shared,
 ) {
+    let Shared { stats, load } = shared;
     let mut running: Vec<Sequence> = Vec::new();
     let mut prefixes = PrefixCache::new(config.prefix_cache_bytes);
     let mut disconnected = false;
+    // The next job, taken from the queue but waiting for KV memory: it keeps
+    // its place ahead of every later one.
+    let mut held: Option<Job> = None;
+    // Bytes of the KV budget the running sequences set aside.
+    let mut reserved = 0usize;
     loop {
-        while running.len() < config.max_batch && !disconnected {
-            let job = if running.is_empty() {
-                match jobs.recv() {
+        while running.len() < config.max_batch {
+            let job = match held.take() {
+                Some(job) => job,
+                None if disconnected => break,
+                None if running.is_empty() => match jobs.recv() {
                     Ok(job) => job,
                     Err(_) => return,
-                }
-            } else {
-                match jobs.try_recv() {
+                },
+                None => match jobs.try_recv() {
                     Ok(job) => job,
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         disconnected = true;
                         break;
                     }
-                }
+                },
             };
-            stats.queued.fetch_sub(1, Ordering::Relaxed);
             if job.events.is_closed() {
+                stats.queued.fetch_sub(1, Ordering::Relaxed);
+                load.settle(job.work.tokens);
                 continue;
             }
-            let r = job.request;
-            let cache = match prefixes.lookup(&r.prompt_tokens) {
+            let positions = job.request.prompt_tokens.len() + job.request.max_tokens;
+            let need = model.kv_cache_bytes(positions);
+            // Alone in the batch a sequence always fits: the context window
+            // was capped to the budget.
+            if reserved + need > config.kv_cache_bytes && !running.is_empty() {
+                held = Some(job);
+                break;
+            }
+            stats.queued.fetch_sub(1, Ordering::Relaxed);
+            let Job { request: r, events, work } = job;
+            // Queued behind more than it was expected to be: failing it now
+            // leaves its turn to requests that can still finish in time.
+            let hopeless = r
+                .deadline
+                .is_some_and(|deadline| load.eta_alone(work).is_some_and(|alone| Instant::now() + alone > deadline));
+            if hopeless {
+                let _ = events.send(TokenEvent::Failed(GenerationError::WouldMissDeadline));
+                load.settle(work.tokens);
+                continue;
+            }
+            reserved += need;
+            let mut cache = match prefixes.lookup(&r.prompt_tokens) {
                 Some(cache) => {
                     stats.prefix_reused_tokens.fetch_add(cache.len() as u64, Ordering::Relaxed);
                     cache
                 }
                 None => model.new_cache(),
             };
+            cache.reserve(positions);
             running.push(Sequence {
                 sampler: Sampler::new(r.params, &r.prompt_tokens, r.logprobs, r.top_logprobs),
                 prefilled: cache.len(),
@@ -170,45 +235,66 @@ pub(crate) fn run(
                 max_tokens: r.max_tokens,
                 stop_ids: r.stop_token_ids,
                 prompt: r.prompt_tokens,
-                events: job.events,
+                events,
                 finished: false,
+                completed: false,
+                cache_intact: true,
+                reserved: need,
+                work_left: work.tokens,
+                deadline: r.deadline,
             });
         }
         // A dropped stream is a cancelled request: free its slot before the step.
         for seq in running.extract_if(.., |s| s.events.is_closed()) {
-            prefixes.insert(seq.prompt, seq.cache);
+            seq.leave(&mut reserved, &load, &mut prefixes);
         }
+        stats.kv_reserved_bytes.store(reserved, Ordering::Relaxed);
         stats.active.store(running.len(), Ordering::Relaxed);
         if running.is_empty() {
             // Otherwise counted once per step, below.
             stats.kv_cache_bytes.store(0, Ordering::Relaxed);
-            if disconnected {
+            if disconnected && held.is_none() {
                 return;
             }
             continue;
         }
-        step(&model, &mut running, &config, &stats);
+        step(&model, &mut running, &config, &stats, &load);
         for seq in running.extract_if(.., |s| s.finished) {
-            prefixes.insert(seq.prompt, seq.cache);
+            seq.leave(&mut reserved, &load, &mut prefixes);
         }
         stats.prefix_cache_bytes.store(prefixes.bytes(), Ordering::Relaxed);
         stats.kv_cache_bytes.store(running.iter().map(|s| s.cache.size_in_bytes()).sum(), Ordering::Relaxed);
+        stats.kv_reserved_bytes.store(reserved, Ordering::Relaxed);
         stats.active.store(running.len(), Ordering::Relaxed);
     }
 }
 
 /// Plans and runs one forward pass, then samples and emits for every sequence
 /// that produced logits. Finished sequences are marked for the caller to remove.
-fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats: &EngineStats) {
-    let decoding = running.iter().filter(|s| s.prefilled == s.prompt.len()).count();
+fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats: &EngineStats, load: &Load) {
+    let decoding = running.iter().filter(|s| s.is_decoding()).count();
     let mut budget = config.prefill_chunk.saturating_sub(decoding).max(1);
-    for seq in running.iter_mut() {
+    // Finishing admitted work comes first: while a decoding sequence would
+    // make its deadline only with steps free of prompt chunks, the prompts
+    // of sequences that joined after it wait (earlier ones go on).
+    let now = Instant::now();
+    let protect_until = load.decode_step().and_then(|step_time| {
+        running
+            .iter()
+            .rposition(|s| s.is_decoding() && s.deadline.is_some_and(|d| load::at_risk(s.work_left, d, now, step_time)))
+    });
+    let mut prompt_tokens = 0;
+    for (i, seq) in running.iter_mut().enumerate() {
         seq.input.clear();
         if seq.prefilled < seq.prompt.len() {
+            if protect_until.is_some_and(|p| i > p) {
+                continue;
+            }
             let take = (seq.prompt.len() - seq.prefilled).min(budget);
             seq.input.extend_from_slice(&seq.prompt[seq.prefilled..seq.prefilled + take]);
             seq.prefilled += take;
             budget -= take;
+            prompt_tokens += take;
         } else {
             seq.input.append(&mut seq.pending);
         }
@@ -220,8 +306,16 @@ fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats
         .collect();
     // A panic in the forward pass (a bug) fails this batch, whose caches it may
     // have left half-written, but not the engine: later requests still run.
+    let started = Instant::now();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.forward(&mut items)));
     drop(items);
+    let tokens = running.iter().map(|s| s.input.len()).sum();
+    load.record_step(tokens, started.elapsed(), prompt_tokens == 0);
+    for seq in running.iter_mut() {
+        let ran = seq.input.len().min(seq.work_left);
+        seq.work_left -= ran;
+        load.settle(ran);
+    }
     stats.steps.fetch_add(1, Ordering::Relaxed);
     let logits = match result {
         Ok(Ok(l)) => l,
@@ -231,8 +325,11 @@ fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats
                 _ => "internal error in the forward pass".to_string(),
             };
             tracing::error!(error = %reason, sequences = running.len(), "forward pass failed; failing the batch");
-            for seq in running.drain(..) {
+            for seq in running.iter_mut() {
                 let _ = seq.events.send(TokenEvent::Failed(GenerationError::Forward(reason.clone())));
+                seq.finished = true;
+                // A pass that panicked may have left it half-written.
+                seq.cache_intact = false;
             }
             return;
         }

@@ -174,7 +174,9 @@ fn eos_stops_with_reason_stop_unless_ignored() {
 
 #[test]
 fn zero_sized_config_values_are_clamped_not_hung() {
-    let e = engine(EngineConfig { max_batch: 0, max_queue: 0, prefill_chunk: 0, prefix_cache_bytes: 0 });
+    let zeros =
+        EngineConfig { max_batch: 0, max_queue: 0, prefill_chunk: 0, prefix_cache_bytes: 0, ..Default::default() };
+    let e = engine(zeros);
     let (ids, _) = collect(e.generate(greedy(prompt("hi"), 3)).unwrap());
     assert!(!ids.is_empty());
 }
@@ -228,9 +230,42 @@ fn a_kept_prefix_holds_the_prompts_memory_not_the_generations() {
     assert_eq!(collect(e.generate(request).unwrap()).0.len(), 400);
     wait_until("the prefix to be kept", || e.stats().prefix_cache_bytes() > 0);
     let (model, _) = loaded();
-    let c = model.config();
-    let kv_dim = c.n_head_kv * c.head_dim;
-    // Keys are stored in blocks of 16 positions.
-    let per_layer = (p.len().div_ceil(16) * 16 + p.len()) * kv_dim * 4;
-    assert_eq!(e.stats().prefix_cache_bytes(), c.n_layer * per_layer);
+    assert_eq!(e.stats().prefix_cache_bytes(), model.kv_cache_bytes(p.len()));
+}
+
+#[test]
+fn the_kv_budget_caps_the_context_and_a_sequence_that_does_not_fit_waits_its_turn() {
+    let (model, _) = loaded();
+    let budget = model.kv_cache_bytes(500);
+    let e = engine(EngineConfig { kv_cache_bytes: budget, ..EngineConfig::default() });
+    assert_eq!(e.limits().max_context, 500, "the context window shrinks to what the budget holds");
+    // Two sequences of 300 positions each: the second waits for the first.
+    let long = |text| GenerateRequest { ignore_eos: true, ..greedy(prompt(text), 300 - prompt(text).len()) };
+    let first = e.generate(long("Tell me a story.")).unwrap();
+    let second = e.generate(long("Tell me another.")).unwrap();
+    wait_until("the first to start", || e.stats().active() == 1);
+    assert_eq!(e.stats().queued(), 1, "the second waits in the queue, not in the batch");
+    assert!(e.stats().kv_reserved_bytes() <= budget && e.stats().kv_budget_bytes() == budget);
+    let (a, b) = (collect(first), collect(second));
+    assert_eq!((a.0.len() + prompt("Tell me a story.").len(), b.1), (300, StopReason::Length));
+    wait_until("the budget to be given back", || e.stats().kv_reserved_bytes() == 0);
+}
+
+#[test]
+fn a_request_that_could_not_finish_before_its_deadline_is_refused_at_once() {
+    let e = engine(EngineConfig::default());
+    // Measure a decode step first: until then the engine has no estimate and refuses nothing.
+    collect(e.generate(GenerateRequest { ignore_eos: true, ..greedy(prompt("Count."), 32) }).unwrap());
+    wait_until("the warm-up to leave the batch", || e.stats().active() == 0);
+    let soon = Some(Instant::now() + Duration::from_millis(200));
+    // 900 decode steps take seconds on any CPU this model runs on.
+    let long = || GenerateRequest { ignore_eos: true, ..greedy(prompt("Count to a thousand."), 900) };
+    let refused = e.generate(GenerateRequest { deadline: soon, ..long() }).unwrap_err();
+    assert!(matches!(refused, EngineError::WouldMissDeadline { eta, .. } if eta > Duration::from_millis(200)));
+    assert_eq!(e.stats().queued() + e.stats().active(), 0, "nothing was queued");
+    // Without a deadline, or with one it can make, the same request runs.
+    let later = Some(Instant::now() + Duration::from_secs(3600));
+    drop(e.generate(long()).unwrap());
+    let (ids, _) = collect(e.generate(GenerateRequest { deadline: later, ..greedy(prompt("hi"), 4) }).unwrap());
+    assert!(!ids.is_empty());
 }

@@ -83,7 +83,8 @@ fn candle_logits(path: &std::path::Path, tokens: &[u32]) -> Vec<f32> {
 }
 
 fn kiln_logits(path: &std::path::Path, tokens: &[u32], f32_weights: bool) -> Vec<f32> {
-    let model = Model::load_with(path, LoadOptions { max_context: None, f32_weights }).unwrap();
+    let options = LoadOptions { max_context: None, f32_weights, kv_type: crate::KvType::F32 };
+    let model = Model::load_with(path, options).unwrap();
     let mut cache = model.new_cache();
     let out = model.forward(&mut [SeqBatchItem { tokens, cache: &mut cache, logits: true }]).unwrap();
     out[0].clone().unwrap()

@@ -9,13 +9,14 @@
 //! loops over preallocated rows, because at 135M parameters a decode step is
 //! a few milliseconds and per-op tensor bookkeeping would be a large share.
 
+mod attention;
 mod cache;
 mod config;
 mod linear;
 mod llama;
 mod ops;
 
-pub use cache::KvCache;
+pub use cache::{KvCache, KvType};
 pub use config::ModelConfig;
 pub use llama::{LoadOptions, Model, SeqBatchItem};
 

@@ -11,7 +11,8 @@ use candle_core::quantized::gguf_file::Content;
 use kiln_kernels::{QMatrix, QuantizedActs};
 use rayon::prelude::*;
 
-use crate::cache::KvCache;
+use crate::attention::AttnScratch;
+use crate::cache::{KvCache, KvType};
 use crate::config::ModelConfig;
 use crate::linear::{FusedLinear, Linear, RawTensor, read_raw};
 use crate::ops;
@@ -48,6 +49,8 @@ pub struct LoadOptions {
     /// Dequantize every matrix to `f32` at load and skip 8-bit activations:
     /// exact arithmetic for reference checks, at 4-8x the memory and far slower.
     pub f32_weights: bool,
+    /// How sequences' keys and values are stored.
+    pub kv_type: KvType,
 }
 
 /// One sequence's share of a forward step.
@@ -66,6 +69,7 @@ pub struct SeqBatchItem<'a> {
 pub struct Model {
     config: ModelConfig,
     max_context: usize,
+    kv_type: KvType,
     embedding: Embedding,
     blocks: Vec<Block>,
     output_norm: Vec<f32>,
@@ -104,7 +108,8 @@ impl Model {
     /// Loads from a GGUF header already read from `file` (callers that also
     /// build the tokenizer from it read the file's metadata once).
     pub fn from_content(content: &Content, file: &mut File, options: LoadOptions) -> Result<Model> {
-        Self::from_gguf(content, file, options.f32_weights).map(|m| m.with_max_context(options.max_context))
+        let model = Self::from_gguf(content, file, options.f32_weights)?;
+        Ok(Model { kv_type: options.kv_type, ..model.with_max_context(options.max_context) })
     }
 
     fn with_max_context(mut self, max_context: Option<usize>) -> Model {
@@ -189,6 +194,7 @@ impl Model {
             output_norm,
             rope_freq_factors,
             max_context: config.n_ctx_train,
+            kv_type: KvType::default(),
             config,
             embedding,
             blocks,
@@ -226,8 +232,28 @@ impl Model {
         self.max_context
     }
 
+    /// An empty cache in the model's KV type.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.n_layer)
+        self.new_cache_of(self.kv_type)
+    }
+
+    /// An empty cache storing keys and values as `kv_type`.
+    pub fn new_cache_of(&self, kv_type: KvType) -> KvCache {
+        KvCache::new(self.config.n_layer, self.kv_dim(), kv_type)
+    }
+
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
+    }
+
+    /// Bytes of keys and values a sequence of `positions` tokens holds once
+    /// reserved ([`KvCache::reserve`]): what a memory budget charges it.
+    pub fn kv_cache_bytes(&self, positions: usize) -> usize {
+        KvCache::bytes_for(self.config.n_layer, self.kv_dim(), self.kv_type, positions)
+    }
+
+    fn kv_dim(&self) -> usize {
+        self.config.n_head_kv * self.config.head_dim
     }
 
     /// Runs one step for a batch of sequences. Returns, per item, the logits
@@ -290,18 +316,12 @@ impl Model {
                 let caches: Vec<&KvCache> = items.iter().map(|it| &*it.cache).collect();
                 let group = n_head / n_kv;
                 attn.par_chunks_mut(hd).with_min_len(group).enumerate().for_each_init(
-                    Vec::new,
-                    |scores, (idx, out)| {
+                    AttnScratch::default,
+                    |scratch, (idx, out)| {
                         let (row, head) = (idx / n_head, idx % n_head);
                         let (item, pos) = rows[row];
                         let q = &qkv[row * qkv_w + head * hd..][..hd];
-                        let (keys, values) = &caches[item].layers[l];
-                        let head_offset = (head / group) * hd;
-                        ops::attend(
-                            ops::HeadAttention { q, keys, values, kv_dim: kvd, head_offset, len: pos + 1 },
-                            scores,
-                            out,
-                        );
+                        caches[item].attend(l, q, (head / group) * hd, pos + 1, scratch, out);
                     },
                 );
                 block.wo.forward(&attn, t, &mut acts, &mut proj)?;

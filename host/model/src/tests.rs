@@ -47,7 +47,9 @@ fn logits_match_candle_quantized_llama_through_prefill_and_decode() {
     // SAFETY: set before candle reads it on this thread; no other thread reads it concurrently in this test.
     unsafe { std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1") };
     let path = model_path();
-    let model = Model::load_with(&path, LoadOptions { max_context: Some(512), f32_weights: true }).unwrap();
+    let model =
+        Model::load_with(&path, LoadOptions { max_context: Some(512), f32_weights: true, kv_type: crate::KvType::F32 })
+            .unwrap();
     let mut reference = reference(&path);
     let mut cache = model.new_cache();
     let ours = model.forward(&mut [SeqBatchItem { tokens: PROMPT, cache: &mut cache, logits: true }]).unwrap();
@@ -74,7 +76,9 @@ fn logits_match_candle_quantized_llama_through_prefill_and_decode() {
 #[test]
 fn quantized_path_follows_the_exact_path_greedily() {
     let path = model_path();
-    let exact = Model::load_with(&path, LoadOptions { max_context: Some(512), f32_weights: true }).unwrap();
+    let exact =
+        Model::load_with(&path, LoadOptions { max_context: Some(512), f32_weights: true, kv_type: crate::KvType::F32 })
+            .unwrap();
     let fast = Model::load(&path, Some(512)).unwrap();
     let (mut ce, mut cf) = (exact.new_cache(), fast.new_cache());
     let (mut te, mut tf) = (PROMPT.to_vec(), PROMPT.to_vec());
@@ -144,4 +148,33 @@ fn context_overflow_and_bad_tokens_are_refused_without_touching_the_cache() {
 fn a_missing_file_names_the_path() {
     let err = Model::load(std::path::Path::new("/nonexistent/model.gguf"), None).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/model.gguf"), "{err}");
+}
+
+/// f16 keys and values (what kiln serves) against f32 ones over a few hundred
+/// positions, on the exact (f32-weight) path: the 8-bit activations of the
+/// served path would amplify any difference at all into a few percent (see
+/// above), hiding what f16 storage itself costs.
+#[test]
+fn f16_kv_cache_keeps_logits_within_a_bound_of_f32() {
+    let options = LoadOptions { max_context: Some(512), f32_weights: true, kv_type: crate::KvType::F16 };
+    let model = Model::load_with(&model_path(), options).unwrap();
+    let (mut c16, mut c32) = (model.new_cache_of(crate::KvType::F16), model.new_cache_of(crate::KvType::F32));
+    let prompt: Vec<u32> = PROMPT.iter().cycle().take(300).copied().collect();
+    let mut input = prompt.clone();
+    let mut worst = 0f32;
+    for step in 0..24 {
+        let l16 = model.forward(&mut [SeqBatchItem { tokens: &input, cache: &mut c16, logits: true }]).unwrap();
+        let l32 = model.forward(&mut [SeqBatchItem { tokens: &input, cache: &mut c32, logits: true }]).unwrap();
+        let (l16, l32) = (l16[0].as_ref().unwrap(), l32[0].as_ref().unwrap());
+        let l2 = (l16.iter().zip(l32).map(|(a, b)| (a - b) * (a - b)).sum::<f32>()
+            / l32.iter().map(|b| b * b).sum::<f32>())
+        .sqrt();
+        worst = worst.max(l2);
+        let (pick16, pick32) = (argmax(l16) as usize, argmax(l32) as usize);
+        let margin = l32[pick32] - l32[pick16];
+        assert!(margin < 0.05, "step {step}: f16 picked {pick16}, {margin} below f32's best");
+        input = vec![argmax(l32)];
+    }
+    assert!(worst < 0.005, "f16 K/V moved logits by a relative L2 of {worst}");
+    assert!(c16.size_in_bytes() * 2 <= c32.size_in_bytes() + 64, "f16 holds half the bytes");
 }

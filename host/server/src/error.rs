@@ -5,6 +5,8 @@
 //! the field at fault; server faults are logged in full and reported to the
 //! client without internals.
 
+use std::time::Duration;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kiln_api::{ErrorBody, ErrorDetail};
@@ -34,6 +36,9 @@ pub enum ApiError {
     MethodNotAllowed { method: String, path: String },
     #[error("the server is at capacity ({queued} requests queued); retry shortly")]
     Overloaded { queued: usize },
+    /// Refused before it ran: the work ahead would keep it past its deadline.
+    #[error("{message}; retry in {} s", retry_after.as_secs())]
+    Behind { message: String, retry_after: std::time::Duration },
     #[error("the engine has stopped; the server is shutting down")]
     Unavailable,
     #[error("the server has {limit} connections open, its limit; retry shortly")]
@@ -107,6 +112,7 @@ impl ApiError {
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Overloaded { .. }
+            | ApiError::Behind { .. }
             | ApiError::Unavailable
             | ApiError::TaskQueueFull { .. }
             | ApiError::TooManyConnections { .. }
@@ -128,7 +134,7 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => ("not_found_error", None, Some("not_found")),
             ApiError::NoSuchModel(_) => ("not_found_error", Some("id".into()), Some("model_not_found")),
             ApiError::MethodNotAllowed { .. } => ("invalid_request_error", None, Some("method_not_allowed")),
-            ApiError::Overloaded { .. } => ("overloaded_error", None, Some("overloaded")),
+            ApiError::Overloaded { .. } | ApiError::Behind { .. } => ("overloaded_error", None, Some("overloaded")),
             ApiError::Unavailable => ("overloaded_error", None, Some("unavailable")),
             ApiError::TooManyConnections { .. } => ("overloaded_error", None, Some("too_many_connections")),
             ApiError::PluginsBusy(_) => ("overloaded_error", None, Some("overloaded")),
@@ -167,6 +173,11 @@ impl From<EngineError> for ApiError {
                 code: Some("context_length_exceeded"),
             },
             EngineError::Overloaded { queued } => ApiError::Overloaded { queued },
+            e @ EngineError::WouldMissDeadline { eta, time_left } => ApiError::Behind {
+                message: e.to_string(),
+                // About when the backlog will have shrunk enough.
+                retry_after: eta.saturating_sub(time_left).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            },
             EngineError::Stopped => ApiError::Unavailable,
         }
     }
@@ -181,7 +192,9 @@ impl IntoResponse for ApiError {
             tracing::debug!(error = %self, %status, "request refused");
         }
         let retry_after = match &self {
-            ApiError::RateLimited { retry_after, .. } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            ApiError::RateLimited { retry_after, .. } | ApiError::Behind { retry_after, .. } => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
             // A task queue drains at generation speed: seconds, not a moment.
             ApiError::TooManyPendingTasks { .. } | ApiError::TaskQueueFull { .. } => Some(5),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),

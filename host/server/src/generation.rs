@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kiln_api::{FinishReason, Usage};
 use kiln_engine::{GenerateRequest, GenerationError, SamplingParams, StopReason, TokenEvent, TokenStream};
@@ -225,6 +226,9 @@ impl Generation {
                     return Some(Err(match failure {
                         GenerationError::Policy(e) => ApiError::Plugin(e.to_string()),
                         e @ GenerationError::Forward(_) => ApiError::Internal(e.to_string()),
+                        e @ GenerationError::WouldMissDeadline => {
+                            ApiError::Behind { message: e.to_string(), retry_after: Duration::from_secs(5) }
+                        }
                     }));
                 }
             }
@@ -359,6 +363,9 @@ async fn submit(
     let backend = state.backend();
     let limits = backend.limits();
     let prompt_len = prompt_tokens.len();
+    // The engine refuses at once what it expects to finish past this.
+    let admitted = tokio::time::Instant::now();
+    let deadline = admitted + state.config().request_timeout;
     let room = limits.max_context.saturating_sub(prompt_len).max(1);
     let max_tokens = match (max_tokens.requested, max_tokens.default) {
         (Some(n), _) => n as usize,
@@ -393,6 +400,7 @@ async fn submit(
         logprobs: logprobs.is_some(),
         top_logprobs: logprobs.unwrap_or(0),
         policy,
+        deadline: Some(deadline.into_std()),
     }
     .validate(limits)?;
     let stream = backend.submit(request)?;
@@ -407,8 +415,8 @@ async fn submit(
         reservation,
         cache_status: CacheStatus::Off,
         started: std::time::Instant::now(),
-        admitted: tokio::time::Instant::now(),
-        deadline: tokio::time::Instant::now() + state.config().request_timeout,
+        admitted,
+        deadline,
         last_text: None,
         record: None,
     })

@@ -64,6 +64,12 @@ fn describe() {
         Unit::Bytes,
         "Keys and values in memory, held_by the running sequences or the prefix cache"
     );
+    describe_gauge!(
+        "kiln_kv_cache_reserved_bytes",
+        Unit::Bytes,
+        "KV memory the running sequences set aside (prompt plus max_tokens each)"
+    );
+    describe_gauge!("kiln_kv_cache_budget_bytes", Unit::Bytes, "The most the running sequences may set aside");
     describe_counter!("kiln_key_reloads_total", "Reloads of [[keys]]: reloaded, or refused (the old keys stay)");
     describe_counter!("kiln_connections_refused_total", "Connections answered 503 past --max-connections");
     describe_counter!(

@@ -43,6 +43,11 @@ pub struct ServerFlags {
     /// Memory for reusing shared prompt prefixes across requests, in MiB (0 disables) [default: 256].
     #[arg(long, env = "KILN_PREFIX_CACHE_MIB")]
     pub prefix_cache_mib: Option<usize>,
+    /// Memory the running sequences' keys and values may take, in MiB: each
+    /// sets aside its prompt plus `max_tokens` as it starts, and waits in the
+    /// queue until that much is free [default: 2048].
+    #[arg(long, env = "KILN_KV_CACHE_MIB", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub kv_cache_mib: Option<usize>,
     /// On Ctrl-C or SIGTERM, seconds open requests may run before they are cut [default: 30].
     #[arg(long, env = "KILN_DRAIN_TIMEOUT_SECS")]
     pub drain_timeout_secs: Option<u64>,
@@ -115,7 +120,11 @@ pub struct ModelSettings {
 
 pub fn model(model: &ModelArgs, flags: &ServerFlags, file: &ServerSection) -> ModelSettings {
     ModelSettings {
-        load: ModelArgs { model: pick(&model.model, &file.model), max_context: model.max_context.or(file.max_context) },
+        load: ModelArgs {
+            model: pick(&model.model, &file.model),
+            max_context: model.max_context.or(file.max_context),
+            kv_cache_type: model.kv_cache_type.or(file.kv_cache_type),
+        },
         id: pick(&flags.model_id, &file.model_id),
     }
 }
@@ -132,6 +141,11 @@ pub fn engine(flags: &ServerFlags, file: &ServerSection) -> EngineConfig {
         max_batch: flags.max_batch.or(file.max_batch).unwrap_or(defaults.max_batch),
         max_queue: flags.max_queue.or(file.max_queue).unwrap_or(defaults.max_queue),
         prefix_cache_bytes: mib(flags.prefix_cache_mib, file.prefix_cache_mib, defaults.prefix_cache_bytes),
+        kv_cache_bytes: mib(
+            flags.kv_cache_mib,
+            file.kv_cache_mib.map(std::num::NonZeroUsize::get),
+            defaults.kv_cache_bytes,
+        ),
         ..defaults
     }
 }
@@ -257,6 +271,8 @@ fn mib(flag: Option<usize>, file: Option<usize>, default_bytes: usize) -> usize 
 
 #[cfg(test)]
 mod tests {
+    use kiln_model::KvType;
+
     use super::*;
 
     /// Every flag set, to values no default or file below has.
@@ -279,6 +295,7 @@ mod tests {
             max_connections: Some(12),
             header_read_timeout_secs: Some(13),
             idle_timeout_secs: Some(14),
+            kv_cache_mib: Some(15),
         }
     }
 
@@ -306,6 +323,8 @@ mod tests {
             max_connections: Some(113),
             header_read_timeout_secs: Some(114),
             idle_timeout_secs: Some(115),
+            kv_cache_mib: std::num::NonZeroUsize::new(116),
+            kv_cache_type: Some(KvType::F32),
         }
     }
 
@@ -328,16 +347,17 @@ mod tests {
 
     #[test]
     fn model_takes_the_flag_over_the_file_and_leaves_unset_ones_to_the_loader() {
-        let flags = ModelArgs { model: Some("flag.gguf".into()), max_context: Some(9) };
+        let flags =
+            ModelArgs { model: Some("flag.gguf".into()), max_context: Some(9), kv_cache_type: Some(KvType::F16) };
         let m = model(&flags, &all_flags(), &full_file());
         assert_eq!(m.load.model.as_deref(), Some(Path::new("flag.gguf")));
-        assert_eq!(m.load.max_context, Some(9));
+        assert_eq!((m.load.max_context, m.load.kv_cache_type), (Some(9), Some(KvType::F16)));
         assert_eq!(m.id.as_deref(), Some("flag-id"));
 
-        let none = ModelArgs { model: None, max_context: None };
+        let none = ModelArgs { model: None, max_context: None, kv_cache_type: None };
         let m = model(&none, &ServerFlags::default(), &full_file());
         assert_eq!(m.load.model.as_deref(), Some(Path::new("file.gguf")));
-        assert_eq!(m.load.max_context, Some(102));
+        assert_eq!((m.load.max_context, m.load.kv_cache_type), (Some(102), Some(KvType::F32)));
         assert_eq!(m.id.as_deref(), Some("file-id"));
 
         let m = model(&none, &ServerFlags::default(), &ServerSection::default());
@@ -358,14 +378,17 @@ mod tests {
         assert_eq!(config.max_queue, defaults.max_queue);
         assert_eq!(config.prefix_cache_bytes, defaults.prefix_cache_bytes);
         assert_eq!(config.prefill_chunk, defaults.prefill_chunk);
+        assert_eq!(config.kv_cache_bytes, defaults.kv_cache_bytes);
     }
 
     #[test]
     fn engine_takes_the_flag_over_the_file_with_the_prefix_cache_in_mib() {
         let config = engine(&all_flags(), &full_file());
         assert_eq!((config.max_batch, config.max_queue, config.prefix_cache_bytes), (2, 3, 5 * MIB));
+        assert_eq!(config.kv_cache_bytes, 15 * MIB);
         let config = engine(&ServerFlags::default(), &full_file());
         assert_eq!((config.max_batch, config.max_queue, config.prefix_cache_bytes), (103, 104, 106 * MIB));
+        assert_eq!(config.kv_cache_bytes, 116 * MIB);
     }
 
     #[test]

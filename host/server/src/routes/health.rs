@@ -30,6 +30,8 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
         running: stats.active(),
         queued: stats.queued(),
         kv_cache_bytes: stats.kv_cache_bytes(),
+        kv_cache_reserved_bytes: stats.kv_reserved_bytes(),
+        kv_cache_budget_bytes: stats.kv_budget_bytes(),
         prefix_cache_bytes: stats.prefix_cache_bytes(),
         plugins,
         cache_size: cache.entries,

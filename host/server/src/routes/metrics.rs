@@ -23,6 +23,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     gauge!("kiln_running_sequences").set(stats.active() as f64);
     gauge!("kiln_kv_cache_bytes", "held_by" => "running").set(stats.kv_cache_bytes() as f64);
     gauge!("kiln_kv_cache_bytes", "held_by" => "prefix_cache").set(stats.prefix_cache_bytes() as f64);
+    gauge!("kiln_kv_cache_reserved_bytes").set(stats.kv_reserved_bytes() as f64);
+    gauge!("kiln_kv_cache_budget_bytes").set(stats.kv_budget_bytes() as f64);
     let cache = state.cache_stats();
     gauge!("kiln_cache_entries").set(cache.entries as f64);
     gauge!("kiln_cache_bytes").set(cache.bytes as f64);

@@ -157,6 +157,9 @@ async fn lost(tasks: &Arc<Tasks>, task: &Task) {
     }
 }
 
+/// How long a task waits for an engine too far behind to take it.
+const BEHIND_PATIENCE: Duration = Duration::from_secs(600);
+
 async fn generate(
     state: &AppState,
     context: RequestContext,
@@ -164,12 +167,19 @@ async fn generate(
 ) -> Result<serde_json::Value, String> {
     let message = |e: ApiError| e.body().error.message;
     let request = TaskRequest::parse(request)?;
-    // Over the owner's token allowance, a task waits for it rather than
-    // failing: nobody is waiting on the answer.
+    // Over the owner's token allowance, or with the engine too far behind
+    // to finish it in time, a task waits rather than failing: nobody is
+    // waiting on the answer. (Behind for good, as a task too long for the
+    // request timeout even alone is, it fails in the end.)
+    let gave_up_at = std::time::Instant::now() + BEHIND_PATIENCE;
     loop {
         let (generation, shape) = request.clone().validate(state, &context).map_err(message)?;
         let generation = match Generation::start(state, generation, context.clone()).await {
             Err(ApiError::RateLimited { retry_after, .. }) => {
+                tokio::time::sleep(retry_after).await;
+                continue;
+            }
+            Err(ApiError::Behind { retry_after, .. }) if std::time::Instant::now() < gave_up_at => {
                 tokio::time::sleep(retry_after).await;
                 continue;
             }

@@ -12,6 +12,7 @@ mod errors;
 mod generate;
 mod metrics;
 mod openai;
+mod overload;
 mod plugins;
 mod tasks;
 mod tokenize;
