@@ -297,11 +297,11 @@ impl Backend for Engine {
         }
         let (tx, rx) = unbounded_channel();
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        self.load.accept(work.tokens);
+        self.load.accept(work);
         match jobs.try_send(scheduler::Job { request, events: tx, work }) {
             Ok(()) => Ok(TokenStream { events: rx }),
             Err(e) => {
-                self.load.settle(work.tokens);
+                self.load.settle(work);
                 let queued = self.stats.queued.fetch_sub(1, Ordering::Relaxed) - 1;
                 match e {
                     TrySendError::Full(_) => Err(EngineError::Overloaded { queued }),

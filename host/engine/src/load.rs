@@ -3,34 +3,36 @@
 //! before its deadline (rather than working on it and failing it late),
 //! and behind putting new prompts after sequences about to miss theirs.
 //!
-//! Work is counted in tokens run through the model: a request's prompt plus
-//! the output it is expected to generate (its `max_tokens`; for a request
-//! that may stop early, twice the recent mean output when that is smaller:
-//! chat clients often leave `max_tokens` at the whole context and stop far
-//! short of it). A request finishes no sooner than the backlog ahead of it
-//! plus its own tokens at the measured throughput, nor sooner than its
-//! output at one token per decode step.
+//! Work is counted in tokens of two kinds, because they cost very
+//! differently: a request's prompt (prefill runs hundreds of tokens a step)
+//! and the output it is expected to generate (one token per sequence a
+//! step; its `max_tokens`, or for a request that may stop early twice the
+//! recent mean output when that is smaller: chat clients often leave
+//! `max_tokens` at the whole context and stop far short of it). Each kind
+//! has a measured cost per token; a request finishes no sooner than the
+//! backlog ahead of it plus its own work at those costs, nor sooner than
+//! its output at one token per decode step.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// Busy time a throughput sample spans: long enough to mix prefill and
-/// decode steps, short enough to follow a change of load.
-const SAMPLE: Duration = Duration::from_secs(1);
-
 #[derive(Debug, Default)]
 pub(crate) struct Load {
-    /// Tokens accepted (queued or running) and not yet run.
-    backlog: AtomicUsize,
-    /// Tokens per second while busy, smoothed (f64 bits; 0: not measured yet).
-    tokens_per_sec: AtomicU64,
-    /// Seconds a step of decodes alone takes, smoothed (f64 bits; 0: not measured yet).
+    /// Prompt tokens accepted (queued or running) and not yet run.
+    backlog_prompt: AtomicUsize,
+    /// Output tokens accepted and not yet generated.
+    backlog_output: AtomicUsize,
+    /// Seconds a prompt token costs, smoothed over steps that ran prompt
+    /// chunks (f64 bits; 0: not measured yet). The decodes riding along in
+    /// such a step are counted free: it errs towards a longer estimate.
+    prompt_token_secs: AtomicU64,
+    /// Seconds a generated token costs, smoothed over steps of decodes
+    /// alone: the step's time over the batch it served.
+    output_token_secs: AtomicU64,
+    /// Seconds a step of decodes alone takes, smoothed.
     decode_step_secs: AtomicU64,
-    /// Output tokens of sequences that finished, smoothed (f64 bits; 0: none yet).
+    /// Output tokens of sequences that finished, smoothed (0: none yet).
     mean_output: AtomicU64,
-    /// The throughput sample being gathered: tokens and busy time.
-    sample: Mutex<(usize, Duration)>,
 }
 
 fn load_f64(a: &AtomicU64) -> f64 {
@@ -44,12 +46,12 @@ fn smooth(a: &AtomicU64, new: f64, weight: f64) {
     a.store(value.to_bits(), Ordering::Relaxed);
 }
 
-/// What one request is expected to cost.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What one request is expected to cost, or what of it is left, in tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Work {
-    /// Prompt plus expected output, in tokens.
-    pub tokens: usize,
-    /// Expected output: decode steps, one token each.
+    /// Prompt tokens to run (prefill).
+    pub prompt: usize,
+    /// Tokens to generate: one decode step each.
     pub output: usize,
 }
 
@@ -60,26 +62,32 @@ impl Load {
         let mean = load_f64(&self.mean_output);
         let output =
             if may_stop_early && mean > 0.0 { max_tokens.min((2.0 * mean).ceil() as usize) } else { max_tokens };
-        let output = output.max(1);
-        Work { tokens: prompt + output, output }
+        Work { prompt, output: output.max(1) }
     }
 
     /// How long until `work` would be done, after the backlog; `None`
     /// before anything was measured.
     pub fn eta(&self, work: Work) -> Option<Duration> {
-        self.estimate(self.backlog() + work.tokens, work.output)
+        let backlog = Work {
+            prompt: self.backlog_prompt.load(Ordering::Relaxed) + work.prompt,
+            output: self.backlog_output.load(Ordering::Relaxed) + work.output,
+        };
+        self.estimate(backlog, work.output)
     }
 
     /// How long `work` takes with the engine to itself.
     pub fn eta_alone(&self, work: Work) -> Option<Duration> {
-        self.estimate(work.tokens, work.output)
+        self.estimate(work, work.output)
     }
 
-    fn estimate(&self, tokens: usize, steps: usize) -> Option<Duration> {
-        let rate = load_f64(&self.tokens_per_sec);
-        let by_rate = (rate > 0.0).then(|| Duration::from_secs_f64(tokens as f64 / rate));
+    /// The time `work` takes at the measured costs, and no less than `steps`
+    /// decode steps.
+    fn estimate(&self, work: Work, steps: usize) -> Option<Duration> {
+        let (prompt, output) = (load_f64(&self.prompt_token_secs), load_f64(&self.output_token_secs));
+        let by_cost = (prompt > 0.0 && output > 0.0)
+            .then(|| Duration::from_secs_f64(work.prompt as f64 * prompt + work.output as f64 * output));
         let by_steps = self.decode_step().map(|step| step.mul_f64(steps as f64));
-        by_rate.max(by_steps)
+        by_cost.max(by_steps)
     }
 
     /// A decode-only step's duration; `None` before one was measured.
@@ -88,30 +96,34 @@ impl Load {
         (secs > 0.0).then(|| Duration::from_secs_f64(secs))
     }
 
-    pub fn backlog(&self) -> usize {
-        self.backlog.load(Ordering::Relaxed)
-    }
-
-    pub fn accept(&self, work: usize) {
-        self.backlog.fetch_add(work, Ordering::Relaxed);
-    }
-
-    /// `work` tokens ran, or will not run after all.
-    pub fn settle(&self, work: usize) {
-        let _ = self.backlog.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(work)));
-    }
-
-    /// One step ran `tokens` tokens in `elapsed`; `decode_only`: no prompt among them.
-    pub fn record_step(&self, tokens: usize, elapsed: Duration, decode_only: bool) {
-        if decode_only {
-            smooth(&self.decode_step_secs, elapsed.as_secs_f64(), 0.2);
+    #[cfg(test)]
+    pub fn backlog(&self) -> Work {
+        Work {
+            prompt: self.backlog_prompt.load(Ordering::Relaxed),
+            output: self.backlog_output.load(Ordering::Relaxed),
         }
-        let mut sample = self.sample.lock().unwrap_or_else(|e| e.into_inner());
-        sample.0 += tokens;
-        sample.1 += elapsed;
-        if sample.1 >= SAMPLE {
-            smooth(&self.tokens_per_sec, sample.0 as f64 / sample.1.as_secs_f64(), 0.5);
-            *sample = (0, Duration::ZERO);
+    }
+
+    pub fn accept(&self, work: Work) {
+        self.backlog_prompt.fetch_add(work.prompt, Ordering::Relaxed);
+        self.backlog_output.fetch_add(work.output, Ordering::Relaxed);
+    }
+
+    /// `work` ran, or will not run after all.
+    pub fn settle(&self, work: Work) {
+        for (backlog, n) in [(&self.backlog_prompt, work.prompt), (&self.backlog_output, work.output)] {
+            let _ = backlog.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(n)));
+        }
+    }
+
+    /// One step ran `ran.prompt` prompt tokens and `ran.output` decodes in `elapsed`.
+    pub fn record_step(&self, ran: Work, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if ran.prompt > 0 {
+            smooth(&self.prompt_token_secs, secs / ran.prompt as f64, 0.2);
+        } else if ran.output > 0 {
+            smooth(&self.decode_step_secs, secs, 0.2);
+            smooth(&self.output_token_secs, secs / ran.output as f64, 0.2);
         }
     }
 
@@ -136,29 +148,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_backlog_over_the_measured_rate_is_the_eta() {
+    fn the_eta_is_the_backlog_at_the_measured_cost_of_each_kind_of_token() {
         let load = Load::default();
-        assert_eq!(load.eta(Work { tokens: 100, output: 10 }), None, "no estimate before a measurement");
-        load.record_step(500, Duration::from_millis(600), false);
-        load.record_step(500, Duration::from_millis(400), false);
-        load.accept(3000);
-        let eta = load.eta(Work { tokens: 1000, output: 10 }).unwrap();
-        assert!((eta.as_secs_f64() - 4.0).abs() < 1e-9, "{eta:?}");
-        // A long output is bounded by decode steps, whatever the throughput.
-        load.record_step(16, Duration::from_millis(20), true);
-        let eta = load.eta_alone(Work { tokens: 1000, output: 1000 }).unwrap();
+        assert_eq!(load.eta(Work { prompt: 100, output: 10 }), None, "no estimate before a measurement");
+        // Prompt tokens: 1 ms each (a step's decodes ride along free).
+        load.record_step(Work { prompt: 500, output: 3 }, Duration::from_millis(500));
+        assert_eq!(load.eta(Work { prompt: 100, output: 10 }), None, "decode cost not measured yet");
+        // Decodes alone: 4 sequences in a 20 ms step, 5 ms a token.
+        load.record_step(Work { prompt: 0, output: 4 }, Duration::from_millis(20));
+        load.accept(Work { prompt: 3000, output: 200 });
+        let eta = load.eta(Work { prompt: 1000, output: 100 }).unwrap();
+        assert!((eta.as_secs_f64() - (4.0 + 1.5)).abs() < 1e-9, "{eta:?}");
+        // A long output is bounded by decode steps, whatever the batch shares.
+        let eta = load.eta_alone(Work { prompt: 10, output: 1000 }).unwrap();
         assert!((eta.as_secs_f64() - 20.0).abs() < 1e-9, "{eta:?}");
-        load.settle(5000);
-        assert_eq!(load.backlog(), 0, "settling more than is left stops at zero");
+        load.settle(Work { prompt: 5000, output: 150 });
+        assert_eq!(load.backlog(), Work { prompt: 0, output: 50 }, "settling more than is left stops at zero");
     }
 
     #[test]
     fn expected_output_is_capped_by_twice_the_recent_mean_unless_nothing_can_stop_it() {
         let load = Load::default();
-        assert_eq!(load.expected(10, 8000, true), Work { tokens: 8010, output: 8000 });
+        assert_eq!(load.expected(10, 8000, true), Work { prompt: 10, output: 8000 });
         load.record_output(50);
-        assert_eq!(load.expected(10, 8000, true), Work { tokens: 110, output: 100 });
-        assert_eq!(load.expected(10, 20, true).tokens, 30);
+        assert_eq!(load.expected(10, 8000, true), Work { prompt: 10, output: 100 });
+        assert_eq!(load.expected(10, 20, true).output, 20);
         assert_eq!(load.expected(10, 8000, false).output, 8000, "no stop token: it runs to max_tokens");
     }
 

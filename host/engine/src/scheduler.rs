@@ -62,8 +62,10 @@ struct Sequence {
     cache_intact: bool,
     /// Bytes of the KV budget it set aside.
     reserved: usize,
-    /// Tokens of its expected work not yet run.
-    work_left: usize,
+    /// Its expected work not yet run.
+    work_left: load::Work,
+    /// What of it this step runs.
+    ran: load::Work,
     deadline: Option<Instant>,
 }
 
@@ -190,7 +192,7 @@ pub(crate) fn run(
             };
             if job.events.is_closed() {
                 stats.queued.fetch_sub(1, Ordering::Relaxed);
-                load.settle(job.work.tokens);
+                load.settle(job.work);
                 continue;
             }
             let positions = job.request.prompt_tokens.len() + job.request.max_tokens;
@@ -210,7 +212,7 @@ pub(crate) fn run(
                 .is_some_and(|deadline| load.eta_alone(work).is_some_and(|alone| Instant::now() + alone > deadline));
             if hopeless {
                 let _ = events.send(TokenEvent::Failed(GenerationError::WouldMissDeadline));
-                load.settle(work.tokens);
+                load.settle(work);
                 continue;
             }
             reserved += need;
@@ -222,6 +224,9 @@ pub(crate) fn run(
                 None => model.new_cache(),
             };
             cache.reserve(positions);
+            // A reused prefix is prompt that will not run.
+            let reused = load::Work { prompt: cache.len().min(work.prompt), output: 0 };
+            load.settle(reused);
             running.push(Sequence {
                 sampler: Sampler::new(r.params, &r.prompt_tokens, r.logprobs, r.top_logprobs),
                 prefilled: cache.len(),
@@ -240,7 +245,8 @@ pub(crate) fn run(
                 completed: false,
                 cache_intact: true,
                 reserved: need,
-                work_left: work.tokens,
+                work_left: load::Work { prompt: work.prompt - reused.prompt, ..work },
+                ran: load::Work::default(),
                 deadline: r.deadline,
             });
         }
@@ -279,13 +285,13 @@ fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats
     // of sequences that joined after it wait (earlier ones go on).
     let now = Instant::now();
     let protect_until = load.decode_step().and_then(|step_time| {
-        running
-            .iter()
-            .rposition(|s| s.is_decoding() && s.deadline.is_some_and(|d| load::at_risk(s.work_left, d, now, step_time)))
+        running.iter().rposition(|s| {
+            s.is_decoding() && s.deadline.is_some_and(|d| load::at_risk(s.work_left.output, d, now, step_time))
+        })
     });
-    let mut prompt_tokens = 0;
     for (i, seq) in running.iter_mut().enumerate() {
         seq.input.clear();
+        seq.ran = load::Work::default();
         if seq.prefilled < seq.prompt.len() {
             if protect_until.is_some_and(|p| i > p) {
                 continue;
@@ -294,9 +300,10 @@ fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats
             seq.input.extend_from_slice(&seq.prompt[seq.prefilled..seq.prefilled + take]);
             seq.prefilled += take;
             budget -= take;
-            prompt_tokens += take;
+            seq.ran.prompt = take;
         } else {
             seq.input.append(&mut seq.pending);
+            seq.ran.output = seq.input.len();
         }
     }
     let mut items: Vec<SeqBatchItem<'_>> = running
@@ -309,11 +316,18 @@ fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats
     let started = Instant::now();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.forward(&mut items)));
     drop(items);
-    let tokens = running.iter().map(|s| s.input.len()).sum();
-    load.record_step(tokens, started.elapsed(), prompt_tokens == 0);
+    let ran = running.iter().fold(load::Work::default(), |sum, s| load::Work {
+        prompt: sum.prompt + s.ran.prompt,
+        output: sum.output + s.ran.output,
+    });
+    load.record_step(ran, started.elapsed());
     for seq in running.iter_mut() {
-        let ran = seq.input.len().min(seq.work_left);
-        seq.work_left -= ran;
+        let ran = load::Work {
+            prompt: seq.ran.prompt.min(seq.work_left.prompt),
+            output: seq.ran.output.min(seq.work_left.output),
+        };
+        seq.work_left.prompt -= ran.prompt;
+        seq.work_left.output -= ran.output;
         load.settle(ran);
     }
     stats.steps.fetch_add(1, Ordering::Relaxed);
