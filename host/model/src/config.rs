@@ -4,10 +4,65 @@ use candle_core::quantized::gguf_file::{Content, Value};
 
 use crate::{ModelError, Result};
 
-/// The shape of a Llama-architecture model.
+/// The architectures kiln runs: one decoder block (RMSNorm, grouped-query
+/// attention with RoPE, gated FFN) with each family's differences switched in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama 2/3.x, TinyLlama, SmolLM, Mistral: llama.cpp's `llama` layout.
+    Llama,
+    /// Qwen2 / Qwen2.5: biases on Q, K and V; RoPE over each head's halves.
+    Qwen2,
+    /// Qwen3: RMSNorm on each head of Q and K before RoPE; RoPE over halves.
+    Qwen3,
+}
+
+/// How RoPE pairs a head's dimensions (llama.cpp's rope types).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// "normal": dimensions `(2i, 2i+1)` rotate together (llama.cpp permutes
+    /// Llama's Q/K weights to this order when it converts them).
+    Interleaved,
+    /// "neox": dimensions `(i, i + n/2)` rotate together.
+    Halves,
+}
+
+impl Arch {
+    /// `general.architecture` values kiln loads, for errors that list them.
+    pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+
+    fn from_gguf_name(name: &str) -> Option<Arch> {
+        match name {
+            "llama" | "mistral" => Some(Arch::Llama),
+            "qwen2" => Some(Arch::Qwen2),
+            "qwen3" => Some(Arch::Qwen3),
+            _ => None,
+        }
+    }
+
+    pub fn rope_style(self) -> RopeStyle {
+        match self {
+            Arch::Llama => RopeStyle::Interleaved,
+            Arch::Qwen2 | Arch::Qwen3 => RopeStyle::Halves,
+        }
+    }
+
+    /// Q, K and V projections carry biases (`attn_{q,k,v}.bias`).
+    pub fn qkv_bias(self) -> bool {
+        self == Arch::Qwen2
+    }
+
+    /// Each head of Q and K is RMS-normalized (`attn_{q,k}_norm`) before RoPE.
+    pub fn qk_norm(self) -> bool {
+        self == Arch::Qwen3
+    }
+}
+
+/// The shape of a model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
+    /// `general.architecture` as the file names it.
     pub architecture: String,
+    pub arch: Arch,
     pub name: Option<String>,
     pub n_layer: usize,
     pub n_embd: usize,
@@ -25,20 +80,16 @@ pub struct ModelConfig {
     pub vocab_size: usize,
 }
 
-/// Architectures whose GGUF tensors follow llama.cpp's `llama` layout and
-/// interleaved ("normal") RoPE.
-const LLAMA_LIKE: &[&str] = &["llama", "mistral"];
-
 impl ModelConfig {
     pub fn from_gguf(content: &Content) -> Result<Self> {
         let arch =
             get(content, "general.architecture")?.to_string().map_err(|e| meta_err("general.architecture", e))?.clone();
-        if !LLAMA_LIKE.contains(&arch.as_str()) {
+        let Some(kind) = Arch::from_gguf_name(&arch) else {
             return Err(ModelError::Unsupported(format!(
-                "architecture `{arch}`; kiln runs Llama-family models ({})",
-                LLAMA_LIKE.join(", ")
+                "architecture `{arch}`; kiln runs {}",
+                Arch::SUPPORTED.join(", ")
             )));
-        }
+        };
         let u = |key: &str| -> Result<usize> {
             let full = format!("{arch}.{key}");
             get(content, &full)?.to_u32().map(|v| v as usize).map_err(|e| meta_err(&full, e))
@@ -46,10 +97,23 @@ impl ModelConfig {
         let n_embd = u("embedding_length")?;
         let n_head = u("attention.head_count")?;
         let n_head_kv = u("attention.head_count_kv").unwrap_or(n_head);
-        if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) || !n_embd.is_multiple_of(n_head) {
-            return Err(ModelError::Unsupported(format!("{n_head} query heads, {n_head_kv} KV heads, width {n_embd}")));
+        if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
+            return Err(ModelError::Unsupported(format!("{n_head} query heads, {n_head_kv} KV heads")));
         }
-        let head_dim = n_embd / n_head;
+        // Heads may be wider or narrower than width / heads (Qwen3, Gemma):
+        // then the file says how wide.
+        let head_dim = match content.metadata.get(&format!("{arch}.attention.key_length")) {
+            Some(_) => u("attention.key_length")?,
+            None if n_embd.is_multiple_of(n_head) => n_embd / n_head,
+            None => return Err(ModelError::Unsupported(format!("{n_head} heads do not divide width {n_embd}"))),
+        };
+        let value_dim = match content.metadata.get(&format!("{arch}.attention.value_length")) {
+            Some(_) => u("attention.value_length")?,
+            None => head_dim,
+        };
+        if head_dim == 0 || value_dim != head_dim {
+            return Err(ModelError::Unsupported(format!("key heads {head_dim} wide, value heads {value_dim}")));
+        }
         let rope_dim = u("rope.dimension_count").unwrap_or(head_dim);
         if rope_dim > head_dim || rope_dim % 2 != 0 {
             return Err(ModelError::Unsupported(format!("RoPE over {rope_dim} of {head_dim} head dimensions")));
@@ -100,7 +164,18 @@ impl ModelConfig {
             n_ctx_train: u("context_length")?,
             vocab_size,
             architecture: arch,
+            arch: kind,
         })
+    }
+
+    /// Width of all query heads together.
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+
+    /// Width of all key (or value) heads together.
+    pub fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
     }
 }
 

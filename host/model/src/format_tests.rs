@@ -2,76 +2,23 @@
 //! candle's GGUF writer: kiln's forward pass against candle-transformers'
 //! `quantized_llama` reading the same file.
 
+use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 
-use crate::{LoadOptions, Model, SeqBatchItem};
+use crate::Model;
 
-const VOCAB: usize = 300;
-const D: usize = 256;
-const FF: usize = 512;
-const LAYERS: usize = 2;
+use crate::tiny_gguf::{self, kiln_logits, relative_error};
 
-/// Writes a 2-layer Llama (width 256: K-quants need 256-wide rows) whose
-/// matrices are all `dtype`; returns the file.
+/// Writes a 2-layer Llama whose matrices are all `dtype`; returns the file.
 fn write_model(dtype: GgmlDType, dir: &std::path::Path) -> std::path::PathBuf {
     write_model_with(dtype, dir, vec![])
 }
 
 /// [`write_model`] with extra metadata entries.
 fn write_model_with(dtype: GgmlDType, dir: &std::path::Path, extra: Vec<(&str, Value)>) -> std::path::PathBuf {
-    let dev = Device::Cpu;
-    let mut seed = 1u32;
-    // A random `rows x cols` matrix quantized to `dtype`.
-    let mut matrix = |rows: usize, cols: usize| {
-        let v: Vec<f32> = (0..rows * cols)
-            .map(|_| {
-                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((seed >> 8) as f32 / (1 << 24) as f32 - 0.5) * 0.2
-            })
-            .collect();
-        QTensor::quantize(&Tensor::from_vec(v, (rows, cols), &dev).unwrap(), dtype).unwrap()
-    };
-    let mut tensors: Vec<(String, QTensor)> = vec![("token_embd.weight".into(), matrix(VOCAB, D))];
-    let ones =
-        |n: usize| QTensor::quantize(&Tensor::ones(n, candle_core::DType::F32, &dev).unwrap(), GgmlDType::F32).unwrap();
-    tensors.push(("output_norm.weight".into(), ones(D)));
-    for l in 0..LAYERS {
-        for (name, rows, cols) in [
-            ("attn_q", D, D),
-            ("attn_k", D / 2, D),
-            ("attn_v", D / 2, D),
-            ("attn_output", D, D),
-            ("ffn_gate", FF, D),
-            ("ffn_up", FF, D),
-            ("ffn_down", D, FF),
-        ] {
-            tensors.push((format!("blk.{l}.{name}.weight"), matrix(rows, cols)));
-        }
-        tensors.push((format!("blk.{l}.attn_norm.weight"), ones(D)));
-        tensors.push((format!("blk.{l}.ffn_norm.weight"), ones(D)));
-    }
-    let meta: Vec<(&str, Value)> = vec![
-        ("general.architecture", Value::String("llama".into())),
-        ("llama.block_count", Value::U32(LAYERS as u32)),
-        ("llama.embedding_length", Value::U32(D as u32)),
-        ("llama.feed_forward_length", Value::U32(FF as u32)),
-        ("llama.attention.head_count", Value::U32(4)),
-        ("llama.attention.head_count_kv", Value::U32(2)),
-        ("llama.rope.dimension_count", Value::U32(64)),
-        ("llama.context_length", Value::U32(256)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-        ("llama.rope.freq_base", Value::F32(10_000.0)),
-    ];
-    let meta: Vec<(&str, Value)> = meta.into_iter().chain(extra).collect();
-    let path = dir.join(format!("tiny-{dtype:?}-{}.gguf", meta.len()));
-    let mut f = std::fs::File::create(&path).unwrap();
-    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
-    path
+    tiny_gguf::write("llama", dtype, dir, extra)
 }
 
 fn candle_logits(path: &std::path::Path, tokens: &[u32]) -> Vec<f32> {
@@ -80,19 +27,6 @@ fn candle_logits(path: &std::path::Path, tokens: &[u32]) -> Vec<f32> {
     let mut m = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).unwrap();
     let input = Tensor::new(tokens, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     m.forward(&input, 0).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
-}
-
-fn kiln_logits(path: &std::path::Path, tokens: &[u32], f32_weights: bool) -> Vec<f32> {
-    let options = LoadOptions { max_context: None, f32_weights, kv_type: crate::KvType::F32 };
-    let model = Model::load_with(path, options).unwrap();
-    let mut cache = model.new_cache();
-    let out = model.forward(&mut [SeqBatchItem { tokens, cache: &mut cache, logits: true }]).unwrap();
-    out[0].clone().unwrap()
-}
-
-fn relative_error(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 #[test]

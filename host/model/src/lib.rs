@@ -1,11 +1,12 @@
-//! kiln-model: a Llama-family GGUF model and its forward pass.
+//! kiln-model: a GGUF decoder model (Llama, Mistral, Qwen2, Qwen3) and its forward pass.
 //!
 //! One call to [`Model::forward`] runs a batch of sequences, each at its own
 //! position with its own [`KvCache`]: prompt chunks (prefill) and single
 //! decode tokens mix freely in one step, which is what continuous batching
 //! needs. The layer weights' products run on `kiln-kernels` (`Q4_1`, `Q8_0`)
 //! or on candle-core's quantized matmul for the other GGUF formats; the
-//! small ops (RMSNorm, RoPE, grouped-query attention, SwiGLU) are fused
+//! small ops (RMSNorm, RoPE, grouped-query attention, SwiGLU) and each
+//! architecture's additions (Q/K/V biases, per-head Q/K norms) are fused
 //! loops over preallocated rows, because at 135M parameters a decode step is
 //! a few milliseconds and per-op tensor bookkeeping would be a large share.
 
@@ -13,12 +14,12 @@ mod attention;
 mod cache;
 mod config;
 mod linear;
-mod llama;
+mod model;
 mod ops;
 
 pub use cache::{KvCache, KvType};
-pub use config::ModelConfig;
-pub use llama::{LoadOptions, Model, SeqBatchItem};
+pub use config::{Arch, ModelConfig, RopeStyle};
+pub use model::{LoadOptions, Model, SeqBatchItem};
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -48,3 +49,9 @@ mod tests;
 
 #[cfg(test)]
 mod format_tests;
+
+#[cfg(test)]
+mod tiny_gguf;
+
+#[cfg(test)]
+mod arch_tests;

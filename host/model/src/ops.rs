@@ -12,6 +12,23 @@ pub(crate) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// [`rms_norm`] of one row, in place (Qwen3's per-head Q/K norms).
+pub(crate) fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    x.iter_mut().zip(weight).for_each(|(v, w)| *v *= inv * w);
+}
+
+/// Rotary embedding on one head, llama.cpp's "neox" layout: pairs `(i, i + n/2)`.
+pub(crate) fn rope_halves(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let (a, b) = head.split_at_mut(cos.len());
+    for (((a, b), c), s) in a.iter_mut().zip(b).zip(cos).zip(sin) {
+        let (x, y) = (*a, *b);
+        *a = x * c - y * s;
+        *b = x * s + y * c;
+    }
+}
+
 /// Rotary embedding on one head, llama.cpp's "normal" layout: pairs `(2i, 2i+1)`.
 pub(crate) fn rope_interleaved(head: &mut [f32], cos: &[f32], sin: &[f32]) {
     for (i, (c, s)) in cos.iter().zip(sin).enumerate() {

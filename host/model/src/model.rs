@@ -1,4 +1,5 @@
-//! The Llama model: loading from GGUF and the batched forward pass.
+//! The model: loading from GGUF and the batched forward pass, one decoder
+//! block for every [`crate::Arch`] with its differences switched in.
 
 use std::fs::File;
 use std::path::Path;
@@ -13,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::attention::AttnScratch;
 use crate::cache::{KvCache, KvType};
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, RopeStyle};
 use crate::linear::{FusedLinear, Linear, RawTensor, read_raw};
 use crate::ops;
 use crate::{ModelError, Result};
@@ -22,6 +23,10 @@ use crate::{ModelError, Result};
 struct Block {
     attn_norm: Vec<f32>,
     qkv: FusedLinear,
+    /// Added to each row of `qkv` (Qwen2).
+    qkv_bias: Option<Vec<f32>>,
+    /// Per-head RMSNorm weights of Q and of K, applied before RoPE (Qwen3).
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     wo: FusedLinear,
     ffn_norm: Vec<f32>,
     gate_up: FusedLinear,
@@ -151,17 +156,41 @@ impl Model {
         let mut blocks = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let (d, q, kv, ff) = (config.n_embd, config.q_dim(), config.kv_dim(), config.n_ff);
+            let qkv_bias = match config.arch.qkv_bias() {
+                false => None,
+                true => {
+                    let mut bias = Vec::with_capacity(q + 2 * kv);
+                    for (part, width) in [("attn_q", q), ("attn_k", kv), ("attn_v", kv)] {
+                        let name = format!("blk.{i}.{part}.bias");
+                        let b = vec(file, &name)?;
+                        expect_shape(&name, (1, b.len()), (1, width))?;
+                        bias.extend(b);
+                    }
+                    Some(bias)
+                }
+            };
+            let qk_norm = match config.arch.qk_norm() {
+                false => None,
+                true => {
+                    let (qn, kn) = (vec(file, &n("attn_q_norm"))?, vec(file, &n("attn_k_norm"))?);
+                    expect_shape(&n("attn_q_norm"), (1, qn.len()), (1, config.head_dim))?;
+                    expect_shape(&n("attn_k_norm"), (1, kn.len()), (1, config.head_dim))?;
+                    Some((qn, kn))
+                }
+            };
             let block = Block {
                 attn_norm: vec(file, &n("attn_norm"))?,
                 qkv: FusedLinear::load(file, content, &[n("attn_q"), n("attn_k"), n("attn_v")], f32_weights)?,
+                qkv_bias,
+                qk_norm,
                 wo: FusedLinear::load(file, content, &[n("attn_output")], f32_weights)?,
                 ffn_norm: vec(file, &n("ffn_norm"))?,
                 gate_up: FusedLinear::load(file, content, &[n("ffn_gate"), n("ffn_up")], f32_weights)?,
                 down: FusedLinear::load(file, content, &[n("ffn_down")], f32_weights)?,
             };
-            let (d, kv, ff) = (config.n_embd, config.n_head_kv * config.head_dim, config.n_ff);
-            expect_shape(&n("attn_q/k/v"), (block.qkv.rows(), block.qkv.cols()), (d + 2 * kv, d))?;
-            expect_shape(&n("attn_output"), (block.wo.rows(), block.wo.cols()), (d, d))?;
+            expect_shape(&n("attn_q/k/v"), (block.qkv.rows(), block.qkv.cols()), (q + 2 * kv, d))?;
+            expect_shape(&n("attn_output"), (block.wo.rows(), block.wo.cols()), (d, q))?;
             expect_shape(&n("ffn_gate/up"), (block.gate_up.rows(), block.gate_up.cols()), (2 * ff, d))?;
             expect_shape(&n("ffn_down"), (block.down.rows(), block.down.cols()), (d, ff))?;
             expect_shape(&n("attn_norm"), (1, block.attn_norm.len()), (1, d))?;
@@ -253,7 +282,7 @@ impl Model {
     }
 
     fn kv_dim(&self) -> usize {
-        self.config.n_head_kv * self.config.head_dim
+        self.config.kv_dim()
     }
 
     /// Runs one step for a batch of sequences. Returns, per item, the logits
@@ -268,8 +297,8 @@ impl Model {
     fn forward_in_pool(&self, items: &mut [SeqBatchItem<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
         let cfg = &self.config;
         let (d, hd, n_head, n_kv) = (cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_head_kv);
-        let kvd = n_kv * hd;
-        let qkv_w = d + 2 * kvd;
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let qkv_w = qd + 2 * kvd;
         // Validate the whole batch before touching any cache.
         let mut rows: Vec<(usize, usize)> = Vec::new(); // (item, position) per token row
         for (i, item) in items.iter().enumerate() {
@@ -292,7 +321,7 @@ impl Model {
         }
         let mut xn = vec![0f32; t * d];
         let mut qkv = vec![0f32; t * qkv_w];
-        let mut attn = vec![0f32; t * d];
+        let mut attn = vec![0f32; t * qd];
         let mut proj = vec![0f32; t * d];
         let mut gate_up = vec![0f32; t * 2 * cfg.n_ff];
         let mut h = vec![0f32; t * cfg.n_ff];
@@ -305,13 +334,27 @@ impl Model {
                 ops::rms_norm(&x, &block.attn_norm, cfg.rms_eps, &mut xn);
                 block.qkv.forward(&xn, t, &mut acts, &mut qkv)?;
                 for (row, &(_, pos)) in qkv.chunks_exact_mut(qkv_w).zip(&rows) {
+                    if let Some(bias) = &block.qkv_bias {
+                        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                    }
                     let (cos, sin) = (&self.rope_cos[pos * half..][..half], &self.rope_sin[pos * half..][..half]);
-                    for head in row[..d + kvd].chunks_exact_mut(hd) {
-                        ops::rope_interleaved(&mut head[..cfg.rope_dim], cos, sin);
+                    let (q, k) = row[..qd + kvd].split_at_mut(qd);
+                    for (heads, norm) in
+                        [(q, block.qk_norm.as_ref().map(|n| &n.0)), (k, block.qk_norm.as_ref().map(|n| &n.1))]
+                    {
+                        for head in heads.chunks_exact_mut(hd) {
+                            if let Some(norm) = norm {
+                                ops::rms_norm_in_place(head, norm, cfg.rms_eps);
+                            }
+                            match cfg.arch.rope_style() {
+                                RopeStyle::Interleaved => ops::rope_interleaved(&mut head[..cfg.rope_dim], cos, sin),
+                                RopeStyle::Halves => ops::rope_halves(&mut head[..cfg.rope_dim], cos, sin),
+                            }
+                        }
                     }
                 }
                 for (row, &(i, pos)) in qkv.chunks_exact(qkv_w).zip(&rows) {
-                    items[i].cache.append(l, pos, &row[d..d + kvd], &row[d + kvd..]);
+                    items[i].cache.append(l, pos, &row[qd..qd + kvd], &row[qd + kvd..]);
                 }
                 let caches: Vec<&KvCache> = items.iter().map(|it| &*it.cache).collect();
                 let group = n_head / n_kv;
