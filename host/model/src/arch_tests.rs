@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
-use candle_transformers::models::{quantized_qwen2, quantized_qwen3};
+use candle_transformers::models::{quantized_phi3, quantized_qwen2, quantized_qwen3};
 
 use crate::tiny_gguf::{self, kiln_logits, relative_error};
 use crate::{Arch, Model, RopeStyle};
@@ -23,6 +23,9 @@ fn candle_logits(arch: &str, path: &Path) -> Vec<f32> {
     let logits = match arch {
         "qwen2" => quantized_qwen2::ModelWeights::from_gguf(content, &mut f, &Device::Cpu).unwrap().forward(&input, 0),
         "qwen3" => quantized_qwen3::ModelWeights::from_gguf(content, &mut f, &Device::Cpu).unwrap().forward(&input, 0),
+        "phi3" => {
+            quantized_phi3::ModelWeights::from_gguf(false, content, &mut f, &Device::Cpu).unwrap().forward(&input, 0)
+        }
         other => panic!("no reference for {other}"),
     };
     let all: Vec<f32> = logits.unwrap().flatten_all().unwrap().to_vec1().unwrap();
@@ -30,9 +33,9 @@ fn candle_logits(arch: &str, path: &Path) -> Vec<f32> {
 }
 
 #[test]
-fn qwen2_and_qwen3_match_candles_models_of_them() {
+fn qwen2_qwen3_and_phi3_match_candles_models_of_them() {
     let dir = tempfile::tempdir().unwrap();
-    for arch in ["qwen2", "qwen3"] {
+    for arch in ["qwen2", "qwen3", "phi3"] {
         for dtype in [GgmlDType::F32, GgmlDType::Q8_0] {
             let path = tiny_gguf::write(arch, dtype, dir.path(), vec![]);
             let theirs = candle_logits(arch, &path);
@@ -76,7 +79,7 @@ fn a_missing_bias_or_head_norm_is_named_and_an_unknown_architecture_lists_what_r
     let err = Model::load(&relabelled("qwen3"), None).unwrap_err().to_string();
     assert!(err.contains("blk.0.attn_q_norm.weight"), "{err}");
     let err = Model::load(&relabelled("bloom"), None).unwrap_err().to_string();
-    assert!(err.contains("`bloom`") && err.contains("llama, mistral, qwen2, qwen3"), "{err}");
+    assert!(err.contains("`bloom`") && err.contains("llama, mistral, qwen2, qwen3, phi3"), "{err}");
 }
 
 fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {

@@ -14,6 +14,9 @@ pub enum Arch {
     Qwen2,
     /// Qwen3: RMSNorm on each head of Q and K before RoPE; RoPE over halves.
     Qwen3,
+    /// Phi-3: Q/K/V in one matrix (`attn_qkv`), gate and up in one
+    /// (`ffn_up`, gate first); RoPE over halves.
+    Phi3,
 }
 
 /// How RoPE pairs a head's dimensions (llama.cpp's rope types).
@@ -28,13 +31,14 @@ pub enum RopeStyle {
 
 impl Arch {
     /// `general.architecture` values kiln loads, for errors that list them.
-    pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+    pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3"];
 
     fn from_gguf_name(name: &str) -> Option<Arch> {
         match name {
             "llama" | "mistral" => Some(Arch::Llama),
             "qwen2" => Some(Arch::Qwen2),
             "qwen3" => Some(Arch::Qwen3),
+            "phi3" => Some(Arch::Phi3),
             _ => None,
         }
     }
@@ -42,13 +46,18 @@ impl Arch {
     pub fn rope_style(self) -> RopeStyle {
         match self {
             Arch::Llama => RopeStyle::Interleaved,
-            Arch::Qwen2 | Arch::Qwen3 => RopeStyle::Halves,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 => RopeStyle::Halves,
         }
     }
 
     /// Q, K and V projections carry biases (`attn_{q,k,v}.bias`).
     pub fn qkv_bias(self) -> bool {
         self == Arch::Qwen2
+    }
+
+    /// Q/K/V and gate/up are stored fused, one tensor each.
+    pub fn fused_projections(self) -> bool {
+        self == Arch::Phi3
     }
 
     /// Each head of Q and K is RMS-normalized (`attn_{q,k}_norm`) before RoPE.

@@ -179,14 +179,18 @@ impl Model {
                     Some((qn, kn))
                 }
             };
+            let (qkv_names, gate_up_names) = match config.arch.fused_projections() {
+                true => (vec![n("attn_qkv")], vec![n("ffn_up")]),
+                false => (vec![n("attn_q"), n("attn_k"), n("attn_v")], vec![n("ffn_gate"), n("ffn_up")]),
+            };
             let block = Block {
                 attn_norm: vec(file, &n("attn_norm"))?,
-                qkv: FusedLinear::load(file, content, &[n("attn_q"), n("attn_k"), n("attn_v")], f32_weights)?,
+                qkv: FusedLinear::load(file, content, &qkv_names, f32_weights)?,
                 qkv_bias,
                 qk_norm,
                 wo: FusedLinear::load(file, content, &[n("attn_output")], f32_weights)?,
                 ffn_norm: vec(file, &n("ffn_norm"))?,
-                gate_up: FusedLinear::load(file, content, &[n("ffn_gate"), n("ffn_up")], f32_weights)?,
+                gate_up: FusedLinear::load(file, content, &gate_up_names, f32_weights)?,
                 down: FusedLinear::load(file, content, &[n("ffn_down")], f32_weights)?,
             };
             expect_shape(&n("attn_q/k/v"), (block.qkv.rows(), block.qkv.cols()), (q + 2 * kv, d))?;
@@ -211,6 +215,14 @@ impl Model {
         }
         let output_norm = vec(file, "output_norm.weight")?;
         expect_shape("output_norm.weight", (1, output_norm.len()), (1, config.n_embd))?;
+        if ["rope_factors_long.weight", "rope_factors_short.weight"]
+            .iter()
+            .any(|t| content.tensor_infos.contains_key(*t))
+        {
+            return Err(ModelError::Unsupported(
+                "long-context RoPE factors (rope_factors_long/short, LongRoPE)".into(),
+            ));
+        }
         let rope_freq_factors = match content.tensor_infos.get("rope_freqs.weight") {
             None => None,
             Some(_) => {

@@ -43,7 +43,7 @@ impl Random {
     }
 }
 
-/// Writes a 2-layer model of `arch` (`llama`, `qwen2`, `qwen3`) whose
+/// Writes a 2-layer model of `arch` (`llama`, `qwen2`, `qwen3`, `phi3`) whose
 /// matrices are all `dtype`, with `extra` metadata; returns the file. Norm
 /// weights and biases are random too, so a missed one shows in the logits.
 /// Qwen3's heads are wider than width / heads, as in the real models.
@@ -55,8 +55,12 @@ pub fn write(arch: &str, dtype: GgmlDType, dir: &Path, extra: Vec<(&str, Value)>
         ("token_embd.weight".into(), random.matrix(VOCAB, D, 0.1, dtype)),
         ("output_norm.weight".into(), random.vector(D, 1.0, 0.5)),
     ];
+    if arch == "phi3" {
+        // candle's Phi-3 wants its own output head; the others share the embedding.
+        tensors.push(("output.weight".into(), random.matrix(VOCAB, D, 0.1, dtype)));
+    }
     for l in 0..LAYERS {
-        for (name, rows, cols) in [
+        let separate = [
             ("attn_q", q, D),
             ("attn_k", kv, D),
             ("attn_v", kv, D),
@@ -64,7 +68,10 @@ pub fn write(arch: &str, dtype: GgmlDType, dir: &Path, extra: Vec<(&str, Value)>
             ("ffn_gate", FF, D),
             ("ffn_up", FF, D),
             ("ffn_down", D, FF),
-        ] {
+        ];
+        let fused = [("attn_qkv", q + 2 * kv, D), ("attn_output", D, q), ("ffn_up", 2 * FF, D), ("ffn_down", D, FF)];
+        let matrices = if arch == "phi3" { &fused[..] } else { &separate[..] };
+        for &(name, rows, cols) in matrices {
             tensors.push((format!("blk.{l}.{name}.weight"), random.matrix(rows, cols, 0.1, dtype)));
         }
         tensors.push((format!("blk.{l}.attn_norm.weight"), random.vector(D, 1.0, 0.5)));
