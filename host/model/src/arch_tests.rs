@@ -62,7 +62,7 @@ fn each_architecture_switches_in_its_own_parts() {
 }
 
 #[test]
-fn a_missing_bias_or_head_norm_is_named_and_an_unknown_architecture_lists_what_runs() {
+fn a_missing_bias_or_head_norm_is_named_and_unknown_architectures_or_rope_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     // A Llama file relabelled: a Qwen2 without biases, a Qwen3 without head norms.
     let relabelled = |arch: &str| {
@@ -78,6 +78,9 @@ fn a_missing_bias_or_head_norm_is_named_and_an_unknown_architecture_lists_what_r
     assert!(err.contains("blk.0.attn_q.bias"), "{err}");
     let err = Model::load(&relabelled("qwen3"), None).unwrap_err().to_string();
     assert!(err.contains("blk.0.attn_q_norm.weight"), "{err}");
+    let longrope = tiny_gguf::write_with("phi3", GgmlDType::Q8_0, dir.path(), vec![], &["rope_factors_long.weight"]);
+    let err = Model::load(&longrope, None).unwrap_err().to_string();
+    assert!(err.contains("rope_factors_long"), "{err}");
     let err = Model::load(&relabelled("bloom"), None).unwrap_err().to_string();
     assert!(err.contains("`bloom`") && err.contains("llama, mistral, qwen2, qwen3, phi3"), "{err}");
 }

@@ -48,6 +48,17 @@ impl Random {
 /// weights and biases are random too, so a missed one shows in the logits.
 /// Qwen3's heads are wider than width / heads, as in the real models.
 pub fn write(arch: &str, dtype: GgmlDType, dir: &Path, extra: Vec<(&str, Value)>) -> PathBuf {
+    write_with(arch, dtype, dir, extra, &[])
+}
+
+/// [`write`] plus f32 vectors named `extra_vectors` (32 values each).
+pub fn write_with(
+    arch: &str,
+    dtype: GgmlDType,
+    dir: &Path,
+    extra: Vec<(&str, Value)>,
+    extra_vectors: &[&str],
+) -> PathBuf {
     let mut random = Random(1);
     let head_dim = if arch == "qwen3" { 128 } else { D / HEADS };
     let (q, kv) = (HEADS * head_dim, KV_HEADS * head_dim);
@@ -106,7 +117,10 @@ pub fn write(arch: &str, dtype: GgmlDType, dir: &Path, extra: Vec<(&str, Value)>
         meta.push((key("attention.value_length"), Value::U32(head_dim as u32)));
     }
     meta.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
-    let path = dir.join(format!("tiny-{arch}-{dtype:?}-{}.gguf", meta.len()));
+    for name in extra_vectors {
+        tensors.push((name.to_string(), random.vector(32, 1.0, 0.5)));
+    }
+    let path = dir.join(format!("tiny-{arch}-{dtype:?}-{}-{}.gguf", meta.len(), tensors.len()));
     let mut f = std::fs::File::create(&path).unwrap();
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
