@@ -83,3 +83,70 @@ fn bench_json_reports_every_figure() {
         assert!(v.is_finite() && v > 0.0, "{key} = {v}");
     }
 }
+
+/// Answers like the Hub for one repository holding `file`: the tree API
+/// (with its LFS sha256) and its `resolve` URL. Returns the endpoint.
+fn local_hub(repo: &'static str, name: &'static str, file: std::path::PathBuf) -> String {
+    use sha2::Digest;
+    use std::io::{BufRead, BufReader, Write};
+    let data = std::fs::read(&file).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&data));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request_line = String::new();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            reader.read_line(&mut request_line).unwrap();
+            while reader.read_line(&mut String::new()).map(|n| n > 2).unwrap_or(false) {}
+            let path = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let body = if path == format!("/api/models/{repo}/tree/main?recursive=true") {
+                serde_json::to_vec(&serde_json::json!([
+                    {"type": "file", "path": name, "size": data.len(), "lfs": {"oid": sha, "size": data.len()}}
+                ]))
+                .unwrap()
+            } else if path == format!("/{repo}/resolve/main/{name}") {
+                data.clone()
+            } else {
+                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            };
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body));
+        }
+    });
+    endpoint
+}
+
+#[test]
+fn a_hub_model_is_pulled_listed_run_offline_and_removed() {
+    let cache = tempfile::tempdir().unwrap();
+    let name = "SmolLM2-135M-Instruct.Q4_1.gguf";
+    let hub = local_hub("acme/smol-GGUF", name, model_path());
+    let spec = format!("hf:acme/smol-GGUF/{name}");
+    let kiln_in_cache = || {
+        let mut cmd = kiln();
+        cmd.env("KILN_CACHE_DIR", cache.path()).env("HF_ENDPOINT", &hub).env_remove("HF_TOKEN");
+        cmd
+    };
+    let out = run(kiln_in_cache().args(["pull", "hf:acme/smol-GGUF", "--quant", "q4_1"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).trim().ends_with(&format!("hf/acme/smol-GGUF/{name}")), "{}", stdout(&out));
+    let listed = stdout(&run(kiln_in_cache().arg("list")));
+    assert!(listed.contains(&spec), "{listed}");
+    // Cached and named: runs with the Hub gone.
+    let offline = || {
+        let mut cmd = kiln_in_cache();
+        cmd.env("HF_ENDPOINT", "http://127.0.0.1:9");
+        cmd
+    };
+    let out = run(offline().args(["generate", "--temperature", "0", "--max-tokens", "4", "--model", &spec, "Hi"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).trim().is_empty());
+    let out = run(kiln_in_cache().args(["rm", &spec]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&run(kiln_in_cache().arg("list"))).contains(&spec));
+    // Not a Hub name: a clear refusal.
+    let out = run(kiln_in_cache().args(["pull", "acme/smol-GGUF"]));
+    assert!(!out.status.success() && stderr(&out).contains("hf:ORG/REPO"), "{}", stderr(&out));
+}

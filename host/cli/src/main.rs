@@ -1,6 +1,7 @@
 //! `kiln`: the command line of the kiln inference server.
 //!
-//! `kiln serve` serves the HTTP API, `kiln pull` fetches the default model,
+//! `kiln serve` serves the HTTP API, `kiln pull` fetches the default model or one
+//! from the Hugging Face Hub (`kiln list` / `kiln rm` manage the cache),
 //! `kiln generate` streams a chat answer to stdout, `kiln bench` measures the engine (optionally side by side
 //! with llama.cpp on the same file).
 
@@ -31,7 +32,8 @@ struct Cli {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// A local GGUF file; by default SmolLM2-135M-Instruct (Q4_1), fetched on first use.
+    /// A local GGUF file or `hf:ORG/REPO/FILE.gguf` (fetched on first use);
+    /// by default SmolLM2-135M-Instruct (Q4_1), fetched on first use.
     #[arg(long, env = "KILN_MODEL")]
     pub model: Option<PathBuf>,
     /// Longest sequence, prompt plus output (default: the model's training context).
@@ -49,8 +51,19 @@ enum Command {
     /// Serve the HTTP API (the guide's endpoints and OpenAI's) on a model.
     // Boxed: the largest set of arguments by far (clippy::large_enum_variant).
     Serve(Box<serve::ServeArgs>),
-    /// Fetch the default model into the cache (verifying its sha256).
-    Pull,
+    /// Fetch a model into the cache, verifying its sha256: the default one, or
+    /// one from the Hugging Face Hub (HF_TOKEN and HF_ENDPOINT are honoured).
+    Pull {
+        /// `hf:ORG/REPO` or `hf:ORG/REPO/FILE.gguf`; the default model when absent.
+        model: Option<String>,
+        /// Which of a repository's GGUF files: the one whose name holds this (e.g. Q4_K_M).
+        #[arg(long)]
+        quant: Option<String>,
+    },
+    /// List the models in the cache.
+    List,
+    /// Delete a cached model (a name as `kiln list` shows it).
+    Rm { name: String },
     /// Manage API keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -118,9 +131,33 @@ fn main() -> Result<()> {
             println!("{}: ok ({summary})", file.display());
             Ok(())
         }
-        Command::Pull => {
+        Command::Pull { model: None, quant: None } => {
             let path = kiln_hub::pull(&kiln_hub::ModelSpec::DEFAULT, true)?;
             println!("{}", path.display());
+            Ok(())
+        }
+        Command::Pull { model, quant } => {
+            let Some(spec) = model else {
+                anyhow::bail!("--quant picks among a Hub repository's files: name one (hf:ORG/REPO)")
+            };
+            let Some(model) = kiln_hub::HfModel::parse(&spec) else {
+                anyhow::bail!("`{spec}` is not a Hub model: kiln pull takes hf:ORG/REPO or hf:ORG/REPO/FILE.gguf");
+            };
+            let source = kiln_hub::HfSource::from_env();
+            let path = kiln_hub::pull_hf(&model?, quant.as_deref(), &source, &kiln_hub::cache_dir()?, true)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::List => {
+            let dir = kiln_hub::cache_dir()?;
+            for model in kiln_hub::cached_models(&dir)? {
+                println!("{}\t{:.1} MiB\t{}", model.name, model.size as f64 / (1 << 20) as f64, model.path.display());
+            }
+            Ok(())
+        }
+        Command::Rm { name } => {
+            let path = kiln_hub::remove_cached(&kiln_hub::cache_dir()?, &name)?;
+            println!("deleted {}", path.display());
             Ok(())
         }
         Command::Generate {

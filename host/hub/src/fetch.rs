@@ -85,7 +85,7 @@ impl Drop for TempFile {
 
 /// Hides the bar when not requested; indicatif itself hides it when stderr
 /// is not a terminal, so logs piped to a file stay clean.
-fn bar(progress: bool, total: Option<u64>, msg: String) -> ProgressBar {
+pub(crate) fn bar(progress: bool, total: Option<u64>, msg: String) -> ProgressBar {
     if !progress {
         return ProgressBar::hidden();
     }
@@ -128,7 +128,7 @@ fn copy_hashing(
 
 /// Fails with [`HubError::HashMismatch`] unless `actual` equals `expected`
 /// (case-insensitively, since indexes are free to use upper-case hex).
-fn check_hash(file: &str, expected: &str, actual: &str) -> Result<(), HubError> {
+pub(crate) fn check_hash(file: &str, expected: &str, actual: &str) -> Result<(), HubError> {
     if expected.eq_ignore_ascii_case(actual) {
         Ok(())
     } else {

