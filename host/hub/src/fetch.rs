@@ -111,10 +111,21 @@ fn copy_hashing(
     bar: &ProgressBar,
 ) -> Result<Result<String, io::Error>, HubError> {
     let mut hasher = Sha256::new();
+    Ok(copy_into_hasher(src, dst, dst_path, bar, &mut hasher)?.map(|()| hex::encode(hasher.finalize())))
+}
+
+/// [`copy_hashing`] into a hash already begun (a resumed download's).
+pub(crate) fn copy_into_hasher(
+    src: &mut impl Read,
+    dst: &mut impl Write,
+    dst_path: &Path,
+    bar: &ProgressBar,
+    hasher: &mut Sha256,
+) -> Result<Result<(), io::Error>, HubError> {
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = match src.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return Ok(Ok(())),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Ok(Err(e)),
@@ -123,7 +134,6 @@ fn copy_hashing(
         dst.write_all(&buf[..n]).map_err(HubError::io("could not write", dst_path))?;
         bar.inc(n as u64);
     }
-    Ok(Ok(hex::encode(hasher.finalize())))
 }
 
 /// Fails with [`HubError::HashMismatch`] unless `actual` equals `expected`

@@ -11,15 +11,16 @@
 //! sent as a bearer token (gated and private repositories).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
+use indicatif::ProgressBar;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use ureq::Agent;
 
 use crate::HubError;
-use crate::fetch::{bar, check_hash};
+use crate::fetch::{bar, check_hash, copy_into_hasher};
 
 /// The Hub itself, when `HF_ENDPOINT` is unset.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -217,7 +218,8 @@ fn download_resumable(
     if have > 0 {
         // What is there counts towards the hash: read it once.
         let mut f = File::open(&part).map_err(HubError::io("could not open", &part))?;
-        io::copy(&mut f, &mut HashWriter(&mut hasher)).map_err(HubError::io("could not read", &part))?;
+        copy_into_hasher(&mut f, &mut io::sink(), &part, &ProgressBar::hidden(), &mut hasher)?
+            .map_err(HubError::io("could not read", &part))?;
     }
     let mut request = source.get(agent, url);
     if have > 0 {
@@ -246,20 +248,9 @@ fn download_resumable(
     bar.set_position(have);
     if status != 416 {
         let mut reader = resp.body_mut().with_config().limit(file.size - have + 1).reader();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => {
-                    bar.abandon();
-                    return Err(HubError::Interrupted { url: url.to_owned(), err, kept: part.clone() });
-                }
-            };
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(HubError::io("could not write", &part))?;
-            bar.inc(n as u64);
+        if let Err(err) = copy_into_hasher(&mut reader, &mut out, &part, &bar, &mut hasher)? {
+            bar.abandon();
+            return Err(HubError::Interrupted { url: url.to_owned(), err, kept: part.clone() });
         }
     }
     bar.finish_and_clear();
@@ -277,20 +268,6 @@ fn download_resumable(
         return Err(e);
     }
     fs::rename(&part, dest).map_err(HubError::io("could not move into place", dest))
-}
-
-/// Feeds what is written into a hasher.
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ pub enum ApiError {
     Overloaded { queued: usize },
     /// Refused before it ran: the work ahead would keep it past its deadline.
     #[error("{message}; retry in {} s", retry_after.as_secs())]
-    Behind { message: String, retry_after: std::time::Duration },
+    Behind { message: String, retry_after: Duration },
     #[error("the engine has stopped; the server is shutting down")]
     Unavailable,
     #[error("the server has {limit} connections open, its limit; retry shortly")]
