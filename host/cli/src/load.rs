@@ -34,8 +34,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         kv_type: args.kv_cache_type.unwrap_or_default(),
         ..LoadOptions::default()
     };
-    let model =
-        Model::from_content(&content, &mut file, options).with_context(|| format!("loading {}", path.display()))?;
+    let model = Model::from_content(&content, &file, options).with_context(|| format!("loading {}", path.display()))?;
     let tokenizer = Tokenizer::from_gguf(&content)?;
     let token = |id: Option<u32>| id.and_then(|i| tokenizer.token_str(i)).unwrap_or("").to_string();
     let (bos, eos) = (token(tokenizer.bos_token_id()), token(tokenizer.eos_token_id()));

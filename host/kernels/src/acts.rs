@@ -19,6 +19,9 @@ pub struct QuantizedActs {
     /// `d * sum(q)` without the f16 rounding of `s`: the AVX-512 `Q8_0` path
     /// subtracts `128 *` this, which would amplify any rounding 128-fold.
     pub(crate) sum_d: Vec<f32>,
+    /// `d * sum(q)` over each half of 16 (exact, two per block): the `Q6_K`
+    /// kernels multiply unsigned `q` and take `32 *` this back out per half.
+    pub(crate) sum16_d: Vec<f32>,
 }
 
 impl QuantizedActs {
@@ -49,6 +52,8 @@ impl QuantizedActs {
         self.s.resize(rows * nb, 0.0);
         self.sum_d.clear();
         self.sum_d.resize(rows * nb, 0.0);
+        self.sum16_d.clear();
+        self.sum16_d.resize(rows * nb * 2, 0.0);
         #[cfg(target_arch = "x86_64")]
         if crate::Isa::current() != crate::Isa::Scalar {
             // SAFETY: every non-scalar `Isa` implies AVX2 and FMA.
@@ -76,11 +81,17 @@ impl QuantizedActs {
                 let d = amax / 127.0;
                 let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
                 let out = &mut self.qs[(r * nb + b) * BLOCK..][..chunk.len()];
-                let mut sum = 0i32;
-                for (q, v) in out.iter_mut().zip(chunk) {
+                let (mut sum, mut first) = (0i32, 0i32);
+                for (k, (q, v)) in out.iter_mut().zip(chunk).enumerate() {
                     let v = (v * inv).round() as i8;
                     *q = v;
                     sum += v as i32;
+                    if k == 15 {
+                        first = sum;
+                    }
+                }
+                if chunk.len() <= 16 {
+                    first = sum;
                 }
                 // Scales rounded through f16 as llama.cpp's Q8_0/Q8_1 store them, so
                 // kiln's numerics track the reference implementation's.
@@ -88,6 +99,8 @@ impl QuantizedActs {
                 self.d[r * nb + b] = d16;
                 self.s[r * nb + b] = half::f16::from_f32(d * sum as f32).to_f32();
                 self.sum_d[r * nb + b] = d16 * sum as f32;
+                self.sum16_d[2 * (r * nb + b)] = d16 * first as f32;
+                self.sum16_d[2 * (r * nb + b) + 1] = d16 * (sum - first) as f32;
             }
         }
     }
@@ -99,6 +112,7 @@ impl QuantizedActs {
             d: &self.d[r * nb..(r + 1) * nb],
             s: &self.s[r * nb..(r + 1) * nb],
             sum_d: &self.sum_d[r * nb..(r + 1) * nb],
+            sum16_d: &self.sum16_d[2 * r * nb..2 * (r + 1) * nb],
         }
     }
 }
@@ -110,4 +124,5 @@ pub(crate) struct ActRow<'a> {
     pub d: &'a [f32],
     pub s: &'a [f32],
     pub sum_d: &'a [f32],
+    pub sum16_d: &'a [f32],
 }

@@ -1,7 +1,9 @@
 //! kiln-kernels: the hot loops of a CPU forward pass, owned by the host.
 //!
-//! Weights in GGUF's `Q4_1` and `Q8_0` formats are repacked once at load into
-//! a layout that AVX2 and AVX-512 dot products read in one pass, and every
+//! Weights in GGUF's `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0` and K-quant (`Q4_K`,
+//! `Q5_K`, `Q6_K`) formats are decoded once at load (`blocks`) and repacked
+//! into one of three layouts that AVX2 and AVX-512 dot products read in one
+//! pass (`matrix`), and every
 //! activation row is quantized to 8 bits per 32-element block. One weight row
 //! is then dotted against up to eight activation rows at a time, so a batch of
 //! sequences reads the weights once per step (a matrix-matrix product, not
@@ -12,6 +14,7 @@
 //! as the reference for the others.
 
 mod acts;
+mod blocks;
 mod matrix;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -84,3 +87,6 @@ impl Isa {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod kquant_tests;

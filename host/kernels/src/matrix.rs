@@ -14,37 +14,106 @@ const ROW_BLOCK: usize = 64;
 /// GGUF formats the kernels run natively.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightFormat {
-    /// 32 weights as 4-bit `q` with `w = d * q + m` (GGUF `Q4_1`, 20 bytes a block).
+    /// 32 weights as 4-bit `q` with `w = d * q + m` (20 bytes a block).
     Q4_1,
-    /// 32 weights as `i8` with `w = d * q` (GGUF `Q8_0`, 34 bytes a block).
+    /// 32 weights as `i8` with `w = d * q` (34 bytes a block).
     Q8_0,
+    /// 32 weights as 5-bit `q` with `w = d * (q - 16)` (22 bytes a block).
+    Q5_0,
+    /// 32 weights as 5-bit `q` with `w = d * q + m` (24 bytes a block).
+    Q5_1,
+    /// 256 weights in eight sub-blocks of 4-bit `q`, each with 6-bit scale and
+    /// min under `f16` super-scales (144 bytes a block).
+    Q4K,
+    /// As `Q4_K` with 5-bit `q` (176 bytes a block).
+    Q5K,
+    /// 256 weights as 6-bit `q` in sixteen sub-blocks with `i8` scales,
+    /// `w = d * sc * (q - 32)` (210 bytes a block).
+    Q6K,
 }
 
 impl WeightFormat {
-    fn raw_block_bytes(self) -> usize {
+    /// Weights per GGUF block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => 256,
+            _ => BLOCK,
+        }
+    }
+
+    /// Bytes per GGUF block.
+    pub fn block_bytes(self) -> usize {
         match self {
             WeightFormat::Q4_1 => 20,
             WeightFormat::Q8_0 => 34,
+            WeightFormat::Q5_0 => 22,
+            WeightFormat::Q5_1 => 24,
+            WeightFormat::Q4K => 144,
+            WeightFormat::Q5K => 176,
+            WeightFormat::Q6K => 210,
         }
+    }
+
+    fn layout(self) -> Layout {
+        match self {
+            WeightFormat::Q4_1 | WeightFormat::Q4K => Layout::Nibbles,
+            // Q5_0 is symmetric (`q - 16`) with one scale a block: Q8_0's layout exactly.
+            WeightFormat::Q8_0 | WeightFormat::Q5_0 => Layout::Bytes,
+            WeightFormat::Q5_1 | WeightFormat::Q5K => Layout::Bytes16,
+            WeightFormat::Q6K => Layout::Sixes,
+        }
+    }
+
+    /// Whether weights carry an offset (`m`) besides their scale.
+    fn has_offset(self) -> bool {
+        matches!(self, WeightFormat::Q4_1 | WeightFormat::Q4K | WeightFormat::Q5_1 | WeightFormat::Q5K)
     }
 }
 
+/// How a matrix is held for the kernels, whatever GGUF format it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// 4-bit `q`, one `d` and one `m` per 32 weights (`Q4_1`, `Q4_K`).
+    Nibbles,
+    /// `i8` `q`, one `d` per 32 weights (`Q8_0`, `Q5_0`).
+    Bytes,
+    /// `i8` `q`, one `d` per 16 weights and, where the format has one, an `m`
+    /// per 32 (`Q5_1`, `Q5_K`, `Q6_K`): 5- and 6-bit weights widened to
+    /// bytes so one kernel serves them all.
+    Bytes16,
+    /// `Q6_K`, still 6 bits a weight: `Nibbles`' 32 bytes a pair for the low
+    /// four bits plus 16 bytes (`qh`) for the top two, unsigned (`q` in
+    /// `0..64`) so the kernels multiply without sign tricks, with one `d` per
+    /// 16 weights; `w = d * (q - 32)`, the `- 32` applied per 16 through the
+    /// activations' 16-wide sums. Widening it to bytes would read 37% more
+    /// memory a step for the output heads K-quant files store this way.
+    Sixes,
+}
+
 /// A `rows x cols` weight matrix, repacked. Per row and per pair of blocks:
-/// - `Q4_1`: 32 bytes whose low nibbles are the first block's 32 weights in
-///   order and whose high nibbles are the second's (GGUF interleaves halves of
-///   one block instead, which costs a shuffle per block in the kernel);
-/// - `Q8_0`: the two blocks' 64 `i8` values, as in GGUF.
+/// - `Nibbles`: 32 bytes whose low nibbles are the first block's 32 weights in
+///   order and whose high nibbles are the second's (GGUF's `Q4_1` interleaves
+///   halves of one block instead, which costs a shuffle per block in the
+///   kernel; `Q4_K` already stores pairs this way);
+/// - `Bytes` and `Bytes16`: the two blocks' 64 `i8` values;
+/// - `Sixes`: as `Nibbles`, plus 16 bytes of `qh` where bits `2s..2s+2` of
+///   byte `j` are the top bits of the pair's weight `16 s + j`.
 ///
-/// Scales `d` (and `m` for `Q4_1`) stay `f16`, in arrays of their own, so the
-/// bytes read per step are no more than the GGUF file's.
+/// Scales `d` (and offsets `m`) are `f16`, in arrays of their own. For the
+/// K-quants they are the products `d * sc` and `-dmin * min`, rounded to
+/// `f16` (a relative 2^-11 at most, well under the 8-bit activations' own
+/// rounding), which keeps one kernel per layout.
 #[derive(Debug)]
 pub struct QMatrix {
     format: WeightFormat,
+    layout: Layout,
     rows: usize,
     cols: usize,
     /// Blocks per row, padded to even.
     nb: usize,
     qs: Vec<u8>,
+    /// `Sixes` only: the top two bits of each weight, 16 bytes a pair.
+    qh: Vec<u8>,
     d: Vec<f16>,
     m: Vec<f16>,
 }
@@ -53,6 +122,7 @@ pub struct QMatrix {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct WeightRow<'a> {
     pub qs: &'a [u8],
+    pub qh: &'a [u8],
     pub d: &'a [f16],
     pub m: &'a [f16],
 }
@@ -61,37 +131,25 @@ impl QMatrix {
     /// Repacks GGUF block data of a `rows x cols` matrix. Returns `None` when
     /// `raw` does not have the size that format and shape imply.
     pub fn from_gguf(format: WeightFormat, rows: usize, cols: usize, raw: &[u8]) -> Option<Self> {
-        if !cols.is_multiple_of(BLOCK) || raw.len() != rows * cols / BLOCK * format.raw_block_bytes() {
+        let per = format.block_elems();
+        if cols == 0 || !cols.is_multiple_of(per) || raw.len() != rows * (cols / per) * format.block_bytes() {
             return None;
         }
-        let raw_nb = cols / BLOCK;
-        let nb = raw_nb.next_multiple_of(2);
-        let mut qs = vec![0u8; rows * nb * BLOCK / if format == WeightFormat::Q4_1 { 2 } else { 1 }];
-        let mut d = vec![f16::ZERO; rows * nb];
-        let mut m = vec![f16::ZERO; if format == WeightFormat::Q4_1 { rows * nb } else { 0 }];
-        let bb = format.raw_block_bytes();
-        for r in 0..rows {
-            for b in 0..raw_nb {
-                let blk = &raw[(r * raw_nb + b) * bb..][..bb];
-                d[r * nb + b] = f16::from_le_bytes([blk[0], blk[1]]);
-                match format {
-                    WeightFormat::Q4_1 => {
-                        m[r * nb + b] = f16::from_le_bytes([blk[2], blk[3]]);
-                        let nibbles = &blk[4..20];
-                        let pair = &mut qs[(r * nb / 2 + b / 2) * BLOCK..][..BLOCK];
-                        let shift = if b % 2 == 0 { 0 } else { 4 };
-                        for k in 0..BLOCK {
-                            let q = if k < 16 { nibbles[k] & 0x0F } else { nibbles[k - 16] >> 4 };
-                            pair[k] |= q << shift;
-                        }
-                    }
-                    WeightFormat::Q8_0 => {
-                        qs[(r * nb + b) * BLOCK..][..BLOCK].copy_from_slice(&blk[2..34]);
-                    }
-                }
-            }
+        let layout = format.layout();
+        let nb = (cols / BLOCK).next_multiple_of(2);
+        // Rows repack independently: a 1B model's ~800 MB take seconds on one core.
+        let row_bytes = cols / per * format.block_bytes();
+        let parts: Vec<Packed> =
+            raw.par_chunks(ROWS_PER_REPACK * row_bytes).map(|chunk| repack(format, cols, chunk)).collect();
+        let mut all = Packed::default();
+        for part in parts {
+            all.qs.extend_from_slice(&part.qs);
+            all.qh.extend_from_slice(&part.qh);
+            all.d.extend_from_slice(&part.d);
+            all.m.extend_from_slice(&part.m);
         }
-        Some(QMatrix { format, rows, cols, nb, qs, d, m })
+        let Packed { qs, qh, d, m } = all;
+        Some(QMatrix { format, layout, rows, cols, nb, qs, qh, d, m })
     }
 
     pub fn rows(&self) -> usize {
@@ -113,13 +171,17 @@ impl QMatrix {
 
     pub(crate) fn row(&self, r: usize) -> WeightRow<'_> {
         let nb = self.nb;
-        let row_bytes = match self.format {
-            WeightFormat::Q4_1 => nb * BLOCK / 2,
-            WeightFormat::Q8_0 => nb * BLOCK,
+        let (row_bytes, row_d) = match self.layout {
+            Layout::Nibbles => (nb * BLOCK / 2, nb),
+            Layout::Bytes => (nb * BLOCK, nb),
+            Layout::Bytes16 => (nb * BLOCK, 2 * nb),
+            Layout::Sixes => (nb * BLOCK / 2, 2 * nb),
         };
+        let qh_bytes = if self.qh.is_empty() { 0 } else { nb * 8 };
         WeightRow {
             qs: &self.qs[r * row_bytes..(r + 1) * row_bytes],
-            d: &self.d[r * nb..(r + 1) * nb],
+            qh: &self.qh[r * qh_bytes..(r + 1) * qh_bytes],
+            d: &self.d[r * row_d..(r + 1) * row_d],
             m: if self.m.is_empty() { &[] } else { &self.m[r * nb..(r + 1) * nb] },
         }
     }
@@ -129,15 +191,17 @@ impl QMatrix {
         assert_eq!(out.len(), self.cols);
         let row = self.row(r);
         for (b, block) in out.chunks_mut(BLOCK).enumerate() {
-            let d = row.d[b].to_f32();
+            let m = row.m.get(b).map_or(0.0, |m| m.to_f32());
             for (k, v) in block.iter_mut().enumerate() {
-                *v = match self.format {
-                    WeightFormat::Q4_1 => {
+                *v = match self.layout {
+                    Layout::Nibbles => {
                         let byte = row.qs[(b / 2) * BLOCK + k];
                         let q = if b % 2 == 0 { byte & 0x0F } else { byte >> 4 };
-                        d * q as f32 + row.m[b].to_f32()
+                        row.d[b].to_f32() * q as f32 + m
                     }
-                    WeightFormat::Q8_0 => d * row.qs[b * BLOCK + k] as i8 as f32,
+                    Layout::Bytes => row.d[b].to_f32() * row.qs[b * BLOCK + k] as i8 as f32,
+                    Layout::Bytes16 => row.d[2 * b + k / 16].to_f32() * row.qs[b * BLOCK + k] as i8 as f32 + m,
+                    Layout::Sixes => row.d[2 * b + k / 16].to_f32() * (sixes_q(row, b, k) as f32 - 32.0),
                 };
             }
         }
@@ -210,28 +274,36 @@ impl QMatrix {
     ) {
         let a: [ActRow<'_>; N] = std::array::from_fn(|i| x.row(b + i));
         let n = self.rows;
-        match (isa, self.format) {
+        match (isa, self.layout) {
             // SAFETY (all x86 arms): `matmul_with` clamped `isa` to what the CPU
             // reports; `out` holds N rows of `n` outputs.
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512Vnni, WeightFormat::Q4_1) => unsafe {
-                crate::x86::q4_1_rows_avx512::<N>(self, rows, a, out, n)
+            (Isa::Avx512Vnni, Layout::Nibbles) => unsafe { crate::x86::q4_1_rows_avx512::<N>(self, rows, a, out, n) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Vnni, Layout::Bytes) => unsafe { crate::x86::q8_0_rows_avx512::<N>(self, rows, a, out, n) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Vnni, Layout::Bytes16) => unsafe {
+                crate::x86::bytes16_rows_avx512::<N>(self, rows, a, out, n)
             },
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512Vnni, WeightFormat::Q8_0) => unsafe {
-                crate::x86::q8_0_rows_avx512::<N>(self, rows, a, out, n)
-            },
+            (Isa::Avx2, Layout::Nibbles) => unsafe { crate::x86::q4_1_rows_avx2::<N>(self, rows, a, out, n) },
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2, WeightFormat::Q4_1) => unsafe { crate::x86::q4_1_rows_avx2::<N>(self, rows, a, out, n) },
+            (Isa::Avx2, Layout::Bytes) => unsafe { crate::x86::q8_0_rows_avx2::<N>(self, rows, a, out, n) },
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2, WeightFormat::Q8_0) => unsafe { crate::x86::q8_0_rows_avx2::<N>(self, rows, a, out, n) },
-            (_, format) => {
+            (Isa::Avx2, Layout::Bytes16) => unsafe { crate::x86::bytes16_rows_avx2::<N>(self, rows, a, out, n) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Vnni, Layout::Sixes) => unsafe { crate::x86::sixes_rows_avx512::<N>(self, rows, a, out, n) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, Layout::Sixes) => unsafe { crate::x86::sixes_rows_avx2::<N>(self, rows, a, out, n) },
+            (_, layout) => {
                 let npairs = self.nb / 2;
                 for r in rows {
                     for (i, act) in a.iter().enumerate() {
-                        let v = match format {
-                            WeightFormat::Q4_1 => scalar::q4_1(self.row(r), *act, npairs),
-                            WeightFormat::Q8_0 => scalar::q8_0(self.row(r), *act, npairs),
+                        let v = match layout {
+                            Layout::Nibbles => scalar::q4_1(self.row(r), *act, npairs),
+                            Layout::Bytes => scalar::q8_0(self.row(r), *act, npairs),
+                            Layout::Bytes16 => scalar::bytes16(self.row(r), *act, npairs),
+                            Layout::Sixes => scalar::sixes(self.row(r), *act, npairs),
                         };
                         // SAFETY: as above.
                         unsafe { *out.add(i * n + r) = v };
@@ -240,6 +312,80 @@ impl QMatrix {
             }
         }
     }
+}
+
+/// Rows per parallel repacking task.
+const ROWS_PER_REPACK: usize = 64;
+
+/// A matrix's (or some rows') repacked arrays, as [`QMatrix`] holds them.
+#[derive(Default)]
+struct Packed {
+    qs: Vec<u8>,
+    qh: Vec<u8>,
+    d: Vec<f16>,
+    m: Vec<f16>,
+}
+
+/// Repacks the whole rows of GGUF data in `raw`.
+fn repack(format: WeightFormat, cols: usize, raw: &[u8]) -> Packed {
+    let layout = format.layout();
+    let per = format.block_elems();
+    let row_bytes = cols / per * format.block_bytes();
+    let rows = raw.len() / row_bytes;
+    let raw_nb = cols / BLOCK;
+    let nb = raw_nb.next_multiple_of(2);
+    let halves = matches!(layout, Layout::Bytes16 | Layout::Sixes);
+    let d_per_block = if halves { 2 } else { 1 };
+    let packed = matches!(layout, Layout::Nibbles | Layout::Sixes);
+    let mut qs = vec![0u8; rows * nb * BLOCK / if packed { 2 } else { 1 }];
+    let mut qh = vec![0u8; if layout == Layout::Sixes { rows * nb * 8 } else { 0 }];
+    let mut d = vec![f16::ZERO; rows * nb * d_per_block];
+    let mut m = vec![f16::ZERO; if format.has_offset() { rows * nb } else { 0 }];
+    let mut subs = Vec::with_capacity(raw_nb);
+    for r in 0..rows {
+        subs.clear();
+        for blk in raw[r * row_bytes..(r + 1) * row_bytes].chunks_exact(format.block_bytes()) {
+            crate::blocks::decode(format, blk, &mut subs);
+        }
+        for (b, sub) in subs.iter().enumerate() {
+            let i = r * nb + b;
+            if halves {
+                d[2 * i] = f16::from_f32(sub.d[0]);
+                d[2 * i + 1] = f16::from_f32(sub.d[1]);
+            } else {
+                d[i] = f16::from_f32(sub.d[0]);
+            }
+            if !m.is_empty() {
+                m[i] = f16::from_f32(sub.m);
+            }
+            if packed {
+                // Q6_K's `q - 32` stored as the unsigned `q`.
+                let q = |k: usize| if layout == Layout::Sixes { (sub.q[k] + 32) as u8 } else { sub.q[k] as u8 };
+                let pair = (r * nb / 2 + b / 2) * BLOCK;
+                let shift = if b % 2 == 0 { 0 } else { 4 };
+                for k in 0..BLOCK {
+                    qs[pair + k] |= (q(k) & 0x0F) << shift;
+                    if layout == Layout::Sixes {
+                        let s = 2 * (b % 2) + k / 16;
+                        qh[pair / 2 + k % 16] |= (q(k) >> 4) << (2 * s);
+                    }
+                }
+            } else {
+                for (byte, &q) in qs[i * BLOCK..][..BLOCK].iter_mut().zip(&sub.q) {
+                    *byte = q as u8;
+                }
+            }
+        }
+    }
+    Packed { qs, qh, d, m }
+}
+
+/// `Sixes`: the unsigned 6-bit `q` of weight `k` of block `b` in `row`.
+pub(crate) fn sixes_q(row: WeightRow<'_>, b: usize, k: usize) -> u8 {
+    let low = (row.qs[(b / 2) * BLOCK + k] >> (4 * (b % 2))) & 0x0F;
+    let s = 2 * (b % 2) + k / 16;
+    let high = (row.qh[(b / 2) * 16 + k % 16] >> (2 * s)) & 3;
+    low | (high << 4)
 }
 
 #[derive(Clone, Copy)]

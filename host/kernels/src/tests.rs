@@ -40,6 +40,7 @@ fn random_gguf(format: WeightFormat, rows: usize, cols: usize, rng: &mut Rng) ->
                 raw.extend(q.iter().map(|&v| v as u8));
                 values.extend(q.iter().map(|&q| d.to_f32() * q as f32));
             }
+            other => unreachable!("{other:?} data comes from candle (kquant_tests)"),
         }
     }
     (raw, values)
@@ -80,6 +81,7 @@ fn reference_dot(format: WeightFormat, raw: &[u8], r: usize, cols: usize, acts: 
                 let isum: i64 = (0..BLOCK).map(|k| raw[o + 2 + k] as i8 as i64 * qa[k] as i64).sum();
                 sum += f(o) * a.d[blk] as f64 * isum as f64;
             }
+            other => unreachable!("{other:?} is checked in kquant_tests"),
         }
     }
     sum

@@ -160,6 +160,166 @@ unsafe fn q8_0_avx2<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs
     }
 }
 
+/// Four `f16` scales at `p` widened to `[s0, s1, s2, s3]`.
+#[inline(always)]
+unsafe fn four_f16(p: *const half::f16) -> __m128 {
+    // SAFETY: callers pass a pointer to four readable f16 values.
+    unsafe { _mm_cvtph_ps(_mm_loadl_epi64(p as *const __m128i)) }
+}
+
+/// `Bytes16`: `i8` weights with a scale per 16. `sign` moves each weight's sign
+/// onto the activation so `|w|` can be the unsigned operand (|w| <= 32 here, so
+/// no pair sum saturates), and the 32-bit lanes then hold 4-weight sums that
+/// never straddle a half: lanes `4k..4k+4` are half `k` of the pair.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn bytes16_avx512<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
+    // SAFETY: see the module's contract; `w.d` holds four scales per pair.
+    unsafe {
+        let spread4 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        let has_m = !w.m.is_empty();
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut acc_m = [_mm_setzero_ps(); N];
+        for p in 0..npairs {
+            let wv = _mm512_loadu_si512(w.qs.as_ptr().add(p * 64) as *const __m512i);
+            let w_abs = _mm512_abs_epi8(wv);
+            let negative = _mm512_movepi8_mask(wv);
+            let dw = _mm512_permutexvar_ps(spread4, _mm512_castps128_ps512(four_f16(w.d.as_ptr().add(4 * p))));
+            let mw = if has_m { two_f16(w.m.as_ptr().add(2 * p)) } else { _mm_setzero_ps() };
+            for n in 0..N {
+                let av = _mm512_loadu_si512(a[n].qs.as_ptr().add(p * 64) as *const __m512i);
+                let signed = _mm512_mask_sub_epi8(av, negative, _mm512_setzero_si512(), av);
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w_abs, signed);
+                let scale = _mm512_mul_ps(dw, spread_pair_512(two_f32(a[n].d.as_ptr().add(2 * p))));
+                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[n]);
+                acc_m[n] = _mm_fmadd_ps(mw, two_f32(a[n].s.as_ptr().add(2 * p)), acc_m[n]);
+            }
+        }
+        array::from_fn(|n| _mm512_reduce_add_ps(acc[n]) + hsum128(acc_m[n]))
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn bytes16_avx2<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
+    // SAFETY: see the module's contract; `w.d` holds four scales per pair.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let (first, second) = (_mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0), _mm256_set_epi32(3, 3, 3, 3, 2, 2, 2, 2));
+        let has_m = !w.m.is_empty();
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut acc_m = [_mm_setzero_ps(); N];
+        for p in 0..npairs {
+            let w0 = _mm256_loadu_si256(w.qs.as_ptr().add(p * 64) as *const __m256i);
+            let w1 = _mm256_loadu_si256(w.qs.as_ptr().add(p * 64 + 32) as *const __m256i);
+            let (abs0, abs1) = (_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(w1, w1));
+            let d4 = _mm256_castps128_ps256(four_f16(w.d.as_ptr().add(4 * p)));
+            let (dw0, dw1) = (_mm256_permutevar8x32_ps(d4, first), _mm256_permutevar8x32_ps(d4, second));
+            let mw = if has_m { two_f16(w.m.as_ptr().add(2 * p)) } else { _mm_setzero_ps() };
+            for n in 0..N {
+                let base = a[n].qs.as_ptr().add(p * 64);
+                let a0 = _mm256_loadu_si256(base as *const __m256i);
+                let a1 = _mm256_loadu_si256(base.add(32) as *const __m256i);
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(abs0, _mm256_sign_epi8(a0, w0)), ones);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(abs1, _mm256_sign_epi8(a1, w1)), ones);
+                let da = two_f32(a[n].d.as_ptr().add(2 * p));
+                let s0 = _mm256_mul_ps(dw0, _mm256_broadcastss_ps(da));
+                let s1 = _mm256_mul_ps(dw1, _mm256_broadcastss_ps(_mm_movehdup_ps(da)));
+                acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), s0, acc[n]);
+                acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), s1, acc[n]);
+                acc_m[n] = _mm_fmadd_ps(mw, two_f32(a[n].s.as_ptr().add(2 * p)), acc_m[n]);
+            }
+        }
+        array::from_fn(|n| hsum256(acc[n]) + hsum128(acc_m[n]))
+    }
+}
+
+/// Four `f32` values at `p`.
+#[inline(always)]
+unsafe fn four_f32(p: *const f32) -> __m128 {
+    // SAFETY: callers pass a pointer to four readable f32 values.
+    unsafe { _mm_loadu_ps(p) }
+}
+
+/// `Sixes` (Q6_K): a pair's 64 unsigned 6-bit weights as two registers of
+/// bytes, block 0 then block 1. `qh` byte `j` holds the top bits of weights
+/// `j`, `16 + j`, `32 + j`, `48 + j`: shifting each 128-bit lane by its own
+/// count (0/2 for block 0, 4/6 for block 1) lines them up with the nibbles.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn sixes_unpack(qs: *const u8, qh: *const u8) -> (__m256i, __m256i) {
+    // SAFETY: callers pass 32 readable bytes at `qs` and 16 at `qh`.
+    unsafe {
+        let mask4 = _mm256_set1_epi8(0x0F);
+        let mask2 = _mm256_set1_epi8(0x03);
+        let raw = _mm256_loadu_si256(qs as *const __m256i);
+        let high = _mm256_broadcastsi128_si256(_mm_loadu_si128(qh as *const __m128i));
+        let h0 = _mm256_and_si256(_mm256_srlv_epi32(high, _mm256_set_epi32(2, 2, 2, 2, 0, 0, 0, 0)), mask2);
+        let h1 = _mm256_and_si256(_mm256_srlv_epi32(high, _mm256_set_epi32(6, 6, 6, 6, 4, 4, 4, 4)), mask2);
+        let w0 = _mm256_or_si256(_mm256_and_si256(raw, mask4), _mm256_slli_epi16::<4>(h0));
+        let w1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask4), _mm256_slli_epi16::<4>(h1));
+        (w0, w1)
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+unsafe fn sixes_avx512<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
+    // SAFETY: see the module's contract; `w.qh` holds 16 bytes and `w.d` four scales per pair.
+    unsafe {
+        let spread4 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut acc_m = [_mm_setzero_ps(); N];
+        for p in 0..npairs {
+            let (w0, w1) = sixes_unpack(w.qs.as_ptr().add(p * 32), w.qh.as_ptr().add(p * 16));
+            let wv = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(w0), w1);
+            let d4 = four_f16(w.d.as_ptr().add(4 * p));
+            let dw = _mm512_permutexvar_ps(spread4, _mm512_castps128_ps512(d4));
+            for n in 0..N {
+                let av = _mm512_loadu_si512(a[n].qs.as_ptr().add(p * 64) as *const __m512i);
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, av);
+                let scale = _mm512_mul_ps(dw, spread_pair_512(two_f32(a[n].d.as_ptr().add(2 * p))));
+                acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[n]);
+                acc_m[n] = _mm_fmadd_ps(d4, four_f32(a[n].sum16_d.as_ptr().add(4 * p)), acc_m[n]);
+            }
+        }
+        array::from_fn(|n| _mm512_reduce_add_ps(acc[n]) - 32.0 * hsum128(acc_m[n]))
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn sixes_avx2<const N: usize>(w: WeightRow<'_>, a: [ActRow<'_>; N], npairs: usize) -> [f32; N] {
+    // SAFETY: see the module's contract; `w.qh` holds 16 bytes and `w.d` four scales per pair.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let (first, second) = (_mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0), _mm256_set_epi32(3, 3, 3, 3, 2, 2, 2, 2));
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut acc_m = [_mm_setzero_ps(); N];
+        for p in 0..npairs {
+            // Unsigned weights (< 64) times signed activations: maddubs' own operand order.
+            let (w0, w1) = sixes_unpack(w.qs.as_ptr().add(p * 32), w.qh.as_ptr().add(p * 16));
+            let d4 = four_f16(w.d.as_ptr().add(4 * p));
+            let d8 = _mm256_castps128_ps256(d4);
+            let (dw0, dw1) = (_mm256_permutevar8x32_ps(d8, first), _mm256_permutevar8x32_ps(d8, second));
+            for n in 0..N {
+                let base = a[n].qs.as_ptr().add(p * 64);
+                let a0 = _mm256_loadu_si256(base as *const __m256i);
+                let a1 = _mm256_loadu_si256(base.add(32) as *const __m256i);
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, a0), ones);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w1, a1), ones);
+                let da = two_f32(a[n].d.as_ptr().add(2 * p));
+                let s0 = _mm256_mul_ps(dw0, _mm256_broadcastss_ps(da));
+                let s1 = _mm256_mul_ps(dw1, _mm256_broadcastss_ps(_mm_movehdup_ps(da)));
+                acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), s0, acc[n]);
+                acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), s1, acc[n]);
+                acc_m[n] = _mm_fmadd_ps(d4, four_f32(a[n].sum16_d.as_ptr().add(4 * p)), acc_m[n]);
+            }
+        }
+        array::from_fn(|n| hsum256(acc[n]) - 32.0 * hsum128(acc_m[n]))
+    }
+}
+
 /// Row loops around the per-row kernels, compiled with the same features so
 /// the kernel inlines and the ISA dispatch happens once per product, not per row.
 macro_rules! row_loop {
@@ -192,3 +352,7 @@ row_loop!(q4_1_rows_avx512, q4_1_avx512, "avx512f,avx512bw,avx512vl,avx512vnni,a
 row_loop!(q8_0_rows_avx512, q8_0_avx512, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
 row_loop!(q4_1_rows_avx2, q4_1_avx2, "avx2,fma,f16c");
 row_loop!(q8_0_rows_avx2, q8_0_avx2, "avx2,fma,f16c");
+row_loop!(bytes16_rows_avx512, bytes16_avx512, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
+row_loop!(bytes16_rows_avx2, bytes16_avx2, "avx2,fma,f16c");
+row_loop!(sixes_rows_avx512, sixes_avx512, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
+row_loop!(sixes_rows_avx2, sixes_avx2, "avx2,fma,f16c");

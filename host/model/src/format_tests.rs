@@ -39,7 +39,10 @@ fn every_supported_format_loads_and_matches_candle() {
         GgmlDType::Q4_0,
         GgmlDType::Q4_1,
         GgmlDType::Q8_0,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
         GgmlDType::Q4K,
+        GgmlDType::Q5K,
         GgmlDType::Q6K,
     ] {
         let path = write_model(dtype, dir.path());
@@ -49,7 +52,8 @@ fn every_supported_format_loads_and_matches_candle() {
         let err = relative_error(&ours, &theirs);
         // Float formats multiply in f32 on both sides: equal up to summation order.
         // Quantized formats round activations to 8 bits, kiln's kernels (Q4_1,
-        // Q8_0) and candle's (the rest) each their own way: on this random model
+        // Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) and candle's (the rest; and the
+        // reference here) each their own way: on this random model
         // every 8-bit path lands ~2% from the exact logits, so any two differ by
         // about that much, never more than a few percent.
         let tolerance = if matches!(dtype, GgmlDType::F32 | GgmlDType::F16) { 1e-4 } else { 5e-2 };

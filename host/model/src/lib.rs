@@ -1,10 +1,11 @@
-//! kiln-model: a GGUF decoder model (Llama, Mistral, Qwen2, Qwen3) and its forward pass.
+//! kiln-model: a GGUF decoder model (Llama, Mistral, Qwen2, Qwen3, Phi-3) and its forward pass.
 //!
 //! One call to [`Model::forward`] runs a batch of sequences, each at its own
 //! position with its own [`KvCache`]: prompt chunks (prefill) and single
 //! decode tokens mix freely in one step, which is what continuous batching
-//! needs. The layer weights' products run on `kiln-kernels` (`Q4_1`, `Q8_0`)
-//! or on candle-core's quantized matmul for the other GGUF formats; the
+//! needs. The layer weights' products run on `kiln-kernels` (Q4_1, Q5_0,
+//! Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) or on candle-core's quantized matmul for
+//! the other GGUF formats; the
 //! small ops (RMSNorm, RoPE, grouped-query attention, SwiGLU) and each
 //! architecture's additions (Q/K/V biases, per-head Q/K norms) are fused
 //! loops over preallocated rows, because at 135M parameters a decode step is

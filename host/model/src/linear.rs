@@ -1,8 +1,9 @@
-//! Weight matrices: native kernels for `Q4_1`/`Q8_0`, candle-core's quantized
-//! matmul for every other GGUF format.
+//! Weight matrices: native kernels for `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0` and the
+//! K-quants `Q4_K`, `Q5_K`, `Q6_K`; candle-core's quantized matmul for every
+//! other GGUF format (F32, F16, Q4_0, Q2_K, Q3_K, Q8_K).
 
+use std::borrow::Cow;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
@@ -10,18 +11,30 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{Device, Module, Tensor};
 use kiln_kernels::{QMatrix, QuantizedActs, WeightFormat};
+use memmap2::Mmap;
 
 use crate::{ModelError, Result};
 
-/// One GGUF tensor's raw bytes and shape (`rows x cols`, row-major).
-pub(crate) struct RawTensor {
+/// One GGUF tensor's raw bytes and shape (`rows x cols`, row-major),
+/// borrowed from the mapped file (owned once several are stacked).
+pub(crate) struct RawTensor<'a> {
     pub dtype: GgmlDType,
     pub rows: usize,
     pub cols: usize,
-    pub data: Vec<u8>,
+    pub data: Cow<'a, [u8]>,
 }
 
-pub(crate) fn read_raw(file: &mut File, content: &Content, name: &str) -> Result<RawTensor> {
+/// The model file mapped read-only: tensors are repacked straight from the
+/// page cache, so loading holds no second copy of the file, and a large
+/// model's resident memory is its repacked weights.
+pub(crate) fn map_file(file: &File) -> Result<Mmap> {
+    // SAFETY: the map is read-only and dropped when loading ends; a file
+    // truncated by another process meanwhile would fault (as for any mmap
+    // reader, llama.cpp's included), which is why the map is not kept.
+    unsafe { Mmap::map(file) }.map_err(|e| ModelError::Gguf { path: "model file".into(), reason: format!("mmap: {e}") })
+}
+
+pub(crate) fn read_raw<'a>(file: &'a [u8], content: &Content, name: &str) -> Result<RawTensor<'a>> {
     let err = |reason: String| ModelError::Tensor { name: name.to_string(), reason };
     let info = content.tensor_infos.get(name).ok_or_else(|| err("absent".into()))?;
     let (rows, cols) = match *info.shape.dims() {
@@ -37,22 +50,22 @@ pub(crate) fn read_raw(file: &mut File, content: &Content, name: &str) -> Result
         .checked_mul(cols / block)
         .and_then(|n| n.checked_mul(info.ggml_dtype.type_size()))
         .ok_or_else(|| err(format!("{rows}x{cols} is too large")))?;
-    let start = content.tensor_data_offset.saturating_add(info.offset);
-    let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-    if start.saturating_add(size as u64) > file_len {
-        return Err(err(format!("needs {size} bytes at offset {start}, past the end of the file ({file_len} bytes)")));
-    }
-    let mut data = vec![0u8; size];
-    let io = |e: std::io::Error| err(format!("reading {size} bytes: {e}"));
-    file.seek(SeekFrom::Start(start)).map_err(io)?;
-    file.read_exact(&mut data).map_err(io)?;
-    Ok(RawTensor { dtype: info.ggml_dtype, rows, cols, data })
+    let start = usize::try_from(content.tensor_data_offset.saturating_add(info.offset)).unwrap_or(usize::MAX);
+    let data = start.checked_add(size).and_then(|end| file.get(start..end)).ok_or_else(|| {
+        err(format!("needs {size} bytes at offset {start}, past the end of the file ({} bytes)", file.len()))
+    })?;
+    Ok(RawTensor { dtype: info.ggml_dtype, rows, cols, data: Cow::Borrowed(data) })
 }
 
 fn native_format(dtype: GgmlDType) -> Option<WeightFormat> {
     match dtype {
         GgmlDType::Q4_1 => Some(WeightFormat::Q4_1),
         GgmlDType::Q8_0 => Some(WeightFormat::Q8_0),
+        GgmlDType::Q5_0 => Some(WeightFormat::Q5_0),
+        GgmlDType::Q5_1 => Some(WeightFormat::Q5_1),
+        GgmlDType::Q4K => Some(WeightFormat::Q4K),
+        GgmlDType::Q5K => Some(WeightFormat::Q5K),
+        GgmlDType::Q6K => Some(WeightFormat::Q6K),
         _ => None,
     }
 }
@@ -67,7 +80,7 @@ pub(crate) enum Linear {
 impl Linear {
     /// `f32_weights`: dequantize at load and multiply in f32 (exact arithmetic,
     /// 4-8x the memory; the reference the quantized paths are checked against).
-    pub fn from_raw(name: &str, raw: RawTensor, f32_weights: bool) -> Result<Linear> {
+    pub fn from_raw(name: &str, raw: RawTensor<'_>, f32_weights: bool) -> Result<Linear> {
         if let (Some(format), false) = (native_format(raw.dtype), f32_weights) {
             let m = QMatrix::from_gguf(format, raw.rows, raw.cols, &raw.data).ok_or_else(|| ModelError::Tensor {
                 name: name.into(),
@@ -132,7 +145,7 @@ pub(crate) struct FusedLinear {
 }
 
 impl FusedLinear {
-    pub fn load(file: &mut File, content: &Content, names: &[String], f32_weights: bool) -> Result<FusedLinear> {
+    pub fn load(file: &[u8], content: &Content, names: &[String], f32_weights: bool) -> Result<FusedLinear> {
         let raws = names.iter().map(|n| read_raw(file, content, n)).collect::<Result<Vec<_>>>()?;
         let cols = raws[0].cols;
         if let Some(bad) = raws.iter().position(|r| r.cols != cols) {
@@ -145,7 +158,10 @@ impl FusedLinear {
         let same_dtype = raws.iter().all(|r| r.dtype == raws[0].dtype);
         let parts = if same_dtype {
             let dtype = raws[0].dtype;
-            let data = raws.into_iter().flat_map(|r| r.data).collect();
+            let data = match raws.len() {
+                1 => raws.into_iter().next().expect("one tensor").data,
+                _ => Cow::Owned(raws.iter().flat_map(|r| r.data.iter().copied()).collect()),
+            };
             vec![Linear::from_raw(&names.join("+"), RawTensor { dtype, rows, cols, data }, f32_weights)?]
         } else {
             names.iter().zip(raws).map(|(n, r)| Linear::from_raw(n, r, f32_weights)).collect::<Result<Vec<_>>>()?

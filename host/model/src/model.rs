@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::attention::AttnScratch;
 use crate::cache::{KvCache, KvType};
 use crate::config::{ModelConfig, RopeStyle};
-use crate::linear::{FusedLinear, Linear, RawTensor, read_raw};
+use crate::linear::{FusedLinear, Linear, RawTensor, map_file, read_raw};
 use crate::ops;
 use crate::{ModelError, Result};
 
@@ -86,7 +86,7 @@ pub struct Model {
     rope_sin: Vec<f32>,
 }
 
-fn f32_vector(raw: RawTensor, name: &str) -> Result<Vec<f32>> {
+fn f32_vector(raw: RawTensor<'_>, name: &str) -> Result<Vec<f32>> {
     match raw.dtype {
         candle_core::quantized::GgmlDType::F32 => {
             Ok(raw.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
@@ -107,12 +107,12 @@ impl Model {
         let mut file = File::open(path).map_err(|source| ModelError::Io { path: display.clone(), source })?;
         let content =
             Content::read(&mut file).map_err(|e| ModelError::Gguf { path: display.clone(), reason: e.to_string() })?;
-        Self::from_content(&content, &mut file, options)
+        Self::from_content(&content, &file, options)
     }
 
     /// Loads from a GGUF header already read from `file` (callers that also
     /// build the tokenizer from it read the file's metadata once).
-    pub fn from_content(content: &Content, file: &mut File, options: LoadOptions) -> Result<Model> {
+    pub fn from_content(content: &Content, file: &File, options: LoadOptions) -> Result<Model> {
         let model = Self::from_gguf(content, file, options.f32_weights)?;
         Ok(Model { kv_type: options.kv_type, ..model.with_max_context(options.max_context) })
     }
@@ -128,9 +128,11 @@ impl Model {
         self
     }
 
-    fn from_gguf(content: &Content, file: &mut File, f32_weights: bool) -> Result<Model> {
+    fn from_gguf(content: &Content, file: &File, f32_weights: bool) -> Result<Model> {
         let config = ModelConfig::from_gguf(content)?;
-        let vec = |file: &mut File, name: &str| f32_vector(read_raw(file, content, name)?, name);
+        let map = map_file(file)?;
+        let file: &[u8] = &map;
+        let vec = |file: &[u8], name: &str| f32_vector(read_raw(file, content, name)?, name);
         let embd = read_raw(file, content, "token_embd.weight")?;
         if embd.cols != config.n_embd || embd.rows < config.vocab_size {
             return Err(ModelError::Tensor {
@@ -138,7 +140,7 @@ impl Model {
                 reason: format!("shape {}x{}, expected {}x{}", embd.rows, embd.cols, config.vocab_size, config.n_embd),
             });
         }
-        let quantized_rows = (embd.dtype, embd.cols, embd.data.clone());
+        let quantized_rows = (embd.dtype, embd.cols, embd.data.to_vec());
         let embd_linear = Linear::from_raw("token_embd.weight", embd, f32_weights)?;
         let embedding = match &embd_linear {
             Linear::Native(m) => Embedding::Native(m.clone()),
