@@ -12,6 +12,8 @@ const PRE: &str = "tokenizer.ggml.pre";
 const TOKENS: &str = "tokenizer.ggml.tokens";
 const TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
 const MERGES: &str = "tokenizer.ggml.merges";
+const SCORES: &str = "tokenizer.ggml.scores";
+const ADD_SPACE_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
 const BOS: &str = "tokenizer.ggml.bos_token_id";
 const EOS: &str = "tokenizer.ggml.eos_token_id";
 const EOT: &str = "tokenizer.ggml.eot_token_id";
@@ -57,11 +59,26 @@ pub(crate) struct SpecialIds {
     pub unk: Option<u32>,
 }
 
+/// `tokenizer.ggml.model`: how text becomes ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VocabModel {
+    /// `gpt2`: byte-level BPE with merges.
+    ByteLevelBpe,
+    /// `llama`: SentencePiece, merges by score, byte fallback.
+    SentencePiece,
+}
+
 #[derive(Debug)]
 pub(crate) struct GgufVocab {
+    pub model: VocabModel,
     pub tokens: Vec<String>,
     pub kinds: Vec<TokenKind>,
+    /// Byte-level BPE only.
     pub merges: Vec<(String, String)>,
+    /// SentencePiece only: each token's merge priority.
+    pub scores: Vec<f32>,
+    /// SentencePiece only: a space goes before text that starts the input or follows a special token.
+    pub add_space_prefix: bool,
     pub ids: SpecialIds,
     pub add_bos: bool,
     pub add_eos: bool,
@@ -71,10 +88,12 @@ pub(crate) struct GgufVocab {
 
 impl GgufVocab {
     pub fn read(md: &HashMap<String, Value>) -> Result<Self, TokenizerError> {
-        let model = string(md, MODEL)?.ok_or(TokenizerError::MissingKey(MODEL))?;
-        if model != "gpt2" {
-            return Err(TokenizerError::UnsupportedModel(model.to_owned()));
-        }
+        let model = match string(md, MODEL)?.ok_or(TokenizerError::MissingKey(MODEL))? {
+            "gpt2" => VocabModel::ByteLevelBpe,
+            "llama" => VocabModel::SentencePiece,
+            other => return Err(TokenizerError::UnsupportedModel(other.to_owned())),
+        };
+        let spm = model == VocabModel::SentencePiece;
 
         let tokens = array(md, TOKENS)?
             .ok_or(TokenizerError::MissingKey(TOKENS))?
@@ -95,8 +114,12 @@ impl GgufVocab {
             }
         };
 
-        let merges = array(md, MERGES)?
-            .ok_or(TokenizerError::MissingKey(MERGES))?
+        let merges = match array(md, MERGES)? {
+            Some(merges) if !spm => merges,
+            None if !spm => return Err(TokenizerError::MissingKey(MERGES)),
+            _ => &[],
+        };
+        let merges = merges
             .iter()
             .map(|v| {
                 let m = as_string(MERGES, v)?;
@@ -116,8 +139,18 @@ impl GgufVocab {
             unk: token_id(md, UNK, n)?,
         };
 
-        // llama.cpp defaults both to false for "gpt2" vocabularies.
-        let add_bos = boolean(md, ADD_BOS)?.unwrap_or(false);
+        let scores = match array(md, SCORES)? {
+            None if spm => return Err(TokenizerError::MissingKey(SCORES)),
+            None => Vec::new(),
+            Some(scores) if scores.len() == tokens.len() => {
+                scores.iter().map(|v| as_f32(SCORES, v)).collect::<Result<_, _>>()?
+            }
+            Some(scores) => return Err(bad(SCORES, format!("{} entries for {} tokens", scores.len(), tokens.len()))),
+        };
+
+        // llama.cpp's defaults: BOS and the space prefix for SentencePiece, neither for gpt2.
+        let add_space_prefix = boolean(md, ADD_SPACE_PREFIX)?.unwrap_or(spm);
+        let add_bos = boolean(md, ADD_BOS)?.unwrap_or(spm);
         let add_eos = boolean(md, ADD_EOS)?.unwrap_or(false);
         if add_bos && ids.bos.is_none() {
             return Err(bad(ADD_BOS, "set, but there is no valid bos_token_id".into()));
@@ -127,9 +160,12 @@ impl GgufVocab {
         }
 
         Ok(Self {
+            model,
             tokens,
             kinds,
             merges,
+            scores,
+            add_space_prefix,
             ids,
             add_bos,
             add_eos,
@@ -166,6 +202,14 @@ fn as_int(key: &'static str, v: &Value) -> Result<i64, TokenizerError> {
         }
     };
     Ok(n)
+}
+
+fn as_f32(key: &'static str, v: &Value) -> Result<f32, TokenizerError> {
+    match *v {
+        Value::F32(x) => Ok(x),
+        Value::F64(x) => Ok(x as f32),
+        ref other => as_int(key, other).map(|n| n as f32),
+    }
 }
 
 fn string<'a>(md: &'a HashMap<String, Value>, key: &'static str) -> Result<Option<&'a str>, TokenizerError> {

@@ -1,9 +1,11 @@
 //! Turns text into token ids and back for GGUF models whose vocabulary is byte-level BPE
-//! (`tokenizer.ggml.model = "gpt2"`), building the tokenizer purely from GGUF metadata and
-//! streaming generated ids back out as text that never contains a half-finished UTF-8 character.
+//! (`tokenizer.ggml.model = "gpt2"`) or SentencePiece (`"llama"`), building the tokenizer purely
+//! from GGUF metadata and streaming generated ids back out as text that never contains a
+//! half-finished UTF-8 character.
 //!
-//! Encoding is delegated to the `tokenizers` crate, configured to match what llama.cpp does for the
-//! model's `tokenizer.ggml.pre`. Decoding bypasses it: every token's exact output bytes are
+//! Byte-level BPE is delegated to the `tokenizers` crate, configured to match what llama.cpp does
+//! for the model's `tokenizer.ggml.pre`; SentencePiece is llama.cpp's score-ordered merge loop
+//! (`spm`). Decoding bypasses both: every token's exact output bytes are
 //! precomputed once, so [`Tokenizer::decode`] and [`IncrementalDecoder`] agree byte for byte and
 //! streaming costs O(1) per token.
 
@@ -12,11 +14,15 @@
 mod byte_level;
 mod gguf;
 mod pretok;
+mod spm;
 mod stream;
 mod tokenizer;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod spm_tests;
 
 pub use stream::IncrementalDecoder;
 pub use tokenizer::Tokenizer;
@@ -30,7 +36,7 @@ pub enum TokenizerError {
     #[error("GGUF metadata `{key}` has an unexpected type or value: {detail}")]
     BadValue { key: &'static str, detail: String },
 
-    #[error("tokenizer model `{0}` is not supported (only byte-level BPE, \"gpt2\")")]
+    #[error("tokenizer model `{0}` is not supported (byte-level BPE \"gpt2\" and SentencePiece \"llama\" are)")]
     UnsupportedModel(String),
 
     #[error("token id {id} is outside the vocabulary (size {vocab_size})")]

@@ -7,8 +7,9 @@ use tokenizers::models::bpe::{BPE, Vocab};
 
 use crate::TokenizerError;
 use crate::byte_level;
-use crate::gguf::{GgufVocab, SpecialIds, TokenKind};
+use crate::gguf::{GgufVocab, SpecialIds, TokenKind, VocabModel};
 use crate::pretok::PreTokenizerKind;
+use crate::spm::{self, Spm};
 
 /// Control-token texts that end a turn in common chat formats; generation stops on any of them
 /// (when the vocab marks them as control tokens), not just on `eos`, because chat models often
@@ -26,13 +27,21 @@ const END_OF_TURN: &[&str] = &[
     "<EOT>",
 ];
 
-/// A byte-level BPE tokenizer reconstructed from GGUF metadata.
+/// What turns text into ids, by the vocabulary's model.
+enum Encoder {
+    ByteLevelBpe {
+        /// Splits control tokens such as `<|im_start|>` out of the text before BPE.
+        with_special: Box<tokenizers::Tokenizer>,
+        /// The same tokenizer with control-token matching switched off. Kept as a second
+        /// instance because the switch is a mutable setting and `encode` works through `&self`.
+        plain: Box<tokenizers::Tokenizer>,
+    },
+    SentencePiece(Box<Spm>),
+}
+
+/// A tokenizer reconstructed from GGUF metadata: byte-level BPE or SentencePiece.
 pub struct Tokenizer {
-    /// Splits control tokens such as `<|im_start|>` out of the text before BPE.
-    with_special: tokenizers::Tokenizer,
-    /// The same tokenizer with control-token matching switched off. Kept as a second instance
-    /// because the switch is a mutable setting and `encode` must work through `&self`.
-    plain: tokenizers::Tokenizer,
+    encoder: Encoder,
     tokens: Vec<String>,
     kinds: Vec<TokenKind>,
     /// Every token's output bytes, concatenated; token `i` is `bytes[offsets[i]..offsets[i + 1]]`.
@@ -51,7 +60,8 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Build from GGUF metadata.
     ///
-    /// Requires `tokenizer.ggml.model = "gpt2"` plus `tokens` and `merges`. `token_type` 3
+    /// `tokenizer.ggml.model = "gpt2"` (byte-level BPE) needs `tokens` and `merges`;
+    /// `"llama"` (SentencePiece) needs `tokens` and `scores`. `token_type` 3
     /// (control) and 2 (unknown) become special added tokens; 4 (user-defined) become ordinary
     /// added tokens, which llama.cpp matches in text and prints even when special tokens are off.
     ///
@@ -64,6 +74,56 @@ impl Tokenizer {
     }
 
     fn from_vocab(mut v: GgufVocab) -> Result<Self, TokenizerError> {
+        let (encoder, pre_fallback) = match v.model {
+            VocabModel::ByteLevelBpe => Self::byte_level_bpe(&mut v)?,
+            VocabModel::SentencePiece => {
+                let scores = std::mem::take(&mut v.scores);
+                (Encoder::SentencePiece(Box::new(Spm::new(&v.tokens, &v.kinds, scores, v.add_space_prefix))), None)
+            }
+        };
+        let spm = v.model == VocabModel::SentencePiece;
+
+        let mut bytes = Vec::new();
+        let mut offsets = Vec::with_capacity(v.tokens.len() + 1);
+        offsets.push(0);
+        for (text, kind) in v.tokens.iter().zip(&v.kinds) {
+            match kind {
+                TokenKind::Control | TokenKind::UserDefined => bytes.extend_from_slice(text.as_bytes()),
+                TokenKind::Byte => match parse_byte_token(text) {
+                    Some(b) => bytes.push(b),
+                    None => bytes.extend(byte_level::decode_token(text)),
+                },
+                TokenKind::Normal if spm => bytes.extend(spm::decode_token(text)),
+                TokenKind::Normal => bytes.extend(byte_level::decode_token(text)),
+            }
+            offsets.push(bytes.len());
+        }
+
+        let stop_ids = stop_ids(&v);
+        let mut control_texts: Vec<String> = (v.tokens.iter().zip(&v.kinds))
+            .filter(|(text, kind)| **kind == TokenKind::Control && !text.is_empty())
+            .map(|(text, _)| text.clone())
+            .collect();
+        // Longest first: where one control text contains another, the whole is found.
+        control_texts.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        Ok(Self {
+            encoder,
+            tokens: v.tokens,
+            kinds: v.kinds,
+            bytes,
+            offsets,
+            ids: v.ids,
+            add_bos: v.add_bos,
+            add_eos: v.add_eos,
+            stop_ids,
+            pre_fallback,
+            chat_template: v.chat_template,
+            control_texts,
+        })
+    }
+
+    /// The `tokenizers` crate configured as llama.cpp tokenizes the model's `tokenizer.ggml.pre`.
+    fn byte_level_bpe(v: &mut GgufVocab) -> Result<(Encoder, Option<String>), TokenizerError> {
         let pre_name = v.pre.as_deref().unwrap_or("default");
         let (pre_kind, pre_fallback) = match PreTokenizerKind::from_name(pre_name) {
             Some(kind) => (kind, None),
@@ -100,44 +160,7 @@ impl Tokenizer {
 
         let mut plain = with_special.clone();
         plain.set_encode_special_tokens(true);
-
-        let mut bytes = Vec::new();
-        let mut offsets = Vec::with_capacity(v.tokens.len() + 1);
-        offsets.push(0);
-        for (text, kind) in v.tokens.iter().zip(&v.kinds) {
-            match kind {
-                TokenKind::Control | TokenKind::UserDefined => bytes.extend_from_slice(text.as_bytes()),
-                TokenKind::Byte => match parse_byte_token(text) {
-                    Some(b) => bytes.push(b),
-                    None => bytes.extend(byte_level::decode_token(text)),
-                },
-                TokenKind::Normal => bytes.extend(byte_level::decode_token(text)),
-            }
-            offsets.push(bytes.len());
-        }
-
-        let stop_ids = stop_ids(&v);
-        let mut control_texts: Vec<String> = (v.tokens.iter().zip(&v.kinds))
-            .filter(|(text, kind)| **kind == TokenKind::Control && !text.is_empty())
-            .map(|(text, _)| text.clone())
-            .collect();
-        // Longest first: where one control text contains another, the whole is found.
-        control_texts.sort_by_key(|t| std::cmp::Reverse(t.len()));
-        Ok(Self {
-            with_special,
-            plain,
-            tokens: v.tokens,
-            kinds: v.kinds,
-            bytes,
-            offsets,
-            ids: v.ids,
-            add_bos: v.add_bos,
-            add_eos: v.add_eos,
-            stop_ids,
-            pre_fallback,
-            chat_template: v.chat_template,
-            control_texts,
-        })
+        Ok((Encoder::ByteLevelBpe { with_special: Box::new(with_special), plain: Box::new(plain) }, pre_fallback))
     }
 
     /// Encode text made of parts, each with its own `parse_special` (see
@@ -146,9 +169,15 @@ impl Tokenizer {
     pub fn encode_parts(&self, parts: &[(&str, bool)]) -> Result<Vec<u32>, TokenizerError> {
         let mut ids = Vec::new();
         ids.extend(self.ids.bos.filter(|_| self.add_bos));
-        for &(text, parse_special) in parts.iter().filter(|(text, _)| !text.is_empty()) {
-            let inner = if parse_special { &self.with_special } else { &self.plain };
-            ids.extend_from_slice(inner.encode_fast(text, false).map_err(TokenizerError::Backend)?.get_ids());
+        let parts: Vec<(&str, bool)> = parts.iter().copied().filter(|(text, _)| !text.is_empty()).collect();
+        match &self.encoder {
+            Encoder::ByteLevelBpe { with_special, plain } => {
+                for (text, parse_special) in parts {
+                    let inner = if parse_special { with_special } else { plain };
+                    ids.extend_from_slice(inner.encode_fast(text, false).map_err(TokenizerError::Backend)?.get_ids());
+                }
+            }
+            Encoder::SentencePiece(spm) => spm.encode(&parts, &mut ids),
         }
         ids.extend(self.ids.eos.filter(|_| self.add_eos));
         Ok(ids)
@@ -169,13 +198,7 @@ impl Tokenizer {
     /// than mapped to an unknown token, matching llama.cpp; `unknown_token_id` is often a real
     /// control token such as `<|endoftext|>` that must not appear in a prompt by accident.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
-        let inner = if parse_special { &self.with_special } else { &self.plain };
-        let encoding = inner.encode_fast(text, false).map_err(TokenizerError::Backend)?;
-        let mut ids = Vec::with_capacity(encoding.len() + 2);
-        ids.extend(self.ids.bos.filter(|_| self.add_bos));
-        ids.extend_from_slice(encoding.get_ids());
-        ids.extend(self.ids.eos.filter(|_| self.add_eos));
-        Ok(ids)
+        self.encode_parts(&[(text, parse_special)])
     }
 
     /// Decode ids to text. Byte sequences that are not valid UTF-8 (only possible for id
@@ -216,7 +239,10 @@ impl Tokenizer {
 
     /// Id of a raw vocab string (byte-level form, e.g. `"Ġworld"`, or a special token's text).
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.with_special.token_to_id(token)
+        match &self.encoder {
+            Encoder::ByteLevelBpe { with_special, .. } => with_special.token_to_id(token),
+            Encoder::SentencePiece(spm) => spm.token_to_id(token),
+        }
     }
 
     /// The raw vocab string of a token, as stored in the GGUF.
@@ -262,8 +288,11 @@ impl Tokenizer {
     }
 
     #[cfg(test)]
-    pub(crate) fn backend(&self) -> &tokenizers::Tokenizer {
-        &self.with_special
+    pub(crate) fn backend(&self) -> Option<&tokenizers::Tokenizer> {
+        match &self.encoder {
+            Encoder::ByteLevelBpe { with_special, .. } => Some(with_special),
+            Encoder::SentencePiece(_) => None,
+        }
     }
 }
 
