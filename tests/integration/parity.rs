@@ -47,6 +47,10 @@ struct Fixtures {
     /// TinyLlama's shape (2 of its 22 layers) with a SentencePiece vocabulary of 1,000 pieces
     /// trained on tests/fixtures/corpus.txt: Q4_K and Q6_K throughout.
     sentencepiece: PathBuf,
+    /// Gemma 3 1B's shape (6 of its 26 layers: five local, one global) with a sliding window
+    /// of 16 positions, so the greedy run slides, and a SentencePiece vocabulary without the
+    /// space prefix, as Gemma's.
+    gemma3: PathBuf,
 }
 
 fn fixtures() -> &'static Fixtures {
@@ -57,7 +61,8 @@ fn fixtures() -> &'static Fixtures {
         let vocab_from = ["--vocab-from", default_model.to_str().unwrap()];
         let smollm2_shape = q4_k_m(dir.path(), "smollm2-135m", "4", &vocab_from);
         let sentencepiece = q4_k_m(dir.path(), "tinyllama-1b", "2", &["--sentencepiece", "1000"]);
-        Fixtures { _dir: dir, smollm2_shape, sentencepiece }
+        let gemma3 = q4_k_m(dir.path(), "gemma3-1b", "6", &["--sentencepiece", "1000", "--window", "16"]);
+        Fixtures { _dir: dir, smollm2_shape, sentencepiece, gemma3 }
     })
 }
 
@@ -173,6 +178,8 @@ fn sentencepiece_ids_match_llama_tokenize_on_fifty_strings() {
     // BOS, the space prefix, merges by score and byte fallback for the many
     // characters a 1,000-piece vocabulary lacks.
     assert_same_ids_as_llama_tokenize(&fixtures().sentencepiece);
+    // Gemma's: no space prefix.
+    assert_same_ids_as_llama_tokenize(&fixtures().gemma3);
 }
 
 /// A `llama-server` on a free port, killed on drop.
@@ -375,6 +382,17 @@ fn greedy_tokens_match_llama_server_on_a_sentencepiece_model() {
     // the output. The same K-quant differences as above over rows 8x longer:
     // measured, 30 of 32 agree, log-probabilities within 0.11 (median 0.03).
     let parity = greedy_parity(&fixtures().sentencepiece, "The history of computing", 0.05);
+    assert!(parity.median_logprob_diff < 0.05, "median log-probability difference {}", parity.median_logprob_diff);
+    assert!(parity.max_logprob_diff < 0.25, "log-probabilities {} apart", parity.max_logprob_diff);
+    assert!(parity.same >= 28, "only {} of 32 greedy tokens agree", parity.same);
+}
+
+#[test]
+fn greedy_tokens_match_llama_server_on_a_gemma3_model() {
+    let _machine = crate::exclusive();
+    // Embedding scale, Q/K norms, post norms, GeGLU, local layers with their
+    // own RoPE base sliding over 16 positions, one global layer.
+    let parity = greedy_parity(&fixtures().gemma3, "The history of computing", 0.05);
     assert!(parity.median_logprob_diff < 0.05, "median log-probability difference {}", parity.median_logprob_diff);
     assert!(parity.max_logprob_diff < 0.25, "log-probabilities {} apart", parity.max_logprob_diff);
     assert!(parity.same >= 28, "only {} of 32 greedy tokens agree", parity.same);

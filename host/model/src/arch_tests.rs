@@ -7,6 +7,7 @@ use std::path::Path;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file;
+use candle_core::quantized::gguf_file::Value;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::{quantized_phi3, quantized_qwen2, quantized_qwen3};
 
@@ -34,6 +35,9 @@ fn candle_logits(arch: &str, path: &Path) -> Vec<f32> {
 
 #[test]
 fn qwen2_qwen3_and_phi3_match_candles_models_of_them() {
+    // Not Gemma 3: candle-transformers 0.11.1's quantized_gemma3 gates its FFN
+    // with SiLU where Gemma (and llama.cpp) use tanh-GELU. Gemma 3 is checked
+    // against llama.cpp itself (tests/integration/parity.rs).
     let dir = tempfile::tempdir().unwrap();
     for arch in ["qwen2", "qwen3", "phi3"] {
         for dtype in [GgmlDType::F32, GgmlDType::Q8_0] {
@@ -98,4 +102,27 @@ fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+#[test]
+fn gemma3_local_layers_see_only_their_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = |w: u32| {
+        let path = tiny_gguf::write(
+            "gemma3",
+            GgmlDType::F32,
+            dir.path(),
+            vec![("gemma3.attention.sliding_window", Value::U32(w))],
+        );
+        kiln_logits(&path, &TOKENS, false)
+    };
+    // Windows of 7 or more cover the whole 7-token prompt: the same logits.
+    // (candle's Gemma 3 shows one position more than llama.cpp and
+    // transformers do, so the window itself is not compared with it.)
+    let (wide, exact, narrow) = (window(16), window(7), window(3));
+    assert!(relative_error(&exact, &wide) < 1e-6);
+    assert!(relative_error(&narrow, &wide) > 1e-3, "a 3-position window changed nothing");
+    let model = Model::load(&tiny_gguf::write("gemma3", GgmlDType::F32, dir.path(), vec![]), None).unwrap();
+    let slides: Vec<bool> = (0..2).map(|l| model.config().sliding_window.as_ref().unwrap().slides(l)).collect();
+    assert_eq!(slides, [true, false]);
 }

@@ -8,7 +8,8 @@ use crate::ops::fast_exp;
 
 /// One query head and the cache it attends over: keys in the blocked layout
 /// of [`crate::KvCache`], values row-major, both `kv_dim` wide; the head's KV
-/// head starts at column `head_offset`; positions `0..len`.
+/// head starts at column `head_offset`; positions `start..len` are seen
+/// (`start` > 0 for a sliding-window layer).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct HeadAttention<'a, T> {
     pub q: &'a [f32],
@@ -16,6 +17,7 @@ pub(crate) struct HeadAttention<'a, T> {
     pub values: &'a [T],
     pub kv_dim: usize,
     pub head_offset: usize,
+    pub start: usize,
     pub len: usize,
 }
 
@@ -27,13 +29,18 @@ pub(crate) struct AttnScratch {
     wide: Vec<f32>,
 }
 
-/// `scores = exp(scores - max)`; returns `1 / sum`. Two passes, so the
-/// exponentials vectorize (a running float sum in the same loop would pin it
-/// to one lane: float adds may not be reordered).
+/// `scores = exp(scores - max)` over positions `start..`, zero before;
+/// returns `1 / sum`. Two passes, so the exponentials vectorize (a running
+/// float sum in the same loop would pin it to one lane: float adds may not be
+/// reordered). Positions outside the window still pass through the value
+/// loops, with weight zero: simpler than a ragged first key block, and a
+/// window is thousands of positions, so only very long sequences pay.
 #[inline(always)]
-fn softmax_weights(scores: &mut [f32]) -> f32 {
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    for s in scores.iter_mut() {
+fn softmax_weights(scores: &mut [f32], start: usize) -> f32 {
+    let (hidden, seen) = scores.split_at_mut(start.min(scores.len()));
+    hidden.fill(0.0);
+    let max = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    for s in seen.iter_mut() {
         *s = fast_exp(*s - max);
     }
     let mut acc = [0f32; 16];
@@ -79,7 +86,7 @@ fn scores_portable<T: KvElem>(h: &HeadAttention<'_, T>, scratch: &mut AttnScratc
 #[inline(always)]
 fn values_portable<T: KvElem>(h: &HeadAttention<'_, T>, scratch: &mut AttnScratch, out: &mut [f32]) {
     let hd = h.q.len();
-    let inv = softmax_weights(&mut scratch.scores);
+    let inv = softmax_weights(&mut scratch.scores, h.start);
     out.fill(0.0);
     for (p, s) in scratch.scores.iter().enumerate() {
         let row = T::widen(&h.values[p * h.kv_dim + h.head_offset..][..hd], &mut scratch.wide);
@@ -198,7 +205,7 @@ mod x86 {
         if !matches!(h.q.len(), 64 | 128) {
             return values_portable(&h, scratch, out);
         }
-        let inv = softmax_weights(&mut scratch.scores);
+        let inv = softmax_weights(&mut scratch.scores, h.start);
         if h.q.len() == 64 {
             values_avx512::<T, 4>(&h, &scratch.scores, inv, out)
         } else {
@@ -260,7 +267,7 @@ mod x86 {
         if !matches!(h.q.len(), 64 | 128) {
             return values_portable(&h, scratch, out);
         }
-        let inv = softmax_weights(&mut scratch.scores);
+        let inv = softmax_weights(&mut scratch.scores, h.start);
         if h.q.len() == 64 {
             values_avx2::<T, 8>(&h, &scratch.scores, inv, out)
         } else {
@@ -325,15 +332,39 @@ mod tests {
     }
 
     fn every_path(c: &KvCache, q: &[f32], head_offset: usize) -> Vec<(&'static str, Vec<f32>)> {
+        every_path_from(c, q, head_offset, 0)
+    }
+
+    /// [`every_path`] seeing positions `start..` only.
+    fn every_path_from(c: &KvCache, q: &[f32], head_offset: usize, start: usize) -> Vec<(&'static str, Vec<f32>)> {
         let (kv_dim, len) = (c.kv_dim(), c.len());
         match &c.layers {
             Layers::F16(l) => {
                 let LayerKv { keys, values } = &l[0];
-                paths::<f16>(HeadAttention { q, keys, values, kv_dim, head_offset, len })
+                paths::<f16>(HeadAttention { q, keys, values, kv_dim, head_offset, start, len })
             }
             Layers::F32(l) => {
                 let LayerKv { keys, values } = &l[0];
-                paths::<f32>(HeadAttention { q, keys, values, kv_dim, head_offset, len })
+                paths::<f32>(HeadAttention { q, keys, values, kv_dim, head_offset, start, len })
+            }
+        }
+    }
+
+    #[test]
+    fn a_sliding_window_sees_only_its_last_positions() {
+        // 40 positions (three key blocks); the window starts at 21, mid-block.
+        let row = |p: usize, salt: f32| (0..64).map(|j| ((p * 64 + j) as f32 * salt).sin()).collect::<Vec<f32>>();
+        let keys: Vec<Vec<f32>> = (0..40).map(|p| row(p, 0.37)).collect();
+        let values: Vec<Vec<f32>> = (0..40).map(|p| row(p, 0.11)).collect();
+        let q = row(99, 0.23);
+        for kv_type in [KvType::F32, KvType::F16] {
+            let whole = cache(&keys, &values, kv_type);
+            let window = cache(&keys[21..], &values[21..], kv_type);
+            let want = every_path(&window, &q, 0)[0].1.clone();
+            for (path, got) in every_path_from(&whole, &q, 0, 21) {
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() < 1e-5, "{kv_type:?} {path}: {g} vs {w}");
+                }
             }
         }
     }

@@ -201,14 +201,14 @@ impl KvCache {
         layer: usize,
         q: &[f32],
         head_offset: usize,
-        len: usize,
+        (start, len): (usize, usize),
         scratch: &mut AttnScratch,
         out: &mut [f32],
     ) {
         let kv_dim = self.kv_dim;
         each_layer!(&self.layers, |layers| {
             let LayerKv { keys, values } = &layers[layer];
-            attention::attend(HeadAttention { q, keys, values, kv_dim, head_offset, len }, scratch, out)
+            attention::attend(HeadAttention { q, keys, values, kv_dim, head_offset, start, len }, scratch, out)
         })
     }
 

@@ -17,6 +17,11 @@ pub enum Arch {
     /// Phi-3: Q/K/V in one matrix (`attn_qkv`), gate and up in one
     /// (`ffn_up`, gate first); RoPE over halves.
     Phi3,
+    /// Gemma 3: embeddings scaled by sqrt(width), per-head Q/K RMSNorm, an
+    /// RMSNorm after attention and after the FFN as well as before, GeGLU
+    /// (tanh GELU) instead of SwiGLU, RoPE over halves; five of every six
+    /// layers attend over a sliding window with their own RoPE base.
+    Gemma3,
 }
 
 /// How RoPE pairs a head's dimensions (llama.cpp's rope types).
@@ -31,7 +36,7 @@ pub enum RopeStyle {
 
 impl Arch {
     /// `general.architecture` values kiln loads, for errors that list them.
-    pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3"];
+    pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"];
 
     fn from_gguf_name(name: &str) -> Option<Arch> {
         match name {
@@ -39,6 +44,7 @@ impl Arch {
             "qwen2" => Some(Arch::Qwen2),
             "qwen3" => Some(Arch::Qwen3),
             "phi3" => Some(Arch::Phi3),
+            "gemma3" => Some(Arch::Gemma3),
             _ => None,
         }
     }
@@ -46,7 +52,7 @@ impl Arch {
     pub fn rope_style(self) -> RopeStyle {
         match self {
             Arch::Llama => RopeStyle::Interleaved,
-            Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 => RopeStyle::Halves,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Gemma3 => RopeStyle::Halves,
         }
     }
 
@@ -62,7 +68,32 @@ impl Arch {
 
     /// Each head of Q and K is RMS-normalized (`attn_{q,k}_norm`) before RoPE.
     pub fn qk_norm(self) -> bool {
-        self == Arch::Qwen3
+        matches!(self, Arch::Qwen3 | Arch::Gemma3)
+    }
+
+    /// Gemma: token embeddings are multiplied by sqrt(width), and attention
+    /// and FFN outputs are RMS-normalized (`post_attention_norm`,
+    /// `post_ffw_norm`) before joining the residual stream.
+    pub fn gemma(self) -> bool {
+        self == Arch::Gemma3
+    }
+}
+
+/// Layers that attend over the last `window` positions only (Gemma 3's local
+/// layers), each with RoPE of its own base.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlidingWindow {
+    /// Positions a query sees, itself included.
+    pub window: usize,
+    /// Every `pattern`-th layer is global, the others slide (`(l + 1) % pattern != 0`).
+    pub pattern: usize,
+    /// RoPE base of the sliding layers (no scaling applies to them).
+    pub rope_freq_base: f32,
+}
+
+impl SlidingWindow {
+    pub fn slides(&self, layer: usize) -> bool {
+        !(layer + 1).is_multiple_of(self.pattern)
     }
 }
 
@@ -87,6 +118,11 @@ pub struct ModelConfig {
     /// Context length the model was trained with.
     pub n_ctx_train: usize,
     pub vocab_size: usize,
+    /// Gemma 3's local layers.
+    pub sliding_window: Option<SlidingWindow>,
+    /// Multiplies attention scores instead of 1/sqrt(head width) (Gemma 3 27B's
+    /// queries are scaled by its width per head, not by its head width).
+    pub attention_scale: Option<f32>,
 }
 
 impl ModelConfig {
@@ -158,9 +194,25 @@ impl ModelConfig {
                 .map(|t| t.shape.dims()[0])
                 .ok_or_else(|| meta_err("tokenizer.ggml.tokens", "absent"))?,
         };
+        let n_layer = u("block_count")?;
+        let (sliding_window, attention_scale) = match kind {
+            // llama.cpp's constants for Gemma 3 (a local layer's RoPE base and the
+            // 5:1 pattern are not in the file); candle's keys where a file has them.
+            Arch::Gemma3 => {
+                let window = SlidingWindow {
+                    window: u("attention.sliding_window")?,
+                    pattern: u("attention.sliding_window_type").unwrap_or(6).max(1),
+                    rope_freq_base: f("rope.local_freq_base", 10_000.0)?,
+                };
+                // 27B (62 layers) scales queries by width / heads, not by head width.
+                let scale = (n_layer == 62).then(|| 1.0 / ((n_embd / n_head) as f32).sqrt());
+                (Some(window), scale)
+            }
+            _ => (None, None),
+        };
         Ok(ModelConfig {
             name: content.metadata.get("general.name").and_then(|v| v.to_string().ok()).cloned(),
-            n_layer: u("block_count")?,
+            n_layer,
             n_embd,
             n_ff: u("feed_forward_length")?,
             n_head,
@@ -172,6 +224,8 @@ impl ModelConfig {
             rms_eps: f("attention.layer_norm_rms_epsilon", 1e-5)?,
             n_ctx_train: u("context_length")?,
             vocab_size,
+            sliding_window,
+            attention_scale,
             architecture: arch,
             arch: kind,
         })

@@ -1,15 +1,16 @@
-//! kiln-model: a GGUF decoder model (Llama, Mistral, Qwen2, Qwen3, Phi-3) and its forward pass.
+//! kiln-model: a GGUF decoder model (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 3) and its forward pass.
 //!
 //! One call to [`Model::forward`] runs a batch of sequences, each at its own
 //! position with its own [`KvCache`]: prompt chunks (prefill) and single
 //! decode tokens mix freely in one step, which is what continuous batching
 //! needs. The layer weights' products run on `kiln-kernels` (Q4_1, Q5_0,
 //! Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) or on candle-core's quantized matmul for
-//! the other GGUF formats; the
-//! small ops (RMSNorm, RoPE, grouped-query attention, SwiGLU) and each
-//! architecture's additions (Q/K/V biases, per-head Q/K norms) are fused
-//! loops over preallocated rows, because at 135M parameters a decode step is
-//! a few milliseconds and per-op tensor bookkeeping would be a large share.
+//! the other GGUF formats; the small ops (RMSNorm, RoPE, grouped-query
+//! attention, SwiGLU) and each architecture's additions (Q/K/V biases,
+//! per-head Q/K norms, Gemma's post norms, GeGLU and sliding windows) are
+//! fused loops over preallocated rows, because at 135M parameters a decode
+//! step is a few milliseconds and per-op tensor bookkeeping would be a large
+//! share.
 
 mod attention;
 mod cache;
@@ -17,9 +18,10 @@ mod config;
 mod linear;
 mod model;
 mod ops;
+mod rope;
 
 pub use cache::{KvCache, KvType};
-pub use config::{Arch, ModelConfig, RopeStyle};
+pub use config::{Arch, ModelConfig, RopeStyle, SlidingWindow};
 pub use model::{LoadOptions, Model, SeqBatchItem};
 
 /// Why a model could not be loaded or run.

@@ -17,6 +17,7 @@ use crate::cache::{KvCache, KvType};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::linear::{FusedLinear, Linear, RawTensor, map_file, read_raw};
 use crate::ops;
+use crate::rope::RopeTable;
 use crate::{ModelError, Result};
 
 #[derive(Debug)]
@@ -25,8 +26,11 @@ struct Block {
     qkv: FusedLinear,
     /// Added to each row of `qkv` (Qwen2).
     qkv_bias: Option<Vec<f32>>,
-    /// Per-head RMSNorm weights of Q and of K, applied before RoPE (Qwen3).
+    /// Per-head RMSNorm weights of Q and of K, applied before RoPE (Qwen3, Gemma 3).
     qk_norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// RMSNorm weights applied to the attention output and to the FFN output
+    /// before each joins the residual stream (Gemma).
+    post_norms: Option<(Vec<f32>, Vec<f32>)>,
     wo: FusedLinear,
     ffn_norm: Vec<f32>,
     gate_up: FusedLinear,
@@ -81,9 +85,9 @@ pub struct Model {
     output: Linear,
     /// Per-frequency divisors (`rope_freqs.weight`, as Llama 3.1+ ship).
     rope_freq_factors: Option<Vec<f32>>,
-    /// `max_context x rope_dim/2` cosines and sines.
-    rope_cos: Vec<f32>,
-    rope_sin: Vec<f32>,
+    rope: RopeTable,
+    /// Sliding-window layers' table (Gemma 3), of their own base.
+    rope_local: Option<RopeTable>,
 }
 
 fn f32_vector(raw: RawTensor<'_>, name: &str) -> Result<Vec<f32>> {
@@ -181,6 +185,15 @@ impl Model {
                     Some((qn, kn))
                 }
             };
+            let post_norms = match config.arch.gemma() {
+                false => None,
+                true => {
+                    let (a, f) = (vec(file, &n("post_attention_norm"))?, vec(file, &n("post_ffw_norm"))?);
+                    expect_shape(&n("post_attention_norm"), (1, a.len()), (1, d))?;
+                    expect_shape(&n("post_ffw_norm"), (1, f.len()), (1, d))?;
+                    Some((a, f))
+                }
+            };
             let (qkv_names, gate_up_names) = match config.arch.fused_projections() {
                 true => (vec![n("attn_qkv")], vec![n("ffn_up")]),
                 false => (vec![n("attn_q"), n("attn_k"), n("attn_v")], vec![n("ffn_gate"), n("ffn_up")]),
@@ -190,6 +203,7 @@ impl Model {
                 qkv: FusedLinear::load(file, content, &qkv_names, f32_weights)?,
                 qkv_bias,
                 qk_norm,
+                post_norms,
                 wo: FusedLinear::load(file, content, &[n("attn_output")], f32_weights)?,
                 ffn_norm: vec(file, &n("ffn_norm"))?,
                 gate_up: FusedLinear::load(file, content, &gate_up_names, f32_weights)?,
@@ -242,29 +256,19 @@ impl Model {
             embedding,
             blocks,
             output,
-            rope_cos: Vec::new(),
-            rope_sin: Vec::new(),
+            rope: RopeTable::default(),
+            rope_local: None,
         })
     }
 
     fn build_rope_table(&mut self) {
-        let half = self.config.rope_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| {
-                let f = 1.0 / self.config.rope_freq_base.powf(2.0 * i as f32 / self.config.rope_dim as f32);
-                let factor = self.rope_freq_factors.as_ref().map_or(1.0, |v| v[i]);
-                f / factor / self.config.rope_linear_scale
-            })
-            .collect();
-        self.rope_cos = Vec::with_capacity(self.max_context * half);
-        self.rope_sin = Vec::with_capacity(self.max_context * half);
-        for pos in 0..self.max_context {
-            for f in &inv_freq {
-                let theta = pos as f32 * f;
-                self.rope_cos.push(theta.cos());
-                self.rope_sin.push(theta.sin());
-            }
-        }
+        let cfg = &self.config;
+        let factors = self.rope_freq_factors.as_deref();
+        self.rope = RopeTable::new(cfg.rope_dim, cfg.rope_freq_base, cfg.rope_linear_scale, factors, self.max_context);
+        self.rope_local = cfg
+            .sliding_window
+            .as_ref()
+            .map(|w| RopeTable::new(cfg.rope_dim, w.rope_freq_base, 1.0, None, self.max_context));
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -333,6 +337,12 @@ impl Model {
         for (row, tok) in x.chunks_exact_mut(d).zip(tokens) {
             self.embed(tok, row)?;
         }
+        if cfg.arch.gemma() {
+            let scale = (d as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
+        // Queries carry any score scale other than 1/sqrt(head width), which the attention applies.
+        let q_scale = cfg.attention_scale.map(|s| s * (hd as f32).sqrt());
         let mut xn = vec![0f32; t * d];
         let mut qkv = vec![0f32; t * qkv_w];
         let mut attn = vec![0f32; t * qd];
@@ -340,18 +350,22 @@ impl Model {
         let mut gate_up = vec![0f32; t * 2 * cfg.n_ff];
         let mut h = vec![0f32; t * cfg.n_ff];
         let mut acts = QuantizedActs::new();
-        let half = cfg.rope_dim / 2;
         // A failed product (candle's formats can fail) must not leave caches with
         // rows past their length: roll every cache back before reporting it.
         let ran = (|| -> Result<()> {
             for (l, block) in self.blocks.iter().enumerate() {
+                let window = cfg.sliding_window.as_ref().filter(|w| w.slides(l)).map(|w| w.window);
+                let rope = match (window, &self.rope_local) {
+                    (Some(_), Some(local)) => local,
+                    _ => &self.rope,
+                };
                 ops::rms_norm(&x, &block.attn_norm, cfg.rms_eps, &mut xn);
                 block.qkv.forward(&xn, t, &mut acts, &mut qkv)?;
                 for (row, &(_, pos)) in qkv.chunks_exact_mut(qkv_w).zip(&rows) {
                     if let Some(bias) = &block.qkv_bias {
                         row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
                     }
-                    let (cos, sin) = (&self.rope_cos[pos * half..][..half], &self.rope_sin[pos * half..][..half]);
+                    let (cos, sin) = rope.at(pos);
                     let (q, k) = row[..qd + kvd].split_at_mut(qd);
                     for (heads, norm) in
                         [(q, block.qk_norm.as_ref().map(|n| &n.0)), (k, block.qk_norm.as_ref().map(|n| &n.1))]
@@ -366,6 +380,9 @@ impl Model {
                             }
                         }
                     }
+                    if let Some(scale) = q_scale {
+                        row[..qd].iter_mut().for_each(|v| *v *= scale);
+                    }
                 }
                 for (row, &(i, pos)) in qkv.chunks_exact(qkv_w).zip(&rows) {
                     items[i].cache.append(l, pos, &row[qd..qd + kvd], &row[qd + kvd..]);
@@ -378,15 +395,25 @@ impl Model {
                         let (row, head) = (idx / n_head, idx % n_head);
                         let (item, pos) = rows[row];
                         let q = &qkv[row * qkv_w + head * hd..][..hd];
-                        caches[item].attend(l, q, (head / group) * hd, pos + 1, scratch, out);
+                        let start = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                        caches[item].attend(l, q, (head / group) * hd, (start, pos + 1), scratch, out);
                     },
                 );
                 block.wo.forward(&attn, t, &mut acts, &mut proj)?;
+                if let Some((post_attn, _)) = &block.post_norms {
+                    proj.chunks_exact_mut(d).for_each(|row| ops::rms_norm_in_place(row, post_attn, cfg.rms_eps));
+                }
                 x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
                 ops::rms_norm(&x, &block.ffn_norm, cfg.rms_eps, &mut xn);
                 block.gate_up.forward(&xn, t, &mut acts, &mut gate_up)?;
-                ops::silu_mul(&gate_up, cfg.n_ff, &mut h);
+                match cfg.arch.gemma() {
+                    true => ops::gelu_mul(&gate_up, cfg.n_ff, &mut h),
+                    false => ops::silu_mul(&gate_up, cfg.n_ff, &mut h),
+                }
                 block.down.forward(&h, t, &mut acts, &mut proj)?;
+                if let Some((_, post_ffn)) = &block.post_norms {
+                    proj.chunks_exact_mut(d).for_each(|row| ops::rms_norm_in_place(row, post_ffn, cfg.rms_eps));
+                }
                 x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
             }
             Ok(())

@@ -58,43 +58,70 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// `sqrt(2 / pi)`, of the tanh approximation of GELU.
+const GELU_C: f32 = 0.797_884_6;
+
 #[inline(always)]
-fn silu_mul_body(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
+fn glu_body<const GELU: bool>(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
     for (row, o) in gate_up.chunks_exact(2 * n_ff).zip(out.chunks_exact_mut(n_ff)) {
         let (g, u) = row.split_at(n_ff);
         for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-            *o = g / (1.0 + fast_exp(-g)) * u;
+            // SiLU is g * sigmoid(g); tanh-GELU is g * (1 + tanh(y)) / 2 = g * sigmoid(2y).
+            let z = if GELU { 2.0 * GELU_C * (g + 0.044_715 * g * g * g) } else { *g };
+            *o = g / (1.0 + fast_exp(-z)) * u;
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-fn silu_mul_avx512(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
-    silu_mul_body(gate_up, n_ff, out)
+fn glu_avx512<const GELU: bool>(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
+    glu_body::<GELU>(gate_up, n_ff, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn silu_mul_avx2(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
-    silu_mul_body(gate_up, n_ff, out)
+fn glu_avx2<const GELU: bool>(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
+    glu_body::<GELU>(gate_up, n_ff, out)
+}
+
+fn glu<const GELU: bool>(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    match kiln_kernels::Isa::current() {
+        // SAFETY (both arms): the kernels' ISA implies these features.
+        kiln_kernels::Isa::Avx512Vnni => return unsafe { glu_avx512::<GELU>(gate_up, n_ff, out) },
+        kiln_kernels::Isa::Avx2 => return unsafe { glu_avx2::<GELU>(gate_up, n_ff, out) },
+        kiln_kernels::Isa::Scalar => {}
+    }
+    glu_body::<GELU>(gate_up, n_ff, out)
 }
 
 /// SwiGLU: `out = silu(gate) * up` where each input row is `[gate | up]`.
 pub(crate) fn silu_mul(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    match kiln_kernels::Isa::current() {
-        // SAFETY (both arms): the kernels' ISA implies these features.
-        kiln_kernels::Isa::Avx512Vnni => return unsafe { silu_mul_avx512(gate_up, n_ff, out) },
-        kiln_kernels::Isa::Avx2 => return unsafe { silu_mul_avx2(gate_up, n_ff, out) },
-        kiln_kernels::Isa::Scalar => {}
-    }
-    silu_mul_body(gate_up, n_ff, out)
+    glu::<false>(gate_up, n_ff, out)
+}
+
+/// GeGLU (Gemma): `out = gelu(gate) * up`, GELU's tanh approximation.
+pub(crate) fn gelu_mul(gate_up: &[f32], n_ff: usize, out: &mut [f32]) {
+    glu::<true>(gate_up, n_ff, out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gelu_mul_is_the_tanh_approximation_of_gelu_times_up() {
+        let gate: Vec<f32> = (-40..40).map(|i| i as f32 * 0.2).collect();
+        let up: Vec<f32> = gate.iter().map(|g| 1.5 - g * 0.1).collect();
+        let gate_up: Vec<f32> = gate.iter().chain(&up).copied().collect();
+        let mut out = vec![0f32; gate.len()];
+        gelu_mul(&gate_up, gate.len(), &mut out);
+        for ((o, g), u) in out.iter().zip(&gate).zip(&up) {
+            let want = 0.5 * g * (1.0 + (GELU_C * (g + 0.044_715 * g * g * g)).tanh()) * u;
+            assert!((o - want).abs() <= 1e-5 * (1.0 + want.abs()), "gelu({g}) * {u}: {o} vs {want}");
+        }
+    }
 
     #[test]
     fn fast_exp_matches_libm() {

@@ -43,7 +43,7 @@ impl Random {
     }
 }
 
-/// Writes a 2-layer model of `arch` (`llama`, `qwen2`, `qwen3`, `phi3`) whose
+/// Writes a 2-layer model of `arch` (`llama`, `qwen2`, `qwen3`, `phi3`, `gemma3`) whose
 /// matrices are all `dtype`, with `extra` metadata; returns the file. Norm
 /// weights and biases are random too, so a missed one shows in the logits.
 /// Qwen3's heads are wider than width / heads, as in the real models.
@@ -60,7 +60,7 @@ pub fn write_with(
     extra_vectors: &[&str],
 ) -> PathBuf {
     let mut random = Random(1);
-    let head_dim = if arch == "qwen3" { 128 } else { D / HEADS };
+    let head_dim = if matches!(arch, "qwen3" | "gemma3") { 128 } else { D / HEADS };
     let (q, kv) = (HEADS * head_dim, KV_HEADS * head_dim);
     let mut tensors: Vec<(String, QTensor)> = vec![
         ("token_embd.weight".into(), random.matrix(VOCAB, D, 0.1, dtype)),
@@ -92,9 +92,13 @@ pub fn write_with(
                 tensors.push((format!("blk.{l}.{name}.bias"), random.vector(n, 0.0, 0.5)));
             }
         }
-        if arch == "qwen3" {
+        if matches!(arch, "qwen3" | "gemma3") {
             tensors.push((format!("blk.{l}.attn_q_norm.weight"), random.vector(head_dim, 1.0, 0.5)));
             tensors.push((format!("blk.{l}.attn_k_norm.weight"), random.vector(head_dim, 1.0, 0.5)));
+        }
+        if arch == "gemma3" {
+            tensors.push((format!("blk.{l}.post_attention_norm.weight"), random.vector(D, 1.0, 0.5)));
+            tensors.push((format!("blk.{l}.post_ffw_norm.weight"), random.vector(D, 1.0, 0.5)));
         }
     }
     let key = |k: &str| format!("{arch}.{k}");
@@ -112,11 +116,23 @@ pub fn write_with(
         (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
         (key("rope.freq_base"), Value::F32(10_000.0)),
     ];
-    if arch == "qwen3" {
+    if matches!(arch, "qwen3" | "gemma3") {
         meta.push((key("attention.key_length"), Value::U32(head_dim as u32)));
         meta.push((key("attention.value_length"), Value::U32(head_dim as u32)));
     }
-    meta.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+    if arch == "gemma3" {
+        // Layer 0 slides (RoPE base 10,000), layer 1 is global (base 10^6);
+        // the window is wider than the tests' prompts unless `extra` narrows it.
+        meta.push((key("attention.sliding_window"), Value::U32(16)));
+        meta.push((key("attention.sliding_window_type"), Value::U32(2)));
+        meta.push((key("rope.local_freq_base"), Value::F32(10_000.0)));
+        meta.retain(|(k, _)| k != &key("rope.freq_base"));
+        meta.push((key("rope.freq_base"), Value::F32(1_000_000.0)));
+    }
+    for (k, v) in extra {
+        meta.retain(|(have, _)| have != k);
+        meta.push((k.to_string(), v));
+    }
     for name in extra_vectors {
         tensors.push((name.to_string(), random.vector(32, 1.0, 0.5)));
     }
