@@ -51,6 +51,9 @@ struct Fixtures {
     /// of 16 positions, so the greedy run slides, and a SentencePiece vocabulary without the
     /// space prefix, as Gemma's.
     gemma3: PathBuf,
+    /// Gemma 2 2B's shape (4 of its 26 layers: the first and third slide over 16 positions),
+    /// soft-caps narrow enough to bend this random model's scores (0.5) and logits (2.0).
+    gemma2: PathBuf,
 }
 
 fn fixtures() -> &'static Fixtures {
@@ -62,7 +65,10 @@ fn fixtures() -> &'static Fixtures {
         let smollm2_shape = q4_k_m(dir.path(), "smollm2-135m", "4", &vocab_from);
         let sentencepiece = q4_k_m(dir.path(), "tinyllama-1b", "2", &["--sentencepiece", "1000"]);
         let gemma3 = q4_k_m(dir.path(), "gemma3-1b", "6", &["--sentencepiece", "1000", "--window", "16"]);
-        Fixtures { _dir: dir, smollm2_shape, sentencepiece, gemma3 }
+        let caps = ["--attn-softcap", "0.5", "--final-softcap", "2.0"];
+        let gemma2_args = [&["--sentencepiece", "1000", "--window", "16"][..], &caps[..]].concat();
+        let gemma2 = q4_k_m(dir.path(), "gemma2-2b", "4", &gemma2_args);
+        Fixtures { _dir: dir, smollm2_shape, sentencepiece, gemma3, gemma2 }
     })
 }
 
@@ -393,6 +399,17 @@ fn greedy_tokens_match_llama_server_on_a_gemma3_model() {
     // Embedding scale, Q/K norms, post norms, GeGLU, local layers with their
     // own RoPE base sliding over 16 positions, one global layer.
     let parity = greedy_parity(&fixtures().gemma3, "The history of computing", 0.05);
+    assert!(parity.median_logprob_diff < 0.05, "median log-probability difference {}", parity.median_logprob_diff);
+    assert!(parity.max_logprob_diff < 0.25, "log-probabilities {} apart", parity.max_logprob_diff);
+    assert!(parity.same >= 28, "only {} of 32 greedy tokens agree", parity.same);
+}
+
+#[test]
+fn greedy_tokens_match_llama_server_on_a_gemma2_model() {
+    let _machine = crate::exclusive();
+    // Post norms, GeGLU, attention scores and output logits soft-capped,
+    // every other layer sliding over 16 positions.
+    let parity = greedy_parity(&fixtures().gemma2, "The history of computing", 0.05);
     assert!(parity.median_logprob_diff < 0.05, "median log-probability difference {}", parity.median_logprob_diff);
     assert!(parity.max_logprob_diff < 0.25, "log-probabilities {} apart", parity.max_logprob_diff);
     assert!(parity.same >= 28, "only {} of 32 greedy tokens agree", parity.same);

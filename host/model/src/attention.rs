@@ -8,8 +8,7 @@ use crate::ops::fast_exp;
 
 /// One query head and the cache it attends over: keys in the blocked layout
 /// of [`crate::KvCache`], values row-major, both `kv_dim` wide; the head's KV
-/// head starts at column `head_offset`; positions `start..len` are seen
-/// (`start` > 0 for a sliding-window layer).
+/// head starts at column `head_offset`; it sees what `seen` says.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct HeadAttention<'a, T> {
     pub q: &'a [f32],
@@ -17,8 +16,17 @@ pub(crate) struct HeadAttention<'a, T> {
     pub values: &'a [T],
     pub kv_dim: usize,
     pub head_offset: usize,
+    pub seen: Seen,
+}
+
+/// Which positions a query sees, and how its scores are bounded.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Seen {
+    /// Positions `start..len` (`start` > 0 on a sliding-window layer).
     pub start: usize,
     pub len: usize,
+    /// Scores become `c * tanh(score / c)` (Gemma 2).
+    pub softcap: Option<f32>,
 }
 
 /// Per-thread buffers reused across heads.
@@ -36,9 +44,13 @@ pub(crate) struct AttnScratch {
 /// loops, with weight zero: simpler than a ragged first key block, and a
 /// window is thousands of positions, so only very long sequences pay.
 #[inline(always)]
-fn softmax_weights(scores: &mut [f32], start: usize) -> f32 {
-    let (hidden, seen) = scores.split_at_mut(start.min(scores.len()));
+fn softmax_weights(scores: &mut [f32], seen: Seen) -> f32 {
+    let (hidden, seen_scores) = scores.split_at_mut(seen.start.min(scores.len()));
     hidden.fill(0.0);
+    if let Some(cap) = seen.softcap {
+        seen_scores.iter_mut().for_each(|s| *s = cap * (*s / cap).tanh());
+    }
+    let seen = seen_scores;
     let max = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     for s in seen.iter_mut() {
         *s = fast_exp(*s - max);
@@ -67,7 +79,7 @@ fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
 fn scores_portable<T: KvElem>(h: &HeadAttention<'_, T>, scratch: &mut AttnScratch) {
     let hd = h.q.len();
     let scale = 1.0 / (hd as f32).sqrt();
-    for b in 0..h.len.div_ceil(KEY_BLOCK) {
+    for b in 0..h.seen.len.div_ceil(KEY_BLOCK) {
         let base = b * h.kv_dim * KEY_BLOCK + h.head_offset * KEY_BLOCK;
         let block = T::widen(&h.keys[base..base + hd * KEY_BLOCK], &mut scratch.wide);
         let mut acc = [0f32; KEY_BLOCK];
@@ -77,7 +89,7 @@ fn scores_portable<T: KvElem>(h: &HeadAttention<'_, T>, scratch: &mut AttnScratc
                 acc[l] += qj * k[l];
             }
         }
-        let take = (h.len - b * KEY_BLOCK).min(KEY_BLOCK);
+        let take = (h.seen.len - b * KEY_BLOCK).min(KEY_BLOCK);
         scratch.scores.extend(acc[..take].iter().map(|s| s * scale));
     }
 }
@@ -86,7 +98,7 @@ fn scores_portable<T: KvElem>(h: &HeadAttention<'_, T>, scratch: &mut AttnScratc
 #[inline(always)]
 fn values_portable<T: KvElem>(h: &HeadAttention<'_, T>, scratch: &mut AttnScratch, out: &mut [f32]) {
     let hd = h.q.len();
-    let inv = softmax_weights(&mut scratch.scores, h.start);
+    let inv = softmax_weights(&mut scratch.scores, h.seen);
     out.fill(0.0);
     for (p, s) in scratch.scores.iter().enumerate() {
         let row = T::widen(&h.values[p * h.kv_dim + h.head_offset..][..hd], &mut scratch.wide);
@@ -134,11 +146,11 @@ mod x86 {
     /// Checks that every key block and value row the kernels read is in range.
     fn check_bounds<T>(h: &HeadAttention<'_, T>) {
         let hd = h.q.len();
-        let blocks = h.len.div_ceil(KEY_BLOCK);
+        let blocks = h.seen.len.div_ceil(KEY_BLOCK);
         if blocks > 0 {
             let last_key = (blocks - 1) * h.kv_dim * KEY_BLOCK + (h.head_offset + hd) * KEY_BLOCK;
             assert!(last_key <= h.keys.len(), "key blocks out of range");
-            let last_value = (h.len - 1) * h.kv_dim + h.head_offset + hd;
+            let last_value = (h.seen.len - 1) * h.kv_dim + h.head_offset + hd;
             assert!(last_value <= h.values.len(), "value rows out of range");
         }
     }
@@ -151,7 +163,7 @@ mod x86 {
         check_bounds(h);
         let scale = 1.0 / (hd as f32).sqrt();
         let mut lanes = [0f32; KEY_BLOCK];
-        for b in 0..h.len.div_ceil(KEY_BLOCK) {
+        for b in 0..h.seen.len.div_ceil(KEY_BLOCK) {
             // SAFETY: AVX-512F is enabled; every load is in range, checked above.
             unsafe {
                 let k = h.keys.as_ptr().add(b * h.kv_dim * KEY_BLOCK + h.head_offset * KEY_BLOCK);
@@ -171,7 +183,7 @@ mod x86 {
                 let sum = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
                 _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_mul_ps(sum, _mm512_set1_ps(scale)));
             }
-            let take = (h.len - b * KEY_BLOCK).min(KEY_BLOCK);
+            let take = (h.seen.len - b * KEY_BLOCK).min(KEY_BLOCK);
             scores.extend_from_slice(&lanes[..take]);
         }
     }
@@ -205,7 +217,7 @@ mod x86 {
         if !matches!(h.q.len(), 64 | 128) {
             return values_portable(&h, scratch, out);
         }
-        let inv = softmax_weights(&mut scratch.scores, h.start);
+        let inv = softmax_weights(&mut scratch.scores, h.seen);
         if h.q.len() == 64 {
             values_avx512::<T, 4>(&h, &scratch.scores, inv, out)
         } else {
@@ -220,7 +232,7 @@ mod x86 {
         check_bounds(h);
         let scale = 1.0 / (hd as f32).sqrt();
         let mut lanes = [0f32; KEY_BLOCK];
-        for b in 0..h.len.div_ceil(KEY_BLOCK) {
+        for b in 0..h.seen.len.div_ceil(KEY_BLOCK) {
             // SAFETY: AVX2, FMA and F16C are enabled; every load is in range, checked above.
             unsafe {
                 let k = h.keys.as_ptr().add(b * h.kv_dim * KEY_BLOCK + h.head_offset * KEY_BLOCK);
@@ -234,7 +246,7 @@ mod x86 {
                 _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_mul_ps(_mm256_add_ps(a[0], a[2]), scale));
                 _mm256_storeu_ps(lanes.as_mut_ptr().add(8), _mm256_mul_ps(_mm256_add_ps(a[1], a[3]), scale));
             }
-            let take = (h.len - b * KEY_BLOCK).min(KEY_BLOCK);
+            let take = (h.seen.len - b * KEY_BLOCK).min(KEY_BLOCK);
             scores.extend_from_slice(&lanes[..take]);
         }
     }
@@ -267,7 +279,7 @@ mod x86 {
         if !matches!(h.q.len(), 64 | 128) {
             return values_portable(&h, scratch, out);
         }
-        let inv = softmax_weights(&mut scratch.scores, h.start);
+        let inv = softmax_weights(&mut scratch.scores, h.seen);
         if h.q.len() == 64 {
             values_avx2::<T, 8>(&h, &scratch.scores, inv, out)
         } else {
@@ -332,21 +344,38 @@ mod tests {
     }
 
     fn every_path(c: &KvCache, q: &[f32], head_offset: usize) -> Vec<(&'static str, Vec<f32>)> {
-        every_path_from(c, q, head_offset, 0)
+        every_path_seeing(c, q, head_offset, 0, None)
     }
 
-    /// [`every_path`] seeing positions `start..` only.
-    fn every_path_from(c: &KvCache, q: &[f32], head_offset: usize, start: usize) -> Vec<(&'static str, Vec<f32>)> {
-        let (kv_dim, len) = (c.kv_dim(), c.len());
+    /// [`every_path`] seeing positions `start..` only, scores capped at `softcap`.
+    fn every_path_seeing(
+        c: &KvCache,
+        q: &[f32],
+        head_offset: usize,
+        start: usize,
+        softcap: Option<f32>,
+    ) -> Vec<(&'static str, Vec<f32>)> {
+        let (kv_dim, seen) = (c.kv_dim(), Seen { start, len: c.len(), softcap });
         match &c.layers {
             Layers::F16(l) => {
                 let LayerKv { keys, values } = &l[0];
-                paths::<f16>(HeadAttention { q, keys, values, kv_dim, head_offset, start, len })
+                paths::<f16>(HeadAttention { q, keys, values, kv_dim, head_offset, seen })
             }
             Layers::F32(l) => {
                 let LayerKv { keys, values } = &l[0];
-                paths::<f32>(HeadAttention { q, keys, values, kv_dim, head_offset, start, len })
+                paths::<f32>(HeadAttention { q, keys, values, kv_dim, head_offset, seen })
             }
+        }
+    }
+
+    #[test]
+    fn soft_capped_scores_are_c_tanh_of_score_over_c() {
+        // Scores [0, 1] capped at 0.5 become [0, 0.5 tanh 2].
+        let keys = [vec![0.0; 4], vec![1.0, 0.0, 0.0, 0.0]];
+        let c = cache(&keys, &[vec![1.0, 0.0, 0.0, 0.0], vec![0.0, 1.0, 0.0, 0.0]], KvType::F32);
+        let w = (0.5 * 2f32.tanh()).exp();
+        for (path, out) in every_path_seeing(&c, &[2.0, 0.0, 0.0, 0.0], 0, 0, Some(0.5)) {
+            assert!((out[0] - 1.0 / (1.0 + w)).abs() < 1e-6 && (out[1] - w / (1.0 + w)).abs() < 1e-6, "{path}");
         }
     }
 
@@ -361,7 +390,7 @@ mod tests {
             let whole = cache(&keys, &values, kv_type);
             let window = cache(&keys[21..], &values[21..], kv_type);
             let want = every_path(&window, &q, 0)[0].1.clone();
-            for (path, got) in every_path_from(&whole, &q, 0, 21) {
+            for (path, got) in every_path_seeing(&whole, &q, 0, 21, None) {
                 for (g, w) in got.iter().zip(&want) {
                     assert!((g - w).abs() < 1e-5, "{kv_type:?} {path}: {g} vs {w}");
                 }

@@ -3,7 +3,7 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use crate::attention::{self, AttnScratch, HeadAttention};
+use crate::attention::{self, AttnScratch, HeadAttention, Seen};
 
 /// Positions per key block: attention scores 16 positions with one vector
 /// multiply-add per head dimension, with no horizontal sums.
@@ -201,14 +201,14 @@ impl KvCache {
         layer: usize,
         q: &[f32],
         head_offset: usize,
-        (start, len): (usize, usize),
+        seen: Seen,
         scratch: &mut AttnScratch,
         out: &mut [f32],
     ) {
         let kv_dim = self.kv_dim;
         each_layer!(&self.layers, |layers| {
             let LayerKv { keys, values } = &layers[layer];
-            attention::attend(HeadAttention { q, keys, values, kv_dim, head_offset, start, len }, scratch, out)
+            attention::attend(HeadAttention { q, keys, values, kv_dim, head_offset, seen }, scratch, out)
         })
     }
 

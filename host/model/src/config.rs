@@ -17,6 +17,11 @@ pub enum Arch {
     /// Phi-3: Q/K/V in one matrix (`attn_qkv`), gate and up in one
     /// (`ffn_up`, gate first); RoPE over halves.
     Phi3,
+    /// Gemma 2: embeddings scaled by sqrt(width), an RMSNorm after attention
+    /// and after the FFN as well as before, GeGLU, RoPE over halves, attention
+    /// scores and output logits soft-capped (`c * tanh(x / c)`), every other
+    /// layer (the first, third...) on a sliding window.
+    Gemma2,
     /// Gemma 3: embeddings scaled by sqrt(width), per-head Q/K RMSNorm, an
     /// RMSNorm after attention and after the FFN as well as before, GeGLU
     /// (tanh GELU) instead of SwiGLU, RoPE over halves; five of every six
@@ -36,7 +41,7 @@ pub enum RopeStyle {
 
 impl Arch {
     /// `general.architecture` values kiln loads, for errors that list them.
-    pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"];
+    pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"];
 
     fn from_gguf_name(name: &str) -> Option<Arch> {
         match name {
@@ -44,6 +49,7 @@ impl Arch {
             "qwen2" => Some(Arch::Qwen2),
             "qwen3" => Some(Arch::Qwen3),
             "phi3" => Some(Arch::Phi3),
+            "gemma2" => Some(Arch::Gemma2),
             "gemma3" => Some(Arch::Gemma3),
             _ => None,
         }
@@ -52,7 +58,7 @@ impl Arch {
     pub fn rope_style(self) -> RopeStyle {
         match self {
             Arch::Llama => RopeStyle::Interleaved,
-            Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Gemma3 => RopeStyle::Halves,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Gemma2 | Arch::Gemma3 => RopeStyle::Halves,
         }
     }
 
@@ -75,7 +81,7 @@ impl Arch {
     /// and FFN outputs are RMS-normalized (`post_attention_norm`,
     /// `post_ffw_norm`) before joining the residual stream.
     pub fn gemma(self) -> bool {
-        self == Arch::Gemma3
+        matches!(self, Arch::Gemma2 | Arch::Gemma3)
     }
 }
 
@@ -87,8 +93,9 @@ pub struct SlidingWindow {
     pub window: usize,
     /// Every `pattern`-th layer is global, the others slide (`(l + 1) % pattern != 0`).
     pub pattern: usize,
-    /// RoPE base of the sliding layers (no scaling applies to them).
-    pub rope_freq_base: f32,
+    /// RoPE base of the sliding layers when it differs from the others'
+    /// (Gemma 3; no scaling applies to them then).
+    pub rope_freq_base: Option<f32>,
 }
 
 impl SlidingWindow {
@@ -120,9 +127,13 @@ pub struct ModelConfig {
     pub vocab_size: usize,
     /// Gemma 3's local layers.
     pub sliding_window: Option<SlidingWindow>,
-    /// Multiplies attention scores instead of 1/sqrt(head width) (Gemma 3 27B's
-    /// queries are scaled by its width per head, not by its head width).
+    /// Multiplies attention scores instead of 1/sqrt(head width) (Gemma's 27B
+    /// models scale queries by their width per head, not by their head width).
     pub attention_scale: Option<f32>,
+    /// Attention scores become `c * tanh(score / c)` (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// Output logits become `c * tanh(logit / c)` (Gemma 2).
+    pub final_softcap: Option<f32>,
 }
 
 impl ModelConfig {
@@ -195,20 +206,29 @@ impl ModelConfig {
                 .ok_or_else(|| meta_err("tokenizer.ggml.tokens", "absent"))?,
         };
         let n_layer = u("block_count")?;
-        let (sliding_window, attention_scale) = match kind {
-            // llama.cpp's constants for Gemma 3 (a local layer's RoPE base and the
-            // 5:1 pattern are not in the file); candle's keys where a file has them.
+        // Gemma's 27B models (46 layers for Gemma 2, 62 for Gemma 3) scale queries by width / heads.
+        let gemma_scale = |layers_27b: usize| (n_layer == layers_27b).then(|| 1.0 / ((n_embd / n_head) as f32).sqrt());
+        let (sliding_window, attention_scale, attn_softcap, final_softcap) = match kind {
+            // llama.cpp's constants where the file has no key (window pattern,
+            // Gemma 3's local RoPE base); candle's key names where a file has them.
+            Arch::Gemma2 => {
+                let window = SlidingWindow {
+                    window: u("attention.sliding_window").unwrap_or(4096),
+                    pattern: 2,
+                    rope_freq_base: None,
+                };
+                let caps = (f("attn_logit_softcapping", 50.0)?, f("final_logit_softcapping", 30.0)?);
+                (Some(window), gemma_scale(46), Some(caps.0), Some(caps.1))
+            }
             Arch::Gemma3 => {
                 let window = SlidingWindow {
                     window: u("attention.sliding_window")?,
                     pattern: u("attention.sliding_window_type").unwrap_or(6).max(1),
-                    rope_freq_base: f("rope.local_freq_base", 10_000.0)?,
+                    rope_freq_base: Some(f("rope.local_freq_base", 10_000.0)?),
                 };
-                // 27B (62 layers) scales queries by width / heads, not by head width.
-                let scale = (n_layer == 62).then(|| 1.0 / ((n_embd / n_head) as f32).sqrt());
-                (Some(window), scale)
+                (Some(window), gemma_scale(62), None, None)
             }
-            _ => (None, None),
+            _ => (None, None, None, None),
         };
         Ok(ModelConfig {
             name: content.metadata.get("general.name").and_then(|v| v.to_string().ok()).cloned(),
@@ -226,6 +246,8 @@ impl ModelConfig {
             vocab_size,
             sliding_window,
             attention_scale,
+            attn_softcap,
+            final_softcap,
             architecture: arch,
             arch: kind,
         })

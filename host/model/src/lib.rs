@@ -1,4 +1,4 @@
-//! kiln-model: a GGUF decoder model (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 3) and its forward pass.
+//! kiln-model: a GGUF decoder model (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2 and 3) and its forward pass.
 //!
 //! One call to [`Model::forward`] runs a batch of sequences, each at its own
 //! position with its own [`KvCache`]: prompt chunks (prefill) and single
@@ -7,7 +7,7 @@
 //! Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) or on candle-core's quantized matmul for
 //! the other GGUF formats; the small ops (RMSNorm, RoPE, grouped-query
 //! attention, SwiGLU) and each architecture's additions (Q/K/V biases,
-//! per-head Q/K norms, Gemma's post norms, GeGLU and sliding windows) are
+//! per-head Q/K norms, Gemma's post norms, GeGLU, soft-caps and sliding windows) are
 //! fused loops over preallocated rows, because at 135M parameters a decode
 //! step is a few milliseconds and per-op tensor bookkeeping would be a large
 //! share.

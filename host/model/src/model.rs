@@ -12,7 +12,7 @@ use candle_core::quantized::gguf_file::Content;
 use kiln_kernels::{QMatrix, QuantizedActs};
 use rayon::prelude::*;
 
-use crate::attention::AttnScratch;
+use crate::attention::{AttnScratch, Seen};
 use crate::cache::{KvCache, KvType};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::linear::{FusedLinear, Linear, RawTensor, map_file, read_raw};
@@ -265,10 +265,9 @@ impl Model {
         let cfg = &self.config;
         let factors = self.rope_freq_factors.as_deref();
         self.rope = RopeTable::new(cfg.rope_dim, cfg.rope_freq_base, cfg.rope_linear_scale, factors, self.max_context);
-        self.rope_local = cfg
-            .sliding_window
-            .as_ref()
-            .map(|w| RopeTable::new(cfg.rope_dim, w.rope_freq_base, 1.0, None, self.max_context));
+        self.rope_local = (cfg.sliding_window.as_ref())
+            .and_then(|w| w.rope_freq_base)
+            .map(|base| RopeTable::new(cfg.rope_dim, base, 1.0, None, self.max_context));
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -396,7 +395,8 @@ impl Model {
                         let (item, pos) = rows[row];
                         let q = &qkv[row * qkv_w + head * hd..][..hd];
                         let start = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                        caches[item].attend(l, q, (head / group) * hd, (start, pos + 1), scratch, out);
+                        let seen = Seen { start, len: pos + 1, softcap: cfg.attn_softcap };
+                        caches[item].attend(l, q, (head / group) * hd, seen, scratch, out);
                     },
                 );
                 block.wo.forward(&attn, t, &mut acts, &mut proj)?;
@@ -447,6 +447,9 @@ impl Model {
         let vocab = self.output.rows();
         let mut logits = vec![0f32; wanted.len() * vocab];
         self.output.forward(&last, wanted.len(), &mut acts, false, &mut logits)?;
+        if let Some(cap) = cfg.final_softcap {
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
         for (chunk, &(i, _)) in logits.chunks_exact(vocab).zip(&wanted) {
             out[i] = Some(chunk[..cfg.vocab_size].to_vec());
         }
