@@ -111,7 +111,7 @@ const TEXTS: [&str; 50] = [
     "SELECT * FROM users WHERE id = 42;",
     "{\"key\": [1, 2, {\"nested\": null}]}",
     "https://example.com/path?q=1&r=two#frag",
-    "email@example.org",
+    "call <tool> then<tool>again",
     "Ünïcödé çharâctèrs",
     "naïve café résumé",
     "Привет, мир!",
@@ -143,11 +143,12 @@ const TEXTS: [&str; 50] = [
     "<|im_start|> is text here, not a control token",
 ];
 
-fn llama_tokenize(model: &Path, text: &str) -> Vec<u32> {
+fn llama_tokenize(model: &Path, text: &str, parse_special: bool) -> Vec<u32> {
     let out = Command::new(llama_cpp().join("llama-tokenize"))
         .arg("-m")
         .arg(model)
-        .args(["--ids", "--log-disable", "--no-parse-special", "-p", text])
+        .args(["--ids", "--log-disable", "-p", text])
+        .args(if parse_special { &[][..] } else { &["--no-parse-special"][..] })
         .output()
         .expect("running llama-tokenize");
     assert!(out.status.success(), "llama-tokenize {text:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -167,7 +168,7 @@ fn assert_same_ids_as_llama_tokenize(model: &Path) {
     let mismatches: Vec<String> = TEXTS
         .iter()
         .filter_map(|text| {
-            let (ours, theirs) = (tokenizer.encode(text, false).unwrap(), llama_tokenize(model, text));
+            let (ours, theirs) = (tokenizer.encode(text, false).unwrap(), llama_tokenize(model, text, false));
             (ours != theirs).then(|| format!("{text:?}: kiln {ours:?}, llama.cpp {theirs:?}"))
         })
         .collect();
@@ -186,6 +187,14 @@ fn sentencepiece_ids_match_llama_tokenize_on_fifty_strings() {
     assert_same_ids_as_llama_tokenize(&fixtures().sentencepiece);
     // Gemma's: no space prefix.
     assert_same_ids_as_llama_tokenize(&fixtures().gemma3);
+    // Control tokens split out when parsing specials, and the prefix after them.
+    for model in [&fixtures().sentencepiece, &fixtures().gemma3] {
+        let tokenizer = kiln_tokenizer(model);
+        for text in ["<|user|>\nhello there<|end|>\n", "<s>a</s> b<|user|><tool> x", "<|end|>"] {
+            let (ours, theirs) = (tokenizer.encode(text, true).unwrap(), llama_tokenize(model, text, true));
+            assert_eq!(ours, theirs, "{text:?} parsing specials");
+        }
+    }
 }
 
 /// A `llama-server` on a free port, killed on drop.
@@ -388,7 +397,7 @@ fn greedy_tokens_match_llama_server_on_a_sentencepiece_model() {
     let _machine = crate::exclusive();
     // Q4_K and Q6_K at 2048 wide, untied output head, byte-fallback tokens in
     // the output. The same K-quant differences as above over rows 8x longer:
-    // measured, 30 of 32 agree, log-probabilities within 0.11 (median 0.03).
+    // measured, 30 of 32 agree, log-probabilities within 0.10 (median 0.03).
     let parity = greedy_parity(&fixtures().sentencepiece, "The history of computing", 0.05);
     assert!(parity.median_logprob_diff < 0.05, "median log-probability difference {}", parity.median_logprob_diff);
     assert!(parity.max_logprob_diff < 0.25, "log-probabilities {} apart", parity.max_logprob_diff);

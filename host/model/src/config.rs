@@ -211,6 +211,7 @@ impl ModelConfig {
         let (sliding_window, attention_scale, attn_softcap, final_softcap) = match kind {
             // llama.cpp's constants where the file has no key (window pattern,
             // Gemma 3's local RoPE base); candle's key names where a file has them.
+            // A window of 0 (or none, for Gemma 3) means none, as llama.cpp reads it.
             Arch::Gemma2 => {
                 let window = SlidingWindow {
                     window: u("attention.sliding_window").unwrap_or(4096),
@@ -218,15 +219,15 @@ impl ModelConfig {
                     rope_freq_base: None,
                 };
                 let caps = (f("attn_logit_softcapping", 50.0)?, f("final_logit_softcapping", 30.0)?);
-                (Some(window), gemma_scale(46), Some(caps.0), Some(caps.1))
+                (Some(window).filter(|w| w.window > 0), gemma_scale(46), Some(caps.0), Some(caps.1))
             }
             Arch::Gemma3 => {
                 let window = SlidingWindow {
-                    window: u("attention.sliding_window")?,
+                    window: u("attention.sliding_window").unwrap_or(0),
                     pattern: u("attention.sliding_window_type").unwrap_or(6).max(1),
                     rope_freq_base: Some(f("rope.local_freq_base", 10_000.0)?),
                 };
-                (Some(window), gemma_scale(62), None, None)
+                (Some(window).filter(|w| w.window > 0), gemma_scale(62), None, None)
             }
             _ => (None, None, None, None),
         };

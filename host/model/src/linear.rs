@@ -51,6 +51,12 @@ pub(crate) fn read_raw<'a>(file: &'a [u8], content: &Content, name: &str) -> Res
         .and_then(|n| n.checked_mul(info.ggml_dtype.type_size()))
         .ok_or_else(|| err(format!("{rows}x{cols} is too large")))?;
     let start = usize::try_from(content.tensor_data_offset.saturating_add(info.offset)).unwrap_or(usize::MAX);
+    // The map starts on a page boundary, so this keeps every tensor's f16/f32
+    // fields aligned where candle's products read them in place. GGUF itself
+    // aligns tensor data to 32 bytes (`general.alignment`, at least 8).
+    if start % 8 != 0 {
+        return Err(err(format!("data at offset {start} is not aligned to 8 bytes, as GGUF requires")));
+    }
     let data = start.checked_add(size).and_then(|end| file.get(start..end)).ok_or_else(|| {
         err(format!("needs {size} bytes at offset {start}, past the end of the file ({} bytes)", file.len()))
     })?;

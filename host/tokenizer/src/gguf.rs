@@ -84,6 +84,8 @@ pub(crate) struct GgufVocab {
     pub add_eos: bool,
     pub pre: Option<String>,
     pub chat_template: Option<String>,
+    /// `general.name`: llama.cpp keys a few per-model token rules on it (Phi-3's).
+    pub model_name: Option<String>,
 }
 
 impl GgufVocab {
@@ -140,7 +142,8 @@ impl GgufVocab {
         };
 
         let scores = match array(md, SCORES)? {
-            None if spm => return Err(TokenizerError::MissingKey(SCORES)),
+            // llama.cpp scores every token 0 then: merges go leftmost first.
+            None if spm => vec![0.0; tokens.len()],
             None => Vec::new(),
             Some(scores) if scores.len() == tokens.len() => {
                 scores.iter().map(|v| as_f32(SCORES, v)).collect::<Result<_, _>>()?
@@ -171,6 +174,7 @@ impl GgufVocab {
             add_eos,
             pre: string(md, PRE)?.map(str::to_owned),
             chat_template: string(md, CHAT_TEMPLATE)?.map(str::to_owned),
+            model_name: md.get("general.name").and_then(|v| as_string("general.name", v).ok()).map(str::to_owned),
         })
     }
 }

@@ -27,8 +27,17 @@ pub(crate) struct Spm {
     /// `<0xHH>` token of each byte, if the vocabulary has it.
     bytes: [Option<u32>; 256],
     add_space_prefix: bool,
-    /// Texts split out before merging, longest first: `(text, id, is_control)`.
-    specials: Vec<(String, u32, bool)>,
+    /// Texts split out before merging, longest first.
+    specials: Vec<Special>,
+}
+
+struct Special {
+    text: String,
+    id: u32,
+    /// Split out only when parsing specials (control and unknown tokens).
+    control: bool,
+    /// Whitespace after it is dropped (llama.cpp's RSTRIP, which it sets for Phi-3's specials).
+    rstrip: bool,
 }
 
 /// A candidate merge of two adjacent pieces.
@@ -67,7 +76,10 @@ struct Piece {
 }
 
 impl Spm {
-    pub fn new(tokens: &[String], kinds: &[TokenKind], scores: Vec<f32>, add_space_prefix: bool) -> Self {
+    /// `phi3`: the model is a Phi-3 (its name says so), whose special tokens
+    /// llama.cpp strips the whitespace after, except `<unk>`, `<s>` and
+    /// `<|endoftext|>`.
+    pub fn new(tokens: &[String], kinds: &[TokenKind], scores: Vec<f32>, add_space_prefix: bool, phi3: bool) -> Self {
         let ids: HashMap<String, u32> = tokens.iter().zip(0u32..).map(|(t, i)| (t.clone(), i)).collect();
         let mut bytes = [None; 256];
         for (b, slot) in bytes.iter_mut().enumerate() {
@@ -76,11 +88,16 @@ impl Spm {
                 u8::try_from(b).ok().filter(u8::is_ascii).and_then(|c| ids.get(&(c as char).to_string()).copied())
             });
         }
-        let mut specials: Vec<(String, u32, bool)> = (tokens.iter().zip(kinds).zip(0u32..))
+        let mut specials: Vec<Special> = (tokens.iter().zip(kinds).zip(0u32..))
             .filter(|((text, kind), _)| !text.is_empty() && matches!(kind, TokenKind::Control | TokenKind::UserDefined))
-            .map(|((text, kind), id)| (text.clone(), id, *kind == TokenKind::Control))
+            .map(|((text, kind), id)| Special {
+                text: text.clone(),
+                id,
+                control: *kind == TokenKind::Control,
+                rstrip: phi3 && !["<unk>", "<s>", "<|endoftext|>"].contains(&text.as_str()),
+            })
             .collect();
-        specials.sort_by_key(|(text, _, _)| std::cmp::Reverse(text.len()));
+        specials.sort_by_key(|s| std::cmp::Reverse(s.text.len()));
         Spm { ids, scores, bytes, add_space_prefix, specials }
     }
 
@@ -88,26 +105,47 @@ impl Spm {
         self.ids.get(text).copied()
     }
 
-    /// Ids of `parts`, each `(text, parse_special)`, as one text: the space
-    /// prefix rule looks across part boundaries. No BOS/EOS.
+    /// Ids of `parts`, each `(text, parse_special)`, as one text: adjacent
+    /// text is merged as one (llama.cpp tokenizes the rendered prompt whole),
+    /// and the space prefix rule looks across part boundaries. No BOS/EOS.
     pub fn encode(&self, parts: &[(&str, bool)], out: &mut Vec<u32>) {
-        let mut after_special = true;
+        let mut fragments: Vec<Joined> = Vec::new();
+        let mut strip_next = false;
         for &(text, parse_special) in parts {
             for fragment in self.partition(text, parse_special) {
                 match fragment {
-                    Fragment::Special(id) => {
-                        out.push(id);
-                        after_special = true;
+                    Fragment::Special(special) => {
+                        fragments.push(Joined::Special(special.id));
+                        strip_next = special.rstrip;
                     }
-                    Fragment::Text(raw) => {
-                        let mut text = String::with_capacity(raw.len() + 3);
-                        if self.add_space_prefix && after_special {
-                            text.push(' ');
+                    Fragment::Text(mut text) => {
+                        if std::mem::take(&mut strip_next) {
+                            text = text.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b');
                         }
-                        text.push_str(raw);
-                        self.merge(&text.replace(' ', &SPACE.to_string()), out);
-                        after_special = false;
+                        match fragments.last_mut() {
+                            Some(Joined::Text(joined)) => joined.push_str(text),
+                            _ if text.is_empty() => {}
+                            _ => fragments.push(Joined::Text(text.to_owned())),
+                        }
                     }
+                }
+            }
+        }
+        let mut after_special = true;
+        for fragment in fragments {
+            match fragment {
+                Joined::Special(id) => {
+                    out.push(id);
+                    after_special = true;
+                }
+                Joined::Text(raw) => {
+                    let mut text = String::with_capacity(raw.len() + 3);
+                    if self.add_space_prefix && after_special {
+                        text.push(' ');
+                    }
+                    text.push_str(&raw);
+                    self.merge(&text.replace(' ', &SPACE.to_string()), out);
+                    after_special = false;
                 }
             }
         }
@@ -115,10 +153,10 @@ impl Spm {
 
     /// `text` split around the special tokens it contains, each token's
     /// occurrences taken in turn, longest token first (llama.cpp's order).
-    fn partition<'t>(&self, text: &'t str, parse_special: bool) -> Vec<Fragment<'t>> {
+    fn partition<'s, 't>(&'s self, text: &'t str, parse_special: bool) -> Vec<Fragment<'s, 't>> {
         let mut fragments = vec![Fragment::Text(text)];
-        for (special, id, control) in &self.specials {
-            if *control && !parse_special {
+        for special in &self.specials {
+            if special.control && !parse_special {
                 continue;
             }
             let mut next = Vec::with_capacity(fragments.len());
@@ -127,12 +165,12 @@ impl Spm {
                     next.push(fragment);
                     continue;
                 };
-                while let Some(at) = rest.find(special.as_str()) {
+                while let Some(at) = rest.find(special.text.as_str()) {
                     if at > 0 {
                         next.push(Fragment::Text(&rest[..at]));
                     }
-                    next.push(Fragment::Special(*id));
-                    rest = &rest[at + special.len()..];
+                    next.push(Fragment::Special(special));
+                    rest = &rest[at + special.text.len()..];
                 }
                 if !rest.is_empty() {
                     next.push(Fragment::Text(rest));
@@ -191,8 +229,14 @@ impl Spm {
     }
 }
 
-enum Fragment<'t> {
+enum Fragment<'s, 't> {
     Text(&'t str),
+    Special(&'s Special),
+}
+
+/// A fragment of the whole input: adjacent text joined across parts.
+enum Joined {
+    Text(String),
     Special(u32),
 }
 

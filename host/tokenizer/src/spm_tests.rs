@@ -10,10 +10,10 @@ use crate::{IncrementalDecoder, Tokenizer};
 
 /// `(text, score, type)`: type 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte.
 fn vocab(extra: &[(&str, f32, i32)]) -> Tokenizer {
-    vocab_with(extra, None)
+    vocab_with(extra, None, None)
 }
 
-fn vocab_with(extra: &[(&str, f32, i32)], add_space_prefix: Option<bool>) -> Tokenizer {
+fn vocab_with(extra: &[(&str, f32, i32)], add_space_prefix: Option<bool>, name: Option<&str>) -> Tokenizer {
     let mut entries: Vec<(String, f32, i32)> =
         vec![("<unk>".into(), 0.0, 2), ("<s>".into(), 0.0, 3), ("</s>".into(), 0.0, 3)];
     entries.extend((0..=255u8).map(|b| (format!("<0x{b:02X}>"), 0.0, 6)));
@@ -29,6 +29,9 @@ fn vocab_with(extra: &[(&str, f32, i32)], add_space_prefix: Option<bool>) -> Tok
     md.insert("tokenizer.ggml.unknown_token_id".into(), Value::U32(0));
     if let Some(prefix) = add_space_prefix {
         md.insert("tokenizer.ggml.add_space_prefix".into(), Value::Bool(prefix));
+    }
+    if let Some(name) = name {
+        md.insert("general.name".into(), Value::String(name.into()));
     }
     let content = candle_core::quantized::gguf_file::Content {
         magic: candle_core::quantized::gguf_file::VersionedMagic::GgufV3,
@@ -100,7 +103,27 @@ fn special_tokens_split_the_text_and_the_space_prefix_follows_them() {
 
 #[test]
 fn without_add_space_prefix_no_space_is_added() {
-    let t = vocab_with(WORDS, Some(false));
+    let t = vocab_with(WORDS, Some(false), None);
     assert_eq!(t.encode("hello", false).unwrap(), [1, id(&t, "hello")]);
     assert_eq!(t.encode("hello hello", false).unwrap(), [1, id(&t, "hello"), id(&t, "▁hello")]);
+}
+
+#[test]
+fn a_prompt_in_parts_merges_as_one_text() {
+    let t = vocab(WORDS);
+    // llama.cpp tokenizes the rendered prompt whole: "he" + "llo" is still "▁hello".
+    assert_eq!(t.encode_parts(&[("he", false), ("llo", false)]).unwrap(), t.encode("hello", false).unwrap());
+}
+
+#[test]
+fn phi3_drops_whitespace_after_its_special_tokens() {
+    let words: Vec<(&str, f32, i32)> = WORDS.iter().copied().chain([("<|end|>", 0.0, 3)]).collect();
+    let (phi3, other) = (vocab_with(&words, None, Some("Phi-3 Mini 4k Instruct")), vocab(&words));
+    let (user, end, hello) = (id(&phi3, "<|user|>"), id(&phi3, "<|end|>"), id(&phi3, "▁hello"));
+    // As llama.cpp (RSTRIP on Phi-3's specials): the newline goes, the space prefix comes back.
+    assert_eq!(phi3.encode("<|user|>\nhello<|end|>\n", true).unwrap(), [1, user, hello, end]);
+    let kept = other.encode("<|user|>\nhello<|end|>\n", true).unwrap();
+    assert!(kept.contains(&id(&other, "<0x0A>")), "{kept:?}");
+    // Not after <s>, <unk> or <|endoftext|>.
+    assert_eq!(phi3.encode("<s> hello", true).unwrap(), [1, 1, id(&phi3, "▁"), hello]);
 }

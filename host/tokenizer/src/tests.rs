@@ -186,9 +186,11 @@ fn build_with(key: &str, value: Option<Value>) -> Result<Tokenizer, TokenizerErr
 fn metadata_errors() {
     let err = build_with("tokenizer.ggml.model", Some(Value::String("bert".into()))).unwrap_err();
     assert!(matches!(err, TokenizerError::UnsupportedModel(ref m) if m == "bert"), "{err}");
-    // SentencePiece takes scores, which this byte-level vocabulary lacks.
-    let err = build_with("tokenizer.ggml.model", Some(Value::String("llama".into()))).unwrap_err();
-    assert!(matches!(err, TokenizerError::MissingKey("tokenizer.ggml.scores")), "{err}");
+    let scores = Value::Array(vec![Value::F32(0.0)]);
+    let err = build_with("tokenizer.ggml.model", Some(Value::String("llama".into())))
+        .and_then(|_| build_with("tokenizer.ggml.scores", Some(scores)))
+        .unwrap_err();
+    assert!(matches!(err, TokenizerError::BadValue { key: "tokenizer.ggml.scores", .. }), "{err}");
     let err = build_with("tokenizer.ggml.merges", None).unwrap_err();
     assert!(matches!(err, TokenizerError::MissingKey("tokenizer.ggml.merges")), "{err}");
     let err = build_with("tokenizer.ggml.token_type", Some(Value::Array(vec![Value::I32(1)])));

@@ -78,7 +78,11 @@ impl Tokenizer {
             VocabModel::ByteLevelBpe => Self::byte_level_bpe(&mut v)?,
             VocabModel::SentencePiece => {
                 let scores = std::mem::take(&mut v.scores);
-                (Encoder::SentencePiece(Box::new(Spm::new(&v.tokens, &v.kinds, scores, v.add_space_prefix))), None)
+                // llama.cpp lowercases the name and looks for either spelling.
+                let name = v.model_name.as_deref().unwrap_or_default().to_lowercase();
+                let phi3 = name.contains("phi-3") || name.contains("phi3");
+                let spm = Spm::new(&v.tokens, &v.kinds, scores, v.add_space_prefix, phi3);
+                (Encoder::SentencePiece(Box::new(spm)), None)
             }
         };
         let spm = v.model == VocabModel::SentencePiece;
