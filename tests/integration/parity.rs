@@ -315,6 +315,22 @@ fn log_softmax(logits: &[f32]) -> Vec<f32> {
     logits.iter().map(|&l| l - max - log_sum).collect()
 }
 
+impl Parity {
+    /// At least 28 of the 32 tokens agree, and log-probabilities differ by at most
+    /// `max` (and `median` at the median, when given).
+    fn assert_within(&self, max: f32, median: Option<f32>) {
+        if let Some(median) = median {
+            assert!(
+                self.median_logprob_diff < median,
+                "median log-probability difference {}",
+                self.median_logprob_diff
+            );
+        }
+        assert!(self.max_logprob_diff < max, "log-probabilities {} apart", self.max_logprob_diff);
+        assert!(self.same >= 28, "only {} of 32 greedy tokens agree", self.same);
+    }
+}
+
 /// How kiln compares with llama.cpp over a greedy continuation.
 struct Parity {
     /// Of the 32 tokens llama.cpp chose, how many kiln chose too.
@@ -373,9 +389,7 @@ fn greedy_tokens_match_llama_server_on_the_default_model() {
     // 0.05, max 0.4). So choices may differ at near-ties, and the bounds are
     // that spread.
     let parity = greedy_parity(&model_path(), "The three primary colors are", 0.05);
-    assert!(parity.median_logprob_diff < 0.1, "median log-probability difference {}", parity.median_logprob_diff);
-    assert!(parity.max_logprob_diff < 0.6, "log-probabilities {} apart", parity.max_logprob_diff);
-    assert!(parity.same >= 28, "only {} of 32 greedy tokens agree", parity.same);
+    parity.assert_within(0.6, Some(0.1));
 }
 
 #[test]
@@ -388,8 +402,7 @@ fn greedy_tokens_match_llama_server_on_a_q4_k_m_file() {
     // `d * sc` to f16. Measured: all 32 tokens agree and log-probabilities
     // are within 0.02; a differing choice must still be a near-tie.
     let parity = greedy_parity(model, "The history of computing", 0.05);
-    assert!(parity.max_logprob_diff < 0.1, "log-probabilities {} apart", parity.max_logprob_diff);
-    assert!(parity.same >= 28, "only {} of 32 greedy tokens agree", parity.same);
+    parity.assert_within(0.1, None);
 }
 
 #[test]
@@ -399,9 +412,7 @@ fn greedy_tokens_match_llama_server_on_a_sentencepiece_model() {
     // the output. The same K-quant differences as above over rows 8x longer:
     // measured, 30 of 32 agree, log-probabilities within 0.10 (median 0.03).
     let parity = greedy_parity(&fixtures().sentencepiece, "The history of computing", 0.05);
-    assert!(parity.median_logprob_diff < 0.05, "median log-probability difference {}", parity.median_logprob_diff);
-    assert!(parity.max_logprob_diff < 0.25, "log-probabilities {} apart", parity.max_logprob_diff);
-    assert!(parity.same >= 28, "only {} of 32 greedy tokens agree", parity.same);
+    parity.assert_within(0.25, Some(0.05));
 }
 
 #[test]
@@ -410,9 +421,7 @@ fn greedy_tokens_match_llama_server_on_a_gemma3_model() {
     // Embedding scale, Q/K norms, post norms, GeGLU, local layers with their
     // own RoPE base sliding over 16 positions, one global layer.
     let parity = greedy_parity(&fixtures().gemma3, "The history of computing", 0.05);
-    assert!(parity.median_logprob_diff < 0.05, "median log-probability difference {}", parity.median_logprob_diff);
-    assert!(parity.max_logprob_diff < 0.25, "log-probabilities {} apart", parity.max_logprob_diff);
-    assert!(parity.same >= 28, "only {} of 32 greedy tokens agree", parity.same);
+    parity.assert_within(0.25, Some(0.05));
 }
 
 #[test]
@@ -421,7 +430,5 @@ fn greedy_tokens_match_llama_server_on_a_gemma2_model() {
     // Post norms, GeGLU, attention scores and output logits soft-capped,
     // every other layer sliding over 16 positions.
     let parity = greedy_parity(&fixtures().gemma2, "The history of computing", 0.05);
-    assert!(parity.median_logprob_diff < 0.05, "median log-probability difference {}", parity.median_logprob_diff);
-    assert!(parity.max_logprob_diff < 0.25, "log-probabilities {} apart", parity.max_logprob_diff);
-    assert!(parity.same >= 28, "only {} of 32 greedy tokens agree", parity.same);
+    parity.assert_within(0.25, Some(0.05));
 }

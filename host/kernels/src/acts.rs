@@ -81,18 +81,12 @@ impl QuantizedActs {
                 let d = amax / 127.0;
                 let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
                 let out = &mut self.qs[(r * nb + b) * BLOCK..][..chunk.len()];
-                let (mut sum, mut first) = (0i32, 0i32);
-                for (k, (q, v)) in out.iter_mut().zip(chunk).enumerate() {
-                    let v = (v * inv).round() as i8;
-                    *q = v;
-                    sum += v as i32;
-                    if k == 15 {
-                        first = sum;
-                    }
-                }
-                if chunk.len() <= 16 {
-                    first = sum;
-                }
+                // Each half of 16 in its own branch-free loop (which vectorizes): the
+                // Q6_K kernels need the halves' sums, the others the whole block's.
+                let half = chunk.len().min(16);
+                let (out_lo, out_hi) = out.split_at_mut(half);
+                let first = quantize_into(out_lo, &chunk[..half], inv);
+                let sum = first + quantize_into(out_hi, &chunk[half..], inv);
                 // Scales rounded through f16 as llama.cpp's Q8_0/Q8_1 store them, so
                 // kiln's numerics track the reference implementation's.
                 let d16 = half::f16::from_f32(d).to_f32();
@@ -115,6 +109,18 @@ impl QuantizedActs {
             sum16_d: &self.sum16_d[2 * r * nb..2 * (r + 1) * nb],
         }
     }
+}
+
+/// `out = round(x * inv)`; returns the sum of `out`.
+#[inline(always)]
+fn quantize_into(out: &mut [i8], x: &[f32], inv: f32) -> i32 {
+    let mut sum = 0i32;
+    for (q, v) in out.iter_mut().zip(x) {
+        let v = (v * inv).round() as i8;
+        *q = v;
+        sum += v as i32;
+    }
+    sum
 }
 
 /// One quantized activation row, borrowed.
