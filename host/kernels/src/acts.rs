@@ -1,14 +1,32 @@
-//! Activations quantized to 8 bits per block, the right-hand side of every product.
+//! Activations quantized to 8 bits, the right-hand side of every product.
 
 use crate::BLOCK;
 
-/// `rows` activation rows of `cols` values, each 32-value block stored as
-/// `i8` values with one `f32` scale `d` and `s = d * sum(q)`.
-///
-/// Rows are padded to an even number of blocks with zeros so the kernels can
-/// always read blocks in pairs (64 bytes, one AVX-512 register).
+/// Values per super-block: the K-quants' block, and [`ActFormat::SuperBlocks`]'.
+pub(crate) const SUPER: usize = 256;
+
+/// How activations are quantized; each weight layout reads one (see
+/// [`crate::QMatrix::act_format`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ActFormat {
+    /// One scale per 32 values (GGUF's `Q8_0` / `Q8_1`), for the 32-weight formats.
+    #[default]
+    Blocks,
+    /// One scale per 256 values with integer sums per 16 and per 32 (GGUF's
+    /// `Q8_K`), for the K-quants: a super-block's products then stay in
+    /// integers until one float multiply, as llama.cpp computes them.
+    SuperBlocks,
+}
+
+/// `rows` activation rows of `cols` values as `i8`. [`ActFormat::Blocks`]:
+/// each 32-value block with one `f32` scale `d` and `s = d * sum(q)`, rows
+/// padded to an even number of blocks with zeros so the kernels can always
+/// read blocks in pairs (64 bytes, one AVX-512 register).
+/// [`ActFormat::SuperBlocks`]: each 256 values with one scale `sd` and the
+/// sums `bsums` of `q` over each 16 and each 32.
 #[derive(Debug, Default, Clone)]
 pub struct QuantizedActs {
+    pub(crate) format: ActFormat,
     pub(crate) rows: usize,
     pub(crate) cols: usize,
     /// Blocks per row, padded to even.
@@ -19,10 +37,15 @@ pub struct QuantizedActs {
     /// `d * sum(q)` without the f16 rounding of `s`: the AVX-512 `Q8_0` path
     /// subtracts `128 *` this, which would amplify any rounding 128-fold.
     pub(crate) sum_d: Vec<f32>,
-    /// `d * sum(q)` over each half of 16 (exact, two per block): the `Q6_K`
-    /// kernels multiply unsigned `q` and take `32 *` this back out per half.
-    pub(crate) sum16_d: Vec<f32>,
+    /// `SuperBlocks`: one scale per 256 values.
+    pub(crate) sd: Vec<f32>,
+    /// `SuperBlocks`: per 256 values, the sixteen sums of `q` over each 16 then
+    /// the eight over each 32 (`BSUMS` in all).
+    pub(crate) bsums: Vec<i16>,
 }
+
+/// `bsums` entries per super-block.
+pub(crate) const BSUMS: usize = 24;
 
 impl QuantizedActs {
     pub fn new() -> Self {
@@ -37,23 +60,37 @@ impl QuantizedActs {
         self.cols
     }
 
-    /// Quantizes `x` (`rows` x `cols`, row-major) into `self`, reusing its buffers.
-    pub fn quantize(&mut self, x: &[f32], rows: usize, cols: usize) {
+    pub fn format(&self) -> ActFormat {
+        self.format
+    }
+
+    /// Quantizes `x` (`rows` x `cols`, row-major) into `self` in `format`,
+    /// reusing its buffers. `SuperBlocks` needs `cols` a multiple of 256 (as
+    /// the K-quant matrices that read it have).
+    pub fn quantize(&mut self, x: &[f32], rows: usize, cols: usize, format: ActFormat) {
         assert_eq!(x.len(), rows * cols, "activation shape mismatch");
         let nb = cols.div_ceil(BLOCK).next_multiple_of(2);
+        self.format = format;
         self.rows = rows;
         self.cols = cols;
         self.nb = nb;
         self.qs.clear();
         self.qs.resize(rows * nb * BLOCK, 0);
-        self.d.clear();
-        self.d.resize(rows * nb, 0.0);
-        self.s.clear();
-        self.s.resize(rows * nb, 0.0);
-        self.sum_d.clear();
-        self.sum_d.resize(rows * nb, 0.0);
-        self.sum16_d.clear();
-        self.sum16_d.resize(rows * nb * 2, 0.0);
+        let (per_block, per_super) = match format {
+            ActFormat::Blocks => (rows * nb, 0),
+            ActFormat::SuperBlocks => {
+                assert!(cols.is_multiple_of(SUPER), "super-block activations need whole super-blocks");
+                (0, rows * cols / SUPER)
+            }
+        };
+        for v in [&mut self.d, &mut self.s, &mut self.sum_d] {
+            v.clear();
+            v.resize(per_block, 0.0);
+        }
+        self.sd.clear();
+        self.sd.resize(per_super, 0.0);
+        self.bsums.clear();
+        self.bsums.resize(per_super * BSUMS, 0);
         #[cfg(target_arch = "x86_64")]
         if crate::Isa::current() != crate::Isa::Scalar {
             // SAFETY: every non-scalar `Isa` implies AVX2 and FMA.
@@ -63,8 +100,8 @@ impl QuantizedActs {
         self.quantize_rows(x);
     }
 
-    /// The same loop compiled with AVX2: `round` becomes `vroundps` instead of a
-    /// libm call per value, and the block loop vectorizes.
+    /// The same loops compiled with AVX2: `round` becomes `vroundps` instead of a
+    /// libm call per value, and the block loops vectorize.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn quantize_avx2(&mut self, x: &[f32]) {
@@ -73,6 +110,33 @@ impl QuantizedActs {
 
     #[inline(always)]
     fn quantize_rows(&mut self, x: &[f32]) {
+        match self.format {
+            ActFormat::Blocks => self.quantize_blocks(x),
+            ActFormat::SuperBlocks => self.quantize_super_blocks(x),
+        }
+    }
+
+    #[inline(always)]
+    fn quantize_super_blocks(&mut self, x: &[f32]) {
+        for (s, chunk) in x.chunks_exact(SUPER).enumerate() {
+            let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // Unrounded, as `Q8_K` keeps it (an f32 per 256 values).
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            self.sd[s] = d;
+            let out = &mut self.qs[s * SUPER..][..SUPER];
+            let sums = &mut self.bsums[s * BSUMS..][..BSUMS];
+            for (k, (out, chunk)) in out.chunks_exact_mut(16).zip(chunk.chunks_exact(16)).enumerate() {
+                sums[k] = quantize_into(out, chunk, inv) as i16;
+            }
+            for j in 0..8 {
+                sums[16 + j] = sums[2 * j] + sums[2 * j + 1];
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn quantize_blocks(&mut self, x: &[f32]) {
         let (rows, cols, nb) = (self.rows, self.cols, self.nb);
         for r in 0..rows {
             let row = &x[r * cols..(r + 1) * cols];
@@ -81,8 +145,7 @@ impl QuantizedActs {
                 let d = amax / 127.0;
                 let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
                 let out = &mut self.qs[(r * nb + b) * BLOCK..][..chunk.len()];
-                // Each half of 16 in its own branch-free loop (which vectorizes): the
-                // Q6_K kernels need the halves' sums, the others the whole block's.
+                // Each half of 16 in its own branch-free loop, which vectorizes.
                 let half = chunk.len().min(16);
                 let (out_lo, out_hi) = out.split_at_mut(half);
                 let first = quantize_into(out_lo, &chunk[..half], inv);
@@ -93,20 +156,23 @@ impl QuantizedActs {
                 self.d[r * nb + b] = d16;
                 self.s[r * nb + b] = half::f16::from_f32(d * sum as f32).to_f32();
                 self.sum_d[r * nb + b] = d16 * sum as f32;
-                self.sum16_d[2 * (r * nb + b)] = d16 * first as f32;
-                self.sum16_d[2 * (r * nb + b) + 1] = d16 * (sum - first) as f32;
             }
         }
     }
 
     pub(crate) fn row(&self, r: usize) -> ActRow<'_> {
         let nb = self.nb;
+        // The other format's arrays are empty: their slices are too.
+        let per_block = |v: &'_ [f32]| if v.is_empty() { 0..0 } else { r * nb..(r + 1) * nb };
+        let nsb = self.cols / SUPER;
+        let per_super = if self.sd.is_empty() { 0..0 } else { r * nsb..(r + 1) * nsb };
         ActRow {
             qs: &self.qs[r * nb * BLOCK..(r + 1) * nb * BLOCK],
-            d: &self.d[r * nb..(r + 1) * nb],
-            s: &self.s[r * nb..(r + 1) * nb],
-            sum_d: &self.sum_d[r * nb..(r + 1) * nb],
-            sum16_d: &self.sum16_d[2 * r * nb..2 * (r + 1) * nb],
+            d: &self.d[per_block(&self.d)],
+            s: &self.s[per_block(&self.s)],
+            sum_d: &self.sum_d[per_block(&self.sum_d)],
+            sd: &self.sd[per_super.clone()],
+            bsums: &self.bsums[per_super.start * BSUMS..per_super.end * BSUMS],
         }
     }
 }
@@ -130,5 +196,6 @@ pub(crate) struct ActRow<'a> {
     pub d: &'a [f32],
     pub s: &'a [f32],
     pub sum_d: &'a [f32],
-    pub sum16_d: &'a [f32],
+    pub sd: &'a [f32],
+    pub bsums: &'a [i16],
 }

@@ -3,10 +3,11 @@
 //! every format kiln runs reduces to (`w = d[k / 16] * q[k] + m`).
 //!
 //! The K-quants pack 256 weights per super-block with 6-bit (Q4_K, Q5_K) or
-//! 8-bit (Q6_K) sub-block scales under one `f16` super-scale; the product
-//! `d * sc` is formed here once, at load, so the kernels see the same
-//! per-32 (or per-16) scale they see for the 32-weight formats. Bit layouts
-//! follow ggml's reference dequantizers (`ggml-quants.c`).
+//! 8-bit (Q6_K) sub-block scales under one `f16` super-scale. The kernels
+//! read them in that integer form (`decode_super`); `decode` flattens them
+//! into the per-32 shape too (`d * sc` as the scale), the form the tests
+//! compare with candle-core's dequantizer. Bit layouts follow ggml's
+//! reference dequantizers (`ggml-quants.c`).
 
 use half::f16;
 
@@ -34,6 +35,66 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     } else {
         ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
     }
+}
+
+/// One K-quant super-block (256 weights) in its integer form, which is what
+/// the kernels' `Super` layout keeps: `w = d * sc * q - dmin * mn` for
+/// `Q4_K` / `Q5_K`, `w = d * sc * (q - 32)` for `Q6_K`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SuperBlock {
+    /// The unsigned weights in element order (`Q6_K`'s before the `- 32`).
+    pub q: [u8; 256],
+    /// `Q4_K` / `Q5_K`: the eight 6-bit scales (one per 32) then the eight
+    /// 6-bit mins; `Q6_K`: sixteen `i8` scales, one per 16.
+    pub scales: [u8; 16],
+    pub d: f16,
+    /// `Q4_K` / `Q5_K` only.
+    pub dmin: f16,
+}
+
+/// Decodes one `Q4_K`, `Q5_K` or `Q6_K` block.
+pub(crate) fn decode_super(format: WeightFormat, blk: &[u8]) -> SuperBlock {
+    debug_assert_eq!(blk.len(), format.block_bytes());
+    let mut sb = SuperBlock { q: [0; 256], scales: [0; 16], d: f16::ZERO, dmin: f16::ZERO };
+    match format {
+        WeightFormat::Q4K | WeightFormat::Q5K => {
+            sb.d = f16::from_le_bytes([blk[0], blk[1]]);
+            sb.dmin = f16::from_le_bytes([blk[2], blk[3]]);
+            let (qh, qs) = match format {
+                WeightFormat::Q5K => (Some(&blk[16..48]), &blk[48..176]),
+                _ => (None, &blk[16..144]),
+            };
+            // Each 32 bytes of `qs` hold sub-block 2c in the low nibbles and 2c + 1 in the high.
+            for j in 0..8 {
+                (sb.scales[j], sb.scales[8 + j]) = scale_min_k4(j, &blk[4..16]);
+                let bytes = &qs[(j / 2) * 32..][..32];
+                for l in 0..32 {
+                    let nibble = if j % 2 == 0 { bytes[l] & 0x0F } else { bytes[l] >> 4 };
+                    let high = qh.map_or(0, |qh| ((qh[l] >> j) & 1) << 4);
+                    sb.q[32 * j + l] = nibble | high;
+                }
+            }
+        }
+        WeightFormat::Q6K => {
+            let (ql, qh) = (&blk[..128], &blk[128..192]);
+            sb.scales.copy_from_slice(&blk[192..208]);
+            sb.d = f16::from_le_bytes([blk[208], blk[209]]);
+            // 128 weights per half: four 32-wide groups, the low 4 bits from `ql`
+            // (two groups per 32 bytes, low then high nibble), the top 2 from `qh`.
+            for half in 0..2 {
+                let (ql, qh) = (&ql[half * 64..], &qh[half * 32..]);
+                for g in 0..4 {
+                    for l in 0..32 {
+                        let low = if g < 2 { ql[l + 32 * g] & 0x0F } else { ql[l + 32 * (g - 2)] >> 4 };
+                        let high = (qh[l] >> (2 * g)) & 3;
+                        sb.q[128 * half + 32 * g + l] = low | (high << 4);
+                    }
+                }
+            }
+        }
+        other => unreachable!("{other:?} is not a K-quant"),
+    }
+    sb
 }
 
 /// Decodes one GGUF block (`format.block_elems()` weights) into its sub-blocks.
@@ -71,41 +132,22 @@ pub(crate) fn decode(format: WeightFormat, blk: &[u8], out: &mut Vec<SubBlock>) 
             }
             out.push(SubBlock { d: [d; 2], m, ..sub });
         }
-        WeightFormat::Q4K | WeightFormat::Q5K => {
-            let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
-            let scales = &blk[4..16];
-            let (qh, qs) = match format {
-                WeightFormat::Q5K => (Some(&blk[16..48]), &blk[48..176]),
-                _ => (None, &blk[16..144]),
-            };
-            // Each 32 bytes of `qs` hold sub-block 2c in the low nibbles and 2c + 1 in the high.
+        WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => {
+            let sb = decode_super(format, blk);
+            let (d, dmin) = (sb.d.to_f32(), sb.dmin.to_f32());
             for j in 0..8 {
-                let (sc, mn) = scale_min_k4(j, scales);
-                let bytes = &qs[(j / 2) * 32..][..32];
                 for (l, q) in sub.q.iter_mut().enumerate() {
-                    let nibble = if j % 2 == 0 { bytes[l] & 0x0F } else { bytes[l] >> 4 };
-                    let high = qh.map_or(0, |qh| ((qh[l] >> j) & 1) << 4);
-                    *q = (nibble | high) as i8;
+                    let q0 = sb.q[32 * j + l] as i8;
+                    *q = if format == WeightFormat::Q6K { q0 - 32 } else { q0 };
                 }
-                out.push(SubBlock { d: [d * sc as f32; 2], m: -dmin * mn as f32, ..sub });
-            }
-        }
-        WeightFormat::Q6K => {
-            let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
-            let d = f16_at(blk, 208);
-            // 128 weights per half: four 32-wide groups, the low 4 bits from `ql`
-            // (two groups per 32 bytes, low then high nibble), the top 2 from `qh`.
-            for half in 0..2 {
-                let (ql, qh, sc) = (&ql[half * 64..], &qh[half * 32..], &sc[half * 8..]);
-                for g in 0..4 {
-                    for l in 0..32 {
-                        let low = if g < 2 { ql[l + 32 * g] & 0x0F } else { ql[l + 32 * (g - 2)] >> 4 };
-                        let high = (qh[l] >> (2 * g)) & 3;
-                        sub.q[l] = (low | (high << 4)) as i8 - 32;
+                let (scale, m) = match format {
+                    WeightFormat::Q6K => {
+                        let sc = |k: usize| d * sb.scales[k] as i8 as f32;
+                        ([sc(2 * j), sc(2 * j + 1)], 0.0)
                     }
-                    let scale = |i: usize| d * sc[i] as i8 as f32;
-                    out.push(SubBlock { d: [scale(2 * g), scale(2 * g + 1)], m: 0.0, ..sub });
-                }
+                    _ => ([d * sb.scales[j] as f32; 2], -dmin * sb.scales[8 + j] as f32),
+                };
+                out.push(SubBlock { d: scale, m, ..sub });
             }
         }
     }

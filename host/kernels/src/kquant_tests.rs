@@ -4,7 +4,7 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use crate::{BLOCK, Isa, QMatrix, QuantizedActs, WeightFormat};
+use crate::{ActFormat, BLOCK, Isa, QMatrix, QuantizedActs, WeightFormat};
 
 const FORMATS: [(WeightFormat, GgmlDType); 7] = [
     (WeightFormat::Q4_1, GgmlDType::Q4_1),
@@ -80,7 +80,7 @@ fn every_format_multiplies_like_its_dequantized_weights_on_every_isa() {
             let m = QMatrix::from_gguf(format, rows, cols, &raw).expect("valid shape");
             let x: Vec<f32> = (0..batch * cols).map(|i| ((i as f32) * 0.731).sin() * 2.0).collect();
             let mut acts = QuantizedActs::new();
-            acts.quantize(&x, batch, cols);
+            acts.quantize(&x, batch, cols, m.act_format());
             let mut w = vec![0f32; rows * cols];
             for r in 0..rows {
                 m.dequantize_row(r, &mut w[r * cols..(r + 1) * cols]);
@@ -89,11 +89,16 @@ fn every_format_multiplies_like_its_dequantized_weights_on_every_isa() {
             m.matmul_with(Isa::Scalar, &acts, &mut reference);
             for b in 0..batch {
                 let a = acts.row(b);
+                let act_scale = |c: usize| match acts.format() {
+                    ActFormat::Blocks => a.d[c / BLOCK],
+                    ActFormat::SuperBlocks => a.sd[c / 256],
+                };
                 for r in 0..rows {
                     // Exact product of the repacked weights and the quantized activations; the
-                    // kernels differ from it only by the f16 rounding of each block's `d * sum(q)`.
+                    // kernels differ from it only by the f16 rounding of each block's `d * sum(q)`
+                    // (none for the K-quants, whose super-blocks stay in integers).
                     let exact: f64 =
-                        (0..cols).map(|c| w[r * cols + c] as f64 * a.qs[c] as f64 * a.d[c / BLOCK] as f64).sum();
+                        (0..cols).map(|c| w[r * cols + c] as f64 * a.qs[c] as f64 * act_scale(c) as f64).sum();
                     let got = reference[b * rows + r] as f64;
                     let size: f64 = (0..cols).map(|c| (w[r * cols + c] * x[b * cols + c]).abs() as f64).sum();
                     assert!((got - exact).abs() <= 2e-3 * size + 1e-6, "{format:?} scalar: {got} vs {exact}");

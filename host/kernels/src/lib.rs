@@ -2,9 +2,9 @@
 //!
 //! Weights in GGUF's `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0` and K-quant (`Q4_K`,
 //! `Q5_K`, `Q6_K`) formats are decoded once at load (`blocks`) and repacked
-//! into one of three layouts that AVX2 and AVX-512 dot products read in one
-//! pass (`matrix`), and every
-//! activation row is quantized to 8 bits per 32-element block. One weight row
+//! into one of the layouts that AVX2 and AVX-512 dot products read in one
+//! pass (`matrix`), and every activation row is quantized to 8 bits per
+//! 32-element block (per 256 for the K-quants, `acts`). One weight row
 //! is then dotted against up to eight activation rows at a time, so a batch of
 //! sequences reads the weights once per step (a matrix-matrix product, not
 //! sixteen matrix-vector ones).
@@ -20,7 +20,7 @@ mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use acts::QuantizedActs;
+pub use acts::{ActFormat, QuantizedActs};
 pub use matrix::{QMatrix, WeightFormat};
 
 /// Elements per quantization block (GGUF's `QK4_1` / `QK8_0`).

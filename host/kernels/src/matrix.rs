@@ -3,7 +3,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use crate::acts::{ActRow, QuantizedActs};
+use crate::acts::{ActFormat, ActRow, QuantizedActs, SUPER};
 use crate::{BLOCK, Isa, scalar};
 
 /// Activation rows dotted with each weight row while it sits in registers.
@@ -56,38 +56,45 @@ impl WeightFormat {
 
     fn layout(self) -> Layout {
         match self {
-            WeightFormat::Q4_1 | WeightFormat::Q4K => Layout::Nibbles,
+            WeightFormat::Q4_1 => Layout::Nibbles,
             // Q5_0 is symmetric (`q - 16`) with one scale a block: Q8_0's layout exactly.
             WeightFormat::Q8_0 | WeightFormat::Q5_0 => Layout::Bytes,
-            WeightFormat::Q5_1 | WeightFormat::Q5K => Layout::Bytes16,
-            WeightFormat::Q6K => Layout::Sixes,
+            WeightFormat::Q5_1 => Layout::Bytes16,
+            WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => Layout::Super,
         }
     }
 
     /// Whether weights carry an offset (`m`) besides their scale.
     fn has_offset(self) -> bool {
-        matches!(self, WeightFormat::Q4_1 | WeightFormat::Q4K | WeightFormat::Q5_1 | WeightFormat::Q5K)
+        matches!(self, WeightFormat::Q4_1 | WeightFormat::Q5_1)
+    }
+
+    /// `Super`: the top bits' bytes per super-block (`qh`).
+    fn super_qh_bytes(self) -> usize {
+        match self {
+            WeightFormat::Q5K => 32,
+            WeightFormat::Q6K => 64,
+            _ => 0,
+        }
     }
 }
 
 /// How a matrix is held for the kernels, whatever GGUF format it came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Layout {
-    /// 4-bit `q`, one `d` and one `m` per 32 weights (`Q4_1`, `Q4_K`).
+    /// 4-bit `q`, one `d` and one `m` per 32 weights (`Q4_1`).
     Nibbles,
     /// `i8` `q`, one `d` per 32 weights (`Q8_0`, `Q5_0`).
     Bytes,
-    /// `i8` `q`, one `d` per 16 weights and, where the format has one, an `m`
-    /// per 32 (`Q5_1`, `Q5_K`, `Q6_K`): 5- and 6-bit weights widened to
-    /// bytes so one kernel serves them all.
+    /// `i8` `q`, one `d` per 16 weights and an `m` per 32 (`Q5_1`, its 5-bit
+    /// weights widened to bytes).
     Bytes16,
-    /// `Q6_K`, still 6 bits a weight: `Nibbles`' 32 bytes a pair for the low
-    /// four bits plus 16 bytes (`qh`) for the top two, unsigned (`q` in
-    /// `0..64`) so the kernels multiply without sign tricks, with one `d` per
-    /// 16 weights; `w = d * (q - 32)`, the `- 32` applied per 16 through the
-    /// activations' 16-wide sums. Widening it to bytes would read 37% more
-    /// memory a step for the output heads K-quant files store this way.
-    Sixes,
+    /// The K-quants (`Q4_K`, `Q5_K`, `Q6_K`) kept as GGUF has them, 256
+    /// weights a super-block with integer sub-scales under `f16` `d` (and
+    /// `dmin`), read with [`ActFormat::SuperBlocks`] activations: a
+    /// super-block's products stay in integers until one float multiply, and
+    /// a step reads 4.6 / 5.6 / 6.6 bits a weight (GGUF's 4.5 / 5.5 / 6.6).
+    Super,
 }
 
 /// A `rows x cols` weight matrix, repacked. Per row and per pair of blocks:
@@ -96,13 +103,15 @@ pub(crate) enum Layout {
 ///   halves of one block instead, which costs a shuffle per block in the
 ///   kernel; `Q4_K` already stores pairs this way);
 /// - `Bytes` and `Bytes16`: the two blocks' 64 `i8` values;
-/// - `Sixes`: as `Nibbles`, plus 16 bytes of `qh` where bits `2s..2s+2` of
-///   byte `j` are the top bits of the pair's weight `16 s + j`.
+/// - `Super`: as `Nibbles` for the low four bits of the unsigned `q`
+///   (`Q6_K`'s `q - 32` stored as `q`); the top bits in `qh`, per super-block
+///   `Q5_K`'s own 32 bytes (bit `j` of byte `l`: sub-block `j`'s weight `l`)
+///   or for `Q6_K` 16 bytes a pair where bits `2s..2s+2` of byte `j` are the
+///   top bits of the pair's weight `16 s + j`; sixteen bytes of sub-scales
+///   (`sc`: `Q4_K` / `Q5_K`'s eight scales then eight mins, or `Q6_K`'s
+///   sixteen `i8` scales) and `[d, dmin]` in `d`.
 ///
-/// Scales `d` (and offsets `m`) are `f16`, in arrays of their own. For the
-/// K-quants they are the products `d * sc` and `-dmin * min`, rounded to
-/// `f16` (a relative 2^-11 at most, well under the 8-bit activations' own
-/// rounding), which keeps one kernel per layout.
+/// Other layouts' scales `d` (and offsets `m`) are `f16`, in arrays of their own.
 #[derive(Debug)]
 pub struct QMatrix {
     format: WeightFormat,
@@ -112,8 +121,10 @@ pub struct QMatrix {
     /// Blocks per row, padded to even.
     nb: usize,
     qs: Vec<u8>,
-    /// `Sixes` only: the top two bits of each weight, 16 bytes a pair.
+    /// `Super` only: the top bits of each weight.
     qh: Vec<u8>,
+    /// `Super` only: sixteen sub-scales per super-block.
+    sc: Vec<u8>,
     d: Vec<f16>,
     m: Vec<f16>,
 }
@@ -123,6 +134,7 @@ pub struct QMatrix {
 pub(crate) struct WeightRow<'a> {
     pub qs: &'a [u8],
     pub qh: &'a [u8],
+    pub sc: &'a [u8],
     pub d: &'a [f16],
     pub m: &'a [f16],
 }
@@ -145,11 +157,12 @@ impl QMatrix {
         for part in parts {
             all.qs.extend_from_slice(&part.qs);
             all.qh.extend_from_slice(&part.qh);
+            all.sc.extend_from_slice(&part.sc);
             all.d.extend_from_slice(&part.d);
             all.m.extend_from_slice(&part.m);
         }
-        let Packed { qs, qh, d, m } = all;
-        Some(QMatrix { format, layout, rows, cols, nb, qs, qh, d, m })
+        let Packed { qs, qh, sc, d, m } = all;
+        Some(QMatrix { format, layout, rows, cols, nb, qs, qh, sc, d, m })
     }
 
     pub fn rows(&self) -> usize {
@@ -166,21 +179,30 @@ impl QMatrix {
 
     /// Bytes of weights and scales read by one full product.
     pub fn size_in_bytes(&self) -> usize {
-        self.qs.len() + 2 * (self.d.len() + self.m.len())
+        self.qs.len() + self.qh.len() + self.sc.len() + 2 * (self.d.len() + self.m.len())
     }
 
+    /// How activations must be quantized for [`Self::matmul`].
+    pub fn act_format(&self) -> ActFormat {
+        if self.layout == Layout::Super { ActFormat::SuperBlocks } else { ActFormat::Blocks }
+    }
+
+    #[inline]
     pub(crate) fn row(&self, r: usize) -> WeightRow<'_> {
         let nb = self.nb;
+        let nsb = self.cols / SUPER;
         let (row_bytes, row_d) = match self.layout {
             Layout::Nibbles => (nb * BLOCK / 2, nb),
             Layout::Bytes => (nb * BLOCK, nb),
             Layout::Bytes16 => (nb * BLOCK, 2 * nb),
-            Layout::Sixes => (nb * BLOCK / 2, 2 * nb),
+            Layout::Super => (nb * BLOCK / 2, 2 * nsb),
         };
-        let qh_bytes = if self.qh.is_empty() { 0 } else { nb * 8 };
+        let qh_bytes = nsb * self.format.super_qh_bytes();
+        let sc_bytes = if self.sc.is_empty() { 0 } else { 16 * nsb };
         WeightRow {
             qs: &self.qs[r * row_bytes..(r + 1) * row_bytes],
             qh: &self.qh[r * qh_bytes..(r + 1) * qh_bytes],
+            sc: &self.sc[r * sc_bytes..(r + 1) * sc_bytes],
             d: &self.d[r * row_d..(r + 1) * row_d],
             m: if self.m.is_empty() { &[] } else { &self.m[r * nb..(r + 1) * nb] },
         }
@@ -190,6 +212,15 @@ impl QMatrix {
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         assert_eq!(out.len(), self.cols);
         let row = self.row(r);
+        if self.layout == Layout::Super {
+            for (b, block) in out.chunks_mut(BLOCK).enumerate() {
+                for (k, v) in block.iter_mut().enumerate() {
+                    let (scale, offset) = super_scale(self.format, row, b, k);
+                    *v = scale * super_q(self.format, row, b, k) as f32 + offset;
+                }
+            }
+            return;
+        }
         for (b, block) in out.chunks_mut(BLOCK).enumerate() {
             let m = row.m.get(b).map_or(0.0, |m| m.to_f32());
             for (k, v) in block.iter_mut().enumerate() {
@@ -201,7 +232,7 @@ impl QMatrix {
                     }
                     Layout::Bytes => row.d[b].to_f32() * row.qs[b * BLOCK + k] as i8 as f32,
                     Layout::Bytes16 => row.d[2 * b + k / 16].to_f32() * row.qs[b * BLOCK + k] as i8 as f32 + m,
-                    Layout::Sixes => row.d[2 * b + k / 16].to_f32() * (sixes_q(row, b, k) as f32 - 32.0),
+                    Layout::Super => unreachable!("handled above"),
                 };
             }
         }
@@ -218,6 +249,7 @@ impl QMatrix {
     pub fn matmul_with(&self, isa: Isa, x: &QuantizedActs, out: &mut [f32]) {
         let isa = isa.supported();
         assert_eq!(x.cols, self.cols, "activation width != weight columns");
+        assert_eq!(x.format, self.act_format(), "activations quantized for another layout");
         assert_eq!(x.nb, self.nb);
         assert_eq!(out.len(), x.rows * self.rows, "output shape mismatch");
         let n = self.rows;
@@ -292,9 +324,9 @@ impl QMatrix {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, Layout::Bytes16) => unsafe { crate::x86::bytes16_rows_avx2::<N>(self, rows, a, out, n) },
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512Vnni, Layout::Sixes) => unsafe { crate::x86::sixes_rows_avx512::<N>(self, rows, a, out, n) },
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2, Layout::Sixes) => unsafe { crate::x86::sixes_rows_avx2::<N>(self, rows, a, out, n) },
+            (Isa::Avx512Vnni | Isa::Avx2, Layout::Super) => unsafe {
+                crate::x86::super_rows::<N>(isa, self, rows, a, out, n)
+            },
             (_, layout) => {
                 let npairs = self.nb / 2;
                 for r in rows {
@@ -303,7 +335,7 @@ impl QMatrix {
                             Layout::Nibbles => scalar::q4_1(self.row(r), *act, npairs),
                             Layout::Bytes => scalar::q8_0(self.row(r), *act, npairs),
                             Layout::Bytes16 => scalar::bytes16(self.row(r), *act, npairs),
-                            Layout::Sixes => scalar::sixes(self.row(r), *act, npairs),
+                            Layout::Super => scalar::super_blocks(self.format, self.row(r), *act),
                         };
                         // SAFETY: as above.
                         unsafe { *out.add(i * n + r) = v };
@@ -322,23 +354,25 @@ const ROWS_PER_REPACK: usize = 64;
 struct Packed {
     qs: Vec<u8>,
     qh: Vec<u8>,
+    sc: Vec<u8>,
     d: Vec<f16>,
     m: Vec<f16>,
 }
 
 /// Repacks the whole rows of GGUF data in `raw`.
 fn repack(format: WeightFormat, cols: usize, raw: &[u8]) -> Packed {
+    if format.layout() == Layout::Super {
+        return repack_super(format, raw);
+    }
     let layout = format.layout();
-    let per = format.block_elems();
-    let row_bytes = cols / per * format.block_bytes();
+    let row_bytes = cols / BLOCK * format.block_bytes();
     let rows = raw.len() / row_bytes;
     let raw_nb = cols / BLOCK;
     let nb = raw_nb.next_multiple_of(2);
-    let halves = matches!(layout, Layout::Bytes16 | Layout::Sixes);
+    let halves = layout == Layout::Bytes16;
     let d_per_block = if halves { 2 } else { 1 };
-    let packed = matches!(layout, Layout::Nibbles | Layout::Sixes);
+    let packed = layout == Layout::Nibbles;
     let mut qs = vec![0u8; rows * nb * BLOCK / if packed { 2 } else { 1 }];
-    let mut qh = vec![0u8; if layout == Layout::Sixes { rows * nb * 8 } else { 0 }];
     let mut d = vec![f16::ZERO; rows * nb * d_per_block];
     let mut m = vec![f16::ZERO; if format.has_offset() { rows * nb } else { 0 }];
     let mut subs = Vec::with_capacity(raw_nb);
@@ -359,16 +393,10 @@ fn repack(format: WeightFormat, cols: usize, raw: &[u8]) -> Packed {
                 m[i] = f16::from_f32(sub.m);
             }
             if packed {
-                // Q6_K's `q - 32` stored as the unsigned `q`.
-                let q = |k: usize| if layout == Layout::Sixes { (sub.q[k] + 32) as u8 } else { sub.q[k] as u8 };
                 let pair = (r * nb / 2 + b / 2) * BLOCK;
                 let shift = if b % 2 == 0 { 0 } else { 4 };
                 for k in 0..BLOCK {
-                    qs[pair + k] |= (q(k) & 0x0F) << shift;
-                    if layout == Layout::Sixes {
-                        let s = 2 * (b % 2) + k / 16;
-                        qh[pair / 2 + k % 16] |= (q(k) >> 4) << (2 * s);
-                    }
+                    qs[pair + k] |= (sub.q[k] as u8 & 0x0F) << shift;
                 }
             } else {
                 for (byte, &q) in qs[i * BLOCK..][..BLOCK].iter_mut().zip(&sub.q) {
@@ -377,15 +405,59 @@ fn repack(format: WeightFormat, cols: usize, raw: &[u8]) -> Packed {
             }
         }
     }
-    Packed { qs, qh, d, m }
+    Packed { qs, qh: Vec::new(), sc: Vec::new(), d, m }
 }
 
-/// `Sixes`: the unsigned 6-bit `q` of weight `k` of block `b` in `row`.
-pub(crate) fn sixes_q(row: WeightRow<'_>, b: usize, k: usize) -> u8 {
+/// Repacks K-quant super-blocks into the `Super` layout (rows need no
+/// bookkeeping: a row is a whole number of super-blocks, stored in order).
+fn repack_super(format: WeightFormat, raw: &[u8]) -> Packed {
+    let blocks = raw.len() / format.block_bytes();
+    let qh_bytes = format.super_qh_bytes();
+    let mut qs = vec![0u8; blocks * SUPER / 2];
+    let mut qh = vec![0u8; blocks * qh_bytes];
+    let mut sc = Vec::with_capacity(blocks * 16);
+    let mut d = Vec::with_capacity(blocks * 2);
+    for (i, blk) in raw.chunks_exact(format.block_bytes()).enumerate() {
+        let sb = crate::blocks::decode_super(format, blk);
+        sc.extend_from_slice(&sb.scales);
+        d.extend([sb.d, sb.dmin]);
+        let (qs, qh) = (&mut qs[i * SUPER / 2..][..SUPER / 2], &mut qh[i * qh_bytes..][..qh_bytes]);
+        for (e, &q) in sb.q.iter().enumerate() {
+            let (j, l) = (e / BLOCK, e % BLOCK);
+            qs[(j / 2) * BLOCK + l] |= (q & 0x0F) << (4 * (j % 2));
+            match format {
+                WeightFormat::Q5K => qh[l] |= (q >> 4) << j,
+                WeightFormat::Q6K => qh[(j / 2) * 16 + l % 16] |= (q >> 4) << (2 * (2 * (j % 2) + l / 16)),
+                _ => {}
+            }
+        }
+    }
+    Packed { qs, qh, sc, d, m: Vec::new() }
+}
+
+/// `Super`: the unsigned `q` of weight `k` of the row's 32-weight block `b`.
+pub(crate) fn super_q(format: WeightFormat, row: WeightRow<'_>, b: usize, k: usize) -> u8 {
     let low = (row.qs[(b / 2) * BLOCK + k] >> (4 * (b % 2))) & 0x0F;
-    let s = 2 * (b % 2) + k / 16;
-    let high = (row.qh[(b / 2) * 16 + k % 16] >> (2 * s)) & 3;
+    let high = match format {
+        WeightFormat::Q5K => (row.qh[(b / 8) * 32 + k] >> (b % 8)) & 1,
+        WeightFormat::Q6K => (row.qh[(b / 2) * 16 + k % 16] >> (2 * (2 * (b % 2) + k / 16))) & 3,
+        _ => 0,
+    };
     low | (high << 4)
+}
+
+/// `Super`: weight `k` of block `b` is `scale * q + offset`.
+fn super_scale(format: WeightFormat, row: WeightRow<'_>, b: usize, k: usize) -> (f32, f32) {
+    let (s, j) = (b / 8, b % 8);
+    let sc = &row.sc[16 * s..][..16];
+    let (d, dmin) = (row.d[2 * s].to_f32(), row.d[2 * s + 1].to_f32());
+    match format {
+        WeightFormat::Q6K => {
+            let scale = d * sc[2 * j + k / 16] as i8 as f32;
+            (scale, -32.0 * scale)
+        }
+        _ => (d * sc[j] as f32, -dmin * sc[8 + j] as f32),
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -1,8 +1,8 @@
 //! Portable reference kernels: the definition the SIMD paths must agree with.
 
-use crate::BLOCK;
-use crate::acts::ActRow;
-use crate::matrix::WeightRow;
+use crate::acts::{ActRow, BSUMS, SUPER};
+use crate::matrix::{WeightRow, super_q};
+use crate::{BLOCK, WeightFormat};
 
 /// `sum_b d_w*d_a*sum(q_w*q_a) + m_w*s_a` over the row's blocks.
 pub(crate) fn q4_1(w: WeightRow<'_>, a: ActRow<'_>, npairs: usize) -> f32 {
@@ -49,15 +49,31 @@ pub(crate) fn bytes16(w: WeightRow<'_>, a: ActRow<'_>, npairs: usize) -> f32 {
     acc
 }
 
-/// `sum_b d_a * sum_h d_w[h] * sum_k (q_k - 32) * q_a_k` over halves of 16.
-pub(crate) fn sixes(w: WeightRow<'_>, a: ActRow<'_>, npairs: usize) -> f32 {
+/// K-quants against super-block activations, per super-block `s`:
+/// `d_a * (d * sum_k sc_k * q_k * q_a_k - dmin * sum_j mn_j * bsum32_j)` for
+/// `Q4_K` / `Q5_K` (one `sc` and `mn` per 32), and for `Q6_K` (an `i8` `sc`
+/// per 16) `d_a * d * (sum_k sc_k * q_k * q_a_k - 32 * sum_k sc_k * bsum16_k)`.
+pub(crate) fn super_blocks(format: WeightFormat, w: WeightRow<'_>, a: ActRow<'_>) -> f32 {
+    let six = format == WeightFormat::Q6K;
     let mut acc = 0f32;
-    for b in 0..2 * npairs {
-        let qa = &a.qs[b * BLOCK..][..BLOCK];
-        let half = |h: usize| -> i32 {
-            (16 * h..16 * h + 16).map(|k| (crate::matrix::sixes_q(w, b, k) as i32 - 32) * qa[k] as i32).sum()
-        };
-        acc += a.d[b] * (w.d[2 * b].to_f32() * half(0) as f32 + w.d[2 * b + 1].to_f32() * half(1) as f32);
+    for (s, &da) in a.sd.iter().enumerate() {
+        let sc = &w.sc[16 * s..][..16];
+        let bsums = &a.bsums[BSUMS * s..][..BSUMS];
+        let mut dot = 0i32;
+        for e in 0..SUPER {
+            let (b, k) = (8 * s + e / BLOCK, e % BLOCK);
+            let scale = if six { sc[e / 16] as i8 as i32 } else { sc[e / BLOCK] as i32 };
+            dot += scale * super_q(format, w, b, k) as i32 * a.qs[SUPER * s + e] as i32;
+        }
+        let (d, dmin) = (w.d[2 * s].to_f32(), w.d[2 * s + 1].to_f32());
+        acc += da
+            * if six {
+                let offset: i32 = (0..16).map(|k| sc[k] as i8 as i32 * bsums[k] as i32).sum();
+                d * (dot - 32 * offset) as f32
+            } else {
+                let mins: i32 = (0..8).map(|j| sc[8 + j] as i32 * bsums[16 + j] as i32).sum();
+                d * dot as f32 - dmin * mins as f32
+            };
     }
     acc
 }

@@ -2,7 +2,7 @@
 
 use half::f16;
 
-use crate::{BLOCK, Isa, QMatrix, QuantizedActs, WeightFormat};
+use crate::{ActFormat, BLOCK, Isa, QMatrix, QuantizedActs, WeightFormat};
 
 /// Deterministic xorshift so the tests need no rand dependency.
 struct Rng(u64);
@@ -93,7 +93,7 @@ fn check(format: WeightFormat, rows: usize, cols: usize, batch: usize) {
     let m = QMatrix::from_gguf(format, rows, cols, &raw).expect("valid shape");
     let x: Vec<f32> = (0..batch * cols).map(|_| rng.unit() * 3.0).collect();
     let mut acts = QuantizedActs::new();
-    acts.quantize(&x, batch, cols);
+    acts.quantize(&x, batch, cols, m.act_format());
     let xq = dequantized_acts(&acts);
     for isa in Isa::all_available() {
         let mut out = vec![0f32; batch * rows];
@@ -150,7 +150,7 @@ fn wrong_sized_data_is_refused() {
 fn quantized_activations_round_trip_within_half_a_step() {
     let x: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin() * 5.0).collect();
     let mut acts = QuantizedActs::new();
-    acts.quantize(&x, 1, 100);
+    acts.quantize(&x, 1, 100, ActFormat::Blocks);
     let back = dequantized_acts(&acts);
     for (i, (a, b)) in x.iter().zip(&back).enumerate() {
         let step = acts.d[i / BLOCK];

@@ -125,8 +125,9 @@ impl Linear {
     ) -> Result<()> {
         match self {
             Linear::Native(m) => {
-                if !quantized {
-                    acts.quantize(x, n, m.cols());
+                // Parts of another format may have left `x` quantized another way.
+                if !quantized || acts.format() != m.act_format() {
+                    acts.quantize(x, n, m.cols(), m.act_format());
                 }
                 m.matmul(acts, out);
             }
