@@ -149,19 +149,26 @@ impl QMatrix {
         }
         let layout = format.layout();
         let nb = (cols / BLOCK).next_multiple_of(2);
-        // Rows repack independently: a 1B model's ~800 MB take seconds on one core.
+        let size = RowSizes::of(format, cols);
+        let mut qs = vec![0u8; rows * size.qs];
+        let mut qh = vec![0u8; rows * size.qh];
+        let mut sc = vec![0u8; rows * size.sc];
+        let mut d = vec![f16::ZERO; rows * size.d];
+        let mut m = vec![f16::ZERO; rows * size.m];
+        // Rows repack independently (a 1B model's ~800 MB take seconds on one
+        // core), each task straight into its rows of the final arrays, so no
+        // tensor is ever held twice.
+        let tasks = rows.div_ceil(ROWS_PER_REPACK);
+        let split = |n: usize| ROWS_PER_REPACK * n;
+        let outs: Vec<PackedRows<'_>> = zip_pieces(
+            row_chunks(&mut qs, split(size.qs), tasks),
+            row_chunks(&mut qh, split(size.qh), tasks),
+            row_chunks(&mut sc, split(size.sc), tasks),
+            row_chunks(&mut d, split(size.d), tasks),
+            row_chunks(&mut m, split(size.m), tasks),
+        );
         let row_bytes = cols / per * format.block_bytes();
-        let parts: Vec<Packed> =
-            raw.par_chunks(ROWS_PER_REPACK * row_bytes).map(|chunk| repack(format, cols, chunk)).collect();
-        let mut all = Packed::default();
-        for part in parts {
-            all.qs.extend_from_slice(&part.qs);
-            all.qh.extend_from_slice(&part.qh);
-            all.sc.extend_from_slice(&part.sc);
-            all.d.extend_from_slice(&part.d);
-            all.m.extend_from_slice(&part.m);
-        }
-        let Packed { qs, qh, sc, d, m } = all;
+        raw.par_chunks(ROWS_PER_REPACK * row_bytes).zip(outs).for_each(|(raw, out)| repack(format, cols, raw, out));
         Some(QMatrix { format, layout, rows, cols, nb, qs, qh, sc, d, m })
     }
 
@@ -189,22 +196,13 @@ impl QMatrix {
 
     #[inline]
     pub(crate) fn row(&self, r: usize) -> WeightRow<'_> {
-        let nb = self.nb;
-        let nsb = self.cols / SUPER;
-        let (row_bytes, row_d) = match self.layout {
-            Layout::Nibbles => (nb * BLOCK / 2, nb),
-            Layout::Bytes => (nb * BLOCK, nb),
-            Layout::Bytes16 => (nb * BLOCK, 2 * nb),
-            Layout::Super => (nb * BLOCK / 2, 2 * nsb),
-        };
-        let qh_bytes = nsb * self.format.super_qh_bytes();
-        let sc_bytes = if self.sc.is_empty() { 0 } else { 16 * nsb };
+        let size = RowSizes::of(self.format, self.cols);
         WeightRow {
-            qs: &self.qs[r * row_bytes..(r + 1) * row_bytes],
-            qh: &self.qh[r * qh_bytes..(r + 1) * qh_bytes],
-            sc: &self.sc[r * sc_bytes..(r + 1) * sc_bytes],
-            d: &self.d[r * row_d..(r + 1) * row_d],
-            m: if self.m.is_empty() { &[] } else { &self.m[r * nb..(r + 1) * nb] },
+            qs: &self.qs[r * size.qs..(r + 1) * size.qs],
+            qh: &self.qh[r * size.qh..(r + 1) * size.qh],
+            sc: &self.sc[r * size.sc..(r + 1) * size.sc],
+            d: &self.d[r * size.d..(r + 1) * size.d],
+            m: &self.m[r * size.m..(r + 1) * size.m],
         }
     }
 
@@ -349,20 +347,69 @@ impl QMatrix {
 /// Rows per parallel repacking task.
 const ROWS_PER_REPACK: usize = 64;
 
-/// A matrix's (or some rows') repacked arrays, as [`QMatrix`] holds them.
-#[derive(Default)]
-struct Packed {
-    qs: Vec<u8>,
-    qh: Vec<u8>,
-    sc: Vec<u8>,
-    d: Vec<f16>,
-    m: Vec<f16>,
+/// Elements of each of [`QMatrix`]'s arrays that one row takes.
+#[derive(Clone, Copy)]
+struct RowSizes {
+    qs: usize,
+    qh: usize,
+    sc: usize,
+    d: usize,
+    m: usize,
 }
 
-/// Repacks the whole rows of GGUF data in `raw`.
-fn repack(format: WeightFormat, cols: usize, raw: &[u8]) -> Packed {
+impl RowSizes {
+    fn of(format: WeightFormat, cols: usize) -> RowSizes {
+        let nb = (cols / BLOCK).next_multiple_of(2);
+        let m = if format.has_offset() { nb } else { 0 };
+        match format.layout() {
+            Layout::Nibbles => RowSizes { qs: nb * BLOCK / 2, qh: 0, sc: 0, d: nb, m },
+            Layout::Bytes => RowSizes { qs: nb * BLOCK, qh: 0, sc: 0, d: nb, m },
+            Layout::Bytes16 => RowSizes { qs: nb * BLOCK, qh: 0, sc: 0, d: 2 * nb, m },
+            Layout::Super => {
+                let nsb = cols / SUPER;
+                RowSizes { qs: nsb * SUPER / 2, qh: nsb * format.super_qh_bytes(), sc: 16 * nsb, d: 2 * nsb, m }
+            }
+        }
+    }
+}
+
+/// Some consecutive rows' share of each of [`QMatrix`]'s arrays, zeroed, for
+/// one repacking task to fill.
+struct PackedRows<'a> {
+    qs: &'a mut [u8],
+    qh: &'a mut [u8],
+    sc: &'a mut [u8],
+    d: &'a mut [f16],
+    m: &'a mut [f16],
+}
+
+/// `v` cut into `tasks` pieces of `size` (the last may be shorter); `tasks`
+/// empty pieces when the array is unused (`size` 0).
+fn row_chunks<T>(v: &mut [T], size: usize, tasks: usize) -> Vec<&mut [T]> {
+    if size == 0 { (0..tasks).map(|_| <&mut [T]>::default()).collect() } else { v.chunks_mut(size).collect() }
+}
+
+/// The five arrays' pieces, task by task.
+fn zip_pieces<'a>(
+    qs: Vec<&'a mut [u8]>,
+    qh: Vec<&'a mut [u8]>,
+    sc: Vec<&'a mut [u8]>,
+    d: Vec<&'a mut [f16]>,
+    m: Vec<&'a mut [f16]>,
+) -> Vec<PackedRows<'a>> {
+    qs.into_iter()
+        .zip(qh)
+        .zip(sc)
+        .zip(d)
+        .zip(m)
+        .map(|((((qs, qh), sc), d), m)| PackedRows { qs, qh, sc, d, m })
+        .collect()
+}
+
+/// Repacks the whole rows of GGUF data in `raw` into `out`.
+fn repack(format: WeightFormat, cols: usize, raw: &[u8], out: PackedRows<'_>) {
     if format.layout() == Layout::Super {
-        return repack_super(format, raw);
+        return repack_super(format, raw, out);
     }
     let layout = format.layout();
     let row_bytes = cols / BLOCK * format.block_bytes();
@@ -370,11 +417,8 @@ fn repack(format: WeightFormat, cols: usize, raw: &[u8]) -> Packed {
     let raw_nb = cols / BLOCK;
     let nb = raw_nb.next_multiple_of(2);
     let halves = layout == Layout::Bytes16;
-    let d_per_block = if halves { 2 } else { 1 };
     let packed = layout == Layout::Nibbles;
-    let mut qs = vec![0u8; rows * nb * BLOCK / if packed { 2 } else { 1 }];
-    let mut d = vec![f16::ZERO; rows * nb * d_per_block];
-    let mut m = vec![f16::ZERO; if format.has_offset() { rows * nb } else { 0 }];
+    let PackedRows { qs, d, m, .. } = out;
     let mut subs = Vec::with_capacity(raw_nb);
     for r in 0..rows {
         subs.clear();
@@ -405,22 +449,17 @@ fn repack(format: WeightFormat, cols: usize, raw: &[u8]) -> Packed {
             }
         }
     }
-    Packed { qs, qh: Vec::new(), sc: Vec::new(), d, m }
 }
 
 /// Repacks K-quant super-blocks into the `Super` layout (rows need no
 /// bookkeeping: a row is a whole number of super-blocks, stored in order).
-fn repack_super(format: WeightFormat, raw: &[u8]) -> Packed {
-    let blocks = raw.len() / format.block_bytes();
+fn repack_super(format: WeightFormat, raw: &[u8], out: PackedRows<'_>) {
     let qh_bytes = format.super_qh_bytes();
-    let mut qs = vec![0u8; blocks * SUPER / 2];
-    let mut qh = vec![0u8; blocks * qh_bytes];
-    let mut sc = Vec::with_capacity(blocks * 16);
-    let mut d = Vec::with_capacity(blocks * 2);
+    let PackedRows { qs, qh, sc, d, .. } = out;
     for (i, blk) in raw.chunks_exact(format.block_bytes()).enumerate() {
         let sb = crate::blocks::decode_super(format, blk);
-        sc.extend_from_slice(&sb.scales);
-        d.extend([sb.d, sb.dmin]);
+        sc[16 * i..][..16].copy_from_slice(&sb.scales);
+        (d[2 * i], d[2 * i + 1]) = (sb.d, sb.dmin);
         let (qs, qh) = (&mut qs[i * SUPER / 2..][..SUPER / 2], &mut qh[i * qh_bytes..][..qh_bytes]);
         for (e, &q) in sb.q.iter().enumerate() {
             let (j, l) = (e / BLOCK, e % BLOCK);
@@ -432,7 +471,6 @@ fn repack_super(format: WeightFormat, raw: &[u8]) -> Packed {
             }
         }
     }
-    Packed { qs, qh, sc, d, m: Vec::new() }
 }
 
 /// `Super`: the unsigned `q` of weight `k` of the row's 32-weight block `b`.
