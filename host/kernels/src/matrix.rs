@@ -120,6 +120,9 @@ pub struct QMatrix {
     cols: usize,
     /// Blocks per row, padded to even.
     nb: usize,
+    /// Each array's elements per row (fixed at load: `row` runs once a row
+    /// of every product).
+    size: RowSizes,
     qs: Vec<u8>,
     /// `Super` only: the top bits of each weight.
     qh: Vec<u8>,
@@ -158,18 +161,14 @@ impl QMatrix {
         // Rows repack independently (a 1B model's ~800 MB take seconds on one
         // core), each task straight into its rows of the final arrays, so no
         // tensor is ever held twice.
-        let tasks = rows.div_ceil(ROWS_PER_REPACK);
-        let split = |n: usize| ROWS_PER_REPACK * n;
-        let outs: Vec<PackedRows<'_>> = zip_pieces(
-            row_chunks(&mut qs, split(size.qs), tasks),
-            row_chunks(&mut qh, split(size.qh), tasks),
-            row_chunks(&mut sc, split(size.sc), tasks),
-            row_chunks(&mut d, split(size.d), tasks),
-            row_chunks(&mut m, split(size.m), tasks),
-        );
+        let mut rest = PackedRows { qs: &mut qs, qh: &mut qh, sc: &mut sc, d: &mut d, m: &mut m };
+        let outs: Vec<PackedRows<'_>> = (0..rows)
+            .step_by(ROWS_PER_REPACK)
+            .map(|start| rest.take_rows(ROWS_PER_REPACK.min(rows - start), size))
+            .collect();
         let row_bytes = cols / per * format.block_bytes();
         raw.par_chunks(ROWS_PER_REPACK * row_bytes).zip(outs).for_each(|(raw, out)| repack(format, cols, raw, out));
-        Some(QMatrix { format, layout, rows, cols, nb, qs, qh, sc, d, m })
+        Some(QMatrix { format, layout, rows, cols, nb, size, qs, qh, sc, d, m })
     }
 
     pub fn rows(&self) -> usize {
@@ -196,7 +195,7 @@ impl QMatrix {
 
     #[inline]
     pub(crate) fn row(&self, r: usize) -> WeightRow<'_> {
-        let size = RowSizes::of(self.format, self.cols);
+        let size = self.size;
         WeightRow {
             qs: &self.qs[r * size.qs..(r + 1) * size.qs],
             qh: &self.qh[r * size.qh..(r + 1) * size.qh],
@@ -348,7 +347,7 @@ impl QMatrix {
 const ROWS_PER_REPACK: usize = 64;
 
 /// Elements of each of [`QMatrix`]'s arrays that one row takes.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct RowSizes {
     qs: usize,
     qh: usize,
@@ -383,27 +382,22 @@ struct PackedRows<'a> {
     m: &'a mut [f16],
 }
 
-/// `v` cut into `tasks` pieces of `size` (the last may be shorter); `tasks`
-/// empty pieces when the array is unused (`size` 0).
-fn row_chunks<T>(v: &mut [T], size: usize, tasks: usize) -> Vec<&mut [T]> {
-    if size == 0 { (0..tasks).map(|_| <&mut [T]>::default()).collect() } else { v.chunks_mut(size).collect() }
-}
-
-/// The five arrays' pieces, task by task.
-fn zip_pieces<'a>(
-    qs: Vec<&'a mut [u8]>,
-    qh: Vec<&'a mut [u8]>,
-    sc: Vec<&'a mut [u8]>,
-    d: Vec<&'a mut [f16]>,
-    m: Vec<&'a mut [f16]>,
-) -> Vec<PackedRows<'a>> {
-    qs.into_iter()
-        .zip(qh)
-        .zip(sc)
-        .zip(d)
-        .zip(m)
-        .map(|((((qs, qh), sc), d), m)| PackedRows { qs, qh, sc, d, m })
-        .collect()
+impl<'a> PackedRows<'a> {
+    /// Splits off the first `rows` rows, leaving the rest in `self`.
+    fn take_rows(&mut self, rows: usize, size: RowSizes) -> PackedRows<'a> {
+        fn cut<'a, T>(v: &mut &'a mut [T], n: usize) -> &'a mut [T] {
+            let (head, tail) = std::mem::take(v).split_at_mut(n);
+            *v = tail;
+            head
+        }
+        PackedRows {
+            qs: cut(&mut self.qs, rows * size.qs),
+            qh: cut(&mut self.qh, rows * size.qh),
+            sc: cut(&mut self.sc, rows * size.sc),
+            d: cut(&mut self.d, rows * size.d),
+            m: cut(&mut self.m, rows * size.m),
+        }
+    }
 }
 
 /// Repacks the whole rows of GGUF data in `raw` into `out`.
