@@ -410,9 +410,11 @@ fn greedy_tokens_match_llama_server_on_a_sentencepiece_model() {
     let _machine = crate::exclusive();
     // Q4_K and Q6_K at 2048 wide, untied output head, byte-fallback tokens in
     // the output; float differences as above over rows 8x longer. Measured:
-    // 29 of 32 agree (the others near-ties), log-probabilities within 0.07
-    // (median 0.02).
-    let parity = greedy_parity(&fixtures().sentencepiece, "The history of computing", 0.05);
+    // 29 of 32 agree, log-probabilities within 0.07 (median 0.02). With
+    // log-probabilities that far apart, a choice between two tokens within
+    // twice that of each other can flip: the three that differ were 0.02 to
+    // 0.06 apart in kiln's logits, so the bound for those is 0.1.
+    let parity = greedy_parity(&fixtures().sentencepiece, "The history of computing", 0.1);
     parity.assert_within(0.25, Some(0.05));
 }
 

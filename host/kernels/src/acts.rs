@@ -5,6 +5,18 @@ use crate::BLOCK;
 /// Values per super-block: the K-quants' block, and [`ActFormat::SuperBlocks`]'.
 pub(crate) const SUPER: usize = 256;
 
+/// Where value `e` of a super-block is stored, in the activations and in the
+/// K-quant weights alike: value `t` of 16-value sub-block `j` goes to byte
+/// `4 j + t % 4` of 64-byte group `t / 4`. Each 32-bit lane `j` of a 64-byte
+/// register then holds four values of sub-block `j` in every group, so the
+/// kernels sum a whole super-block with four `vpdpbusd` into one lane per
+/// sub-block and apply the sub-scales once, not once per 64 weights.
+#[inline(always)]
+pub(crate) const fn super_slot(e: usize) -> usize {
+    let (j, t) = (e / 16, e % 16);
+    64 * (t / 4) + 4 * j + t % 4
+}
+
 /// How activations are quantized; each weight layout reads one (see
 /// [`crate::QMatrix::act_format`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,8 +34,9 @@ pub enum ActFormat {
 /// each 32-value block with one `f32` scale `d` and `s = d * sum(q)`, rows
 /// padded to an even number of blocks with zeros so the kernels can always
 /// read blocks in pairs (64 bytes, one AVX-512 register).
-/// [`ActFormat::SuperBlocks`]: each 256 values with one scale `sd` and the
-/// sums `bsums` of `q` over each 16 and each 32.
+/// [`ActFormat::SuperBlocks`]: each 256 values with one scale `sd` and
+/// `sd` times the sums of `q` over each 16 and each 32 (`sums`), the values
+/// in [`super_slot`] order.
 #[derive(Debug, Default, Clone)]
 pub struct QuantizedActs {
     pub(crate) format: ActFormat,
@@ -39,12 +52,15 @@ pub struct QuantizedActs {
     pub(crate) sum_d: Vec<f32>,
     /// `SuperBlocks`: one scale per 256 values.
     pub(crate) sd: Vec<f32>,
-    /// `SuperBlocks`: per 256 values, the sixteen sums of `q` over each 16 then
-    /// the eight over each 32 (`BSUMS` in all).
-    pub(crate) bsums: Vec<i16>,
+    /// `SuperBlocks`: per 256 values, `sd` times the sixteen sums of `q` over
+    /// each 16 then the eight over each 32 (`BSUMS` in all): the kernels
+    /// multiply them by the weights' mins (or `Q6_K`'s `32 * scale`) in
+    /// float, one vector operation per super-block instead of an integer
+    /// product, a conversion and a multiply by `sd`.
+    pub(crate) sums: Vec<f32>,
 }
 
-/// `bsums` entries per super-block.
+/// `sums` entries per super-block.
 pub(crate) const BSUMS: usize = 24;
 
 impl QuantizedActs {
@@ -89,8 +105,8 @@ impl QuantizedActs {
         }
         self.sd.clear();
         self.sd.resize(per_super, 0.0);
-        self.bsums.clear();
-        self.bsums.resize(per_super * BSUMS, 0);
+        self.sums.clear();
+        self.sums.resize(per_super * BSUMS, 0.0);
         #[cfg(target_arch = "x86_64")]
         if crate::Isa::current() != crate::Isa::Scalar {
             // SAFETY: every non-scalar `Isa` implies AVX2 and FMA.
@@ -125,12 +141,20 @@ impl QuantizedActs {
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             self.sd[s] = d;
             let out = &mut self.qs[s * SUPER..][..SUPER];
-            let sums = &mut self.bsums[s * BSUMS..][..BSUMS];
-            for (k, (out, chunk)) in out.chunks_exact_mut(16).zip(chunk.chunks_exact(16)).enumerate() {
-                sums[k] = quantize_into(out, chunk, inv) as i16;
+            let mut sums = [0i32; 16];
+            for (j, chunk) in chunk.chunks_exact(16).enumerate() {
+                let mut q = [0i8; 16];
+                sums[j] = quantize_into(&mut q, chunk, inv);
+                for (g, four) in q.chunks_exact(4).enumerate() {
+                    out[super_slot(16 * j + 4 * g)..][..4].copy_from_slice(four);
+                }
+            }
+            let out = &mut self.sums[s * BSUMS..][..BSUMS];
+            for j in 0..16 {
+                out[j] = d * sums[j] as f32;
             }
             for j in 0..8 {
-                sums[16 + j] = sums[2 * j] + sums[2 * j + 1];
+                out[16 + j] = d * (sums[2 * j] + sums[2 * j + 1]) as f32;
             }
         }
     }
@@ -172,7 +196,7 @@ impl QuantizedActs {
             s: &self.s[per_block(&self.s)],
             sum_d: &self.sum_d[per_block(&self.sum_d)],
             sd: &self.sd[per_super.clone()],
-            bsums: &self.bsums[per_super.start * BSUMS..per_super.end * BSUMS],
+            sums: &self.sums[per_super.start * BSUMS..per_super.end * BSUMS],
         }
     }
 }
@@ -197,5 +221,5 @@ pub(crate) struct ActRow<'a> {
     pub s: &'a [f32],
     pub sum_d: &'a [f32],
     pub sd: &'a [f32],
-    pub bsums: &'a [i16],
+    pub sums: &'a [f32],
 }

@@ -4,6 +4,7 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+use crate::acts::{SUPER, super_slot};
 use crate::{ActFormat, BLOCK, Isa, QMatrix, QuantizedActs, WeightFormat};
 
 const FORMATS: [(WeightFormat, GgmlDType); 7] = [
@@ -89,16 +90,17 @@ fn every_format_multiplies_like_its_dequantized_weights_on_every_isa() {
             m.matmul_with(Isa::Scalar, &acts, &mut reference);
             for b in 0..batch {
                 let a = acts.row(b);
-                let act_scale = |c: usize| match acts.format() {
-                    ActFormat::Blocks => a.d[c / BLOCK],
-                    ActFormat::SuperBlocks => a.sd[c / 256],
+                // Each activation's integer and scale (super-blocks store theirs permuted).
+                let act = |c: usize| match acts.format() {
+                    ActFormat::Blocks => (a.qs[c], a.d[c / BLOCK]),
+                    ActFormat::SuperBlocks => (a.qs[c / SUPER * SUPER + super_slot(c % SUPER)], a.sd[c / SUPER]),
                 };
                 for r in 0..rows {
                     // Exact product of the repacked weights and the quantized activations; the
                     // kernels differ from it only by the f16 rounding of each block's `d * sum(q)`
                     // (none for the K-quants, whose super-blocks stay in integers).
                     let exact: f64 =
-                        (0..cols).map(|c| w[r * cols + c] as f64 * a.qs[c] as f64 * act_scale(c) as f64).sum();
+                        (0..cols).map(|c| w[r * cols + c] as f64 * act(c).0 as f64 * act(c).1 as f64).sum();
                     let got = reference[b * rows + r] as f64;
                     let size: f64 = (0..cols).map(|c| (w[r * cols + c] * x[b * cols + c]).abs() as f64).sum();
                     assert!((got - exact).abs() <= 2e-3 * size + 1e-6, "{format:?} scalar: {got} vs {exact}");

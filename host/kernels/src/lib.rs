@@ -19,6 +19,8 @@ mod matrix;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_kquants;
 
 pub use acts::{ActFormat, QuantizedActs};
 pub use matrix::{QMatrix, WeightFormat};

@@ -3,11 +3,15 @@
 use half::f16;
 use rayon::prelude::*;
 
-use crate::acts::{ActFormat, ActRow, QuantizedActs, SUPER};
+use crate::acts::{ActFormat, ActRow, QuantizedActs, SUPER, super_slot};
 use crate::{BLOCK, Isa, scalar};
 
 /// Activation rows dotted with each weight row while it sits in registers.
 const MAX_GROUP: usize = 8;
+/// The AVX-512 K-quant kernel's group: it takes two weight rows at a time, so
+/// four activation rows fill its 32 registers (eight would spill; ~10%
+/// slower at 128 rows).
+const SUPER_AVX512_GROUP: usize = 4;
 /// Weight rows per cache block (64 rows of 1536 Q4_1 weights: 48 KiB).
 const ROW_BLOCK: usize = 64;
 
@@ -103,13 +107,12 @@ pub(crate) enum Layout {
 ///   halves of one block instead, which costs a shuffle per block in the
 ///   kernel; `Q4_K` already stores pairs this way);
 /// - `Bytes` and `Bytes16`: the two blocks' 64 `i8` values;
-/// - `Super`: as `Nibbles` for the low four bits of the unsigned `q`
-///   (`Q6_K`'s `q - 32` stored as `q`); the top bits in `qh`, per super-block
-///   `Q5_K`'s own 32 bytes (bit `j` of byte `l`: sub-block `j`'s weight `l`)
-///   or for `Q6_K` 16 bytes a pair where bits `2s..2s+2` of byte `j` are the
-///   top bits of the pair's weight `16 s + j`; sixteen bytes of sub-scales
-///   (`sc`: `Q4_K` / `Q5_K`'s eight scales then eight mins, or `Q6_K`'s
-///   sixteen `i8` scales) and `[d, dmin]` in `d`.
+/// - `Super`: per super-block, the unsigned `q` (`Q6_K`'s `q - 32` stored
+///   as `q`) in the activations' [`super_slot`] order, low four bits in `qs`
+///   (128 bytes) and top bits in `qh` (32 or 64 bytes; `SuperAt` has the
+///   details); sixteen bytes of sub-scales (`sc`: `Q4_K` / `Q5_K`'s eight
+///   scales then eight mins, or `Q6_K`'s sixteen `i8` scales) and
+///   `[d, dmin]` in `d`.
 ///
 /// Other layouts' scales `d` (and offsets `m`) are `f16`, in arrays of their own.
 #[derive(Debug)]
@@ -255,6 +258,8 @@ impl QMatrix {
         let tasks = if work < 8192 { 1 } else { (rayon::current_num_threads() * 4).min(n) };
         let chunk = n.div_ceil(tasks.max(1));
         let out_ptr = SendPtr(out.as_mut_ptr());
+        let max_group =
+            if isa == Isa::Avx512Vnni && self.layout == Layout::Super { SUPER_AVX512_GROUP } else { MAX_GROUP };
         let run = |start: usize| {
             let end = (start + chunk).min(n);
             // Row blocks outside, activation groups inside: a block's weights are
@@ -263,7 +268,7 @@ impl QMatrix {
                 let rows = block_start..(block_start + ROW_BLOCK).min(end);
                 let mut b = 0;
                 while b < x.rows {
-                    let take = (x.rows - b).min(MAX_GROUP);
+                    let take = (x.rows - b).min(max_group);
                     // SAFETY: each task writes only columns `rows` of the output
                     // (which no other task touches) for activation rows `b..b + take`.
                     let out = unsafe { out_ptr.get().add(b * n) };
@@ -322,7 +327,7 @@ impl QMatrix {
             (Isa::Avx2, Layout::Bytes16) => unsafe { crate::x86::bytes16_rows_avx2::<N>(self, rows, a, out, n) },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512Vnni | Isa::Avx2, Layout::Super) => unsafe {
-                crate::x86::super_rows::<N>(isa, self, rows, a, out, n)
+                crate::x86_kquants::super_rows::<N>(isa, self, rows, a, out, n)
             },
             (_, layout) => {
                 let npairs = self.nb / 2;
@@ -455,24 +460,61 @@ fn repack_super(format: WeightFormat, raw: &[u8], out: PackedRows<'_>) {
         sc[16 * i..][..16].copy_from_slice(&sb.scales);
         (d[2 * i], d[2 * i + 1]) = (sb.d, sb.dmin);
         let (qs, qh) = (&mut qs[i * SUPER / 2..][..SUPER / 2], &mut qh[i * qh_bytes..][..qh_bytes]);
-        for (e, &q) in sb.q.iter().enumerate() {
-            let (j, l) = (e / BLOCK, e % BLOCK);
-            qs[(j / 2) * BLOCK + l] |= (q & 0x0F) << (4 * (j % 2));
-            match format {
-                WeightFormat::Q5K => qh[l] |= (q >> 4) << j,
-                WeightFormat::Q6K => qh[(j / 2) * 16 + l % 16] |= (q >> 4) << (2 * (2 * (j % 2) + l / 16)),
-                _ => {}
+        // Four values in a row stay together (`super_slot`): one lookup each.
+        for (four, q) in sb.q.chunks_exact(4).enumerate() {
+            let at = SuperAt::of(4 * four);
+            for (i, &q) in q.iter().enumerate() {
+                qs[at.qs + i] |= (q & 0x0F) << at.nibble_shift;
+                match format {
+                    WeightFormat::Q5K => qh[at.qh5 + i] |= (q >> 4) << at.qh5_shift,
+                    WeightFormat::Q6K => qh[at.qh6 + i] |= (q >> 4) << at.qh6_shift,
+                    _ => {}
+                }
             }
+        }
+    }
+}
+
+/// Where the `Super` layout keeps value `e` of a super-block, which sits at
+/// `p = super_slot(e)` (the activations' order, 64-byte groups `p / 64`):
+/// its low four bits in `qs` byte `64 (p / 128) + p % 64` (the low nibbles
+/// of 64 bytes are one group, the high nibbles the next, so one load and two
+/// masks give two registers); its top bits in byte `p % 32` of `qh`, for
+/// `Q5_K` bit `p / 32` and for `Q6_K` (two 32-byte rows, `p / 128`) bits
+/// `2 ((p / 32) % 4)..+2`. Each 32-value quarter of a group thus takes its
+/// top bits from one bit position of one 32-byte row: a shift and a mask.
+struct SuperAt {
+    qs: usize,
+    nibble_shift: u8,
+    qh5: usize,
+    qh5_shift: u8,
+    qh6: usize,
+    qh6_shift: u8,
+}
+
+impl SuperAt {
+    #[inline(always)]
+    fn of(e: usize) -> SuperAt {
+        let p = super_slot(e);
+        SuperAt {
+            qs: 64 * (p / 128) + p % 64,
+            nibble_shift: 4 * ((p / 64) % 2) as u8,
+            qh5: p % 32,
+            qh5_shift: (p / 32) as u8,
+            qh6: 32 * (p / 128) + p % 32,
+            qh6_shift: 2 * ((p / 32) % 4) as u8,
         }
     }
 }
 
 /// `Super`: the unsigned `q` of weight `k` of the row's 32-weight block `b`.
 pub(crate) fn super_q(format: WeightFormat, row: WeightRow<'_>, b: usize, k: usize) -> u8 {
-    let low = (row.qs[(b / 2) * BLOCK + k] >> (4 * (b % 2))) & 0x0F;
+    let s = b / 8;
+    let at = SuperAt::of(32 * (b % 8) + k);
+    let low = (row.qs[SUPER / 2 * s + at.qs] >> at.nibble_shift) & 0x0F;
     let high = match format {
-        WeightFormat::Q5K => (row.qh[(b / 8) * 32 + k] >> (b % 8)) & 1,
-        WeightFormat::Q6K => (row.qh[(b / 2) * 16 + k % 16] >> (2 * (2 * (b % 2) + k / 16))) & 3,
+        WeightFormat::Q5K => (row.qh[32 * s + at.qh5] >> at.qh5_shift) & 1,
+        WeightFormat::Q6K => (row.qh[64 * s + at.qh6] >> at.qh6_shift) & 3,
         _ => 0,
     };
     low | (high << 4)

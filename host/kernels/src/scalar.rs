@@ -1,6 +1,6 @@
 //! Portable reference kernels: the definition the SIMD paths must agree with.
 
-use crate::acts::{ActRow, BSUMS, SUPER};
+use crate::acts::{ActRow, BSUMS, SUPER, super_slot};
 use crate::matrix::{WeightRow, super_q};
 use crate::{BLOCK, WeightFormat};
 
@@ -50,29 +50,28 @@ pub(crate) fn bytes16(w: WeightRow<'_>, a: ActRow<'_>, npairs: usize) -> f32 {
 }
 
 /// K-quants against super-block activations, per super-block `s`:
-/// `d_a * (d * sum_k sc_k * q_k * q_a_k - dmin * sum_j mn_j * bsum32_j)` for
+/// `d_a * d * sum_k sc_k * q_k * q_a_k - dmin * sum_j mn_j * sums32_j` for
 /// `Q4_K` / `Q5_K` (one `sc` and `mn` per 32), and for `Q6_K` (an `i8` `sc`
-/// per 16) `d_a * d * (sum_k sc_k * q_k * q_a_k - 32 * sum_k sc_k * bsum16_k)`.
+/// per 16) `d_a * d * sum_k sc_k * q_k * q_a_k - 32 * d * sum_k sc_k * sums16_k`
+/// (`sums` already carry `d_a`).
 pub(crate) fn super_blocks(format: WeightFormat, w: WeightRow<'_>, a: ActRow<'_>) -> f32 {
     let six = format == WeightFormat::Q6K;
     let mut acc = 0f32;
     for (s, &da) in a.sd.iter().enumerate() {
         let sc = &w.sc[16 * s..][..16];
-        let bsums = &a.bsums[BSUMS * s..][..BSUMS];
+        let sums = &a.sums[BSUMS * s..][..BSUMS];
         let mut dot = 0i32;
         for e in 0..SUPER {
             let (b, k) = (8 * s + e / BLOCK, e % BLOCK);
             let scale = if six { sc[e / 16] as i8 as i32 } else { sc[e / BLOCK] as i32 };
-            dot += scale * super_q(format, w, b, k) as i32 * a.qs[SUPER * s + e] as i32;
+            dot += scale * super_q(format, w, b, k) as i32 * a.qs[SUPER * s + super_slot(e)] as i32;
         }
         let (d, dmin) = (w.d[2 * s].to_f32(), w.d[2 * s + 1].to_f32());
-        acc += da
-            * if six {
-                let offset: i32 = (0..16).map(|k| sc[k] as i8 as i32 * bsums[k] as i32).sum();
-                d * (dot - 32 * offset) as f32
+        acc += da * d * dot as f32
+            - if six {
+                32.0 * d * (0..16).map(|k| sc[k] as i8 as f32 * sums[k]).sum::<f32>()
             } else {
-                let mins: i32 = (0..8).map(|j| sc[8 + j] as i32 * bsums[16 + j] as i32).sum();
-                d * dot as f32 - dmin * mins as f32
+                dmin * (0..8).map(|j| sc[8 + j] as f32 * sums[16 + j]).sum::<f32>()
             };
     }
     acc
