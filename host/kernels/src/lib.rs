@@ -16,6 +16,7 @@
 mod acts;
 mod blocks;
 mod matrix;
+mod records;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;

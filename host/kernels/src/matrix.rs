@@ -3,7 +3,8 @@
 use half::f16;
 use rayon::prelude::*;
 
-use crate::acts::{ActFormat, ActRow, QuantizedActs, SUPER, super_slot};
+use crate::acts::{ActFormat, ActRow, QuantizedActs, SUPER};
+use crate::records::Record;
 use crate::{BLOCK, Isa, scalar};
 
 /// Activation rows dotted with each weight row while it sits in registers.
@@ -74,7 +75,7 @@ impl WeightFormat {
     }
 
     /// `Super`: the top bits' bytes per super-block (`qh`).
-    fn super_qh_bytes(self) -> usize {
+    pub(crate) fn super_qh_bytes(self) -> usize {
         match self {
             WeightFormat::Q5K => 32,
             WeightFormat::Q6K => 64,
@@ -107,12 +108,7 @@ pub(crate) enum Layout {
 ///   halves of one block instead, which costs a shuffle per block in the
 ///   kernel; `Q4_K` already stores pairs this way);
 /// - `Bytes` and `Bytes16`: the two blocks' 64 `i8` values;
-/// - `Super`: per super-block, the unsigned `q` (`Q6_K`'s `q - 32` stored
-///   as `q`) in the activations' [`super_slot`] order, low four bits in `qs`
-///   (128 bytes) and top bits in `qh` (32 or 64 bytes; `SuperAt` has the
-///   details); sixteen bytes of sub-scales (`sc`: `Q4_K` / `Q5_K`'s eight
-///   scales then eight mins, or `Q6_K`'s sixteen `i8` scales) and
-///   `[d, dmin]` in `d`.
+/// - `Super`: one record per super-block in `qs` (see [`crate::records`]).
 ///
 /// Other layouts' scales `d` (and offsets `m`) are `f16`, in arrays of their own.
 #[derive(Debug)]
@@ -127,10 +123,6 @@ pub struct QMatrix {
     /// of every product).
     size: RowSizes,
     qs: Vec<u8>,
-    /// `Super` only: the top bits of each weight.
-    qh: Vec<u8>,
-    /// `Super` only: sixteen sub-scales per super-block.
-    sc: Vec<u8>,
     d: Vec<f16>,
     m: Vec<f16>,
 }
@@ -139,8 +131,6 @@ pub struct QMatrix {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct WeightRow<'a> {
     pub qs: &'a [u8],
-    pub qh: &'a [u8],
-    pub sc: &'a [u8],
     pub d: &'a [f16],
     pub m: &'a [f16],
 }
@@ -157,21 +147,19 @@ impl QMatrix {
         let nb = (cols / BLOCK).next_multiple_of(2);
         let size = RowSizes::of(format, cols);
         let mut qs = vec![0u8; rows * size.qs];
-        let mut qh = vec![0u8; rows * size.qh];
-        let mut sc = vec![0u8; rows * size.sc];
         let mut d = vec![f16::ZERO; rows * size.d];
         let mut m = vec![f16::ZERO; rows * size.m];
         // Rows repack independently (a 1B model's ~800 MB take seconds on one
         // core), each task straight into its rows of the final arrays, so no
         // tensor is ever held twice.
-        let mut rest = PackedRows { qs: &mut qs, qh: &mut qh, sc: &mut sc, d: &mut d, m: &mut m };
+        let mut rest = PackedRows { qs: &mut qs, d: &mut d, m: &mut m };
         let outs: Vec<PackedRows<'_>> = (0..rows)
             .step_by(ROWS_PER_REPACK)
             .map(|start| rest.take_rows(ROWS_PER_REPACK.min(rows - start), size))
             .collect();
         let row_bytes = cols / per * format.block_bytes();
         raw.par_chunks(ROWS_PER_REPACK * row_bytes).zip(outs).for_each(|(raw, out)| repack(format, cols, raw, out));
-        Some(QMatrix { format, layout, rows, cols, nb, size, qs, qh, sc, d, m })
+        Some(QMatrix { format, layout, rows, cols, nb, size, qs, d, m })
     }
 
     pub fn rows(&self) -> usize {
@@ -188,7 +176,7 @@ impl QMatrix {
 
     /// Bytes of weights and scales read by one full product.
     pub fn size_in_bytes(&self) -> usize {
-        self.qs.len() + self.qh.len() + self.sc.len() + 2 * (self.d.len() + self.m.len())
+        self.qs.len() + 2 * (self.d.len() + self.m.len())
     }
 
     /// How activations must be quantized for [`Self::matmul`].
@@ -201,8 +189,6 @@ impl QMatrix {
         let size = self.size;
         WeightRow {
             qs: &self.qs[r * size.qs..(r + 1) * size.qs],
-            qh: &self.qh[r * size.qh..(r + 1) * size.qh],
-            sc: &self.sc[r * size.sc..(r + 1) * size.sc],
             d: &self.d[r * size.d..(r + 1) * size.d],
             m: &self.m[r * size.m..(r + 1) * size.m],
         }
@@ -215,8 +201,8 @@ impl QMatrix {
         if self.layout == Layout::Super {
             for (b, block) in out.chunks_mut(BLOCK).enumerate() {
                 for (k, v) in block.iter_mut().enumerate() {
-                    let (scale, offset) = super_scale(self.format, row, b, k);
-                    *v = scale * super_q(self.format, row, b, k) as f32 + offset;
+                    let (scale, offset) = crate::records::scale(self.format, row, b, k);
+                    *v = scale * crate::records::q(self.format, row, b, k) as f32 + offset;
                 }
             }
             return;
@@ -355,8 +341,6 @@ const ROWS_PER_REPACK: usize = 64;
 #[derive(Clone, Copy, Debug)]
 struct RowSizes {
     qs: usize,
-    qh: usize,
-    sc: usize,
     d: usize,
     m: usize,
 }
@@ -366,13 +350,10 @@ impl RowSizes {
         let nb = (cols / BLOCK).next_multiple_of(2);
         let m = if format.has_offset() { nb } else { 0 };
         match format.layout() {
-            Layout::Nibbles => RowSizes { qs: nb * BLOCK / 2, qh: 0, sc: 0, d: nb, m },
-            Layout::Bytes => RowSizes { qs: nb * BLOCK, qh: 0, sc: 0, d: nb, m },
-            Layout::Bytes16 => RowSizes { qs: nb * BLOCK, qh: 0, sc: 0, d: 2 * nb, m },
-            Layout::Super => {
-                let nsb = cols / SUPER;
-                RowSizes { qs: nsb * SUPER / 2, qh: nsb * format.super_qh_bytes(), sc: 16 * nsb, d: 2 * nsb, m }
-            }
+            Layout::Nibbles => RowSizes { qs: nb * BLOCK / 2, d: nb, m },
+            Layout::Bytes => RowSizes { qs: nb * BLOCK, d: nb, m },
+            Layout::Bytes16 => RowSizes { qs: nb * BLOCK, d: 2 * nb, m },
+            Layout::Super => RowSizes { qs: cols / SUPER * Record::of(format).len, d: 0, m },
         }
     }
 }
@@ -381,8 +362,6 @@ impl RowSizes {
 /// one repacking task to fill.
 struct PackedRows<'a> {
     qs: &'a mut [u8],
-    qh: &'a mut [u8],
-    sc: &'a mut [u8],
     d: &'a mut [f16],
     m: &'a mut [f16],
 }
@@ -397,8 +376,6 @@ impl<'a> PackedRows<'a> {
         }
         PackedRows {
             qs: cut(&mut self.qs, rows * size.qs),
-            qh: cut(&mut self.qh, rows * size.qh),
-            sc: cut(&mut self.sc, rows * size.sc),
             d: cut(&mut self.d, rows * size.d),
             m: cut(&mut self.m, rows * size.m),
         }
@@ -408,7 +385,7 @@ impl<'a> PackedRows<'a> {
 /// Repacks the whole rows of GGUF data in `raw` into `out`.
 fn repack(format: WeightFormat, cols: usize, raw: &[u8], out: PackedRows<'_>) {
     if format.layout() == Layout::Super {
-        return repack_super(format, raw, out);
+        return crate::records::repack(format, raw, out.qs);
     }
     let layout = format.layout();
     let row_bytes = cols / BLOCK * format.block_bytes();
@@ -447,90 +424,6 @@ fn repack(format: WeightFormat, cols: usize, raw: &[u8], out: PackedRows<'_>) {
                 }
             }
         }
-    }
-}
-
-/// Repacks K-quant super-blocks into the `Super` layout (rows need no
-/// bookkeeping: a row is a whole number of super-blocks, stored in order).
-fn repack_super(format: WeightFormat, raw: &[u8], out: PackedRows<'_>) {
-    let qh_bytes = format.super_qh_bytes();
-    let PackedRows { qs, qh, sc, d, .. } = out;
-    for (i, blk) in raw.chunks_exact(format.block_bytes()).enumerate() {
-        let sb = crate::blocks::decode_super(format, blk);
-        sc[16 * i..][..16].copy_from_slice(&sb.scales);
-        (d[2 * i], d[2 * i + 1]) = (sb.d, sb.dmin);
-        let (qs, qh) = (&mut qs[i * SUPER / 2..][..SUPER / 2], &mut qh[i * qh_bytes..][..qh_bytes]);
-        // Four values in a row stay together (`super_slot`): one lookup each.
-        for (four, q) in sb.q.chunks_exact(4).enumerate() {
-            let at = SuperAt::of(4 * four);
-            for (i, &q) in q.iter().enumerate() {
-                qs[at.qs + i] |= (q & 0x0F) << at.nibble_shift;
-                match format {
-                    WeightFormat::Q5K => qh[at.qh5 + i] |= (q >> 4) << at.qh5_shift,
-                    WeightFormat::Q6K => qh[at.qh6 + i] |= (q >> 4) << at.qh6_shift,
-                    _ => {}
-                }
-            }
-        }
-    }
-}
-
-/// Where the `Super` layout keeps value `e` of a super-block, which sits at
-/// `p = super_slot(e)` (the activations' order, 64-byte groups `p / 64`):
-/// its low four bits in `qs` byte `64 (p / 128) + p % 64` (the low nibbles
-/// of 64 bytes are one group, the high nibbles the next, so one load and two
-/// masks give two registers); its top bits in byte `p % 32` of `qh`, for
-/// `Q5_K` bit `p / 32` and for `Q6_K` (two 32-byte rows, `p / 128`) bits
-/// `2 ((p / 32) % 4)..+2`. Each 32-value quarter of a group thus takes its
-/// top bits from one bit position of one 32-byte row: a shift and a mask.
-struct SuperAt {
-    qs: usize,
-    nibble_shift: u8,
-    qh5: usize,
-    qh5_shift: u8,
-    qh6: usize,
-    qh6_shift: u8,
-}
-
-impl SuperAt {
-    #[inline(always)]
-    fn of(e: usize) -> SuperAt {
-        let p = super_slot(e);
-        SuperAt {
-            qs: 64 * (p / 128) + p % 64,
-            nibble_shift: 4 * ((p / 64) % 2) as u8,
-            qh5: p % 32,
-            qh5_shift: (p / 32) as u8,
-            qh6: 32 * (p / 128) + p % 32,
-            qh6_shift: 2 * ((p / 32) % 4) as u8,
-        }
-    }
-}
-
-/// `Super`: the unsigned `q` of weight `k` of the row's 32-weight block `b`.
-pub(crate) fn super_q(format: WeightFormat, row: WeightRow<'_>, b: usize, k: usize) -> u8 {
-    let s = b / 8;
-    let at = SuperAt::of(32 * (b % 8) + k);
-    let low = (row.qs[SUPER / 2 * s + at.qs] >> at.nibble_shift) & 0x0F;
-    let high = match format {
-        WeightFormat::Q5K => (row.qh[32 * s + at.qh5] >> at.qh5_shift) & 1,
-        WeightFormat::Q6K => (row.qh[64 * s + at.qh6] >> at.qh6_shift) & 3,
-        _ => 0,
-    };
-    low | (high << 4)
-}
-
-/// `Super`: weight `k` of block `b` is `scale * q + offset`.
-fn super_scale(format: WeightFormat, row: WeightRow<'_>, b: usize, k: usize) -> (f32, f32) {
-    let (s, j) = (b / 8, b % 8);
-    let sc = &row.sc[16 * s..][..16];
-    let (d, dmin) = (row.d[2 * s].to_f32(), row.d[2 * s + 1].to_f32());
-    match format {
-        WeightFormat::Q6K => {
-            let scale = d * sc[2 * j + k / 16] as i8 as f32;
-            (scale, -32.0 * scale)
-        }
-        _ => (d * sc[j] as f32, -dmin * sc[8 + j] as f32),
     }
 }
 

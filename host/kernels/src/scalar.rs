@@ -1,7 +1,7 @@
 //! Portable reference kernels: the definition the SIMD paths must agree with.
 
 use crate::acts::{ActRow, BSUMS, SUPER, super_slot};
-use crate::matrix::{WeightRow, super_q};
+use crate::matrix::WeightRow;
 use crate::{BLOCK, WeightFormat};
 
 /// `sum_b d_w*d_a*sum(q_w*q_a) + m_w*s_a` over the row's blocks.
@@ -58,15 +58,14 @@ pub(crate) fn super_blocks(format: WeightFormat, w: WeightRow<'_>, a: ActRow<'_>
     let six = format == WeightFormat::Q6K;
     let mut acc = 0f32;
     for (s, &da) in a.sd.iter().enumerate() {
-        let sc = &w.sc[16 * s..][..16];
+        let (sc, d, dmin) = crate::records::scales(format, w, s);
         let sums = &a.sums[BSUMS * s..][..BSUMS];
         let mut dot = 0i32;
         for e in 0..SUPER {
             let (b, k) = (8 * s + e / BLOCK, e % BLOCK);
             let scale = if six { sc[e / 16] as i8 as i32 } else { sc[e / BLOCK] as i32 };
-            dot += scale * super_q(format, w, b, k) as i32 * a.qs[SUPER * s + super_slot(e)] as i32;
+            dot += scale * crate::records::q(format, w, b, k) as i32 * a.qs[SUPER * s + super_slot(e)] as i32;
         }
-        let (d, dmin) = (w.d[2 * s].to_f32(), w.d[2 * s + 1].to_f32());
         acc += da * d * dot as f32
             - if six {
                 32.0 * d * (0..16).map(|k| sc[k] as i8 as f32 * sums[k]).sum::<f32>()

@@ -18,6 +18,7 @@ use std::array;
 
 use crate::acts::{ActRow, BSUMS, SUPER};
 use crate::matrix::{QMatrix, WeightRow};
+use crate::records::Record;
 use crate::x86::{hsum256, two_f16};
 use crate::{Isa, WeightFormat};
 
@@ -27,26 +28,44 @@ use crate::{Isa, WeightFormat};
 /// memory delivers ~46; 8 ahead (~1.2 KB) measured best (28 GB/s, `Q4_K`).
 const PREFETCH_AHEAD: usize = 8;
 
-/// Asks for super-block `s`'s weight bytes (`qs`, `qh`) to be brought to L1.
-/// `s` may lie past the row (the next row's, or nothing: a prefetch never faults).
+/// The `Super` record of `BITS`-bit weights.
+const fn record(bits: u8) -> Record {
+    Record::with_top_bytes(match bits {
+        5 => 32,
+        6 => 64,
+        _ => 0,
+    })
+}
+
+/// Asks for record `s`'s cache lines to be brought to L1. `s` may lie past
+/// the row (the next row's, or nothing: a prefetch never faults).
 #[inline(always)]
 unsafe fn prefetch_super<const BITS: u8>(w: WeightRow<'_>, s: usize) {
     // SAFETY: prefetches of any address are architecturally harmless; the
     // pointers are formed with `wrapping_add`, never dereferenced.
     unsafe {
-        let qs = w.qs.as_ptr().wrapping_add(SUPER / 2 * s);
-        _mm_prefetch::<_MM_HINT_T0>(qs as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(qs.wrapping_add(64) as *const i8);
-        if BITS != 4 {
-            let per = if BITS == 6 { 64 } else { 32 };
-            _mm_prefetch::<_MM_HINT_T0>(w.qh.as_ptr().wrapping_add(per * s) as *const i8);
+        let len = record(BITS).len;
+        let at = w.qs.as_ptr().wrapping_add(len * s);
+        // Records follow each other: one prefetch per 64 bytes of record
+        // covers every line over the row.
+        let mut off = 0;
+        while off < len {
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(off) as *const i8);
+            off += 64;
         }
     }
 }
 
+/// Record `s`'s first byte.
+#[inline(always)]
+unsafe fn rec_at<const BITS: u8>(w: WeightRow<'_>, s: usize) -> *const u8 {
+    // SAFETY: callers pass `s` within the row's records.
+    unsafe { w.qs.as_ptr().add(record(BITS).len * s) }
+}
+
 /// Where the top bits of group `g`'s quarter `h` (32 values) sit in `qh`
-/// (see `matrix::SuperAt`): the 32-byte row's offset in the super-block's
-/// `qh` and the bit shift.
+/// (see [`crate::records`]): the 32-byte row's offset in the record's top
+/// bits and the bit shift.
 const fn top_bits(bits: u8, g: usize, h: usize) -> (usize, u32) {
     let quarter = 2 * g + h;
     if bits == 5 { (0, quarter as u32) } else { (32 * (g / 2), 2 * (quarter % 4) as u32) }
@@ -64,17 +83,17 @@ unsafe fn groups_512<const BITS: u8>(w: WeightRow<'_>, s: usize, c: usize) -> [_
     // SAFETY: callers pass `s` within the row's super-blocks and `c < 2`.
     unsafe {
         let mask4 = _mm512_set1_epi8(0x0F);
-        let raw = _mm512_loadu_si512(w.qs.as_ptr().add(SUPER / 2 * s + 64 * c) as *const __m512i);
+        let rec = rec_at::<BITS>(w, s);
+        let raw = _mm512_loadu_si512(rec.add(64 * c) as *const __m512i);
         let groups = [_mm512_and_si512(raw, mask4), _mm512_and_si512(_mm512_srli_epi16::<4>(raw), mask4)];
         if BITS == 4 {
             return groups;
         }
-        let per = if BITS == 6 { 64 } else { 32 };
         array::from_fn(|i| {
             let g = 2 * c + i;
             let ((row, lo), (_, hi)) = (top_bits(BITS, g, 0), top_bits(BITS, g, 1));
             // Both quarters read the same 32-byte row, each at its own shift.
-            let qh = _mm256_loadu_si256(w.qh.as_ptr().add(per * s + row) as *const __m256i);
+            let qh = _mm256_loadu_si256(rec.add(record(BITS).qh + row) as *const __m256i);
             let qh = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), qh);
             let counts = _mm512_inserti64x4::<1>(
                 _mm512_castsi256_si512(_mm256_set1_epi16(lo as i16)),
@@ -140,8 +159,9 @@ unsafe fn super_avx512<const R: usize, const N: usize, const BITS: u8>(
             // off: `Q6_K`'s `32 d * scale` per 16, `Q4_K` / `Q5_K`'s
             // `dmin * min` per 32 (upper lanes zero, as the 8 sums' load leaves them).
             let scaled: [(__m512, __m512); R] = array::from_fn(|r| {
-                let raw = _mm_loadu_si128(w[r].sc.as_ptr().add(16 * s) as *const __m128i);
-                let dd = two_f16(w[r].d.as_ptr().add(2 * s));
+                let rec = rec_at::<BITS>(w[r], s);
+                let raw = _mm_loadu_si128(rec.add(record(BITS).sc) as *const __m128i);
+                let dd = two_f16(rec.add(record(BITS).d) as *const half::f16);
                 let scales = if BITS == 6 {
                     _mm512_cvtepi8_epi32(raw)
                 } else {
@@ -223,16 +243,16 @@ unsafe fn quarters_256<const BITS: u8>(w: WeightRow<'_>, s: usize, h: usize) -> 
     unsafe {
         let mask4 = _mm256_set1_epi8(0x0F);
         let mut g = [_mm256_setzero_si256(); 4];
+        let rec = rec_at::<BITS>(w, s);
         for c in 0..2 {
-            let raw = _mm256_loadu_si256(w.qs.as_ptr().add(SUPER / 2 * s + 64 * c + 32 * h) as *const __m256i);
+            let raw = _mm256_loadu_si256(rec.add(64 * c + 32 * h) as *const __m256i);
             g[2 * c] = _mm256_and_si256(raw, mask4);
             g[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask4);
         }
         if BITS != 4 {
-            let per = if BITS == 6 { 64 } else { 32 };
             for (i, g) in g.iter_mut().enumerate() {
                 let (row, shift) = top_bits(BITS, i, h);
-                let qh = _mm256_loadu_si256(w.qh.as_ptr().add(per * s + row) as *const __m256i);
+                let qh = _mm256_loadu_si256(rec.add(record(BITS).qh + row) as *const __m256i);
                 let top = _mm256_slli_epi16::<4>(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(shift as i32)));
                 *g = _mm256_or_si256(*g, _mm256_and_si256(top, _mm256_set1_epi8(top_mask(BITS))));
             }
@@ -272,7 +292,8 @@ unsafe fn super_avx2<const N: usize, const BITS: u8>(w: WeightRow<'_>, a: [ActRo
         let mut acc = [_mm256_setzero_ps(); N];
         for s in 0..nsb {
             prefetch_super::<BITS>(w, s + PREFETCH_AHEAD);
-            let raw = _mm_loadu_si128(w.sc.as_ptr().add(16 * s) as *const __m128i);
+            let rec = rec_at::<BITS>(w, s);
+            let raw = _mm_loadu_si128(rec.add(record(BITS).sc) as *const __m128i);
             let sc = if BITS == 6 { _mm256_cvtepi8_epi16(raw) } else { _mm256_cvtepu8_epi16(raw) };
             let mut dot = [_mm256_setzero_si256(); N];
             for (h, mask) in masks.iter().enumerate() {
@@ -297,7 +318,7 @@ unsafe fn super_avx2<const N: usize, const BITS: u8>(w: WeightRow<'_>, a: [ActRo
                     dot[n] = _mm256_add_epi32(dot[n], v);
                 }
             }
-            let dd = two_f16(w.d.as_ptr().add(2 * s));
+            let dd = two_f16(rec.add(record(BITS).d) as *const half::f16);
             let d = _mm_cvtss_f32(dd);
             let wide = |b: __m128i| {
                 let v = if BITS == 6 { _mm256_cvtepi8_epi32(b) } else { _mm256_cvtepu8_epi32(b) };
