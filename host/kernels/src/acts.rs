@@ -24,9 +24,9 @@ pub enum ActFormat {
     /// One scale per 32 values (GGUF's `Q8_0` / `Q8_1`), for the 32-weight formats.
     #[default]
     Blocks,
-    /// One scale per 256 values with integer sums per 16 and per 32 (GGUF's
-    /// `Q8_K`), for the K-quants: a super-block's products then stay in
-    /// integers until one float multiply, as llama.cpp computes them.
+    /// One scale per 256 values with sums per 16 and per 32 (GGUF's `Q8_K`,
+    /// its sums carried as floats), for the K-quants: a super-block's
+    /// products then stay in integers until one conversion, as llama.cpp's do.
     SuperBlocks,
 }
 

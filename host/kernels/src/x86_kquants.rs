@@ -349,34 +349,28 @@ unsafe fn super_avx2<const N: usize, const BITS: u8>(w: WeightRow<'_>, a: [ActRo
     }
 }
 
-/// The row loops, one per instruction set and bit width, compiled with the
-/// kernel's features so it inlines.
-macro_rules! super_row_loop {
-    ($name:ident, $kernel:ident, $features:literal) => {
-        #[target_feature(enable = $features)]
-        unsafe fn $name<const N: usize, const BITS: u8>(
-            w: &QMatrix,
-            rows: std::ops::Range<usize>,
-            a: [ActRow<'_>; N],
-            out: *mut f32,
-            stride: usize,
-        ) {
-            let nsb = w.cols() / SUPER;
-            for r in rows {
-                // SAFETY: the caller guarantees the features, the row range and
-                // that `out` is valid for `N` rows of `stride` values.
-                unsafe {
-                    let res = $kernel::<N, BITS>(w.row(r), a, nsb);
-                    for (i, v) in res.iter().enumerate() {
-                        *out.add(i * stride + r) = *v;
-                    }
-                }
+/// The AVX2 row loop, one row at a time, compiled with the kernel's features
+/// so it inlines.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn super_rows_avx2<const N: usize, const BITS: u8>(
+    w: &QMatrix,
+    rows: std::ops::Range<usize>,
+    a: [ActRow<'_>; N],
+    out: *mut f32,
+    stride: usize,
+) {
+    let nsb = w.cols() / SUPER;
+    for r in rows {
+        // SAFETY: the caller guarantees the features, the row range and that
+        // `out` is valid for `N` rows of `stride` values.
+        unsafe {
+            let res = super_avx2::<N, BITS>(w.row(r), a, nsb);
+            for (i, v) in res.iter().enumerate() {
+                *out.add(i * stride + r) = *v;
             }
         }
-    };
+    }
 }
-
-super_row_loop!(super_rows_avx2, super_avx2, "avx2,fma,f16c");
 
 /// `Super` rows on `isa` (AVX2 or AVX-512), for the matrix's K-quant format.
 ///
