@@ -19,6 +19,7 @@ mod linear;
 mod model;
 mod ops;
 mod rope;
+mod warm;
 
 pub use cache::{KvCache, KvType};
 pub use config::{Arch, ModelConfig, RopeStyle, SlidingWindow};

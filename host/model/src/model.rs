@@ -307,8 +307,9 @@ impl Model {
     pub fn forward(&self, items: &mut [SeqBatchItem<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
         // Run the step on a pool worker: the step's ~150 parallel products then
         // take rayon's in-worker fast path instead of a cross-thread injection
-        // each (tens of microseconds apiece from a foreign thread).
-        rayon::scope(|_| self.forward_in_pool(items))
+        // each (tens of microseconds apiece from a foreign thread), and the
+        // other workers poll for them rather than sleep between them.
+        crate::warm::with_warm_workers(|| self.forward_in_pool(items))
     }
 
     fn forward_in_pool(&self, items: &mut [SeqBatchItem<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
