@@ -66,3 +66,63 @@ impl Drop for EndPolling<'_> {
         self.0.store(true, Ordering::Release);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use rayon::prelude::*;
+
+    use super::with_warm_workers;
+
+    /// A step shaped like a forward pass: several parallel products in a
+    /// row, each split into many small tasks (without the one-polling-step
+    /// rule, two engines deadlock here within seconds).
+    fn step(seed: u64) -> u64 {
+        let product = |p: u64| (0..10_000u32).into_par_iter().with_max_len(64).map(move |i| i as u64 * (seed + p));
+        (0..8).map(|p| product(p).sum::<u64>()).sum()
+    }
+
+    fn expected(seed: u64) -> u64 {
+        (0..8).map(|p| (0..10_000u64).map(|i| i * (seed + p)).sum::<u64>()).sum()
+    }
+
+    /// Runs `f` on its own thread and fails (rather than hangs) if it has not
+    /// finished within a generous bound: a deadlock here never finishes.
+    fn finishes(f: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(120)).expect("steps did not finish: workers left polling");
+    }
+
+    #[test]
+    fn steps_from_two_engines_at_once_both_finish_with_their_results() {
+        finishes(|| {
+            let engines: Vec<_> = (1..=2u64)
+                .map(|seed| {
+                    std::thread::spawn(move || {
+                        for _ in 0..200 {
+                            assert_eq!(with_warm_workers(|| step(seed)), expected(seed));
+                        }
+                    })
+                })
+                .collect();
+            for engine in engines {
+                engine.join().expect("engine thread");
+            }
+        });
+    }
+
+    #[test]
+    fn a_step_that_panics_hands_on_its_panic_and_later_steps_still_run() {
+        finishes(|| {
+            let panicked = std::panic::catch_unwind(|| with_warm_workers(|| -> u64 { panic!("step failed") }));
+            assert!(panicked.is_err());
+            assert_eq!(with_warm_workers(|| step(3)), expected(3));
+        });
+    }
+}
