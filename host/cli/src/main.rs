@@ -9,6 +9,8 @@
 
 mod bench;
 mod config;
+mod devices;
+mod gpu_check;
 mod keys;
 mod load;
 mod serve;
@@ -99,6 +101,8 @@ enum Command {
     },
     /// Measure prefill, decode and batched decode throughput.
     Bench(bench::BenchArgs),
+    /// List CUDA devices (driver, NVRTC, memory); --self-test checks every kernel on one.
+    Devices(devices::DevicesArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -126,6 +130,7 @@ fn main() -> Result<()> {
     }
     match cli.command {
         Command::Keys(command) => keys::run(command),
+        Command::Devices(args) => devices::run(args),
         Command::Config(ConfigCommand::Check { file }) => {
             let summary = config::FileConfig::read(&file)?.check()?;
             println!("{}: ok ({summary})", file.display());

@@ -23,6 +23,8 @@ mod warm;
 
 pub use cache::{KvCache, KvType};
 pub use config::{Arch, ModelConfig, RopeStyle, SlidingWindow};
+/// The file's tensors as stored, for other devices' loaders (kiln-cuda).
+pub use linear::{RawTensor, map_file, read_raw};
 pub use model::{LoadOptions, Model, SeqBatchItem};
 
 /// Why a model could not be loaded or run.

@@ -17,24 +17,30 @@ use crate::{ModelError, Result};
 
 /// One GGUF tensor's raw bytes and shape (`rows x cols`, row-major),
 /// borrowed from the mapped file (owned once several are stacked).
-pub(crate) struct RawTensor<'a> {
+pub struct RawTensor<'a> {
     pub dtype: GgmlDType,
     pub rows: usize,
     pub cols: usize,
     pub data: Cow<'a, [u8]>,
 }
 
+impl std::fmt::Debug for RawTensor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawTensor({:?}, {}x{}, {} bytes)", self.dtype, self.rows, self.cols, self.data.len())
+    }
+}
+
 /// The model file mapped read-only: tensors are repacked straight from the
 /// page cache, so loading holds no second copy of the file, and a large
 /// model's resident memory is its repacked weights.
-pub(crate) fn map_file(file: &File) -> Result<Mmap> {
+pub fn map_file(file: &File) -> Result<Mmap> {
     // SAFETY: the map is read-only and dropped when loading ends; a file
     // truncated by another process meanwhile would fault (as for any mmap
     // reader, llama.cpp's included), which is why the map is not kept.
     unsafe { Mmap::map(file) }.map_err(|e| ModelError::Gguf { path: "model file".into(), reason: format!("mmap: {e}") })
 }
 
-pub(crate) fn read_raw<'a>(file: &'a [u8], content: &Content, name: &str) -> Result<RawTensor<'a>> {
+pub fn read_raw<'a>(file: &'a [u8], content: &Content, name: &str) -> Result<RawTensor<'a>> {
     let err = |reason: String| ModelError::Tensor { name: name.to_string(), reason };
     let info = content.tensor_infos.get(name).ok_or_else(|| err("absent".into()))?;
     let (rows, cols) = match *info.shape.dims() {
