@@ -9,6 +9,9 @@
 #                  4 prompts x 64 tokens, first-step logit difference, and the CUDA
 #                  model's prefill / decode at 1, 16, 64 sequences / TTFT
 #   llama1b.json   the same on a Llama 3.2 1B shape, with the batch-1 bandwidth fraction
+#   engine.json    `kiln bench --device cuda` (the engine's scheduler and sampling on
+#                  the GPU) beside `--device cpu` on the 16 host cores, 1B shape
+#   serve.txt      `kiln serve --device cuda`: /health, /metrics' GPU gauges, one completion
 # Exits non-zero at the first failing stage.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -59,4 +62,29 @@ print(json.dumps({
 }, indent=1))
 PY
 done
+stage "engine on the GPU and on the CPU (1B shape)"
+{
+  echo '{"cuda":'
+  "$kiln" bench --model /tmp/kiln-llama1b.gguf --device cuda --runs 1 --json
+  echo ',"cpu":'
+  "$kiln" bench --model /tmp/kiln-llama1b.gguf --device cpu --runs 1 --json
+  echo '}'
+} > "$out/engine.json"
+cat "$out/engine.json"
+
+stage "serve on the GPU"
+port=18431
+"$kiln" serve --model /tmp/kiln-smollm2.gguf --device cuda --port $port --insecure-no-auth > "$out/serve.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 120); do curl -sf localhost:$port/ready >/dev/null && break; sleep 0.5; done
+{
+  curl -sf localhost:$port/health
+  echo
+  curl -sf localhost:$port/metrics | grep -E '^kiln_(gpu_memory_bytes|kv_blocks)'
+  curl -sf localhost:$port/v1/completions -H 'content-type: application/json' \
+    -d '{"prompt": "Hello", "max_tokens": 16, "temperature": 0}'
+  echo
+} | tee "$out/serve.txt"
+grep -q '"gpu_available":true' "$out/serve.txt"
 stage "done"

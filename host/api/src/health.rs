@@ -12,6 +12,13 @@ pub struct Health {
     pub model_loaded: bool,
     /// True only when the model runs on a CUDA device.
     pub gpu_available: bool,
+    /// Where the model runs: `cpu` or `cuda:N`.
+    pub device: String,
+    /// The GPU's name, when the model runs on one.
+    pub gpu_name: Option<String>,
+    /// Device memory in use and in all (bytes), when the model runs on a GPU.
+    pub gpu_memory_used_bytes: Option<u64>,
+    pub gpu_memory_total_bytes: Option<u64>,
     /// kiln's version.
     pub version: String,
     pub uptime_secs: u64,

@@ -46,6 +46,14 @@ pub struct ModelArgs {
     /// [default: f16]
     #[arg(long, env = "KILN_KV_CACHE_TYPE")]
     pub kv_cache_type: Option<kiln_model::KvType>,
+    /// Where the model runs: cpu, cuda, cuda:N, or auto (CUDA when a device
+    /// answers, else the CPU). The default stays cpu until the CUDA engine
+    /// has passed its device check (tests/gpu/check.sh).
+    #[arg(long, env = "KILN_DEVICE", default_value = "cpu")]
+    pub device: kiln_cuda::DeviceRequest,
+    /// Share of the GPU's memory kiln may hold (weights, workspace, KV pool).
+    #[arg(long, env = "KILN_GPU_MEMORY_FRACTION", default_value_t = kiln_cuda::budget::DEFAULT_MEMORY_FRACTION)]
+    pub gpu_memory_fraction: f64,
 }
 
 #[derive(Subcommand, Debug)]

@@ -78,6 +78,17 @@ impl BlockPool {
         Some(block * self.block_tokens as u32 + (pos % self.block_tokens) as u32)
     }
 
+    /// Keeps the blocks that hold `seq`'s first `len` positions, returning the rest.
+    pub fn truncate(&mut self, seq: SeqId, len: usize) {
+        let keep = self.blocks_for(len);
+        if let Some(table) = self.tables.get_mut(&seq)
+            && table.len() > keep
+        {
+            let freed = table.split_off(keep);
+            self.free.extend(freed.into_iter().rev());
+        }
+    }
+
     /// Returns `seq`'s blocks to the pool (a finished or cancelled sequence).
     pub fn release(&mut self, seq: SeqId) {
         if let Some(blocks) = self.tables.remove(&seq) {
@@ -124,6 +135,19 @@ mod tests {
         }
         assert_eq!(pool.stats(), BlockStats { free: 64, used: 0 });
         pool.release(99);
+    }
+
+    #[test]
+    fn truncating_keeps_the_blocks_of_the_kept_positions_only() {
+        let mut pool = BlockPool::new(8, 4);
+        let table = pool.reserve(1, 13).unwrap().to_vec();
+        pool.truncate(1, 5);
+        assert_eq!(pool.table(1), &table[..2]);
+        assert_eq!(pool.stats(), BlockStats { free: 6, used: 2 });
+        pool.truncate(1, 8);
+        assert_eq!(pool.table(1).len(), 2);
+        pool.truncate(1, 0);
+        assert_eq!(pool.stats().used, 0);
     }
 
     #[test]

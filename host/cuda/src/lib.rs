@@ -10,6 +10,7 @@
 //! which captured decode graph a batch replays. [`selftest`] checks every
 //! kernel against a CPU reference on a real device.
 
+pub mod backend;
 pub mod blocks;
 pub mod budget;
 pub mod compile;
@@ -20,6 +21,7 @@ pub mod model;
 pub mod runtime;
 pub mod selftest;
 
+pub use backend::CudaBackend;
 pub use blocks::{BlockPool, BlockStats, SeqId};
 pub use budget::{DeviceMemory, KvShape, MemoryPlan, MemoryRequest};
 pub use compile::{Arch, PtxCache};

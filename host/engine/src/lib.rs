@@ -21,7 +21,8 @@ use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kiln_model::Model;
+pub use kiln_model::DeviceReport;
+use kiln_model::ModelBackend;
 use kiln_tokenizer::Tokenizer;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
@@ -189,6 +190,10 @@ pub trait Backend: Send + Sync {
     fn limits(&self) -> &ModelLimits;
     fn submit(&self, request: ValidGenerateRequest) -> Result<TokenStream, EngineError>;
     fn stats(&self) -> &EngineStats;
+    /// Where the model runs (`/health`, `/metrics`).
+    fn device(&self) -> DeviceReport {
+        DeviceReport { device: "cpu".into(), ..DeviceReport::default() }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -229,11 +234,17 @@ pub struct Engine {
     stats: Arc<EngineStats>,
     load: Arc<Load>,
     thread: Option<JoinHandle<()>>,
+    model: Arc<dyn ModelBackend>,
 }
 
 impl Engine {
-    pub fn start(model: Arc<Model>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Engine {
-        let fits = budget_positions(&model, config.kv_cache_bytes);
+    pub fn start(model: Arc<dyn ModelBackend>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Engine {
+        // A device with its own KV pool (a GPU) bounds the budget too.
+        let config = match model.kv_capacity_bytes() {
+            Some(capacity) => EngineConfig { kv_cache_bytes: config.kv_cache_bytes.min(capacity), ..config },
+            None => config,
+        };
+        let fits = budget_positions(model.as_ref(), config.kv_cache_bytes);
         if fits < model.max_context() {
             tracing::warn!(
                 budget_mib = config.kv_cache_bytes >> 20,
@@ -260,9 +271,12 @@ impl Engine {
         let shared = scheduler::Shared { stats: stats.clone(), load: load.clone() };
         let thread = std::thread::Builder::new()
             .name("kiln-engine".into())
-            .spawn(move || scheduler::run(model, tokenizer, rx, config, shared))
+            .spawn({
+                let model = model.clone();
+                move || scheduler::run(model, tokenizer, rx, config, shared)
+            })
             .expect("spawning the engine thread");
-        Engine { jobs: Some(tx), limits, stats, load, thread: Some(thread) }
+        Engine { jobs: Some(tx), limits, stats, load, thread: Some(thread), model }
     }
 
     /// Validates and submits in one call.
@@ -314,10 +328,14 @@ impl Backend for Engine {
     fn stats(&self) -> &EngineStats {
         &self.stats
     }
+
+    fn device(&self) -> DeviceReport {
+        self.model.device()
+    }
 }
 
 /// The most positions one sequence may hold within `budget` bytes.
-fn budget_positions(model: &Model, budget: usize) -> usize {
+fn budget_positions(model: &dyn ModelBackend, budget: usize) -> usize {
     // Keys are held in blocks of 16 positions: the rate over whole blocks,
     // then down to what fits with the last block partly used.
     let per_token = (model.kv_cache_bytes(1024) / 1024).max(1);

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use kiln_model::KvCache;
+use kiln_model::SeqCache;
 
 #[derive(Debug)]
 pub(crate) struct PrefixCache {
@@ -23,7 +23,7 @@ pub(crate) struct PrefixCache {
 #[derive(Debug)]
 struct Entry {
     tokens: Vec<u32>,
-    cache: KvCache,
+    cache: Box<dyn SeqCache>,
 }
 
 impl PrefixCache {
@@ -38,7 +38,7 @@ impl PrefixCache {
 
     /// A cache holding the longest stored prefix of `prompt`, never all of it:
     /// the last prompt token must still run to give the first logits.
-    pub fn lookup(&mut self, prompt: &[u32]) -> Option<KvCache> {
+    pub fn lookup(&mut self, prompt: &[u32]) -> Option<Box<dyn SeqCache>> {
         let limit = prompt.len().saturating_sub(1);
         let (index, len) = self
             .entries
@@ -56,7 +56,7 @@ impl PrefixCache {
     }
 
     /// Keeps `cache`'s first `tokens.len()` positions for later requests.
-    pub fn insert(&mut self, mut tokens: Vec<u32>, mut cache: KvCache) {
+    pub fn insert(&mut self, mut tokens: Vec<u32>, mut cache: Box<dyn SeqCache>) {
         let len = tokens.len().min(cache.len());
         if len == 0 || self.capacity_bytes == 0 {
             return;

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
-use kiln_model::{KvCache, Model, SeqBatchItem};
+use kiln_model::{ModelBackend, SeqCache, StepSeq};
 use kiln_tokenizer::{IncrementalDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -41,7 +41,7 @@ struct Sequence {
     prompt: Vec<u32>,
     prefilled: usize,
     input: Vec<u32>,
-    cache: KvCache,
+    cache: Box<dyn SeqCache>,
     sampler: Sampler,
     decoder: IncrementalDecoder<Arc<Tokenizer>>,
     /// A sampler plugin's per-token plans, when the request has one.
@@ -157,7 +157,7 @@ enum Decision {
 }
 
 pub(crate) fn run(
-    model: Arc<Model>,
+    model: Arc<dyn ModelBackend>,
     tokenizer: Arc<Tokenizer>,
     jobs: Receiver<Job>,
     config: EngineConfig,
@@ -264,7 +264,7 @@ pub(crate) fn run(
             }
             continue;
         }
-        step(&model, &mut running, &config, &stats, &load);
+        step(model.as_ref(), &mut running, &config, &stats, &load);
         for seq in running.extract_if(.., |s| s.finished) {
             seq.leave(&mut reserved, &load, &mut prefixes);
         }
@@ -277,7 +277,13 @@ pub(crate) fn run(
 
 /// Plans and runs one forward pass, then samples and emits for every sequence
 /// that produced logits. Finished sequences are marked for the caller to remove.
-fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats: &EngineStats, load: &Load) {
+fn step(
+    model: &dyn ModelBackend,
+    running: &mut Vec<Sequence>,
+    config: &EngineConfig,
+    stats: &EngineStats,
+    load: &Load,
+) {
     let decoding = running.iter().filter(|s| s.is_decoding()).count();
     let mut budget = config.prefill_chunk.saturating_sub(decoding).max(1);
     // Finishing admitted work comes first: while a decoding sequence would
@@ -306,10 +312,10 @@ fn step(model: &Model, running: &mut Vec<Sequence>, config: &EngineConfig, stats
             seq.ran.output = seq.input.len();
         }
     }
-    let mut items: Vec<SeqBatchItem<'_>> = running
+    let mut items: Vec<StepSeq<'_>> = running
         .iter_mut()
         .filter(|s| !s.input.is_empty())
-        .map(|s| SeqBatchItem { tokens: &s.input, logits: s.prefilled == s.prompt.len(), cache: &mut s.cache })
+        .map(|s| StepSeq { tokens: &s.input, logits: s.prefilled == s.prompt.len(), cache: s.cache.as_mut() })
         .collect();
     // A panic in the forward pass (a bug) fails this batch, whose caches it may
     // have left half-written, but not the engine: later requests still run.

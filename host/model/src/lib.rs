@@ -13,6 +13,7 @@
 //! share.
 
 mod attention;
+mod backend;
 mod cache;
 mod config;
 mod linear;
@@ -21,6 +22,7 @@ mod ops;
 mod rope;
 mod warm;
 
+pub use backend::{DeviceReport, ModelBackend, SeqCache, StepSeq};
 pub use cache::{KvCache, KvType};
 pub use config::{Arch, ModelConfig, RopeStyle, SlidingWindow};
 /// The file's tensors as stored, for other devices' loaders (kiln-cuda).
@@ -44,6 +46,9 @@ pub enum ModelError {
     TokenOutOfRange { id: u32, vocab: usize },
     #[error("sequence would reach {len} tokens, over the context window of {max}")]
     ContextOverflow { len: usize, max: usize },
+    /// The device running the model failed (a GPU's driver or kernels).
+    #[error("device: {0}")]
+    Device(String),
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
 }

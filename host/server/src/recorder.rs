@@ -70,6 +70,8 @@ fn describe() {
         "KV memory the running sequences set aside (prompt plus max_tokens each)"
     );
     describe_gauge!("kiln_kv_cache_budget_bytes", Unit::Bytes, "The most the running sequences may set aside");
+    describe_gauge!("kiln_gpu_memory_bytes", Unit::Bytes, "The GPU's memory, by kind (used, total); on a GPU only");
+    describe_gauge!("kiln_kv_blocks", "Blocks of the GPU's paged KV pool, by state (free, used); on a GPU only");
     describe_counter!("kiln_key_reloads_total", "Reloads of [[keys]]: reloaded, or refused (the old keys stay)");
     describe_counter!("kiln_connections_refused_total", "Connections answered 503 past --max-connections");
     describe_counter!(

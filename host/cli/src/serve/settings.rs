@@ -124,6 +124,8 @@ pub fn model(model: &ModelArgs, flags: &ServerFlags, file: &ServerSection) -> Mo
             model: pick(&model.model, &file.model),
             max_context: model.max_context.or(file.max_context),
             kv_cache_type: model.kv_cache_type.or(file.kv_cache_type),
+            device: model.device,
+            gpu_memory_fraction: model.gpu_memory_fraction,
         },
         id: pick(&flags.model_id, &file.model_id),
     }
@@ -275,6 +277,17 @@ mod tests {
 
     use super::*;
 
+    /// No model flag given.
+    fn flags_none() -> ModelArgs {
+        ModelArgs {
+            model: None,
+            max_context: None,
+            kv_cache_type: None,
+            device: kiln_cuda::DeviceRequest::Cpu,
+            gpu_memory_fraction: kiln_cuda::budget::DEFAULT_MEMORY_FRACTION,
+        }
+    }
+
     /// Every flag set, to values no default or file below has.
     fn all_flags() -> ServerFlags {
         ServerFlags {
@@ -347,14 +360,18 @@ mod tests {
 
     #[test]
     fn model_takes_the_flag_over_the_file_and_leaves_unset_ones_to_the_loader() {
-        let flags =
-            ModelArgs { model: Some("flag.gguf".into()), max_context: Some(9), kv_cache_type: Some(KvType::F16) };
+        let flags = ModelArgs {
+            model: Some("flag.gguf".into()),
+            max_context: Some(9),
+            kv_cache_type: Some(KvType::F16),
+            ..flags_none()
+        };
         let m = model(&flags, &all_flags(), &full_file());
         assert_eq!(m.load.model.as_deref(), Some(Path::new("flag.gguf")));
         assert_eq!((m.load.max_context, m.load.kv_cache_type), (Some(9), Some(KvType::F16)));
         assert_eq!(m.id.as_deref(), Some("flag-id"));
 
-        let none = ModelArgs { model: None, max_context: None, kv_cache_type: None };
+        let none = flags_none();
         let m = model(&none, &ServerFlags::default(), &full_file());
         assert_eq!(m.load.model.as_deref(), Some(Path::new("file.gguf")));
         assert_eq!((m.load.max_context, m.load.kv_cache_type), (Some(102), Some(KvType::F32)));

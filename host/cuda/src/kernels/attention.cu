@@ -90,3 +90,13 @@ extern "C" __global__ void attention(const float* __restrict__ q, const u16* __r
         }
     }
 }
+
+// Copies whole KV blocks within one layer's pool: block dst[i] becomes a
+// copy of block src[i] (a prompt prefix kept for reuse). A thread per element.
+extern "C" __global__ void kv_copy_blocks(u16* __restrict__ pool, const int* __restrict__ src,
+                                          const int* __restrict__ dst, int n_blocks, int block_elems) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n_blocks * block_elems) return;
+    int b = i / block_elems, e = i % block_elems;
+    pool[(long long)dst[b] * block_elems + e] = pool[(long long)src[b] * block_elems + e];
+}

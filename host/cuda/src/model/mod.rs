@@ -294,6 +294,43 @@ impl CudaModel {
         self.lens.get(&seq).copied().unwrap_or(0)
     }
 
+    /// Starts sequence `to` as a copy of `from`'s first `len` positions (a
+    /// prompt prefix reused by a later request).
+    pub fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), CudaError> {
+        let len = len.min(self.seq_len(from));
+        self.release(to);
+        if len == 0 {
+            return Ok(());
+        }
+        let n = self.pool.blocks_for(len);
+        let src: Vec<i32> = self.pool.table(from)[..n].iter().map(|&b| b as i32).collect();
+        let dst: Vec<i32> = self.pool.reserve(to, len)?.iter().map(|&b| b as i32).collect();
+        let s = self.dev.stream().clone();
+        let upload = |v: &[i32]| s.clone_htod(v).map_err(|e| CudaError::Driver(format!("block list: {e}")));
+        let (src_d, dst_d) = (upload(&src)?, upload(&dst)?);
+        let block_elems = self.options.block_tokens * self.config.kv_dim();
+        for (k_pool, v_pool) in &mut self.kv_pools {
+            self.kernels.kv_copy_blocks(&s, k_pool, &src_d, &dst_d, n, block_elems)?;
+            self.kernels.kv_copy_blocks(&s, v_pool, &src_d, &dst_d, n, block_elems)?;
+        }
+        self.lens.insert(to, len);
+        Ok(())
+    }
+
+    /// Keeps `seq`'s first `len` positions only.
+    pub fn truncate(&mut self, seq: SeqId, len: usize) {
+        let kept = self.seq_len(seq).min(len);
+        self.pool.truncate(seq, kept);
+        if let Some(l) = self.lens.get_mut(&seq) {
+            *l = kept;
+        }
+    }
+
+    /// KV blocks `seq` holds.
+    pub fn seq_blocks(&self, seq: SeqId) -> usize {
+        self.pool.table(seq).len()
+    }
+
     /// Frees a finished sequence's KV blocks.
     pub fn release(&mut self, seq: SeqId) {
         self.pool.release(seq);

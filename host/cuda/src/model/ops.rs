@@ -60,6 +60,7 @@ pub struct Kernels {
     softcap_inplace: CudaFunction,
     kv_write: CudaFunction,
     attention: CudaFunction,
+    kv_copy_blocks: CudaFunction,
     /// Passed for `rms_norm`'s row index when it does not gather.
     no_rows: CudaSlice<i32>,
 }
@@ -107,6 +108,7 @@ impl Kernels {
             softcap_inplace: e("softcap_inplace")?,
             kv_write: dev.function("attention", "kv_write")?,
             attention: dev.function("attention", "attention")?,
+            kv_copy_blocks: dev.function("attention", "kv_copy_blocks")?,
             no_rows: dev.stream().alloc_zeros(1).map_err(launch_err("alloc"))?,
         })
     }
@@ -294,6 +296,23 @@ impl Kernels {
         b.arg(k).arg(v).arg(k_pool).arg(v_pool).arg(&index.slots).arg(&nn).arg(&kd).arg(&st);
         // SAFETY: as above; every slot lies inside the pool (BlockPool hands them out).
         unsafe { b.launch(linear(n * kv_dim, 256)) }.map(drop).map_err(launch_err("kv_write"))
+    }
+
+    /// Copies blocks `src[i]` to `dst[i]` within one pool.
+    pub fn kv_copy_blocks(
+        &self,
+        s: &CudaStream,
+        pool: &mut CudaSlice<u16>,
+        src: &CudaSlice<i32>,
+        dst: &CudaSlice<i32>,
+        n_blocks: usize,
+        block_elems: usize,
+    ) -> Result<(), CudaError> {
+        let (n, e) = (n_blocks as i32, block_elems as i32);
+        let mut b = s.launch_builder(&self.kv_copy_blocks);
+        b.arg(pool).arg(src).arg(dst).arg(&n).arg(&e);
+        // SAFETY: as above; both lists hold block ids of this pool.
+        unsafe { b.launch(linear(n_blocks * block_elems, 256)) }.map(drop).map_err(launch_err("kv_copy_blocks"))
     }
 
     /// Attention of `n` query rows over the paged cache into `out` (n x heads x head_dim).

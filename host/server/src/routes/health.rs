@@ -14,6 +14,7 @@ use crate::{ApiError, AppState};
     responses((status = 200, description = "The process is alive", body = Health)))]
 pub async fn health(State(state): State<AppState>) -> Json<Health> {
     let stats = state.backend().stats();
+    let device = state.backend().device();
     let cache = state.cache_stats();
     let plugins = state
         .plugins()
@@ -23,8 +24,11 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
         status: if state.is_draining() { "draining" } else { "ok" }.into(),
         model: state.model().id.clone(),
         model_loaded: true,
-        // The engine runs on the CPU; there is no CUDA path yet.
-        gpu_available: false,
+        gpu_available: device.device.starts_with("cuda"),
+        gpu_name: device.name,
+        gpu_memory_used_bytes: device.memory_used,
+        gpu_memory_total_bytes: device.memory_total,
+        device: device.device,
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_secs: state.uptime().as_secs(),
         running: stats.active(),

@@ -25,6 +25,16 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     gauge!("kiln_kv_cache_bytes", "held_by" => "prefix_cache").set(stats.prefix_cache_bytes() as f64);
     gauge!("kiln_kv_cache_reserved_bytes").set(stats.kv_reserved_bytes() as f64);
     gauge!("kiln_kv_cache_budget_bytes").set(stats.kv_budget_bytes() as f64);
+    // A GPU's memory and KV pool; absent on the CPU.
+    let device = state.backend().device();
+    if let (Some(used), Some(total)) = (device.memory_used, device.memory_total) {
+        gauge!("kiln_gpu_memory_bytes", "kind" => "used").set(used as f64);
+        gauge!("kiln_gpu_memory_bytes", "kind" => "total").set(total as f64);
+    }
+    if let (Some(free), Some(used)) = (device.kv_blocks_free, device.kv_blocks_used) {
+        gauge!("kiln_kv_blocks", "state" => "free").set(free as f64);
+        gauge!("kiln_kv_blocks", "state" => "used").set(used as f64);
+    }
     let cache = state.cache_stats();
     gauge!("kiln_cache_entries").set(cache.entries as f64);
     gauge!("kiln_cache_bytes").set(cache.bytes as f64);

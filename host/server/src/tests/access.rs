@@ -133,6 +133,8 @@ async fn probes_and_docs_need_no_key() {
     let health = health.json();
     assert_eq!((health["status"].as_str(), health["model_loaded"].as_bool()), (Some("ok"), Some(true)));
     assert_eq!(health["gpu_available"], false);
+    assert_eq!(health["device"], "cpu");
+    assert!(health["gpu_name"].is_null());
     assert!(health["kv_cache_bytes"].is_u64() && health["prefix_cache_bytes"].is_u64(), "{health}");
 }
 
