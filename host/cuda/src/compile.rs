@@ -29,7 +29,10 @@ impl Arch {
     }
 }
 
-const OPTIONS: &[&str] = &["--std=c++17", "--use_fast_math", "--extra-device-vectorization"];
+// No --use_fast_math: it turns tanhf and sincosf into approximations whose
+// errors (GeGLU, soft-caps, RoPE at long positions) the CPU engine does not
+// make, and parity with it is the check.
+const OPTIONS: &[&str] = &["--std=c++17", "--extra-device-vectorization"];
 
 /// Whether libnvrtc can be loaded (searched as cudarc does: `LD_LIBRARY_PATH`
 /// and the loader's paths).

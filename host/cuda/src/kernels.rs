@@ -57,7 +57,11 @@ pub const SOURCES: &[KernelSource] = &[
             "softcap_inplace",
         ],
     },
-    KernelSource { name: "attention", body: include_str!("kernels/attention.cu"), entries: &["kv_write", "attention"] },
+    KernelSource {
+        name: "attention",
+        body: include_str!("kernels/attention.cu"),
+        entries: &["kv_write", "attention", "kv_copy_blocks"],
+    },
     KernelSource { name: "sampling", body: include_str!("kernels/sampling.cu"), entries: &["topk_softmax"] },
 ];
 

@@ -71,9 +71,11 @@ pub fn run(dev: &CudaDevice) -> Result<Vec<KernelCheck>, CudaError> {
         checks.extend(quant_checks(dev, name, dtype)?);
     }
     checks.push(rms_norm_check(dev)?);
-    for neox in [false, true] {
-        checks.push(rope_check(dev, neox)?);
+    checks.extend(norm_variant_checks(dev)?);
+    for (neox, rot_dim) in [(false, 64), (true, 64), (true, 32)] {
+        checks.push(rope_check(dev, neox, rot_dim)?);
     }
+    checks.push(kv_copy_check(dev)?);
     for gelu in [false, true] {
         checks.push(gated_check(dev, gelu)?);
     }
@@ -85,7 +87,8 @@ pub fn run(dev: &CudaDevice) -> Result<Vec<KernelCheck>, CudaError> {
 }
 
 fn quant_checks(dev: &CudaDevice, name: &str, dtype: GgmlDType) -> Result<Vec<KernelCheck>, CudaError> {
-    let (rows, cols, n) = (96usize, 768usize, 11usize);
+    // 94 rows: not a whole number of the kernel's 4-row blocks.
+    let (rows, cols, n) = (94usize, 768usize, 11usize);
     let mut rng = Rng(0x5eed ^ rows as u64 ^ (dtype as u64) << 8);
     let weights = Tensor::from_vec(rng.vec(rows * cols), (rows, cols), &Device::Cpu)?;
     let q = QTensor::quantize(&weights, dtype)?;
@@ -131,7 +134,7 @@ fn quant_checks(dev: &CudaDevice, name: &str, dtype: GgmlDType) -> Result<Vec<Ke
     out.push(check(format!("dequant_f16_{name}"), &got, &want, 1e-6));
 
     // Embedding rows, scaled.
-    let tokens: Vec<u32> = vec![5, 0, 95, 5];
+    let tokens: Vec<u32> = vec![5, 0, 93, 5];
     let t_d = s.clone_htod(&tokens).map_err(drv("upload"))?;
     let mut e_d: CudaSlice<f32> = s.alloc_zeros(tokens.len() * cols).map_err(drv("alloc"))?;
     let f = dev.function("quant", &format!("embed_{name}"))?;
@@ -173,8 +176,8 @@ fn rms_norm_check(dev: &CudaDevice) -> Result<KernelCheck, CudaError> {
     Ok(check("rms_norm", &got, &want, 1e-4))
 }
 
-fn rope_check(dev: &CudaDevice, neox: bool) -> Result<KernelCheck, CudaError> {
-    let (rows, heads, head_dim, rot_dim) = (3usize, 4usize, 64usize, 64usize);
+fn rope_check(dev: &CudaDevice, neox: bool, rot_dim: usize) -> Result<KernelCheck, CudaError> {
+    let (rows, heads, head_dim) = (3usize, 4usize, 64usize);
     let stride = heads * head_dim + 32;
     let mut rng = Rng(23);
     let x = rng.vec(rows * stride);
@@ -205,7 +208,8 @@ fn rope_check(dev: &CudaDevice, neox: bool) -> Result<KernelCheck, CudaError> {
             }
         }
     }
-    Ok(check(if neox { "rope_neox" } else { "rope" }, &got, &want, 2e-3))
+    let name = format!("rope{}{}", if neox { "_neox" } else { "" }, if rot_dim < head_dim { "_partial" } else { "" });
+    Ok(check(name, &got, &want, 2e-3))
 }
 
 fn gated_check(dev: &CudaDevice, gelu: bool) -> Result<KernelCheck, CudaError> {
@@ -337,12 +341,12 @@ fn topk_check(dev: &CudaDevice) -> Result<Vec<KernelCheck>, CudaError> {
     let (vocab, k, seqs, temp) = (49152usize, 40usize, 2usize, 0.7f32);
     let mut rng = Rng(37);
     let logits: Vec<f32> = rng.vec(seqs * vocab).into_iter().map(|v| v * 10.0).collect();
-    // Sequence 0: a bias; sequence 1: only every third token allowed.
+    // Sequence 0: a bias; sequence 1: only five tokens allowed (fewer than k).
     let bias: Vec<f32> = (0..seqs * vocab).map(|i| if i < vocab && i % 7 == 0 { 3.0 } else { 0.0 }).collect();
     let words = vocab.div_ceil(32);
     let mut allowed = vec![u32::MAX; seqs * words];
     for i in 0..vocab {
-        if i % 3 != 0 {
+        if i % 9973 != 0 {
             allowed[words + i / 32] &= !(1 << (i % 32));
         }
     }
@@ -369,7 +373,7 @@ fn topk_check(dev: &CudaDevice) -> Result<Vec<KernelCheck>, CudaError> {
     for seq in 0..seqs {
         let mut cand: Vec<(f32, usize)> = (0..vocab)
             .filter(|&i| (allowed[seq * words + i / 32] >> (i % 32)) & 1 == 1)
-            .map(|i| (logits[seq * vocab + i] * (1.0 / temp) + bias[seq * vocab + i], i))
+            .map(|i| ((logits[seq * vocab + i] + bias[seq * vocab + i]) * (1.0 / temp), i))
             .collect();
         cand.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         cand.truncate(k);
@@ -377,7 +381,85 @@ fn topk_check(dev: &CudaDevice) -> Result<Vec<KernelCheck>, CudaError> {
         let sum: f32 = cand.iter().map(|c| (c.0 - m).exp()).sum();
         want_ids.extend(cand.iter().map(|c| c.1 as f32));
         want_p.extend(cand.iter().map(|c| (c.0 - m).exp() / sum));
+        // Fewer candidates than k: the rest of the row is empty.
+        want_ids.extend(std::iter::repeat_n(-1.0, k - cand.len()));
+        want_p.extend(std::iter::repeat_n(0.0, k - cand.len()));
     }
     let got_ids: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
     Ok(vec![check("topk_softmax ids", &got_ids, &want_ids, 0.0), check("topk_softmax probs", &probs, &want_p, 1e-5)])
+}
+
+fn norm_variant_checks(dev: &CudaDevice) -> Result<Vec<KernelCheck>, CudaError> {
+    let (rows, heads, head_dim, eps) = (4usize, 3usize, 64usize, 1e-6f32);
+    let stride = heads * head_dim + 16;
+    let mut rng = Rng(41);
+    let x = rng.vec(rows * stride);
+    let w = rng.vec(head_dim);
+    let s = dev.stream();
+    let norm = |row: &[f32], w: &[f32]| -> Vec<f32> {
+        let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32 + eps).sqrt();
+        row.iter().zip(w).map(|(v, w)| v * inv * w).collect()
+    };
+    // Per-head norms in place over strided rows (Qwen3's Q/K norms).
+    let mut x_d = s.clone_htod(&x).map_err(drv("upload"))?;
+    let w_d = s.clone_htod(&w).map_err(drv("upload"))?;
+    let f = dev.function("elementwise", "rms_norm_heads")?;
+    let (r, h, hd, st) = (rows as i32, heads as i32, head_dim as i32, stride as i32);
+    let mut b = s.launch_builder(&f);
+    b.arg(&mut x_d).arg(&w_d).arg(&r).arg(&h).arg(&hd).arg(&st).arg(&eps);
+    // SAFETY: as above.
+    unsafe { b.launch(grid(rows * heads * 32, 128)) }.map_err(drv("rms_norm_heads"))?;
+    let got = s.clone_dtoh(&x_d).map_err(drv("download"))?;
+    let mut want = x.clone();
+    for r in 0..rows {
+        for h in 0..heads {
+            let at = r * stride + h * head_dim;
+            let normed = norm(&x[at..at + head_dim], &w);
+            want[at..at + head_dim].copy_from_slice(&normed);
+        }
+    }
+    let heads_check = check("rms_norm_heads", &got, &want, 1e-4);
+
+    // Gathered rows (the output head's last row of each sequence).
+    let dim = stride;
+    let wide = rng.vec(dim);
+    let picks: Vec<i32> = vec![3, 0];
+    let (x_d, w_d, p_d) = (
+        s.clone_htod(&x).map_err(drv("upload"))?,
+        s.clone_htod(&wide).map_err(drv("upload"))?,
+        s.clone_htod(&picks).map_err(drv("upload"))?,
+    );
+    let mut y_d: CudaSlice<f32> = s.alloc_zeros(picks.len() * dim).map_err(drv("alloc"))?;
+    let f = dev.function("elementwise", "rms_norm")?;
+    let (d, gather) = (dim as i32, 1i32);
+    let mut b = s.launch_builder(&f);
+    b.arg(&x_d).arg(&w_d).arg(&mut y_d).arg(&d).arg(&eps).arg(&p_d).arg(&gather);
+    let cfg = LaunchConfig { grid_dim: (picks.len() as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: as above.
+    unsafe { b.launch(cfg) }.map_err(drv("rms_norm gather"))?;
+    let got = s.clone_dtoh(&y_d).map_err(drv("download"))?;
+    let want: Vec<f32> = picks.iter().flat_map(|&p| norm(&x[p as usize * dim..][..dim], &wide)).collect();
+    Ok(vec![heads_check, check("rms_norm_gather", &got, &want, 1e-4)])
+}
+
+fn kv_copy_check(dev: &CudaDevice) -> Result<KernelCheck, CudaError> {
+    let (blocks, block_elems) = (8usize, 16 * 128usize);
+    let pool: Vec<u16> = (0..blocks * block_elems).map(|i| (i * 7 % 65521) as u16).collect();
+    let (src, dst) = (vec![1i32, 3], vec![6i32, 0]);
+    let s = dev.stream();
+    let mut p_d = s.clone_htod(&pool).map_err(drv("upload"))?;
+    let (s_d, d_d) = (s.clone_htod(&src).map_err(drv("upload"))?, s.clone_htod(&dst).map_err(drv("upload"))?);
+    let f = dev.function("attention", "kv_copy_blocks")?;
+    let (n, e) = (src.len() as i32, block_elems as i32);
+    let mut b = s.launch_builder(&f);
+    b.arg(&mut p_d).arg(&s_d).arg(&d_d).arg(&n).arg(&e);
+    // SAFETY: as above.
+    unsafe { b.launch(grid(src.len() * block_elems, 256)) }.map_err(drv("kv_copy_blocks"))?;
+    let got: Vec<f32> = s.clone_dtoh(&p_d).map_err(drv("download"))?.into_iter().map(f32::from).collect();
+    let mut want: Vec<f32> = pool.iter().map(|&v| f32::from(v)).collect();
+    for (&a, &b) in src.iter().zip(&dst) {
+        let from = want[a as usize * block_elems..][..block_elems].to_vec();
+        want[b as usize * block_elems..][..block_elems].copy_from_slice(&from);
+    }
+    Ok(check("kv_copy_blocks", &got, &want, 0.0))
 }

@@ -1,7 +1,9 @@
 // The part of sampling that needs the whole vocabulary, done on the device
-// so that only k candidates per sequence cross to the host: logits scaled by
-// 1/temperature, a sampler plugin's bias added and its allowed-set bitset
-// applied, then the k best and their softmax probabilities (over the k).
+// so that only k candidates per sequence cross to the host: a sampler
+// plugin's bias added and its allowed-set bitset applied, the result scaled
+// by 1/temperature (the CPU sampler's order), then the k best (at most
+// MAX_TOPK; non-finite scores never count) and their softmax probabilities
+// over the k.
 
 #define MAX_TOPK 64
 #define TOPK_THREADS 1024
@@ -22,18 +24,20 @@ extern "C" __global__ void topk_softmax(const float* __restrict__ logits, int vo
     __shared__ float top_val[MAX_TOPK];
     __shared__ int top_id[MAX_TOPK];
     int seq = blockIdx.x, lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    // Rows stay k wide; past MAX_TOPK they hold no candidates.
+    const int kk = min(k, MAX_TOPK);
     const float* row = logits + (long long)seq * vocab;
     const float* brow = bias + (long long)seq * vocab;
     const u32* arow = allowed + (long long)seq * ((vocab + 31) / 32);
     float prev_v = INFINITY;
     int prev_i = -1;
-    for (int t = 0; t < k; t++) {
+    for (int t = 0; t < kk; t++) {
         float best_v = -INFINITY;
         int best_i = -1;
         for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
             if (has_allowed && !((arow[i / 32] >> (i % 32)) & 1)) continue;
-            float v = row[i] * inv_temp + (has_bias ? brow[i] : 0.0f);
-            if (v != v) continue;
+            float v = (row[i] + (has_bias ? brow[i] : 0.0f)) * inv_temp;
+            if (!isfinite(v)) continue;
             if (before(prev_v, prev_i, v, i) && (best_i < 0 || before(v, i, best_v, best_i))) {
                 best_v = v;
                 best_i = i;
@@ -66,16 +70,16 @@ extern "C" __global__ void topk_softmax(const float* __restrict__ logits, int vo
         prev_i = top_id[t];
         if (prev_i < 0) {
             // Nothing left: mark the rest empty.
-            for (int r = t + threadIdx.x; r < k; r += blockDim.x) top_id[r] = -1;
+            for (int r = t + threadIdx.x; r < kk; r += blockDim.x) top_id[r] = -1;
             __syncthreads();
             break;
         }
     }
     if (threadIdx.x == 0) {
         float max_v = top_val[0], sum = 0.0f;
-        for (int t = 0; t < k && top_id[t] >= 0; t++) sum += __expf(top_val[t] - max_v);
+        for (int t = 0; t < kk && top_id[t] >= 0; t++) sum += __expf(top_val[t] - max_v);
         for (int t = 0; t < k; t++) {
-            bool live = top_id[t] >= 0;
+            bool live = t < kk && top_id[t] >= 0;
             out_ids[seq * k + t] = live ? top_id[t] : -1;
             out_probs[seq * k + t] = live ? __expf(top_val[t] - max_v) / sum : 0.0f;
         }

@@ -105,6 +105,13 @@ impl CudaModel {
         let qkv_w = qd + 2 * kvd;
         let bt = self.options.block_tokens;
 
+        let rows: usize = items.iter().map(|i| i.tokens.len()).sum();
+        if rows > self.options.max_step_tokens {
+            return Err(CudaError::Model(format!(
+                "a step of {rows} token rows, over the {} the workspace was planned for",
+                self.options.max_step_tokens
+            )));
+        }
         let layout = StepLayout::build(items, &self.lens, &mut self.pool, self.max_context, cfg.vocab_size)?;
         let t = layout.tokens.len();
         if t == 0 {

@@ -146,6 +146,12 @@ impl CudaModel {
             s.clone_htod(&values).map_err(upload_err)
         };
         let (q, kv) = (config.q_dim(), config.kv_dim());
+        if config.head_dim > 256 {
+            return Err(CudaError::Model(format!(
+                "attention heads {} wide; the CUDA attention kernel takes at most 256",
+                config.head_dim
+            )));
+        }
         let max_context =
             options.max_context.unwrap_or(config.n_ctx_train.min(8192)).clamp(1, config.n_ctx_train.max(1));
         let kv_shape =
@@ -170,10 +176,22 @@ impl CudaModel {
         let mut plan = budget::plan(memory, &request)?;
         plan.kv_blocks = plan.kv_blocks.min(blocks_per_seq * options.max_sequences.max(1));
         let embedding = matrix("token_embd.weight")?;
+        let shape_err = |name: &str, m: &DeviceMatrix, want: String| {
+            CudaError::Model(format!("{name}: shape {}x{}, expected {want}", m.rows, m.cols))
+        };
+        let d = config.n_embd;
+        if embedding.cols != d || embedding.rows < config.vocab_size {
+            return Err(shape_err("token_embd.weight", &embedding, format!("{}x{d}", config.vocab_size)));
+        }
         let output = match content.tensor_infos.contains_key("output.weight") {
             true => Some(matrix("output.weight")?),
             false => None,
         };
+        if let Some(m) = &output
+            && (m.cols != d || m.rows < config.vocab_size)
+        {
+            return Err(shape_err("output.weight", m, format!("at least {}x{d}", config.vocab_size)));
+        }
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
@@ -203,10 +221,17 @@ impl CudaModel {
                 false => None,
                 true => Some((vector(&n("post_attention_norm"))?, vector(&n("post_ffw_norm"))?)),
             };
+            let (wo, down) = (matrix(&n("attn_output"))?, matrix(&n("ffn_down"))?);
             let rows: usize = qkv.iter().map(|m| m.rows).sum();
             let gu_rows: usize = gate_up.iter().map(|m| m.rows).sum();
-            if rows != q + 2 * kv || gu_rows != 2 * config.n_ff {
-                return Err(CudaError::Model(format!("layer {i}: projection shapes disagree with the metadata")));
+            let cols_ok = qkv.iter().chain(&gate_up).all(|m| m.cols == d);
+            if rows != q + 2 * kv || gu_rows != 2 * config.n_ff || !cols_ok {
+                return Err(CudaError::Model(format!("layer {i}: Q/K/V or gate/up shapes disagree with the metadata")));
+            }
+            if (wo.rows, wo.cols) != (d, q) || (down.rows, down.cols) != (d, config.n_ff) {
+                return Err(CudaError::Model(format!(
+                    "layer {i}: output or down projection shapes disagree with the metadata"
+                )));
             }
             layers.push(Layer {
                 attn_norm: vector(&n("attn_norm"))?,
@@ -215,9 +240,9 @@ impl CudaModel {
                 qkv_bias,
                 qk_norm,
                 post_norms,
-                wo: matrix(&n("attn_output"))?,
+                wo,
                 gate_up,
-                down: matrix(&n("ffn_down"))?,
+                down,
             });
         }
         let factors = match content.tensor_infos.contains_key("rope_freqs.weight") {
@@ -297,6 +322,9 @@ impl CudaModel {
     /// Starts sequence `to` as a copy of `from`'s first `len` positions (a
     /// prompt prefix reused by a later request).
     pub fn copy_prefix(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), CudaError> {
+        if from == to {
+            return Ok(());
+        }
         let len = len.min(self.seq_len(from));
         self.release(to);
         if len == 0 {
