@@ -45,6 +45,20 @@ fixed = client.chat.completions.create(model=model, messages=messages, max_token
                                        extra_body={"ignore_eos": True})
 check("ignore_eos", fixed.usage.completion_tokens == 40 and fixed.choices[0].finish_reason == "length", fixed.usage)
 
+several = client.chat.completions.create(model=model, messages=messages, max_tokens=12, temperature=1.0, seed=5, n=3)
+check("n=3 chat answers", [c.index for c in several.choices] == [0, 1, 2]
+      and all(c.message.content for c in several.choices), several)
+check("n=3 usage counts the prompt once", several.usage.prompt_tokens == chat.usage.prompt_tokens
+      and several.usage.total_tokens == several.usage.prompt_tokens + several.usage.completion_tokens, several.usage)
+stream = client.chat.completions.create(model=model, messages=messages, max_tokens=12, temperature=1.0, seed=5, n=3,
+                                        stream=True)
+texts = {}
+for chunk in stream:
+    for c in chunk.choices:
+        texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+check("n=3 streamed answers match", [texts.get(i) for i in range(3)] == [c.message.content for c in several.choices],
+      (texts, several.choices))
+
 completion = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0)
 check("completion", completion.object == "text_completion" and completion.choices[0].text, completion)
 

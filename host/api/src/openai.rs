@@ -37,7 +37,9 @@ macro_rules! with_sampling_fields {
             pub temperature: Option<f32>,
             #[schema(minimum = 0.0, maximum = 1.0)]
             pub top_p: Option<f32>,
-            /// Only 1 is supported.
+            /// Answers to generate, 1 to 8 (default 1): the prompt runs once
+            /// and each answer samples on from it.
+            #[schema(minimum = 1, maximum = 8)]
             #[serde(default, deserialize_with = "crate::integer::option")]
             pub n: Option<u32>,
             pub stop: Option<StopSequences>,

@@ -30,8 +30,8 @@ use crate::load::Load;
 
 pub use policy::{PolicyError, SamplingPolicy, StepPlan};
 pub use request::{
-    GenerateRequest, MAX_REPETITION_PENALTY, MAX_TEMPERATURE, MAX_TOP_LOGPROBS, MIN_REPETITION_PENALTY, ModelLimits,
-    SamplingParams, ValidGenerateRequest,
+    GenerateRequest, MAX_CHOICES, MAX_REPETITION_PENALTY, MAX_TEMPERATURE, MAX_TOP_LOGPROBS, MIN_REPETITION_PENALTY,
+    ModelLimits, SamplingParams, ValidGenerateRequest,
 };
 pub use sampling::{Sampled, Sampler};
 
@@ -188,7 +188,18 @@ impl EngineStats {
 /// What the API layers need from an engine.
 pub trait Backend: Send + Sync {
     fn limits(&self) -> &ModelLimits;
+    /// Submits a request for one answer.
     fn submit(&self, request: ValidGenerateRequest) -> Result<TokenStream, EngineError>;
+    /// Submits a request for `n` answers: a stream each, in order.
+    fn submit_choices(&self, request: ValidGenerateRequest) -> Result<Vec<TokenStream>, EngineError> {
+        match request.n {
+            1 => Ok(vec![self.submit(request)?]),
+            n => Err(EngineError::Validation {
+                field: "n".into(),
+                message: format!("this backend gives one answer, not {n}"),
+            }),
+        }
+    }
     fn stats(&self) -> &EngineStats;
     /// Where the model runs (`/health`, `/metrics`).
     fn device(&self) -> DeviceReport {
@@ -291,6 +302,16 @@ impl Backend for Engine {
     }
 
     fn submit(&self, request: ValidGenerateRequest) -> Result<TokenStream, EngineError> {
+        if request.n != 1 {
+            return Err(EngineError::Validation {
+                field: "n".into(),
+                message: format!("{} answers come as as many streams (submit_choices)", request.n),
+            });
+        }
+        Ok(self.submit_choices(request)?.remove(0))
+    }
+
+    fn submit_choices(&self, request: ValidGenerateRequest) -> Result<Vec<TokenStream>, EngineError> {
         if request.checked_for != (self.limits.vocab_size, self.limits.max_context) {
             return Err(EngineError::Validation {
                 field: "request".into(),
@@ -298,22 +319,29 @@ impl Backend for Engine {
             });
         }
         let jobs = self.jobs.as_ref().ok_or(EngineError::Stopped)?;
-        let work = self.load.expected(
+        let one = self.load.expected(
             request.prompt_tokens.len(),
             request.max_tokens,
             !request.stop_token_ids.is_empty() || request.policy.is_some(),
         );
+        // The prompt runs once; every answer generates.
+        let work = load::Work { output: one.output * request.n, ..one };
         if let (Some(deadline), Some(eta)) = (request.deadline, self.load.eta(work)) {
             let time_left = deadline.saturating_duration_since(Instant::now());
             if eta > time_left {
                 return Err(EngineError::WouldMissDeadline { eta, time_left });
             }
         }
-        let (tx, rx) = unbounded_channel();
+        let (senders, streams): (Vec<_>, Vec<_>) = (0..request.n)
+            .map(|_| {
+                let (tx, rx) = unbounded_channel();
+                (tx, TokenStream { events: rx })
+            })
+            .unzip();
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         self.load.accept(work);
-        match jobs.try_send(scheduler::Job { request, events: tx, work }) {
-            Ok(()) => Ok(TokenStream { events: rx }),
+        match jobs.try_send(scheduler::Job { request, events: senders, work, one_output: one.output }) {
+            Ok(()) => Ok(streams),
             Err(e) => {
                 self.load.settle(work);
                 let queued = self.stats.queued.fetch_sub(1, Ordering::Relaxed) - 1;
@@ -356,6 +384,8 @@ impl Drop for Engine {
     }
 }
 
+#[cfg(test)]
+mod choices_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]

@@ -112,7 +112,16 @@ pub struct GenerateRequest {
     /// When the caller stops waiting. A request the engine expects to finish
     /// later is refused at once ([`EngineError::WouldMissDeadline`]).
     pub deadline: Option<std::time::Instant>,
+    /// Answers to the same prompt (0 or 1: one). The prompt runs once; its
+    /// keys and values are copied to each further answer, which samples on
+    /// (seeded `seed + i` when a seed is set) as a sequence of its own.
+    pub n: usize,
+    /// With a `policy`: one more for each answer past the first.
+    pub sibling_policies: Vec<Box<dyn SamplingPolicy>>,
 }
+
+/// Most answers one request may ask for (`n`).
+pub const MAX_CHOICES: usize = 8;
 
 /// A request the engine accepts without further checks: it fits the context
 /// and every value is in range.
@@ -126,6 +135,8 @@ pub struct ValidGenerateRequest {
     pub(crate) top_logprobs: usize,
     pub(crate) policy: Option<Box<dyn SamplingPolicy>>,
     pub(crate) deadline: Option<std::time::Instant>,
+    pub(crate) n: usize,
+    pub(crate) sibling_policies: Vec<Box<dyn SamplingPolicy>>,
     /// The limits it was checked against: an engine refuses a request checked
     /// for another model.
     pub(crate) checked_for: (usize, usize),
@@ -151,6 +162,11 @@ impl ValidGenerateRequest {
 
     pub fn params(&self) -> &SamplingParams {
         &self.params
+    }
+
+    /// Answers asked for.
+    pub fn n(&self) -> usize {
+        self.n
     }
 }
 
@@ -194,6 +210,20 @@ impl GenerateRequest {
             return bad("top_logprobs", format!("must be at most {MAX_TOP_LOGPROBS}, got {}", self.top_logprobs));
         }
         self.params.validate(limits.vocab_size)?;
+        let n = self.n.max(1);
+        if n > MAX_CHOICES {
+            return bad("n", format!("must be between 1 and {MAX_CHOICES}, got {n}"));
+        }
+        let policies_wanted = if self.policy.is_some() { n - 1 } else { 0 };
+        if self.sibling_policies.len() != policies_wanted {
+            return bad(
+                "n",
+                format!(
+                    "{} sampling policies for {n} answers, expected {policies_wanted}",
+                    self.sibling_policies.len()
+                ),
+            );
+        }
         let mut stop_token_ids = self.stop_token_ids;
         if let Some(t) = stop_token_ids.iter().find(|t| **t as usize >= limits.vocab_size) {
             return bad("stop_token_ids", format!("token id {t} is outside the vocabulary"));
@@ -212,6 +242,8 @@ impl GenerateRequest {
             top_logprobs: self.top_logprobs,
             policy: self.policy,
             deadline: self.deadline,
+            n,
+            sibling_policies: self.sibling_policies,
             checked_for: (limits.vocab_size, limits.max_context),
         })
     }

@@ -45,6 +45,19 @@ impl Sampler {
         Sampler { params, rng: StdRng::seed_from_u64(seed), seen, generated: Vec::new(), logprobs, top_logprobs }
     }
 
+    /// A copy for another answer to the same prompt: the same parameters and
+    /// counts, its own random stream (`seed`, else a random one).
+    pub fn fork(&self, seed: Option<u64>) -> Sampler {
+        Sampler {
+            params: self.params.clone(),
+            rng: StdRng::seed_from_u64(seed.unwrap_or_else(rand::random)),
+            seen: self.seen.clone(),
+            generated: self.generated.clone(),
+            logprobs: self.logprobs,
+            top_logprobs: self.top_logprobs,
+        }
+    }
+
     /// Picks the next token and records it for the penalties.
     pub fn sample(&mut self, logits: &mut [f32]) -> Sampled {
         match self.sample_with(logits, &StepPlan::default(), None) {

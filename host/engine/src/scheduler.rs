@@ -26,9 +26,21 @@ use crate::{
 
 pub(crate) struct Job {
     pub request: ValidGenerateRequest,
-    pub events: UnboundedSender<TokenEvent>,
-    /// What [`Load`] counts it to cost.
+    /// One channel per answer asked for (`n`).
+    pub events: Vec<UnboundedSender<TokenEvent>>,
+    /// What [`Load`] counts it to cost, every answer together.
     pub work: load::Work,
+    /// The output one answer is expected to take.
+    pub one_output: usize,
+}
+
+/// A further answer to a sequence's prompt, started once the prompt has run.
+struct Fork {
+    events: UnboundedSender<TokenEvent>,
+    policy: Option<Box<dyn SamplingPolicy>>,
+    seed: Option<u64>,
+    /// The output it is expected to take ([`Load`]).
+    output: usize,
 }
 
 /// What the engine thread shares with [`crate::Engine`].
@@ -67,6 +79,11 @@ struct Sequence {
     /// What of it this step runs.
     ran: load::Work,
     deadline: Option<Instant>,
+    /// Answers still to start from this one's prompt (`n` > 1): they start
+    /// the step its prompt's logits come back, from copies of its cache.
+    forks: Vec<Fork>,
+    /// KV budget each answer sets aside.
+    reserved_each: usize,
 }
 
 impl Sequence {
@@ -134,10 +151,44 @@ impl Sequence {
         self.prefilled == self.prompt.len()
     }
 
+    /// Another answer to this prompt, starting from its cache as it stands
+    /// (the whole prompt, nothing generated yet).
+    fn fork(&mut self, fork: Fork, tokenizer: &Arc<Tokenizer>) -> Sequence {
+        self.reserved -= self.reserved_each;
+        Sequence {
+            prompt: self.prompt.clone(),
+            prefilled: self.prefilled,
+            input: Vec::new(),
+            cache: self.cache.prefix(self.cache.len()),
+            sampler: self.sampler.fork(fork.seed),
+            decoder: IncrementalDecoder::new(tokenizer.clone(), true),
+            policy: fork.policy,
+            pending: Vec::new(),
+            last: None,
+            generated: 0,
+            max_tokens: self.max_tokens,
+            stop_ids: self.stop_ids.clone(),
+            events: fork.events,
+            finished: false,
+            completed: false,
+            cache_intact: true,
+            reserved: self.reserved_each,
+            work_left: load::Work { prompt: 0, output: fork.output },
+            ran: load::Work::default(),
+            deadline: self.deadline,
+            forks: Vec::new(),
+            reserved_each: self.reserved_each,
+        }
+    }
+
     /// Gives back what it held of the budget and the backlog as it leaves the batch.
     fn leave(self, reserved: &mut usize, load: &Load, prefixes: &mut PrefixCache) {
         *reserved -= self.reserved;
         load.settle(self.work_left);
+        // Answers that never started: their streams end with their senders.
+        for fork in &self.forks {
+            load.settle(load::Work { prompt: 0, output: fork.output });
+        }
         if self.completed {
             load.record_output(self.generated);
         }
@@ -190,13 +241,14 @@ pub(crate) fn run(
                     }
                 },
             };
-            if job.events.is_closed() {
+            if job.events.iter().all(|e| e.is_closed()) {
                 stats.queued.fetch_sub(1, Ordering::Relaxed);
                 load.settle(job.work);
                 continue;
             }
             let positions = job.request.prompt_tokens.len() + job.request.max_tokens;
-            let need = model.kv_cache_bytes(positions);
+            let need_each = model.kv_cache_bytes(positions);
+            let need = need_each * job.events.len();
             // Alone in the batch a sequence always fits: the context window
             // was capped to the budget.
             if reserved + need > config.kv_cache_bytes && !running.is_empty() {
@@ -204,14 +256,16 @@ pub(crate) fn run(
                 break;
             }
             stats.queued.fetch_sub(1, Ordering::Relaxed);
-            let Job { request: r, events, work } = job;
+            let Job { request: r, events, work, one_output } = job;
             // Queued behind more than it was expected to be: failing it now
             // leaves its turn to requests that can still finish in time.
             let hopeless = r
                 .deadline
                 .is_some_and(|deadline| load.eta_alone(work).is_some_and(|alone| Instant::now() + alone > deadline));
             if hopeless {
-                let _ = events.send(TokenEvent::Failed(GenerationError::WouldMissDeadline));
+                for e in &events {
+                    let _ = e.send(TokenEvent::Failed(GenerationError::WouldMissDeadline));
+                }
                 load.settle(work);
                 continue;
             }
@@ -227,6 +281,19 @@ pub(crate) fn run(
             // A reused prefix is prompt that will not run.
             let reused = load::Work { prompt: cache.len().min(work.prompt), output: 0 };
             load.settle(reused);
+            let mut events = events.into_iter();
+            let Some(first) = events.next() else { continue };
+            let seed = r.params.seed;
+            let mut policies = r.sibling_policies.into_iter();
+            let forks = (1u64..)
+                .zip(events)
+                .map(|(i, events)| Fork {
+                    events,
+                    policy: policies.next(),
+                    seed: seed.map(|s| s.wrapping_add(i)),
+                    output: one_output,
+                })
+                .collect();
             running.push(Sequence {
                 sampler: Sampler::new(r.params, &r.prompt_tokens, r.logprobs, r.top_logprobs),
                 prefilled: cache.len(),
@@ -240,14 +307,16 @@ pub(crate) fn run(
                 max_tokens: r.max_tokens,
                 stop_ids: r.stop_token_ids,
                 prompt: r.prompt_tokens,
-                events,
+                events: first,
                 finished: false,
                 completed: false,
                 cache_intact: true,
                 reserved: need,
-                work_left: load::Work { prompt: work.prompt - reused.prompt, ..work },
+                work_left: load::Work { prompt: work.prompt - reused.prompt, output: one_output },
                 ran: load::Work::default(),
                 deadline: r.deadline,
+                forks,
+                reserved_each: need_each,
             });
         }
         // A dropped stream is a cancelled request: free its slot before the step.
@@ -264,7 +333,7 @@ pub(crate) fn run(
             }
             continue;
         }
-        step(model.as_ref(), &mut running, &config, &stats, &load);
+        step(model.as_ref(), &tokenizer, &mut running, &config, &stats, &load);
         for seq in running.extract_if(.., |s| s.finished) {
             seq.leave(&mut reserved, &load, &mut prefixes);
         }
@@ -279,6 +348,7 @@ pub(crate) fn run(
 /// that produced logits. Finished sequences are marked for the caller to remove.
 fn step(
     model: &dyn ModelBackend,
+    tokenizer: &Arc<Tokenizer>,
     running: &mut Vec<Sequence>,
     config: &EngineConfig,
     stats: &EngineStats,
@@ -347,6 +417,9 @@ fn step(
             tracing::error!(error = %reason, sequences = running.len(), "forward pass failed; failing the batch");
             for seq in running.iter_mut() {
                 let _ = seq.events.send(TokenEvent::Failed(GenerationError::Forward(reason.clone())));
+                for fork in &seq.forks {
+                    let _ = fork.events.send(TokenEvent::Failed(GenerationError::Forward(reason.clone())));
+                }
                 seq.finished = true;
                 // A pass that panicked may have left it half-written.
                 seq.cache_intact = false;
@@ -360,6 +433,20 @@ fn step(
     let mut logits = logits.into_iter();
     let mut per_seq: Vec<Option<Vec<f32>>> =
         running.iter().map(|s| if s.input.is_empty() { None } else { logits.next().flatten() }).collect();
+    // A prompt that has just run starts its further answers: each samples
+    // its first token from the same logits, then runs as its own sequence.
+    let mut started = Vec::new();
+    for (seq, l) in running.iter_mut().zip(&per_seq) {
+        if let Some(l) = l.as_ref().filter(|_| !seq.forks.is_empty()) {
+            for fork in std::mem::take(&mut seq.forks) {
+                started.push((seq.fork(fork, tokenizer), Some(l.clone())));
+            }
+        }
+    }
+    for (seq, l) in started {
+        running.push(seq);
+        per_seq.push(l);
+    }
     let decisions: Vec<Option<Decision>> =
         running.par_iter_mut().zip(per_seq.par_iter_mut()).map(|(seq, l)| l.as_mut().map(|l| seq.decide(l))).collect();
     let mut decisions = decisions.into_iter();

@@ -47,7 +47,8 @@ impl ValidGeneration {
     /// shared between API keys), when its output is fixed by its inputs and
     /// the cache is on.
     pub(crate) fn cache_key(&self, state: &AppState, tenant: Option<&str>) -> Option<CacheKey> {
-        if !state.cache().enabled() || !deterministic(&self.params) {
+        // Several answers differ by design: not replayed as one.
+        if !state.cache().enabled() || !deterministic(&self.params) || self.n > 1 {
             return None;
         }
         let mut plugins = self.pipeline.as_ref().map(kiln_pipeline::Resolved::fingerprint).unwrap_or_default();
@@ -99,6 +100,7 @@ mod tests {
             logprobs: None,
             json: false,
             pipeline: None,
+            n: 1,
         }
     }
 

@@ -36,9 +36,8 @@ pub(crate) fn declare(doc: &mut Value, served: &Served) {
         let mut pipelines: Vec<Value> = served.pipelines.iter().map(|p| json!(p)).collect();
         pipelines.push(Value::Null);
         bound(doc, schema, "pipeline", &[("enum", Value::Array(pipelines))]);
-        for one in ["n", "best_of"] {
-            bound(doc, schema, one, &[("minimum", json!(1)), ("maximum", json!(1))]);
-        }
+        bound(doc, schema, "n", &[("minimum", json!(1)), ("maximum", json!(kiln_engine::MAX_CHOICES))]);
+        bound(doc, schema, "best_of", &[("minimum", json!(1)), ("maximum", json!(1))]);
         bound(
             doc,
             schema,

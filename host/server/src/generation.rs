@@ -67,6 +67,9 @@ pub struct Generation {
     /// The tokens reserved for the generation beforehand; settled at the
     /// finish, or when the generation is dropped.
     reservation: Option<Reservation>,
+    /// Whether its reservation pays for the prompt: only the first of
+    /// several answers to one prompt does (the prompt ran once).
+    charges_prompt: bool,
     cache_status: CacheStatus,
     /// When the generation was admitted (time to first token counts from here).
     started: std::time::Instant,
@@ -89,6 +92,22 @@ pub struct Collected {
     pub usage: Usage,
 }
 
+/// Runs every answer to one prompt to its end, together.
+pub async fn collect_choices(generations: Vec<Generation>) -> Result<Vec<Collected>, ApiError> {
+    futures_util::future::try_join_all(generations.into_iter().map(Generation::collect)).await
+}
+
+/// What several answers to one prompt used: the prompt once (it ran once),
+/// every answer's tokens.
+pub fn total_usage(usages: impl IntoIterator<Item = Usage>) -> Usage {
+    let (mut prompt, mut completion) = (None, 0);
+    for u in usages {
+        prompt.get_or_insert(u.prompt_tokens);
+        completion += u.completion_tokens;
+    }
+    Usage::new(prompt.unwrap_or(0) as usize, completion as usize)
+}
+
 impl AppState {
     /// Runs one forward pass (a one-token generation) so the first client
     /// does not pay for cold caches, then reports ready.
@@ -103,6 +122,7 @@ impl AppState {
             logprobs: None,
             json: false,
             pipeline: None,
+            n: 1,
         };
         let context = RequestContext { no_cache: true, ..RequestContext::default() };
         Generation::start(self, generation, context).await?.collect().await?;
@@ -122,13 +142,28 @@ impl Generation {
         generation: ValidGeneration,
         context: RequestContext,
     ) -> Result<Generation, ApiError> {
+        if generation.n != 1 {
+            return Err(ApiError::Internal(format!("{} answers asked of a one-answer endpoint", generation.n)));
+        }
+        let mut one = Self::start_choices(state, generation, context).await?;
+        Ok(one.remove(0))
+    }
+
+    /// [`Generation::start`] for `n` answers to one prompt: a generation
+    /// each, in order. The prompt runs once in the engine; several answers
+    /// are never served from or stored in the response cache.
+    pub(crate) async fn start_choices(
+        state: &AppState,
+        generation: ValidGeneration,
+        context: RequestContext,
+    ) -> Result<Vec<Generation>, ApiError> {
         let tenant = context.tenant();
         let key = generation.cache_key(state, tenant.as_deref());
         let status = match key {
             None => CacheStatus::Off,
             Some(_) if context.no_cache => CacheStatus::Bypass,
             Some(key) => match state.cache().lookup(&key).await {
-                Some(answer) => return Ok(Generation::replay(&answer)),
+                Some(answer) => return Ok(vec![Generation::replay(&answer)]),
                 None => CacheStatus::Miss,
             },
         };
@@ -144,8 +179,10 @@ impl Generation {
             other => other,
         };
         let mut started = submit(state, generation, context.meter).await.map_err(rename)?;
-        started.cache_status = status;
-        started.record = key.map(|k| (k, Vec::new(), state.cache().clone()));
+        if let [one] = started.as_mut_slice() {
+            one.cache_status = status;
+            one.record = key.map(|k| (k, Vec::new(), state.cache().clone()));
+        }
         Ok(started)
     }
 
@@ -161,6 +198,7 @@ impl Generation {
             generated: 0,
             // Nothing was computed: no tokens to count.
             reservation: None,
+            charges_prompt: true,
             cache_status: CacheStatus::Hit,
             started: std::time::Instant::now(),
             admitted: tokio::time::Instant::now(),
@@ -324,7 +362,8 @@ impl Generation {
         metrics::counter!("kiln_prompt_tokens_total").increment(u64::from(usage.prompt_tokens));
         metrics::counter!("kiln_generated_tokens_total").increment(u64::from(usage.completion_tokens));
         if let Some(reservation) = self.reservation.take() {
-            reservation.settle(usage.total_tokens as usize);
+            let prompt = if self.charges_prompt { usage.prompt_tokens } else { 0 };
+            reservation.settle((prompt + usage.completion_tokens) as usize);
         }
         // Ends the engine's sequence now if a stop string cut it short.
         self.stream = None;
@@ -344,8 +383,8 @@ async fn submit(
     state: &AppState,
     generation: ValidGeneration,
     meter: Option<TokenMeter>,
-) -> Result<Generation, ApiError> {
-    let ValidGeneration { prompt, params, max_tokens, stop, ignore_eos, logprobs, json, pipeline, .. } = generation;
+) -> Result<Vec<Generation>, ApiError> {
+    let ValidGeneration { prompt, params, max_tokens, stop, ignore_eos, logprobs, json, pipeline, n, .. } = generation;
     let PromptTokens { tokens: prompt_tokens, stop: template_stop } =
         prompt::tokenize(state, prompt, pipeline.as_ref()).await?;
     let mut stop = stop;
@@ -372,25 +411,39 @@ async fn submit(
         (None, Some(default)) => (default as usize).min(room),
         (None, None) => room,
     };
-    // The most this request can spend is set aside before it runs.
-    // Given back whole if anything below refuses the request.
-    let reservation = match meter {
-        Some(meter) => Some(meter.reserve(prompt_len + max_tokens).await?),
-        None => None,
-    };
-    // json-mode replaces the pipeline's sampler: the output must parse.
-    let policy = match (json, state.plugins(), &pipeline) {
-        (true, Some(plugins), _) => Some(plugins.json_policy(&params, &prompt_tokens, max_tokens)?),
-        (true, None, _) => return Err(ApiError::Internal("json mode validated without plugins".into())),
-        (false, _, Some(pipeline)) => {
-            pipeline.sampler(&params, &prompt_tokens, max_tokens).map_err(|e| ApiError::Plugin(e.to_string()))?
+    // The most this request can spend is set aside before it runs: the
+    // prompt once, every answer's tokens. Given back whole if anything below
+    // refuses the request.
+    let mut reservations = Vec::with_capacity(n);
+    if let Some(meter) = &meter {
+        for i in 0..n {
+            let prompt = if i == 0 { prompt_len } else { 0 };
+            reservations.push(Some(meter.reserve(prompt + max_tokens).await?));
         }
-        (false, _, None) => None,
-    };
-    let post = match &pipeline {
-        Some(pipeline) => pipeline.post_chain(&stop).map_err(|e| ApiError::Plugin(e.to_string()))?,
-        None => PostChain::default(),
-    };
+    } else {
+        reservations.resize_with(n, || None);
+    }
+    // json-mode replaces the pipeline's sampler: the output must parse.
+    // Each answer gets plugin instances of its own.
+    let mut policies = Vec::with_capacity(n);
+    let mut posts = Vec::with_capacity(n);
+    for _ in 0..n {
+        policies.push(match (json, state.plugins(), &pipeline) {
+            (true, Some(plugins), _) => Some(plugins.json_policy(&params, &prompt_tokens, max_tokens)?),
+            (true, None, _) => return Err(ApiError::Internal("json mode validated without plugins".into())),
+            (false, _, Some(pipeline)) => {
+                pipeline.sampler(&params, &prompt_tokens, max_tokens).map_err(|e| ApiError::Plugin(e.to_string()))?
+            }
+            (false, _, None) => None,
+        });
+        posts.push(match &pipeline {
+            Some(pipeline) => pipeline.post_chain(&stop).map_err(|e| ApiError::Plugin(e.to_string()))?,
+            None => PostChain::default(),
+        });
+    }
+    let mut policies = policies.into_iter();
+    let policy = policies.next().flatten();
+    let sibling_policies: Vec<_> = policies.flatten().collect();
     let request = GenerateRequest {
         prompt_tokens,
         params,
@@ -401,25 +454,35 @@ async fn submit(
         top_logprobs: logprobs.unwrap_or(0),
         policy,
         deadline: Some(deadline.into_std()),
+        n,
+        sibling_policies,
     }
     .validate(limits)?;
-    let stream = backend.submit(request)?;
-    Ok(Generation {
-        stream: Some(stream),
-        stop: StopMatcher::new(stop),
-        post,
-        ready: VecDeque::new(),
-        pending_logprobs: Vec::new(),
-        prompt_tokens: prompt_len,
-        generated: 0,
-        reservation,
-        cache_status: CacheStatus::Off,
-        started: std::time::Instant::now(),
-        admitted,
-        deadline,
-        last_text: None,
-        record: None,
-    })
+    let streams = backend.submit_choices(request)?;
+    let started = std::time::Instant::now();
+    Ok(streams
+        .into_iter()
+        .zip(posts)
+        .zip(reservations)
+        .enumerate()
+        .map(|(i, ((stream, post), reservation))| Generation {
+            stream: Some(stream),
+            stop: StopMatcher::new(stop.clone()),
+            post,
+            ready: VecDeque::new(),
+            pending_logprobs: Vec::new(),
+            prompt_tokens: prompt_len,
+            generated: 0,
+            reservation,
+            charges_prompt: i == 0,
+            cache_status: CacheStatus::Off,
+            started,
+            admitted,
+            deadline,
+            last_text: None,
+            record: None,
+        })
+        .collect())
 }
 
 impl Drop for Generation {
@@ -429,7 +492,8 @@ impl Drop for Generation {
         if let Some(reservation) = self.reservation.take() {
             // Nothing generated (refused by a plugin at once, its client gone
             // while it queued, out of time): nothing is charged.
-            let used = if self.generated == 0 { 0 } else { self.prompt_tokens + self.generated };
+            let prompt = if self.charges_prompt { self.prompt_tokens } else { 0 };
+            let used = if self.generated == 0 { 0 } else { prompt + self.generated };
             reservation.settle(used);
         }
     }

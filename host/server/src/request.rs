@@ -9,7 +9,7 @@
 use kiln_api::generate::GenerationRequest;
 use kiln_api::openai::{ChatCompletionRequest, ChatMessage, CompletionRequest, MessageContent, PromptInput};
 use kiln_api::{SamplingKnobs, StopSequences};
-use kiln_engine::{MAX_TOP_LOGPROBS, SamplingParams};
+use kiln_engine::{MAX_CHOICES, MAX_TOP_LOGPROBS, SamplingParams};
 use kiln_pipeline::Resolved;
 use kiln_stop::{MAX_STOP_BYTES, MAX_STOP_STRINGS};
 
@@ -52,6 +52,8 @@ pub(crate) struct ValidGeneration {
     pub json: bool,
     /// The plugin versions this request runs (`None`: the host alone).
     pub pipeline: Option<Resolved>,
+    /// Answers to generate from the one prompt (OpenAI's `n`).
+    pub n: usize,
 }
 
 /// How many tokens a generation may produce.
@@ -134,6 +136,7 @@ pub(crate) fn generate(
         logprobs: None,
         json: false,
         pipeline: state.pipeline(context.pipeline(req.pipeline.as_deref())?)?,
+        n: 1,
     };
     Ok(ValidGenerate { generation, stream: req.stream })
 }
@@ -286,8 +289,9 @@ fn openai_generation(
     logprobs: Option<usize>,
     json: bool,
 ) -> Result<ValidGeneration, ApiError> {
-    if let Some(n) = fields.n.filter(|n| *n != 1) {
-        return Err(ApiError::invalid("n", format!("only n=1 is supported, got {n}")));
+    let n = fields.n.unwrap_or(1) as usize;
+    if !(1..=MAX_CHOICES).contains(&n) {
+        return Err(ApiError::invalid("n", format!("must be between 1 and {MAX_CHOICES}, got {n}")));
     }
     let mut logit_bias = Vec::new();
     for (key, bias) in fields.logit_bias.unwrap_or_default() {
@@ -307,6 +311,7 @@ fn openai_generation(
         logprobs,
         json,
         pipeline: state.pipeline(context.pipeline(fields.pipeline.as_deref())?)?,
+        n,
     })
 }
 

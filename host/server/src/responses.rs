@@ -9,7 +9,7 @@ use kiln_api::openai::{
 };
 
 use crate::AppState;
-use crate::generation::Collected;
+use crate::generation::{Collected, total_usage};
 use crate::piece::TokenLogprobs;
 use crate::time::unix_now;
 
@@ -25,19 +25,25 @@ pub(crate) fn generation_response(state: &AppState, done: Collected) -> Generati
 }
 
 /// A finished chat generation as a `chat.completion`.
-pub(crate) fn chat_completion(state: &AppState, done: Collected, logprobs: bool) -> ChatCompletion {
+/// A `chat.completion` of one or more answers, in order.
+pub(crate) fn chat_completion(state: &AppState, done: Vec<Collected>, logprobs: bool) -> ChatCompletion {
+    let usage = total_usage(done.iter().map(|d| d.usage));
     ChatCompletion {
         id: completion_id("chatcmpl"),
         object: "chat.completion".into(),
         created: unix_now(),
         model: state.model().id.clone(),
-        choices: vec![ChatChoice {
-            index: 0,
-            message: AssistantMessage { role: "assistant".into(), content: done.text },
-            logprobs: logprobs.then(|| chat_logprobs(state, &done.tokens)),
-            finish_reason: done.reason,
-        }],
-        usage: done.usage,
+        choices: done
+            .into_iter()
+            .enumerate()
+            .map(|(index, done)| ChatChoice {
+                index: index as u32,
+                message: AssistantMessage { role: "assistant".into(), content: done.text },
+                logprobs: logprobs.then(|| chat_logprobs(state, &done.tokens)),
+                finish_reason: done.reason,
+            })
+            .collect(),
+        usage,
     }
 }
 

@@ -6,9 +6,9 @@ use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use kiln_api::openai::{ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta};
 
-use super::sse::{json_event, mark_cache, sse};
+use super::sse::{json_event, mark_cache, sse_choices};
 use crate::extract::{ApiJson, RequestContext};
-use crate::generation::Generation;
+use crate::generation::{CacheStatus, Generation, collect_choices, total_usage};
 use crate::openapi::GenerationErrors;
 use crate::piece::Piece;
 use crate::request::{self, Delivery};
@@ -30,10 +30,10 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let valid = request::chat(&state, &context, req, Delivery::Respond)?;
     let logprobs = valid.generation.logprobs.is_some();
-    let generation = Generation::start(&state, valid.generation, context).await?;
+    let generations = Generation::start_choices(&state, valid.generation, context).await?;
+    let cache = generations.first().map_or(CacheStatus::Off, Generation::cache_status);
     if !valid.stream {
-        let cache = generation.cache_status();
-        let done = generation.collect().await?;
+        let done = collect_choices(generations).await?;
         return Ok(mark_cache(Json(chat_completion(&state, done, logprobs)).into_response(), cache));
     }
     let include_usage = valid.include_usage;
@@ -46,26 +46,25 @@ pub async fn chat_completions(
         choices,
         usage,
     };
-    let first = chunk(
-        vec![ChatChunkChoice {
-            index: 0,
-            delta: ChatDelta { role: Some("assistant".into()), content: Some(String::new()) },
-            logprobs: None,
-            finish_reason: None,
-        }],
-        None,
-    );
-    let mut opened = false;
+    // Each answer opens with the assistant's role; usage, when asked for,
+    // follows the last answer's finish and counts the prompt once.
+    let mut opened = vec![false; generations.len()];
+    let mut usages = Vec::with_capacity(generations.len());
     let state2 = state.clone();
-    Ok(sse(&state, generation, move |piece| {
-        let mut events: Vec<Event> = Vec::with_capacity(2);
-        if !std::mem::replace(&mut opened, true) {
-            events.push(json_event(&first));
+    Ok(sse_choices(&state, generations, move |i, piece| {
+        let index = i as u32;
+        let mut events: Vec<Event> = Vec::with_capacity(3);
+        if !std::mem::replace(&mut opened[i], true) {
+            let delta = ChatDelta { role: Some("assistant".into()), content: Some(String::new()) };
+            events.push(json_event(&chunk(
+                vec![ChatChunkChoice { index, delta, logprobs: None, finish_reason: None }],
+                None,
+            )));
         }
         match piece {
             Piece::Text { text, tokens } => events.push(json_event(&chunk(
                 vec![ChatChunkChoice {
-                    index: 0,
+                    index,
                     delta: ChatDelta { role: None, content: Some(text) },
                     logprobs: logprobs.then(|| chat_logprobs(&state2, &tokens)),
                     finish_reason: None,
@@ -75,15 +74,16 @@ pub async fn chat_completions(
             Piece::Finished { reason, usage } => {
                 events.push(json_event(&chunk(
                     vec![ChatChunkChoice {
-                        index: 0,
+                        index,
                         delta: ChatDelta::default(),
                         logprobs: None,
                         finish_reason: Some(reason),
                     }],
                     None,
                 )));
-                if include_usage {
-                    events.push(json_event(&chunk(Vec::new(), Some(usage))));
+                usages.push(usage);
+                if include_usage && usages.len() == opened.len() {
+                    events.push(json_event(&chunk(Vec::new(), Some(total_usage(usages.iter().copied())))));
                 }
             }
         }

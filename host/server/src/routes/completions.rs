@@ -7,9 +7,9 @@ use axum::response::{IntoResponse, Response};
 use kiln_api::FinishReason;
 use kiln_api::openai::{Completion, CompletionChoice, CompletionRequest};
 
-use super::sse::{json_event, mark_cache, sse};
+use super::sse::{json_event, mark_cache, sse_choices};
 use crate::extract::{ApiJson, RequestContext};
-use crate::generation::Generation;
+use crate::generation::{CacheStatus, Generation, collect_choices, total_usage};
 use crate::openapi::GenerationErrors;
 use crate::piece::Piece;
 use crate::request;
@@ -31,7 +31,8 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let valid = request::completion(&state, &context, req)?;
     let logprobs = valid.generation.logprobs.is_some();
-    let generation = Generation::start(&state, valid.generation, context).await?;
+    let generations = Generation::start_choices(&state, valid.generation, context).await?;
+    let cache = generations.first().map_or(CacheStatus::Off, Generation::cache_status);
 
     let (id, created, model) = (completion_id("cmpl"), unix_now(), state.model().id.clone());
     let completion = move |choices, usage| Completion {
@@ -42,40 +43,48 @@ pub async fn completions(
         choices,
         usage,
     };
-    let choice = |text: String, logprobs, finish_reason: Option<FinishReason>| CompletionChoice {
-        index: 0,
+    let choice = |index: usize, text: String, logprobs, finish_reason: Option<FinishReason>| CompletionChoice {
+        index: index as u32,
         text,
         logprobs,
         finish_reason,
     };
-    // `text_offset` counts characters from the start of the returned text.
-    let mut offset = valid.echo.as_ref().map_or(0, |e| e.chars().count());
+    // `text_offset` counts characters from the start of each returned text.
+    let echoed = valid.echo.as_ref().map_or(0, |e| e.chars().count());
+    let mut offsets = vec![echoed; generations.len()];
     if !valid.stream {
-        let cache = generation.cache_status();
-        let done = generation.collect().await?;
-        let listed = logprobs.then(|| completion_logprobs(&state, &done.tokens, &mut offset));
-        let text = valid.echo.unwrap_or_default() + &done.text;
-        let answer = completion(vec![choice(text, listed, Some(done.reason))], Some(done.usage));
-        return Ok(mark_cache(Json(answer).into_response(), cache));
+        let done = collect_choices(generations).await?;
+        let usage = total_usage(done.iter().map(|d| d.usage));
+        let choices = (done.into_iter().zip(&mut offsets).enumerate())
+            .map(|(i, (done, offset))| {
+                let listed = logprobs.then(|| completion_logprobs(&state, &done.tokens, offset));
+                let text = valid.echo.clone().unwrap_or_default() + &done.text;
+                choice(i, text, listed, Some(done.reason))
+            })
+            .collect();
+        return Ok(mark_cache(Json(completion(choices, Some(usage))).into_response(), cache));
     }
 
     let include_usage = valid.include_usage;
-    let mut echo = valid.echo.filter(|e| !e.is_empty());
+    let echo = valid.echo.filter(|e| !e.is_empty());
+    let mut echoed = vec![echo.is_none(); generations.len()];
+    let mut usages = Vec::with_capacity(generations.len());
     let state2 = state.clone();
-    Ok(sse(&state, generation, move |piece| {
-        let mut events = Vec::with_capacity(2);
-        if let Some(prompt) = echo.take() {
-            events.push(json_event(&completion(vec![choice(prompt, None, None)], None)));
+    Ok(sse_choices(&state, generations, move |i, piece| {
+        let mut events = Vec::with_capacity(3);
+        if let Some(prompt) = echo.as_ref().filter(|_| !std::mem::replace(&mut echoed[i], true)) {
+            events.push(json_event(&completion(vec![choice(i, prompt.clone(), None, None)], None)));
         }
         match piece {
             Piece::Text { text, tokens } => {
-                let listed = logprobs.then(|| completion_logprobs(&state2, &tokens, &mut offset));
-                events.push(json_event(&completion(vec![choice(text, listed, None)], None)));
+                let listed = logprobs.then(|| completion_logprobs(&state2, &tokens, &mut offsets[i]));
+                events.push(json_event(&completion(vec![choice(i, text, listed, None)], None)));
             }
             Piece::Finished { reason, usage } => {
-                events.push(json_event(&completion(vec![choice(String::new(), None, Some(reason))], None)));
-                if include_usage {
-                    events.push(json_event(&completion(Vec::new(), Some(usage))));
+                events.push(json_event(&completion(vec![choice(i, String::new(), None, Some(reason))], None)));
+                usages.push(usage);
+                if include_usage && usages.len() == offsets.len() {
+                    events.push(json_event(&completion(Vec::new(), Some(total_usage(usages.iter().copied())))));
                 }
             }
         }

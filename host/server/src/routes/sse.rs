@@ -24,13 +24,23 @@ const STREAM_AHEAD: usize = 16;
 /// a few events ahead of the client, and drops it (which cancels the
 /// sequence in the engine and frees its plugin instances and reservation)
 /// when the client goes away or stops reading for `stream_stall`.
-pub(crate) fn sse<F>(state: &AppState, generation: Generation, format: F) -> Response
+pub(crate) fn sse<F>(state: &AppState, generation: Generation, mut format: F) -> Response
 where
     F: FnMut(Piece) -> Vec<Event> + Send + 'static,
 {
-    let cache = generation.cache_status();
+    sse_choices(state, vec![generation], move |_, piece| format(piece))
+}
+
+/// [`sse`] for several answers to one prompt: their pieces interleave as
+/// they come, `format` told each one's index; `[DONE]` follows the last
+/// answer's finish.
+pub(crate) fn sse_choices<F>(state: &AppState, generations: Vec<Generation>, format: F) -> Response
+where
+    F: FnMut(usize, Piece) -> Vec<Event> + Send + 'static,
+{
+    let cache = generations.first().map_or(CacheStatus::Off, Generation::cache_status);
     let (tx, rx) = tokio::sync::mpsc::channel(STREAM_AHEAD);
-    tokio::spawn(produce(generation, format, tx, state.config().stream_stall));
+    tokio::spawn(produce(generations, format, tx, state.config().stream_stall));
     let events =
         stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|event| (Ok::<_, Infallible>(event), rx)) });
     let mut response =
@@ -40,23 +50,45 @@ where
     mark_cache(response, cache)
 }
 
-/// Runs `generation`, sending its events to the client's stream until it
-/// ends, the client goes away or the client stops reading.
-async fn produce<F>(mut generation: Generation, mut format: F, tx: Sender<Event>, stall: Duration)
+/// Runs `generations`, sending their events to the client's stream until
+/// all end, one fails, the client goes away or the client stops reading.
+async fn produce<F>(mut generations: Vec<Generation>, mut format: F, tx: Sender<Event>, stall: Duration)
 where
-    F: FnMut(Piece) -> Vec<Event>,
+    F: FnMut(usize, Piece) -> Vec<Event>,
 {
+    let mut live = vec![true; generations.len()];
     loop {
-        let piece = tokio::select! {
-            piece = generation.next() => piece,
-            // The client went away: dropping the generation cancels it.
-            () = tx.closed() => return,
+        let next = generations
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| live[*i])
+            .map(|(i, g)| Box::pin(async move { (i, g.next().await) }))
+            .collect::<Vec<_>>();
+        // Every answer has finished.
+        let (index, piece) = if next.is_empty() {
+            (0, None)
+        } else {
+            tokio::select! {
+                // A generation's `next` loses nothing when dropped unfinished.
+                ((i, piece), _, _) = futures_util::future::select_all(next) => (i, piece),
+                // The client went away: dropping the generations cancels them.
+                () = tx.closed() => return,
+            }
         };
         let (mut events, last) = match piece {
-            Some(Ok(piece)) => (format(piece), false),
+            Some(Ok(piece)) => {
+                if matches!(piece, Piece::Finished { .. }) {
+                    live[index] = false;
+                }
+                (format(index, piece), false)
+            }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "stream failed midway");
                 (vec![json_event(&e.body())], true)
+            }
+            None if live.iter().any(|l| *l) => {
+                live[index] = false;
+                continue;
             }
             None => (Vec::new(), true),
         };

@@ -15,7 +15,7 @@ use super::job::{ResultShape, TaskRequest};
 use super::{Tasks, blocking};
 use crate::config::Auth;
 use crate::extract::{Caller, RequestContext};
-use crate::generation::Generation;
+use crate::generation::{Generation, collect_choices};
 use crate::responses::{chat_completion, generation_response};
 use crate::token_meter::TokenMeter;
 use crate::{ApiError, AppState};
@@ -174,7 +174,7 @@ async fn generate(
     let gave_up_at = std::time::Instant::now() + BEHIND_PATIENCE;
     loop {
         let (generation, shape) = request.clone().validate(state, &context).map_err(message)?;
-        let generation = match Generation::start(state, generation, context.clone()).await {
+        let generations = match Generation::start_choices(state, generation, context.clone()).await {
             Err(ApiError::RateLimited { retry_after, .. }) => {
                 tokio::time::sleep(retry_after).await;
                 continue;
@@ -185,9 +185,9 @@ async fn generate(
             }
             started => started.map_err(message)?,
         };
-        let done = generation.collect().await.map_err(message)?;
+        let mut done = collect_choices(generations).await.map_err(message)?;
         let result = match shape {
-            ResultShape::Generation => serde_json::to_value(generation_response(state, done)),
+            ResultShape::Generation => serde_json::to_value(generation_response(state, done.remove(0))),
             ResultShape::ChatCompletion { logprobs } => serde_json::to_value(chat_completion(state, done, logprobs)),
         };
         return result.map_err(|e| e.to_string());

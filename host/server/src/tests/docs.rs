@@ -47,7 +47,7 @@ async fn the_document_declares_what_the_validation_enforces() {
     assert_eq!(chat["model"]["enum"][0], app.state.model().id.as_str(), "only the served model");
     assert_eq!(chat["max_tokens"]["maximum"], super::CONTEXT, "the context window");
     assert_eq!(chat["top_logprobs"]["maximum"], kiln_engine::MAX_TOP_LOGPROBS);
-    assert_eq!((chat["n"]["minimum"].as_u64(), chat["n"]["maximum"].as_u64()), (Some(1), Some(1)));
+    assert_eq!((chat["n"]["minimum"].as_u64(), chat["n"]["maximum"].as_u64()), (Some(1), Some(8)));
     assert_eq!(chat["temperature"]["maximum"], 2.0);
     assert_eq!(chat["seed"]["maximum"], i64::MAX, "u64 fields as the server bounds them, no int64 format");
     assert_eq!(chat["top_k"]["maximum"], u32::MAX);

@@ -58,7 +58,7 @@ async fn out_of_range_values_are_400_naming_the_field() {
         body
     };
     let chat_cases = [
-        (chat(json!({"n": 2})), "n"),
+        (chat(json!({"n": 9})), "n"),
         (chat(json!({"top_logprobs": 2})), "top_logprobs"),
         (chat(json!({"logprobs": true, "top_logprobs": 21})), "top_logprobs"),
         (chat(json!({"logit_bias": {"not-a-token": 1}})), "logit_bias"),

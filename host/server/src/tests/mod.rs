@@ -6,6 +6,7 @@ mod access;
 mod allowance;
 mod cache;
 mod cancel;
+mod choices;
 mod connections;
 mod docs;
 mod errors;

@@ -355,7 +355,7 @@ async fn an_async_request_refused_synchronously_is_refused_at_submission() {
             json!({"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"x": 1}}),
             "logit_bias",
         ),
-        ("/v1/chat/completions/async", json!({"messages": [{"role": "user", "content": "Hi"}], "n": 2}), "n"),
+        ("/v1/chat/completions/async", json!({"messages": [{"role": "user", "content": "Hi"}], "n": 9}), "n"),
         ("/v1/chat/completions/async", json!({"messages": [{"role": "wizard", "content": "Hi"}]}), "messages[0].role"),
     ];
     for (path, body, param) in refused {
