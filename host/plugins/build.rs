@@ -7,8 +7,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Packages built to components: the first-party plugins, then test guests.
-const PLUGINS: &[&str] =
-    &["default-sampler", "chat-template", "stop-sequences", "redact", "json-mode", "hostile-sampler", "tagger"];
+const PLUGINS: &[&str] = &[
+    "default-sampler",
+    "chat-template",
+    "stop-sequences",
+    "redact",
+    "json-mode",
+    "json-schema",
+    "hostile-sampler",
+    "tagger",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -5,7 +5,10 @@ Exits non-zero, with the failing check, if kiln is not what the client expects.
 """
 import sys
 
+from typing import Literal, Optional
+
 import openai
+import pydantic
 
 client = openai.OpenAI(base_url=sys.argv[1], api_key="sk-kiln-test", max_retries=0, timeout=120)
 checks = 0
@@ -58,6 +61,18 @@ for chunk in stream:
         texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
 check("n=3 streamed answers match", [texts.get(i) for i in range(3)] == [c.message.content for c in several.choices],
       (texts, several.choices))
+
+class Pet(pydantic.BaseModel):
+    name: str
+    kind: Literal["cat", "dog"]
+    age: int
+    nickname: Optional[str]
+
+
+parsed = client.chat.completions.parse(model=model, messages=[{"role": "user", "content": "Describe a pet."}],
+                                       response_format=Pet, max_tokens=64, temperature=0.7, seed=1)
+pet = parsed.choices[0].message.parsed
+check("parse with a Pydantic model (json_schema)", isinstance(pet, Pet) and pet.kind in ("cat", "dog"), parsed)
 
 completion = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0)
 check("completion", completion.object == "text_completion" and completion.choices[0].text, completion)

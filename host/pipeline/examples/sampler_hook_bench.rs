@@ -1,7 +1,8 @@
 //! Per-step cost of a sampler plugin, at the default model's vocabulary
 //! (49,152 tokens): the plugin's `step` call across the WebAssembly boundary
-//! (default-sampler: no bitset; json-mode: a bitset computed by the guest
-//! and copied back), and the host applying an allowed bitset to the logits.
+//! (default-sampler: no bitset; json-mode and json-schema: a bitset computed
+//! by the guest and copied back), and the host applying an allowed bitset to
+//! the logits.
 //!
 //! usage: cargo run --release -p kiln-pipeline --example sampler_hook_bench [STEPS]
 
@@ -26,17 +27,25 @@ fn main() {
     let runtime = Runtime::new(RuntimeConfig::default(), Arc::new(kiln_pipeline::vocabulary(&tokenizer))).unwrap();
     println!("vocabulary {} tokens, {steps} steps each", tokenizer.vocab_size());
 
-    // A JSON answer to replay through json-mode, token by token (wraps around).
+    // A JSON answer to replay through json-mode, token by token (wraps around),
+    // and its compact form for json-schema, with a schema it holds.
     let answer =
         tokenizer.encode(r#"{"name": "Aurora", "kind": "owl", "age": 3, "tags": ["night", "forest"]}"#, false).unwrap();
-    for (name, bytes) in [
-        ("default-sampler", kiln_plugins::first_party::DEFAULT_SAMPLER),
-        ("json-mode", kiln_plugins::first_party::JSON_MODE),
+    let compact =
+        tokenizer.encode(r#"{"name":"Aurora","kind":"owl","age":3,"tags":["night","forest"]}"#, false).unwrap();
+    let schema = r#"{"type":"object","required":["name","kind","age","tags"],"additionalProperties":false,
+        "properties":{"name":{"type":"string"},"kind":{"enum":["owl","cat"]},"age":{"type":"integer"},
+        "tags":{"type":"array","items":{"type":"string"}}}}"#;
+    let schema_config = vec![("schema".to_string(), schema.to_string())];
+    for (name, bytes, config, answer) in [
+        ("default-sampler", kiln_plugins::first_party::DEFAULT_SAMPLER, &vec![], &answer),
+        ("json-mode", kiln_plugins::first_party::JSON_MODE, &vec![], &answer),
+        ("json-schema", kiln_plugins::first_party::JSON_SCHEMA, &schema_config, &compact),
     ] {
         let Loaded::Sampler(plugin) = runtime.load_bytes(name, bytes).unwrap() else { unreachable!() };
         let params = kiln_pipeline::plugin_params(&SamplingParams::greedy());
         let mut times = Vec::with_capacity(steps);
-        let mut session = plugin.start(params, &[1, 2, 3], &[]).unwrap();
+        let mut session = plugin.start(params, &[1, 2, 3], config).unwrap();
         let mut at = 0;
         for _ in 0..steps {
             let last = (at > 0).then(|| answer[at - 1]);
@@ -45,7 +54,7 @@ fn main() {
             times.push(start.elapsed().as_secs_f64() * 1e6);
             at += 1;
             if plan.stop || at > answer.len() {
-                session = plugin.start(params, &[1, 2, 3], &[]).unwrap();
+                session = plugin.start(params, &[1, 2, 3], config).unwrap();
                 at = 0;
             }
         }
@@ -55,7 +64,7 @@ fn main() {
         let starts: Vec<f64> = (0..50)
             .map(|_| {
                 let start = Instant::now();
-                drop(plugin.start(params, &[1, 2, 3], &[]).unwrap());
+                drop(plugin.start(params, &[1, 2, 3], config).unwrap());
                 start.elapsed().as_secs_f64() * 1e6
             })
             .collect();

@@ -42,6 +42,8 @@ use registry::Registry;
 
 /// The plugin a `response_format: {"type": "json_object"}` request samples with.
 pub const JSON_MODE: &str = "json-mode";
+/// The built-in sampler behind `response_format: json_schema`.
+pub const JSON_SCHEMA: &str = "json-schema";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -179,6 +181,9 @@ impl PluginHost {
         if name == JSON_MODE {
             uses.push(("response_format json_object".into(), PluginKind::Sampler));
         }
+        if name == JSON_SCHEMA {
+            uses.push(("response_format json_schema".into(), PluginKind::Sampler));
+        }
         uses
     }
 
@@ -262,6 +267,27 @@ impl PluginHost {
         };
         let config = vec![("max_tokens".to_string(), max_tokens.to_string())];
         let session = json.start(plugin_params(params), prompt, &config)?;
+        Ok(Box::new(PluginPolicy::new(session, params.clone())))
+    }
+
+    /// The json-schema sampler, for `response_format: {"type": "json_schema"}`:
+    /// its output validates against `schema` (JSON text) and closes within
+    /// `max_tokens`. A schema it cannot take is refused here, by the
+    /// plugin, naming the keyword.
+    pub fn json_schema_policy(
+        &self,
+        params: &SamplingParams,
+        prompt: &[u32],
+        max_tokens: usize,
+        schema: &str,
+    ) -> Result<Box<dyn SamplingPolicy>, PipelineError> {
+        let plugins = self.registry.current.load();
+        let Some(Loaded::Sampler(sampler)) = plugins.get(JSON_SCHEMA).and_then(|e| e.loaded.clone()) else {
+            return Err(PipelineError::UnknownPlugin(JSON_SCHEMA.into()));
+        };
+        let config =
+            vec![("max_tokens".to_string(), max_tokens.to_string()), ("schema".to_string(), schema.to_string())];
+        let session = sampler.start(plugin_params(params), prompt, &config)?;
         Ok(Box::new(PluginPolicy::new(session, params.clone())))
     }
 }

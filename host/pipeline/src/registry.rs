@@ -23,6 +23,7 @@ pub(crate) const BUILT_IN: &[(&str, &[u8])] = &[
     ("chat-template", kiln_plugins::first_party::CHAT_TEMPLATE),
     ("default-sampler", kiln_plugins::first_party::DEFAULT_SAMPLER),
     ("json-mode", kiln_plugins::first_party::JSON_MODE),
+    ("json-schema", kiln_plugins::first_party::JSON_SCHEMA),
     ("stop-sequences", kiln_plugins::first_party::STOP_SEQUENCES),
     ("redact", kiln_plugins::first_party::REDACT),
 ];

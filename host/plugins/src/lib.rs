@@ -57,6 +57,7 @@ pub mod first_party {
         };
     }
     pub const JSON_MODE: &[u8] = embedded!("json_mode.wasm");
+    pub const JSON_SCHEMA: &[u8] = embedded!("json_schema.wasm");
     pub const DEFAULT_SAMPLER: &[u8] = embedded!("default_sampler.wasm");
     pub const CHAT_TEMPLATE: &[u8] = embedded!("chat_template.wasm");
     pub const STOP_SEQUENCES: &[u8] = embedded!("stop_sequences.wasm");

@@ -29,6 +29,7 @@ struct KeyParts<'a> {
     logprobs: bool,
     top_logprobs: usize,
     json: bool,
+    json_schema: Option<&'a str>,
     /// Every plugin the request runs, in order, with its version, sha256
     /// and configuration ([`kiln_pipeline::Resolved::fingerprint`]).
     plugins: Vec<String>,
@@ -52,10 +53,15 @@ impl ValidGeneration {
             return None;
         }
         let mut plugins = self.pipeline.as_ref().map(kiln_pipeline::Resolved::fingerprint).unwrap_or_default();
-        if self.json {
-            // json-mode samples in place of the pipeline's sampler.
-            let json = state.plugins().and_then(|p| p.plugin(kiln_pipeline::JSON_MODE));
-            plugins.extend(json.as_ref().and_then(|e| e.info()).map(|i| format!("{i} {}", i.sha256)));
+        // json-mode or json-schema samples in place of the pipeline's sampler.
+        let constraint = match (self.json, &self.json_schema) {
+            (true, _) => Some(kiln_pipeline::JSON_MODE),
+            (_, Some(_)) => Some(kiln_pipeline::JSON_SCHEMA),
+            _ => None,
+        };
+        if let Some(name) = constraint {
+            let plugin = state.plugins().and_then(|p| p.plugin(name));
+            plugins.extend(plugin.as_ref().and_then(|e| e.info()).map(|i| format!("{i} {}", i.sha256)));
         }
         Some(self.key_parts(&state.model().id, tenant, plugins).key())
     }
@@ -73,6 +79,7 @@ impl ValidGeneration {
             logprobs: self.logprobs.is_some(),
             top_logprobs: self.logprobs.unwrap_or(0),
             json: self.json,
+            json_schema: self.json_schema.as_deref(),
             plugins,
         }
     }
@@ -99,6 +106,7 @@ mod tests {
             ignore_eos: false,
             logprobs: None,
             json: false,
+            json_schema: None,
             pipeline: None,
             n: 1,
         }

@@ -121,6 +121,7 @@ impl AppState {
             ignore_eos: false,
             logprobs: None,
             json: false,
+            json_schema: None,
             pipeline: None,
             n: 1,
         };
@@ -384,7 +385,9 @@ async fn submit(
     generation: ValidGeneration,
     meter: Option<TokenMeter>,
 ) -> Result<Vec<Generation>, ApiError> {
-    let ValidGeneration { prompt, params, max_tokens, stop, ignore_eos, logprobs, json, pipeline, n, .. } = generation;
+    let ValidGeneration {
+        prompt, params, max_tokens, stop, ignore_eos, logprobs, json, json_schema, pipeline, n, ..
+    } = generation;
     let PromptTokens { tokens: prompt_tokens, stop: template_stop } =
         prompt::tokenize(state, prompt, pipeline.as_ref()).await?;
     let mut stop = stop;
@@ -428,7 +431,18 @@ async fn submit(
     let mut policies = Vec::with_capacity(n);
     let mut posts = Vec::with_capacity(n);
     for _ in 0..n {
-        policies.push(match (json, state.plugins(), &pipeline) {
+        policies.push(match (json || json_schema.is_some(), state.plugins(), &pipeline) {
+            (true, Some(plugins), _) if json_schema.is_some() => {
+                let schema = json_schema.as_deref().unwrap_or_default();
+                // The plugin compiles the schema: what it refuses is the client's to fix.
+                let refused = |e: kiln_pipeline::PipelineError| match e {
+                    kiln_pipeline::PipelineError::Plugin(kiln_pipeline::PluginError::Refused { message, .. }) => {
+                        ApiError::invalid("response_format.json_schema.schema", message)
+                    }
+                    other => ApiError::from(other),
+                };
+                Some(plugins.json_schema_policy(&params, &prompt_tokens, max_tokens, schema).map_err(refused)?)
+            }
             (true, Some(plugins), _) => Some(plugins.json_policy(&params, &prompt_tokens, max_tokens)?),
             (true, None, _) => return Err(ApiError::Internal("json mode validated without plugins".into())),
             (false, _, Some(pipeline)) => {

@@ -50,6 +50,9 @@ pub(crate) struct ValidGeneration {
     pub logprobs: Option<usize>,
     /// Constrain the output to one JSON object (the json-mode sampler plugin).
     pub json: bool,
+    /// Constrain the output to JSON valid against this schema (its JSON
+    /// text; the json-schema sampler plugin).
+    pub json_schema: Option<String>,
     /// The plugin versions this request runs (`None`: the host alone).
     pub pipeline: Option<Resolved>,
     /// Answers to generate from the one prompt (OpenAI's `n`).
@@ -135,6 +138,7 @@ pub(crate) fn generate(
         ignore_eos: req.ignore_eos,
         logprobs: None,
         json: false,
+        json_schema: None,
         pipeline: state.pipeline(context.pipeline(req.pipeline.as_deref())?)?,
         n: 1,
     };
@@ -153,22 +157,7 @@ pub(crate) fn chat(
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::invalid("tools", "tool calling is not supported"));
     }
-    let json = match req.response_format.as_ref().map(|f| f.kind.as_str()) {
-        None | Some("text") => false,
-        Some("json_object") if state.plugins().is_none() => {
-            return Err(ApiError::invalid(
-                "response_format",
-                "`json_object` needs the json-mode plugin, and this server runs without plugins",
-            ));
-        }
-        Some("json_object") => true,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "response_format",
-                format!("`{other}` is not supported; use `text` or `json_object`"),
-            ));
-        }
-    };
+    let (json, json_schema) = response_format(state, req.response_format.take())?;
     let top_logprobs = req.top_logprobs.unwrap_or(0) as usize;
     let wants_logprobs = req.logprobs.unwrap_or(false);
     if top_logprobs > 0 && !wants_logprobs {
@@ -197,7 +186,44 @@ pub(crate) fn chat(
         logprobs,
         json,
     )?;
+    let generation = ValidGeneration { json_schema, ..generation };
     Ok(ValidChat { generation, stream: req.stream, include_usage })
+}
+
+/// `response_format`: free text, one JSON object (json-mode), or JSON valid
+/// against a schema (json-schema; the schema's keywords are checked when the
+/// plugin compiles it, as the generation starts).
+fn response_format(
+    state: &AppState,
+    format: Option<kiln_api::openai::ResponseFormat>,
+) -> Result<(bool, Option<String>), ApiError> {
+    let Some(format) = format else { return Ok((false, None)) };
+    let needs_plugins = |kind: &str, plugin: &str| {
+        ApiError::invalid(
+            "response_format",
+            format!("`{kind}` needs the {plugin} plugin, and this server runs without plugins"),
+        )
+    };
+    match format.kind.as_str() {
+        "text" => Ok((false, None)),
+        "json_object" if state.plugins().is_none() => Err(needs_plugins("json_object", "json-mode")),
+        "json_object" => Ok((true, None)),
+        "json_schema" if state.plugins().is_none() => Err(needs_plugins("json_schema", "json-schema")),
+        "json_schema" => {
+            let schema = format.json_schema.as_ref().and_then(|j| j.get("schema")).filter(|s| s.is_object());
+            let Some(schema) = schema else {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema.schema",
+                    "`json_schema` needs `json_schema: {\"name\": ..., \"schema\": {...}}`",
+                ));
+            };
+            Ok((false, Some(schema.to_string())))
+        }
+        other => Err(ApiError::invalid(
+            "response_format",
+            format!("`{other}` is not supported; use `text`, `json_object` or `json_schema`"),
+        )),
+    }
 }
 
 /// OpenAI's legacy completion: the prompt as is, never the chat template.
@@ -310,6 +336,7 @@ fn openai_generation(
         ignore_eos: fields.ignore_eos.unwrap_or(false),
         logprobs,
         json,
+        json_schema: None,
         pipeline: state.pipeline(context.pipeline(fields.pipeline.as_deref())?)?,
         n,
     })

@@ -11,6 +11,7 @@ mod connections;
 mod docs;
 mod errors;
 mod generate;
+mod json_schema;
 mod metrics;
 mod openai;
 mod overload;

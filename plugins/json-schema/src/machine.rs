@@ -1,0 +1,453 @@
+//! A byte-level recognizer of JSON that validates against a compiled
+//! [`Schema`], with a `Copy` state (a fixed stack of frames), so checking
+//! whether a token may come next is a few byte steps on a copy.
+
+use crate::schema::{MAX_DEPTH, Node, NodeId, Schema};
+
+const STACK: usize = 2 * MAX_DEPTH + 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ObjPhase {
+    /// After `{`: a key or `}`.
+    Open,
+    /// After `,`: a key.
+    Key,
+    /// After key `k`: `:`.
+    Colon(u16),
+    /// After a value: `,` or `}`.
+    AfterValue,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ArrPhase {
+    Open,
+    Comma,
+    AfterValue,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Esc {
+    None,
+    Backslash,
+    Hex(u8),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NumPhase {
+    Minus,
+    Zero,
+    /// Integer digits so far (at most 15: an integer stays one for parsers
+    /// that read numbers as f64).
+    Int(u8),
+    Dot,
+    Frac,
+    E,
+    ESign,
+    /// Exponent digits so far (at most two: `1e999` is out of range for most parsers).
+    Exp(u8),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Frame {
+    /// A value of this node is due.
+    Value(NodeId),
+    /// `seen`: the properties already given (bit `i`: property `i`).
+    Obj {
+        node: NodeId,
+        seen: u64,
+        phase: ObjPhase,
+    },
+    /// Inside a key: the properties (bits) it may still be, `off` bytes in.
+    Key {
+        node: NodeId,
+        mask: u64,
+        off: u16,
+    },
+    Arr {
+        node: NodeId,
+        count: u32,
+        phase: ArrPhase,
+    },
+    Str {
+        node: NodeId,
+        len: u32,
+        esc: Esc,
+    },
+    /// Inside one of a node's literals: alternatives `i` of `mask`, `off` bytes in.
+    Lit {
+        node: NodeId,
+        mask: u64,
+        off: u16,
+    },
+    Num {
+        integer: bool,
+        phase: NumPhase,
+    },
+}
+
+/// Where the output stands.
+#[derive(Clone, Copy, Debug)]
+pub struct State {
+    frames: [Frame; STACK],
+    len: u8,
+}
+
+impl State {
+    pub fn new(schema: &Schema) -> State {
+        let mut frames = [Frame::Value(0); STACK];
+        frames[0] = Frame::Value(schema.root);
+        State { frames, len: 1 }
+    }
+
+    /// The whole answer is there.
+    pub fn is_done(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The most more characters the open string takes.
+    pub fn string_room(&self, schema: &Schema) -> Option<u32> {
+        match self.top() {
+            Some(Frame::Str { node, len, esc: Esc::None }) => match schema.nodes[node as usize] {
+                Node::String { max, .. } => Some(max.saturating_sub(len)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn top(&self) -> Option<Frame> {
+        (self.len > 0).then(|| self.frames[self.len as usize - 1])
+    }
+
+    fn set_top(&mut self, f: Frame) {
+        self.frames[self.len as usize - 1] = f;
+    }
+
+    fn push(&mut self, f: Frame) -> bool {
+        if self.len as usize >= STACK {
+            return false;
+        }
+        self.frames[self.len as usize] = f;
+        self.len += 1;
+        true
+    }
+
+    fn pop(&mut self) {
+        self.len -= 1;
+    }
+
+    /// Feeds every byte; `None` when the text leaves the schema.
+    pub fn feed_all(mut self, schema: &Schema, bytes: &[u8]) -> Option<State> {
+        for &b in bytes {
+            if !self.feed(schema, b) {
+                return None;
+            }
+        }
+        Some(self)
+    }
+
+    /// Feeds one byte; false (the state then unusable) when it leaves the schema.
+    pub fn feed(&mut self, schema: &Schema, b: u8) -> bool {
+        let Some(frame) = self.top() else { return false };
+        match frame {
+            Frame::Value(node) => {
+                self.pop();
+                self.start(schema, node, b)
+            }
+            Frame::Obj { node, seen, phase } => {
+                let Node::Object(props) = &schema.nodes[node as usize] else { return false };
+                let all = if props.len() == 64 { u64::MAX } else { (1u64 << props.len()) - 1 };
+                let required_left = props.iter().enumerate().any(|(i, p)| p.required && seen & (1 << i) == 0);
+                match (phase, b) {
+                    (ObjPhase::Open | ObjPhase::Key, b'"') => {
+                        let mask = all & !seen;
+                        mask != 0 && self.push(Frame::Key { node, mask, off: 0 })
+                    }
+                    (ObjPhase::Open | ObjPhase::AfterValue, b'}') if !required_left => {
+                        self.pop();
+                        true
+                    }
+                    (ObjPhase::AfterValue, b',') if seen != all => {
+                        self.set_top(Frame::Obj { node, seen, phase: ObjPhase::Key });
+                        true
+                    }
+                    (ObjPhase::Colon(k), b':') => {
+                        self.set_top(Frame::Obj { node, seen, phase: ObjPhase::AfterValue });
+                        self.push(Frame::Value(props[k as usize].node))
+                    }
+                    _ => false,
+                }
+            }
+            Frame::Key { node, mask, off } => {
+                let Node::Object(props) = &schema.nodes[node as usize] else { return false };
+                let candidates = (0..props.len()).filter(|i| mask & (1 << i) != 0);
+                if b == b'"' {
+                    // The key ends: one candidate must be exactly this long.
+                    let Some(k) = candidates.clone().find(|&i| props[i].key.len() == off as usize) else {
+                        return false;
+                    };
+                    self.pop();
+                    let Some(Frame::Obj { seen, .. }) = self.top() else { return false };
+                    self.set_top(Frame::Obj { node, seen: seen | 1 << k, phase: ObjPhase::Colon(k as u16) });
+                    return true;
+                }
+                let mut left = 0u64;
+                for i in candidates {
+                    if props[i].key.get(off as usize) == Some(&b) {
+                        left |= 1 << i;
+                    }
+                }
+                self.set_top(Frame::Key { node, mask: left, off: off + 1 });
+                left != 0
+            }
+            Frame::Arr { node, count, phase } => {
+                let Node::Array { items, min, max } = schema.nodes[node as usize] else { return false };
+                match (phase, b) {
+                    (ArrPhase::Open | ArrPhase::AfterValue, b']') if count >= min => {
+                        self.pop();
+                        true
+                    }
+                    (ArrPhase::AfterValue, b',') if count < max => {
+                        self.set_top(Frame::Arr { node, count, phase: ArrPhase::Comma });
+                        true
+                    }
+                    (ArrPhase::Open | ArrPhase::Comma, _) if count < max => {
+                        self.set_top(Frame::Arr { node, count: count + 1, phase: ArrPhase::AfterValue });
+                        self.start(schema, items, b)
+                    }
+                    _ => false,
+                }
+            }
+            Frame::Str { node, len, esc } => {
+                let Node::String { min, max } = schema.nodes[node as usize] else { return false };
+                let next = match (esc, b) {
+                    (Esc::None, b'"') if len >= min => {
+                        self.pop();
+                        return true;
+                    }
+                    (Esc::None, b'\\') if len < max => Frame::Str { node, len: len + 1, esc: Esc::Backslash },
+                    (Esc::None, 0x20..) if b != b'"' && b != b'\\' => {
+                        // A character starts at every byte but UTF-8 continuation bytes.
+                        let starts = !(0x80..0xC0).contains(&b);
+                        if starts && len >= max {
+                            return false;
+                        }
+                        Frame::Str { node, len: len + u32::from(starts), esc: Esc::None }
+                    }
+                    (Esc::Backslash, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                        Frame::Str { node, len, esc: Esc::None }
+                    }
+                    (Esc::Backslash, b'u') => Frame::Str { node, len, esc: Esc::Hex(0) },
+                    (Esc::Hex(n), b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
+                        Frame::Str { node, len, esc: if n == 3 { Esc::None } else { Esc::Hex(n + 1) } }
+                    }
+                    _ => return false,
+                };
+                self.set_top(next);
+                true
+            }
+            Frame::Lit { node, mask, off } => {
+                let Node::Literals(alts) = &schema.nodes[node as usize] else { return false };
+                let mut left = 0u64;
+                let mut complete = false;
+                for (i, alt) in alts.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0) {
+                    if alt.get(off as usize) == Some(&b) {
+                        left |= 1 << i;
+                    }
+                    complete |= alt.len() == off as usize;
+                }
+                if left != 0 {
+                    self.set_top(Frame::Lit { node, mask: left, off: off + 1 });
+                    self.lit_done(schema);
+                    return true;
+                }
+                // A literal that is complete (a number enum value) ends at the next byte.
+                complete && {
+                    self.pop();
+                    self.feed(schema, b)
+                }
+            }
+            Frame::Num { integer, phase } => {
+                use NumPhase::*;
+                let next = match (phase, b) {
+                    // `-0` is a float to some parsers: an integer's minus takes 1-9.
+                    (Minus, b'0') if !integer => Zero,
+                    (Minus, b'1'..=b'9') => Int(1),
+                    (Int(n), b'0'..=b'9') if n < 15 => Int(n + 1),
+                    (Zero | Int(_), b'.') if !integer => Dot,
+                    (Dot | Frac, b'0'..=b'9') => Frac,
+                    (Zero | Int(_) | Frac, b'e' | b'E') if !integer => E,
+                    (E, b'+' | b'-') => ESign,
+                    (E | ESign, b'0'..=b'9') => Exp(1),
+                    (Exp(1), b'0'..=b'9') => Exp(2),
+                    (Zero | Int(_) | Frac | Exp(_), _) => {
+                        // The number ended: the byte belongs to what holds it.
+                        self.pop();
+                        return self.len > 0 && self.feed(schema, b);
+                    }
+                    _ => return false,
+                };
+                self.set_top(Frame::Num { integer, phase: next });
+                true
+            }
+        }
+    }
+
+    /// Pops a literal that nothing can continue (every alternative matched in full).
+    fn lit_done(&mut self, schema: &Schema) {
+        if let Some(Frame::Lit { node, mask, off }) = self.top()
+            && let Node::Literals(alts) = &schema.nodes[node as usize]
+            && (alts.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0)).all(|(_, a)| a.len() == off as usize)
+        {
+            self.pop();
+        }
+    }
+
+    /// Begins a value of `node` with byte `b`.
+    fn start(&mut self, schema: &Schema, node: NodeId, b: u8) -> bool {
+        match &schema.nodes[node as usize] {
+            Node::Object(_) => b == b'{' && self.push(Frame::Obj { node, seen: 0, phase: ObjPhase::Open }),
+            Node::Array { .. } => b == b'[' && self.push(Frame::Arr { node, count: 0, phase: ArrPhase::Open }),
+            Node::String { .. } => b == b'"' && self.push(Frame::Str { node, len: 0, esc: Esc::None }),
+            Node::Number { integer } => {
+                let phase = match b {
+                    b'-' => NumPhase::Minus,
+                    b'0' => NumPhase::Zero,
+                    b'1'..=b'9' => NumPhase::Int(1),
+                    _ => return false,
+                };
+                self.push(Frame::Num { integer: *integer, phase })
+            }
+            Node::Literals(alts) => {
+                let mut mask = 0u64;
+                for (i, a) in alts.iter().enumerate() {
+                    if a.first() == Some(&b) {
+                        mask |= 1 << i;
+                    }
+                }
+                if mask == 0 || !self.push(Frame::Lit { node, mask, off: 1 }) {
+                    return false;
+                }
+                self.lit_done(schema);
+                true
+            }
+            Node::AnyOf(branches) => {
+                // Branches start differently (checked at compile time).
+                match branches.iter().find(|br| schema.starts_with(**br, b)) {
+                    Some(&br) => self.start(schema, br, b),
+                    None => false,
+                }
+            }
+        }
+    }
+
+    /// The shortest text that completes the answer from here.
+    pub fn closing(&self, schema: &Schema) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Every required property not yet given, each after a comma.
+        let required_rest = |props: &[crate::schema::Prop], seen: u64, out: &mut Vec<u8>| {
+            for (_, p) in props.iter().enumerate().filter(|(i, p)| p.required && seen & (1 << i) == 0) {
+                out.push(b',');
+                out.extend([&b"\""[..], &p.key, b"\":"].concat());
+                out.extend(&schema.min_text[p.node as usize]);
+            }
+        };
+        for frame in self.frames[..self.len as usize].iter().rev() {
+            match *frame {
+                Frame::Value(node) => out.extend(&schema.min_text[node as usize]),
+                Frame::Obj { node, seen, phase } => {
+                    let Node::Object(props) = &schema.nodes[node as usize] else { continue };
+                    match phase {
+                        ObjPhase::Open | ObjPhase::Key => {
+                            // After `,` a key is due: the first unseen property if none is required.
+                            let unseen = |i: &usize| seen & (1 << i) == 0;
+                            let first = (0..props.len()).filter(unseen).find(|&i| props[i].required);
+                            let first =
+                                first.or_else(|| (0..props.len()).find(unseen).filter(|_| phase == ObjPhase::Key));
+                            if let Some(k) = first {
+                                let p = &props[k];
+                                out.extend([&b"\""[..], &p.key, b"\":"].concat());
+                                out.extend(&schema.min_text[p.node as usize]);
+                                required_rest(props, seen | 1 << k, &mut out);
+                            }
+                        }
+                        ObjPhase::Colon(k) => {
+                            out.push(b':');
+                            out.extend(&schema.min_text[props[k as usize].node as usize]);
+                            required_rest(props, seen, &mut out);
+                        }
+                        ObjPhase::AfterValue => required_rest(props, seen, &mut out),
+                    }
+                    out.push(b'}');
+                }
+                Frame::Key { node, mask, off } => {
+                    let Node::Object(props) = &schema.nodes[node as usize] else { continue };
+                    let k = mask.trailing_zeros() as usize;
+                    let p = &props[k];
+                    out.extend(&p.key[off as usize..]);
+                    out.extend(b"\":");
+                    out.extend(&schema.min_text[p.node as usize]);
+                    // The object below then goes on without this property.
+                    let seen = match self.frames[self.len as usize - 2] {
+                        Frame::Obj { seen, .. } => seen,
+                        _ => 0,
+                    };
+                    required_rest(props, seen | 1 << k, &mut out);
+                    out.push(b'}');
+                    return self.close_below(schema, out, 2);
+                }
+                Frame::Arr { node, count, phase } => {
+                    let Node::Array { items, min, .. } = schema.nodes[node as usize] else { continue };
+                    let item = &schema.min_text[items as usize];
+                    let (first, done) = match phase {
+                        ArrPhase::Open => (false, 0),
+                        ArrPhase::AfterValue => (true, count),
+                        // A value is due; it is counted when it starts.
+                        ArrPhase::Comma => {
+                            out.extend(item);
+                            (true, count + 1)
+                        }
+                    };
+                    for j in done..min.max(done) {
+                        if first || j > 0 {
+                            out.push(b',');
+                        }
+                        out.extend(item);
+                    }
+                    out.push(b']');
+                }
+                Frame::Str { node, len, esc } => {
+                    let Node::String { min, .. } = schema.nodes[node as usize] else { continue };
+                    match esc {
+                        Esc::None => {}
+                        Esc::Backslash => out.push(b'n'),
+                        Esc::Hex(n) => out.extend(std::iter::repeat_n(b'0', 4 - n as usize)),
+                    }
+                    out.extend(std::iter::repeat_n(b'a', min.saturating_sub(len) as usize));
+                    out.push(b'"');
+                }
+                Frame::Lit { node, mask, off } => {
+                    let Node::Literals(alts) = &schema.nodes[node as usize] else { continue };
+                    let rest = (alts.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0))
+                        .map(|(_, a)| &a[(off as usize).min(a.len())..])
+                        .min_by_key(|r| r.len());
+                    out.extend(rest.unwrap_or_default());
+                }
+                Frame::Num { phase, integer } => match phase {
+                    NumPhase::Minus if integer => out.push(b'1'),
+                    NumPhase::Minus | NumPhase::Dot | NumPhase::E | NumPhase::ESign => out.push(b'0'),
+                    _ => {}
+                },
+            }
+        }
+        out
+    }
+
+    /// [`State::closing`] for the frames below the top `skip`.
+    fn close_below(&self, schema: &Schema, mut out: Vec<u8>, skip: u8) -> Vec<u8> {
+        let mut below = *self;
+        below.len = self.len.saturating_sub(skip);
+        out.extend(below.closing(schema));
+        out
+    }
+}

@@ -1,0 +1,196 @@
+//! The vocabulary as the recognizer walks it, built once per instance: a
+//! byte trie of every token that can appear in JSON text, a second of the
+//! tokens that are not plain string content, and the plain ones grouped by
+//! length in characters.
+
+use std::sync::{Arc, OnceLock};
+
+use kiln_sdk::sampler::TokenSet;
+use kiln_sdk::vocabulary;
+
+use crate::machine::State;
+
+/// Plain tokens are grouped by length up to this many characters.
+const LONGEST_GROUP: usize = 16;
+
+/// A byte trie in flat arrays (no allocation per node: building one over a
+/// 49k-token vocabulary is part of every session's start).
+#[derive(Debug, Default)]
+pub struct Trie {
+    byte: Vec<u8>,
+    first_child: Vec<u32>,
+    next_sibling: Vec<u32>,
+    /// The token that ends at each node (`NONE` if none).
+    end: Vec<u32>,
+    /// Further tokens with the same bytes as a node's `end`, by node.
+    more_ends: Vec<(u32, u32)>,
+    /// The root's children by byte: the one wide fan-out, looked up directly.
+    root: Vec<u32>,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl Trie {
+    fn new() -> Trie {
+        let mut t = Trie { root: vec![NONE; 256], ..Trie::default() };
+        t.add_node(0);
+        t
+    }
+
+    fn add_node(&mut self, b: u8) -> u32 {
+        self.byte.push(b);
+        self.first_child.push(NONE);
+        self.next_sibling.push(NONE);
+        self.end.push(NONE);
+        (self.byte.len() - 1) as u32
+    }
+
+    fn child(&self, node: u32, b: u8) -> Option<u32> {
+        if node == 0 {
+            return Some(self.root[b as usize]).filter(|&c| c != NONE);
+        }
+        let mut c = self.first_child[node as usize];
+        while c != NONE {
+            if self.byte[c as usize] == b {
+                return Some(c);
+            }
+            c = self.next_sibling[c as usize];
+        }
+        None
+    }
+
+    fn insert(&mut self, bytes: &[u8], id: u32) {
+        let mut node = 0u32;
+        for &b in bytes {
+            node = match self.child(node, b) {
+                Some(c) => c,
+                None => {
+                    let c = self.add_node(b);
+                    self.next_sibling[c as usize] = self.first_child[node as usize];
+                    self.first_child[node as usize] = c;
+                    if node == 0 {
+                        self.root[b as usize] = c;
+                    }
+                    c
+                }
+            };
+        }
+        match self.end[node as usize] {
+            NONE => self.end[node as usize] = id,
+            _ => self.more_ends.push((node, id)),
+        }
+    }
+
+    fn ends(&self, node: u32, out: &mut Vec<u32>) {
+        out.clear();
+        if self.end[node as usize] != NONE {
+            out.push(self.end[node as usize]);
+            out.extend(self.more_ends.iter().filter(|(n, _)| *n == node).map(|(_, id)| *id));
+        }
+    }
+
+    /// `bytes` as the longest tokens that spell it, left to right; `None`
+    /// when some byte starts no token.
+    pub fn spell(&self, bytes: &[u8]) -> Option<Vec<u32>> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let (mut node, mut best) = (0u32, None);
+            for (i, &b) in bytes[at..].iter().enumerate() {
+                let Some(child) = self.child(node, b) else { break };
+                node = child;
+                if self.end[node as usize] != NONE {
+                    best = Some((self.end[node as usize], i + 1));
+                }
+            }
+            let (id, len) = best?;
+            out.push(id);
+            at += len;
+        }
+        Some(out)
+    }
+
+    /// Depth-first over every path `feed` accepts from `start`, calling
+    /// `found` with the state after each token's last byte.
+    pub fn walk(&self, start: State, feed: impl Fn(&mut State, u8) -> bool, mut found: impl FnMut(&State, &[u32])) {
+        let mut stack = vec![(0u32, start)];
+        let mut ends = Vec::new();
+        while let Some((node, state)) = stack.pop() {
+            let mut child = self.first_child[node as usize];
+            while child != NONE {
+                let mut next = state;
+                if feed(&mut next, self.byte[child as usize]) {
+                    self.ends(child, &mut ends);
+                    if !ends.is_empty() {
+                        found(&next, &ends);
+                    }
+                    if self.first_child[child as usize] != NONE {
+                        stack.push((child, next));
+                    }
+                }
+                child = self.next_sibling[child as usize];
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Tables {
+    pub all: Trie,
+    pub nonplain: Trie,
+    /// `plain[k]`: plain tokens of exactly `k` characters (k <= LONGEST_GROUP).
+    plain: Vec<Vec<u32>>,
+    /// Longer plain tokens, with their lengths.
+    plain_long: Vec<(u32, u32)>,
+}
+
+impl Tables {
+    /// Adds every plain token of at most `room` characters.
+    pub fn plain_up_to(&self, room: u32, set: &mut TokenSet) {
+        for group in self.plain.iter().take(room.min(LONGEST_GROUP as u32) as usize + 1) {
+            group.iter().for_each(|&id| set.insert(id));
+        }
+        for &(id, chars) in &self.plain_long {
+            if chars <= room {
+                set.insert(id);
+            }
+        }
+    }
+}
+
+/// Special tokens (`<|im_end|>`...) are never part of a JSON answer.
+fn is_special(bytes: &[u8]) -> bool {
+    bytes.len() > 4 && bytes.starts_with(b"<|") && bytes.ends_with(b"|>")
+}
+
+pub fn tables() -> Arc<Tables> {
+    static TABLES: OnceLock<Arc<Tables>> = OnceLock::new();
+    TABLES.get_or_init(|| Arc::new(build())).clone()
+}
+
+fn build() -> Tables {
+    let vocab = vocabulary();
+    let mut t = Tables {
+        all: Trie::new(),
+        nonplain: Trie::new(),
+        plain: vec![Vec::new(); LONGEST_GROUP + 1],
+        plain_long: Vec::new(),
+    };
+    for (id, bytes) in vocab.tokens().enumerate() {
+        let id = id as u32;
+        if bytes.is_empty() || is_special(bytes) || vocab.is_stop(id) {
+            continue;
+        }
+        t.all.insert(bytes, id);
+        if bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
+            let chars = bytes.iter().filter(|b| !(0x80..0xC0).contains(*b)).count();
+            match t.plain.get_mut(chars) {
+                Some(group) => group.push(id),
+                None => t.plain_long.push((id, chars as u32)),
+            }
+        } else {
+            t.nonplain.insert(bytes, id);
+        }
+    }
+    t
+}
