@@ -121,6 +121,14 @@ impl TokenSet {
     pub fn words(&self) -> &[u64] {
         &self.words
     }
+
+    /// Adds every id of `other` (a word at a time).
+    pub fn union_with(&mut self, other: &TokenSet) {
+        if other.words.len() > self.words.len() {
+            self.words.resize(other.words.len(), 0);
+        }
+        self.words.iter_mut().zip(&other.words).for_each(|(w, o)| *w |= o);
+    }
 }
 
 impl FromIterator<u32> for TokenSet {

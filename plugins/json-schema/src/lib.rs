@@ -100,9 +100,14 @@ impl JsonSchema {
         let schema = &self.schema;
         let tables = &self.tables;
         let mut set = TokenSet::with_size(vocabulary().size());
-        // Far from the budget no single token can use up the room: skip the check.
-        let near = room_after.filter(|&room| room < self.state.closing(schema).len() + 64);
-        let fits = |s: &State| near.is_none_or(|room| self.closing_tokens(s) <= room);
+        // A completion takes at most as many tokens as it has bytes: spell it
+        // out only when its bytes would not fit.
+        let fits = |s: &State| {
+            room_after.is_none_or(|room| {
+                let closing = s.closing(schema);
+                closing.len() <= room || tables.all.spell(&closing).is_some_and(|t| t.len() <= room)
+            })
+        };
         let trie = match self.state.string_room(schema) {
             // Plain text inside a string: the precomputed sets by length.
             Some(room) if fits(&self.state) => {

@@ -138,8 +138,8 @@ impl Trie {
 pub struct Tables {
     pub all: Trie,
     pub nonplain: Trie,
-    /// `plain[k]`: plain tokens of exactly `k` characters (k <= LONGEST_GROUP).
-    plain: Vec<Vec<u32>>,
+    /// `plain[k]`: plain tokens of at most `k` characters (k <= LONGEST_GROUP).
+    plain: Vec<TokenSet>,
     /// Longer plain tokens, with their lengths.
     plain_long: Vec<(u32, u32)>,
 }
@@ -147,9 +147,7 @@ pub struct Tables {
 impl Tables {
     /// Adds every plain token of at most `room` characters.
     pub fn plain_up_to(&self, room: u32, set: &mut TokenSet) {
-        for group in self.plain.iter().take(room.min(LONGEST_GROUP as u32) as usize + 1) {
-            group.iter().for_each(|&id| set.insert(id));
-        }
+        set.union_with(&self.plain[room.min(LONGEST_GROUP as u32) as usize]);
         for &(id, chars) in &self.plain_long {
             if chars <= room {
                 set.insert(id);
@@ -173,7 +171,7 @@ fn build() -> Tables {
     let mut t = Tables {
         all: Trie::new(),
         nonplain: Trie::new(),
-        plain: vec![Vec::new(); LONGEST_GROUP + 1],
+        plain: vec![TokenSet::with_size(vocab.size()); LONGEST_GROUP + 1],
         plain_long: Vec::new(),
     };
     for (id, bytes) in vocab.tokens().enumerate() {
@@ -185,12 +183,17 @@ fn build() -> Tables {
         if bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
             let chars = bytes.iter().filter(|b| !(0x80..0xC0).contains(*b)).count();
             match t.plain.get_mut(chars) {
-                Some(group) => group.push(id),
+                Some(set) => set.insert(id),
                 None => t.plain_long.push((id, chars as u32)),
             }
         } else {
             t.nonplain.insert(bytes, id);
         }
+    }
+    // From exactly k characters to at most k.
+    for k in 1..t.plain.len() {
+        let shorter = t.plain[k - 1].clone();
+        t.plain[k].union_with(&shorter);
     }
     t
 }
