@@ -198,7 +198,7 @@ fn install_clients() -> PathBuf {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let installed = Command::new("python3")
-            .args(["-c", "import openai, openapi_spec_validator, schemathesis"])
+            .args(["-c", "import openai, openapi_spec_validator, schemathesis, jsonschema"])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
@@ -220,6 +220,14 @@ fn the_official_openai_python_client_works_against_kiln_serve() {
     let server = Server::start();
     let stdout = run_client("openai_client.py", &format!("http://{}/v1", server.address));
     assert!(stdout.contains("checks passed"), "{stdout}");
+}
+
+#[test]
+fn json_schema_answers_validate_for_two_hundred_random_schemas() {
+    let server = Server::start();
+    let stdout = run_client("json_schema_property.py", &format!("http://{}/v1", server.address));
+    assert!(stdout.contains("answers validated"), "{stdout}");
+    eprintln!("{stdout}");
 }
 
 #[test]

@@ -68,10 +68,16 @@ enum Frame {
         count: u32,
         phase: ArrPhase,
     },
+    /// `need`: UTF-8 continuation bytes still due, the next in `lo..=hi`
+    /// (strict UTF-8: no overlong forms, surrogates or code points past
+    /// U+10FFFF, which a decoder would turn into U+FFFD).
     Str {
         node: NodeId,
         len: u32,
         esc: Esc,
+        need: u8,
+        lo: u8,
+        hi: u8,
     },
     /// Inside one of a node's literals: alternatives `i` of `mask`, `off` bytes in.
     Lit {
@@ -107,7 +113,7 @@ impl State {
     /// The most more characters the open string takes.
     pub fn string_room(&self, schema: &Schema) -> Option<u32> {
         match self.top() {
-            Some(Frame::Str { node, len, esc: Esc::None }) => match schema.nodes[node as usize] {
+            Some(Frame::Str { node, len, esc: Esc::None, need: 0, .. }) => match schema.nodes[node as usize] {
                 Node::String { max, .. } => Some(max.saturating_sub(len)),
                 _ => None,
             },
@@ -218,28 +224,46 @@ impl State {
                     _ => false,
                 }
             }
-            Frame::Str { node, len, esc } => {
+            Frame::Str { node, len, esc, need, lo, hi } => {
                 let Node::String { min, max } = schema.nodes[node as usize] else { return false };
+                let str = |len, esc| Frame::Str { node, len, esc, need: 0, lo: 0x80, hi: 0xBF };
                 let next = match (esc, b) {
+                    (_, _) if need > 0 => {
+                        if !(lo..=hi).contains(&b) {
+                            return false;
+                        }
+                        Frame::Str { node, len, esc, need: need - 1, lo: 0x80, hi: 0xBF }
+                    }
                     (Esc::None, b'"') if len >= min => {
                         self.pop();
                         return true;
                     }
-                    (Esc::None, b'\\') if len < max => Frame::Str { node, len: len + 1, esc: Esc::Backslash },
-                    (Esc::None, 0x20..) if b != b'"' && b != b'\\' => {
-                        // A character starts at every byte but UTF-8 continuation bytes.
-                        let starts = !(0x80..0xC0).contains(&b);
-                        if starts && len >= max {
-                            return false;
-                        }
-                        Frame::Str { node, len: len + u32::from(starts), esc: Esc::None }
+                    (Esc::None, _) if len >= max => return false,
+                    (Esc::None, b'\\') => str(len + 1, Esc::Backslash),
+                    (Esc::None, 0x20..=0x7F) if b != b'"' => str(len + 1, Esc::None),
+                    // A lead byte: its continuation bytes are due, the first
+                    // one's range set by the lead (RFC 3629).
+                    (Esc::None, 0xC2..=0xDF) => Frame::Str { node, len: len + 1, esc, need: 1, lo: 0x80, hi: 0xBF },
+                    (Esc::None, 0xE0..=0xEF) => {
+                        let (lo, hi) = match b {
+                            0xE0 => (0xA0, 0xBF),
+                            0xED => (0x80, 0x9F),
+                            _ => (0x80, 0xBF),
+                        };
+                        Frame::Str { node, len: len + 1, esc, need: 2, lo, hi }
                     }
-                    (Esc::Backslash, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
-                        Frame::Str { node, len, esc: Esc::None }
+                    (Esc::None, 0xF0..=0xF4) => {
+                        let (lo, hi) = match b {
+                            0xF0 => (0x90, 0xBF),
+                            0xF4 => (0x80, 0x8F),
+                            _ => (0x80, 0xBF),
+                        };
+                        Frame::Str { node, len: len + 1, esc, need: 3, lo, hi }
                     }
-                    (Esc::Backslash, b'u') => Frame::Str { node, len, esc: Esc::Hex(0) },
+                    (Esc::Backslash, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => str(len, Esc::None),
+                    (Esc::Backslash, b'u') => str(len, Esc::Hex(0)),
                     (Esc::Hex(n), b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
-                        Frame::Str { node, len, esc: if n == 3 { Esc::None } else { Esc::Hex(n + 1) } }
+                        str(len, if n == 3 { Esc::None } else { Esc::Hex(n + 1) })
                     }
                     _ => return false,
                 };
@@ -308,7 +332,9 @@ impl State {
         match &schema.nodes[node as usize] {
             Node::Object(_) => b == b'{' && self.push(Frame::Obj { node, seen: 0, phase: ObjPhase::Open }),
             Node::Array { .. } => b == b'[' && self.push(Frame::Arr { node, count: 0, phase: ArrPhase::Open }),
-            Node::String { .. } => b == b'"' && self.push(Frame::Str { node, len: 0, esc: Esc::None }),
+            Node::String { .. } => {
+                b == b'"' && self.push(Frame::Str { node, len: 0, esc: Esc::None, need: 0, lo: 0x80, hi: 0xBF })
+            }
             Node::Number { integer } => {
                 let phase = match b {
                     b'-' => NumPhase::Minus,
@@ -416,8 +442,13 @@ impl State {
                     }
                     out.push(b']');
                 }
-                Frame::Str { node, len, esc } => {
+                Frame::Str { node, len, esc, need, lo, .. } => {
                     let Node::String { min, .. } = schema.nodes[node as usize] else { continue };
+                    // Finish the character under way first.
+                    if need > 0 {
+                        out.push(lo);
+                        out.extend(std::iter::repeat_n(0x80, need as usize - 1));
+                    }
                     match esc {
                         Esc::None => {}
                         Esc::Backslash => out.push(b'n'),

@@ -269,3 +269,19 @@ fn closing_completes_any_prefix_into_a_valid_document() {
         assert!(valid(&schema, &value, &schema), "{text}");
     }
 }
+
+#[test]
+fn strings_hold_whole_utf8_characters_only() {
+    let compiled =
+        Schema::compile(r#"{"type": "object", "properties": {"s": {"type": "string", "maxLength": 2}}}"#).unwrap();
+    let done = |s: &[u8]| State::new(&compiled).feed_all(&compiled, s).is_some_and(|st| st.is_done());
+    assert!(done("{\"s\":\"éa\"}".as_bytes()));
+    for bad in [&b"{\"s\":\"\x80\"}"[..], b"{\"s\":\"\xc3\"}", b"{\"s\":\"\xe0\x80\x80\"}", b"{\"s\":\"\xed\xa0\x80\"}"]
+    {
+        assert!(!done(bad), "{:?} accepted", String::from_utf8_lossy(bad));
+    }
+    // Closing finishes a character under way.
+    let state = State::new(&compiled).feed_all(&compiled, b"{\"s\":\"\xe2\x82").unwrap();
+    let closed = [&b"{\"s\":\"\xe2\x82"[..], &state.closing(&compiled)].concat();
+    assert!(std::str::from_utf8(&closed).is_ok() && done(&closed), "{closed:?}");
+}

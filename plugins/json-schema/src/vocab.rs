@@ -180,8 +180,10 @@ fn build() -> Tables {
             continue;
         }
         t.all.insert(bytes, id);
-        if bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
-            let chars = bytes.iter().filter(|b| !(0x80..0xC0).contains(*b)).count();
+        // Plain: string text that is whole UTF-8 characters by itself.
+        let whole = std::str::from_utf8(bytes).ok().filter(|t| t.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'));
+        if let Some(text) = whole {
+            let chars = text.chars().count();
             match t.plain.get_mut(chars) {
                 Some(set) => set.insert(id),
                 None => t.plain_long.push((id, chars as u32)),
