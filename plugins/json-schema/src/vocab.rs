@@ -24,15 +24,22 @@ pub struct Trie {
     end: Vec<u32>,
     /// Further tokens with the same bytes as a node's `end`, by node.
     more_ends: Vec<(u32, u32)>,
-    /// The root's children by byte: the one wide fan-out, looked up directly.
-    root: Vec<u32>,
+    /// Children by byte of the nodes with many (the root, a space...), looked
+    /// up directly: `wide_of[node]` indexes `wide` (`NONE`: a short list).
+    wide_of: Vec<u32>,
+    wide: Vec<[u32; 256]>,
+    /// Children per node, to know when a node turns wide.
+    fanout: Vec<u16>,
 }
+
+/// A node with more children than this gets a direct table.
+const WIDE: u16 = 12;
 
 const NONE: u32 = u32::MAX;
 
 impl Trie {
     fn new() -> Trie {
-        let mut t = Trie { root: vec![NONE; 256], ..Trie::default() };
+        let mut t = Trie::default();
         t.add_node(0);
         t
     }
@@ -42,12 +49,14 @@ impl Trie {
         self.first_child.push(NONE);
         self.next_sibling.push(NONE);
         self.end.push(NONE);
+        self.wide_of.push(NONE);
+        self.fanout.push(0);
         (self.byte.len() - 1) as u32
     }
 
     fn child(&self, node: u32, b: u8) -> Option<u32> {
-        if node == 0 {
-            return Some(self.root[b as usize]).filter(|&c| c != NONE);
+        if let Some(table) = self.wide.get(self.wide_of[node as usize] as usize) {
+            return Some(table[b as usize]).filter(|&c| c != NONE);
         }
         let mut c = self.first_child[node as usize];
         while c != NONE {
@@ -68,8 +77,20 @@ impl Trie {
                     let c = self.add_node(b);
                     self.next_sibling[c as usize] = self.first_child[node as usize];
                     self.first_child[node as usize] = c;
-                    if node == 0 {
-                        self.root[b as usize] = c;
+                    self.fanout[node as usize] += 1;
+                    match self.wide.get_mut(self.wide_of[node as usize] as usize) {
+                        Some(table) => table[b as usize] = c,
+                        None if self.fanout[node as usize] > WIDE => {
+                            let mut table = [NONE; 256];
+                            let mut child = self.first_child[node as usize];
+                            while child != NONE {
+                                table[self.byte[child as usize] as usize] = child;
+                                child = self.next_sibling[child as usize];
+                            }
+                            self.wide.push(table);
+                            self.wide_of[node as usize] = (self.wide.len() - 1) as u32;
+                        }
+                        None => {}
                     }
                     c
                 }
