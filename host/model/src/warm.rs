@@ -16,16 +16,24 @@ use rayon::Yield;
 
 /// Held by the one step whose workers poll. Two polling steps at once could
 /// deadlock: each stepper, waiting inside its own step, may pick up the other
-/// step's polling loop and then spin until that step ends. A step that finds
-/// it taken (two engines in one process, as in tests) runs without polling;
-/// a worker of its own that polls for the other step only waits for a step
-/// that needs nothing from it.
+/// step's polling loop and then spin until that step ends. Steps of several
+/// engines in one process (as in tests) therefore take turns.
 static POLLING: Mutex<()> = Mutex::new(());
 
 /// Runs `step` on a pool worker while the pool's other workers poll for its
 /// tasks instead of sleeping. Returns `step`'s result.
 pub(crate) fn with_warm_workers<T: Send>(step: impl FnOnce() -> T + Send) -> T {
-    let _polling = match POLLING.try_lock() {
+    // From outside the pool (an engine's thread), wait for a step that holds
+    // it: a second step running beside a polling one, in the same pool, was
+    // seen to deadlock (two engines in one test process; one's step taken
+    // up by the other's polling worker). Inside the pool a worker must not
+    // block (the polling step's broadcast needs every worker): it runs
+    // without polling.
+    let held = match rayon::current_thread_index() {
+        None => Ok(POLLING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())),
+        Some(_) => POLLING.try_lock(),
+    };
+    let _polling = match held {
         Ok(guard) => guard,
         // A step that panicked held it; the lock guards no data.
         Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
