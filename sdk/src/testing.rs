@@ -91,3 +91,20 @@ pub fn run_sampler<S: Sampler>(
     }
     out
 }
+
+/// Pseudo-random logits over `size` tokens for [`run_sampler`] (a fixed
+/// LCG): the same for a seed and step every run, different between steps
+/// and seeds, so a constraint is exercised against many choices.
+pub fn random_logits(seed: u64, size: usize) -> impl FnMut(&[u32]) -> Vec<f32> {
+    move |generated: &[u32]| {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add((generated.len() as u64).wrapping_mul(1442695040888963407));
+        (0..size)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 40) as f32 / (1u64 << 24) as f32 * 10.0
+            })
+            .collect()
+    }
+}

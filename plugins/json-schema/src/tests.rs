@@ -2,7 +2,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use kiln_sdk::Vocabulary;
-use kiln_sdk::testing::{run_sampler, with_vocabulary};
+use kiln_sdk::testing::{random_logits as logits, run_sampler, with_vocabulary};
 
 /// Single bytes, JSON pieces, words, and tokens that would break JSON.
 fn vocab() -> Vocabulary {
@@ -47,21 +47,6 @@ fn vocab() -> Vocabulary {
     }
     let eos = tokens.iter().position(|t| t == b"<|im_end|>").unwrap() as u32;
     Vocabulary::new(tokens, vec![eos])
-}
-
-/// Pseudo-random logits (a fixed LCG), different each step and seed.
-fn logits(seed: u64, size: usize) -> impl FnMut(&[u32]) -> Vec<f32> {
-    move |generated: &[u32]| {
-        let mut x = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add((generated.len() as u64).wrapping_mul(1442695040888963407));
-        (0..size)
-            .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                (x >> 40) as f32 / (1u64 << 24) as f32 * 10.0
-            })
-            .collect()
-    }
 }
 
 /// The output, or `None` when the budget cannot hold the schema's shortest answer.
