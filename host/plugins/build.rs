@@ -14,8 +14,10 @@ const PLUGINS: &[&str] = &[
     "redact",
     "json-mode",
     "json-schema",
+    "tool-calls",
     "hostile-sampler",
     "tagger",
+    "legacy-shout",
 ];
 
 fn main() {

@@ -15,6 +15,10 @@
 //! `cargo build --release --target wasm32-wasip2`: the `.wasm` file is the
 //! component. Test the logic natively with the helpers in [`testing`].
 //!
+//! The bindings target the contract `kiln:plugin@0.2.0`. Components built
+//! with an SDK for 0.1.0 keep loading in the host as they are; to rebuild
+//! one with this SDK, see the migration notes in `sdk/README.md`.
+//!
 //! # A complete sampler plugin
 //!
 //! `Cargo.toml`: `[lib] crate-type = ["cdylib", "rlib"]` and a dependency on
@@ -34,13 +38,13 @@
 //!         Ok(MinLength { left: config.parse_or("min_tokens", 16)? })
 //!     }
 //!
-//!     fn step(&mut self, _last: Option<u32>) -> StepPlan {
+//!     fn step(&mut self, _last: Option<u32>) -> Result<StepPlan, String> {
 //!         if self.left == 0 {
-//!             return StepPlan::sample();
+//!             return Ok(StepPlan::sample());
 //!         }
 //!         self.left -= 1;
 //!         let vocab = vocabulary();
-//!         StepPlan { bias: vocab.stop_ids().iter().map(|&id| (id, -100.0)).collect(), ..StepPlan::sample() }
+//!         Ok(StepPlan { bias: vocab.stop_ids().iter().map(|&id| (id, -100.0)).collect(), ..StepPlan::sample() })
 //!     }
 //! }
 //!
@@ -66,9 +70,11 @@ pub mod sampler;
 pub mod template;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+mod tools;
 mod vocabulary;
 
 pub use config::Config;
+pub use tools::{Tool, ToolCall, ToolChoice, ToolSyntax};
 pub use vocabulary::{Vocabulary, vocabulary};
 
 /// Who a plugin is, as the host shows it in errors, metrics and

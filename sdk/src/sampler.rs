@@ -14,8 +14,8 @@ use crate::{Config, PluginInfo};
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
-        world: "kiln:plugin/sampler-plugin",
+        path: "../wit/plugin.wit",
+        world: "kiln:plugin/sampler-plugin@0.2.0",
         pub_export_macro: true,
         export_macro_name: "export_sampler_world",
         default_bindings_module: "kiln_sdk::sampler::bindings",
@@ -198,7 +198,9 @@ pub trait Sampler: Sized + 'static {
     fn new(params: SamplingParams, prompt: &[u32], config: &Config) -> Result<Self, String>;
 
     /// The plan for the next token; `last` is the token emitted before it.
-    fn step(&mut self, last: Option<u32>) -> StepPlan;
+    /// An error fails the request with this message (say what is wrong in
+    /// the client's terms: it reaches the client).
+    fn step(&mut self, last: Option<u32>) -> Result<StepPlan, String>;
 
     /// Picks among the top candidates (most likely first) when the plan set
     /// `choose_from`. By default, the most likely.
@@ -240,8 +242,8 @@ impl<T: Sampler> wit::GuestSequence for Sequence<T> {
         Ok(wit::Sequence::new(Sequence(RefCell::new(sampler))))
     }
 
-    fn step(&self, last: Option<u32>) -> wit::StepPlan {
-        self.0.borrow_mut().step(last).into()
+    fn step(&self, last: Option<u32>) -> Result<wit::StepPlan, String> {
+        self.0.borrow_mut().step(last).map(Into::into)
     }
 
     fn choose(&self, candidates: Vec<wit::Candidate>) -> u32 {

@@ -5,14 +5,14 @@
 
 use std::marker::PhantomData;
 
-use crate::{Config, PluginInfo};
+use crate::{Config, PluginInfo, Tool, ToolCall, ToolChoice, ToolSyntax};
 
 /// Bindings generated from `wit/` (the `template-plugin` world).
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
-        world: "kiln:plugin/template-plugin",
+        path: "../wit/plugin.wit",
+        world: "kiln:plugin/template-plugin@0.2.0",
         pub_export_macro: true,
         export_macro_name: "export_template_world",
         default_bindings_module: "kiln_sdk::template::bindings",
@@ -22,13 +22,29 @@ pub mod bindings {
 use bindings::exports::kiln::plugin::template as wit;
 use bindings::kiln::plugin::types as wit_types;
 
+crate::tools::tool_conversions!(bindings::kiln::plugin::types);
+
 /// One chat turn.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChatMessage {
     /// `system`, `developer`, `user`, `assistant` or `tool`.
     pub role: String,
-    /// The turn's text.
+    /// The turn's text (may be empty, e.g. an assistant turn that only
+    /// calls tools).
     pub content: String,
+    /// An assistant turn's calls, in order (empty otherwise).
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` turn: the id of the call it answers.
+    pub tool_call_id: Option<String>,
+    /// The participant's or the tool's name, when the client gave one.
+    pub name: Option<String>,
+}
+
+impl ChatMessage {
+    /// A turn with only a role and text.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage { role: role.into(), content: content.into(), ..ChatMessage::default() }
+    }
 }
 
 /// What a template renders from, given anew for each request.
@@ -47,6 +63,10 @@ pub struct TemplateInput {
     pub eos_token: String,
     /// The pipeline's configuration for this plugin.
     pub config: Config,
+    /// The functions the model may call (empty: none).
+    pub tools: Vec<Tool>,
+    /// Whether and how it is to call them.
+    pub tool_choice: ToolChoice,
 }
 
 /// What a template produces: the prompt, and extra stop sequences.
@@ -58,6 +78,9 @@ pub struct Rendered {
     /// Stop sequences on top of the request's own (e.g. the template's
     /// end-of-turn marker).
     pub stop: Vec<String>,
+    /// The syntax the prompt asks the model to write tool calls in (`None`
+    /// when it offers no tools).
+    pub tool_syntax: Option<ToolSyntax>,
 }
 
 /// A prompt template. Stateless: one call per request.
@@ -82,15 +105,34 @@ impl<T: Template + Described> wit::Guest for Component<T> {
     }
 
     fn render(input: wit::TemplateInput) -> Result<wit::Rendered, String> {
+        let messages = input.messages.into_iter().map(|m| ChatMessage {
+            role: m.role,
+            content: m.content,
+            tool_calls: m.tool_calls.into_iter().map(Into::into).collect(),
+            tool_call_id: m.tool_call_id,
+            name: m.name,
+        });
+        let tool_choice = match input.tool_choice {
+            wit_types::ToolChoice::Auto => ToolChoice::Auto,
+            wit_types::ToolChoice::None => ToolChoice::None,
+            wit_types::ToolChoice::Required => ToolChoice::Required,
+            wit_types::ToolChoice::Function(name) => ToolChoice::Function(name),
+        };
         let input = TemplateInput {
-            messages: input.messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect(),
+            messages: messages.collect(),
             add_generation_prompt: input.add_generation_prompt,
             chat_template: input.chat_template,
             bos_token: input.bos_token,
             eos_token: input.eos_token,
             config: Config(input.config),
+            tools: input.tools.into_iter().map(Into::into).collect(),
+            tool_choice,
         };
-        T::render(input).map(|r| wit::Rendered { prompt: r.prompt, stop: r.stop })
+        T::render(input).map(|r| wit::Rendered {
+            prompt: r.prompt,
+            stop: r.stop,
+            tool_syntax: r.tool_syntax.map(Into::into),
+        })
     }
 }
 

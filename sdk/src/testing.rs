@@ -34,22 +34,23 @@ pub fn run_post_process<P: PostProcess>(filter: &mut P, chunks: &[&str], reason:
     let mut out = String::new();
     for chunk in chunks {
         match filter.on_chunk(chunk) {
-            ChunkAction::Emit(text) => out.push_str(&text),
-            ChunkAction::Stop(text) => {
-                out.push_str(&text);
+            ChunkAction::Emit(emitted) => out.push_str(&emitted.text),
+            ChunkAction::Stop(emitted) => {
+                out.push_str(&emitted.text);
                 return (out, Ended::Stopped);
             }
             ChunkAction::Abort(message) => return (out, Ended::Aborted(message)),
         }
     }
-    out.push_str(&filter.finish(reason));
+    out.push_str(&filter.finish(reason).text);
     (out, Ended::Finished(reason))
 }
 
 /// Generates up to `max_tokens` greedily as the host would with `sampler`'s
 /// plans: `logits(generated)` plays the model. Forced tokens are emitted,
 /// the allowed set and bias are applied, `choose_from` asks the sampler,
-/// `stop` ends. Returns the generated ids.
+/// `stop` ends. Returns the generated ids; a step's error panics with its
+/// message.
 pub fn run_sampler<S: Sampler>(
     sampler: &mut S,
     mut logits: impl FnMut(&[u32]) -> Vec<f32>,
@@ -57,7 +58,7 @@ pub fn run_sampler<S: Sampler>(
 ) -> Vec<u32> {
     let mut out: Vec<u32> = Vec::new();
     while out.len() < max_tokens {
-        let plan = sampler.step(out.last().copied());
+        let plan = sampler.step(out.last().copied()).unwrap_or_else(|e| panic!("the sampler failed: {e}"));
         if plan.stop {
             break;
         }

@@ -1,7 +1,7 @@
 //! The SDK's own pieces, natively.
 
 use crate::Config;
-use crate::post_process::{ChunkAction, FinishReason, PostProcess};
+use crate::post_process::{ChunkAction, Emitted, FinishReason, Options, PostProcess};
 use crate::sampler::{Candidate, Sampler, SamplingParams, StepPlan, TokenSet};
 use crate::testing::{Ended, run_post_process, run_sampler, with_vocabulary};
 use crate::{Vocabulary, vocabulary};
@@ -46,14 +46,14 @@ impl Sampler for Scripted {
         Ok(Scripted { step: 0 })
     }
 
-    fn step(&mut self, _: Option<u32>) -> StepPlan {
+    fn step(&mut self, _: Option<u32>) -> Result<StepPlan, String> {
         self.step += 1;
-        match self.step {
+        Ok(match self.step {
             1 => StepPlan::force(vec![1]),
             2 => StepPlan::only((0..10).filter(|i| i % 2 == 0).collect()),
             3 => StepPlan { choose_from: 3, ..StepPlan::sample() },
             _ => StepPlan::stop(),
-        }
+        })
     }
 
     fn choose(&mut self, candidates: &[Candidate]) -> u32 {
@@ -72,26 +72,26 @@ fn the_sampler_harness_carries_out_every_kind_of_plan() {
 struct Upper;
 
 impl PostProcess for Upper {
-    fn new(_: &[String], _: &Config) -> Result<Self, String> {
+    fn new(_: &Options) -> Result<Self, String> {
         Ok(Upper)
     }
 
     fn on_chunk(&mut self, text: &str) -> ChunkAction {
         if text.contains('!') {
-            ChunkAction::Stop(text.replace('!', "").to_uppercase())
+            ChunkAction::stop(text.replace('!', "").to_uppercase())
         } else {
-            ChunkAction::Emit(text.to_uppercase())
+            ChunkAction::emit(text.to_uppercase())
         }
     }
 
-    fn finish(&mut self, _: FinishReason) -> String {
+    fn finish(&mut self, _: FinishReason) -> Emitted {
         ".".into()
     }
 }
 
 #[test]
 fn the_post_process_harness_reports_how_the_stream_ended() {
-    let mut p = Upper::new(&[], &Config::default()).unwrap();
+    let mut p = Upper::new(&Options::default()).unwrap();
     assert_eq!(
         run_post_process(&mut p, &["ab", "c"], FinishReason::Length),
         ("ABC.".into(), Ended::Finished(FinishReason::Length))

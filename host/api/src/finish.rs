@@ -18,11 +18,13 @@ impl Usage {
     }
 }
 
-/// Why generation ended: `stop` (an end-of-sequence token or a stop string) or
-/// `length` (`max_tokens` or the context window reached).
+/// Why generation ended: `stop` (an end-of-sequence token or a stop string),
+/// `length` (`max_tokens` or the context window reached) or, on chat
+/// completions, `tool_calls` (the model called tools).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     Stop,
     Length,
+    ToolCalls,
 }

@@ -18,6 +18,7 @@ pub mod plugins;
 pub mod sampling;
 pub mod tasks;
 pub mod tokenize;
+pub mod tools;
 
 pub use error::{ErrorBody, ErrorDetail};
 pub use finish::{FinishReason, Usage};

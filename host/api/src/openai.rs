@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::tools::{ToolCall, ToolCallDelta, ToolChoiceParam, ToolSpec};
 use crate::{FinishReason, SamplingKnobs, StopSequences, Usage};
 
 /// Sampling fields shared by chat completions and completions, moved out of
@@ -97,6 +98,10 @@ pub struct ChatMessage {
     pub role: String,
     pub content: Option<MessageContent>,
     pub name: Option<String>,
+    /// An assistant turn's calls, as an earlier answer returned them.
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// A `tool` turn: the id of the call whose result it carries.
+    pub tool_call_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -144,9 +149,15 @@ pub struct ChatCompletionRequest {
     #[serde(default, deserialize_with = "crate::integer::option")]
     pub top_logprobs: Option<u32>,
     pub response_format: Option<ResponseFormat>,
-    /// Tool calling is not supported: a non-empty list is refused.
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub tools: Option<Vec<serde_json::Value>>,
+    /// Functions the model may call (at most 128). Calls come back in the
+    /// message's `tool_calls`, with `finish_reason: tool_calls`.
+    pub tools: Option<Vec<ToolSpec>>,
+    /// `auto` (the default with tools), `none`, `required`, or a named
+    /// function; with `required` or a name the call is constrained to the
+    /// function's schema, so it always parses.
+    pub tool_choice: Option<ToolChoiceParam>,
+    /// Default true; false keeps only the first call of an answer.
+    pub parallel_tool_calls: Option<bool>,
     /// kiln's extension, `POST /v1/chat/completions/async` only: told of the
     /// task's end by a signed POST.
     pub webhook_url: Option<String>,
@@ -156,7 +167,10 @@ pub struct ChatCompletionRequest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AssistantMessage {
     pub role: String,
-    pub content: String,
+    /// `null` when the answer is only tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -204,6 +218,8 @@ pub struct ChatDelta {
     pub role: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -25,6 +25,9 @@ pub struct PluginStatus {
     pub description: Option<String>,
     /// Hex sha256 of the serving component file.
     pub sha256: Option<String>,
+    /// The plugin contract (`wit/`) version the component was built
+    /// against: `0.2.0`, or `0.1.0` (served through the host's adapter).
+    pub contract: Option<String>,
     /// `built-in`, `file` or `upload`.
     pub source: String,
     /// The plugin's file, for `source: file`.

@@ -1,22 +1,37 @@
 //! kiln-chat: renders chat messages into prompt text with the model's own
 //! Jinja chat template (the `tokenizer.chat_template` of its GGUF), as
 //! Hugging Face's `apply_chat_template` does. Models without one get ChatML.
+//! Tools render through the model's template when it knows them, and
+//! through kiln's Hermes-style fallback when it does not (`tools`).
 
 #![forbid(unsafe_code)]
+
+mod tools;
 
 use minijinja::{Environment, ErrorKind, context};
 use serde::Serialize;
 
-/// One chat turn.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub use tools::{Tool, ToolCall, ToolChoice, ToolSyntax, fallback_instructions, fallback_messages, template_syntax};
+
+/// One chat turn. The tool fields are left out of what the template sees
+/// when empty: templates test `'tool_calls' in message`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's calls.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` turn: the call it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage { role: role.into(), content: content.into(), ..ChatMessage::default() }
     }
 }
 
@@ -70,15 +85,44 @@ impl ChatTemplate {
 
     /// Renders `messages`; `add_generation_prompt` opens the assistant's turn.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatError> {
+        Ok(self.render_with_tools(messages, &[], add_generation_prompt)?.0)
+    }
+
+    /// Renders `messages` offering `tools`, and says which syntax the prompt
+    /// asks calls in (`None` when no tools are offered). A template that
+    /// knows tools renders them itself; for one that does not, the
+    /// conversation is rewritten with kiln's Hermes-style fallback.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[Tool],
+        add_generation_prompt: bool,
+    ) -> Result<(String, Option<ToolSyntax>), ChatError> {
+        let uses_tools = !tools.is_empty() || messages.iter().any(|m| m.role == "tool" || !m.tool_calls.is_empty());
+        let native = template_syntax(&self.source);
+        let rewritten;
+        let messages = match native {
+            None if uses_tools => {
+                rewritten = fallback_messages(messages, tools);
+                &rewritten[..]
+            }
+            _ => messages,
+        };
         let template = self.env.get_template("chat").map_err(|e| ChatError::Render(e.to_string()))?;
-        template
+        // `tools` is undefined, not empty, when none are offered: templates
+        // test `tools is not none` / `tools is defined`.
+        let tools_value = (native.is_some() && !tools.is_empty()).then_some(tools);
+        let prompt = template
             .render(context! {
                 messages => messages,
+                tools => tools_value,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
             })
-            .map_err(|e| ChatError::Render(e.to_string()))
+            .map_err(|e| ChatError::Render(e.to_string()))?;
+        let syntax = (!tools.is_empty()).then(|| native.unwrap_or(ToolSyntax::Hermes));
+        Ok((prompt, syntax))
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use kiln_engine::{Engine, EngineConfig, GenerateRequest, SamplingParams, TokenEvent};
 use kiln_model::Model;
-use kiln_pipeline::{ModelTemplate, PluginHost, PluginsConfig};
+use kiln_pipeline::{Conversation, ModelTemplate, PluginHost, PluginsConfig};
 use kiln_tokenizer::Tokenizer;
 
 const QUESTIONS: [&str; 8] = [
@@ -46,9 +46,16 @@ impl Bench {
                     bos_token: self.template.bos_token(),
                     eos_token: self.template.eos_token(),
                 };
-                let text = match resolved.render([("user", question)], true, model) {
+                let messages = [kiln_chat::ChatMessage::new("user", question)];
+                let conversation = Conversation {
+                    messages: &messages,
+                    tools: &[],
+                    tool_choice: &kiln_chat::ToolChoice::Auto,
+                    add_generation_prompt: true,
+                };
+                let text = match resolved.render(&conversation, model) {
                     Some(rendered) => rendered.unwrap().prompt,
-                    None => self.template.render(&[kiln_chat::ChatMessage::new("user", question)], true).unwrap(),
+                    None => self.template.render(&messages, true).unwrap(),
                 };
                 let prompt = self.tokenizer.encode(&text, true).unwrap();
                 let policy = resolved.sampler(&params, &prompt, tokens).unwrap();

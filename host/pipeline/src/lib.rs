@@ -14,6 +14,7 @@ mod config;
 mod policy;
 mod post;
 mod registry;
+mod tools;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -22,7 +23,8 @@ use std::sync::Arc;
 
 use kiln_engine::{SamplingParams, SamplingPolicy};
 use kiln_plugins::{
-    ChatMessage, Loaded, PluginKind, PostProcessPlugin, Rendered, Runtime, SamplerPlugin, TemplateInput, TemplatePlugin,
+    ChatMessage, Loaded, OutputOptions, PluginKind, PostProcessPlugin, PostProcessSession, Runtime, SamplerPlugin,
+    TemplateInput, TemplatePlugin,
 };
 use kiln_tokenizer::Tokenizer;
 
@@ -36,14 +38,18 @@ pub use config::{DEFAULT_PIPELINE, NAME_PATTERN, NATIVE_PIPELINE, PipelineSpec, 
 pub use policy::{PluginPolicy, plugin_params};
 pub use post::{PostChain, PostOutput};
 pub use registry::{LoadError, PluginEntry, Source};
+pub use tools::{CallConstraint, call_constraint};
 pub use watch::DirWatcher;
 
 use registry::Registry;
 
 /// The plugin a `response_format: {"type": "json_object"}` request samples with.
 pub const JSON_MODE: &str = "json-mode";
-/// The built-in sampler behind `response_format: json_schema`.
+/// The built-in sampler behind `response_format: json_schema`, and behind a
+/// call the request forces (`tool_choice` `required` or a named function).
 pub const JSON_SCHEMA: &str = "json-schema";
+/// The built-in post-processor that parses the model's tool calls.
+pub const TOOL_CALLS: &str = "tool-calls";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -184,6 +190,9 @@ impl PluginHost {
         if name == JSON_SCHEMA {
             uses.push(("response_format json_schema".into(), PluginKind::Sampler));
         }
+        if name == TOOL_CALLS {
+            uses.push(("tools".into(), PluginKind::PostProcess));
+        }
         uses
     }
 
@@ -281,14 +290,50 @@ impl PluginHost {
         max_tokens: usize,
         schema: &str,
     ) -> Result<Box<dyn SamplingPolicy>, PipelineError> {
+        self.schema_policy(params, prompt, max_tokens, vec![("schema".to_string(), schema.to_string())])
+    }
+
+    /// The json-schema sampler forcing one tool call: `constraint`'s schema
+    /// between its prefix and suffix (see [`call_constraint`]).
+    pub fn tool_call_policy(
+        &self,
+        params: &SamplingParams,
+        prompt: &[u32],
+        max_tokens: usize,
+        constraint: &CallConstraint,
+    ) -> Result<Box<dyn SamplingPolicy>, PipelineError> {
+        let config = vec![
+            ("schema".to_string(), constraint.schema.clone()),
+            ("prefix".to_string(), constraint.prefix.to_string()),
+            ("suffix".to_string(), constraint.suffix.to_string()),
+        ];
+        self.schema_policy(params, prompt, max_tokens, config)
+    }
+
+    fn schema_policy(
+        &self,
+        params: &SamplingParams,
+        prompt: &[u32],
+        max_tokens: usize,
+        mut config: Vec<(String, String)>,
+    ) -> Result<Box<dyn SamplingPolicy>, PipelineError> {
         let plugins = self.registry.current.load();
         let Some(Loaded::Sampler(sampler)) = plugins.get(JSON_SCHEMA).and_then(|e| e.loaded.clone()) else {
             return Err(PipelineError::UnknownPlugin(JSON_SCHEMA.into()));
         };
-        let config =
-            vec![("max_tokens".to_string(), max_tokens.to_string()), ("schema".to_string(), schema.to_string())];
+        config.push(("max_tokens".to_string(), max_tokens.to_string()));
         let session = sampler.start(plugin_params(params), prompt, &config)?;
         Ok(Box::new(PluginPolicy::new(session, params.clone())))
+    }
+
+    /// The tool-call parser for one generation that offers tools: it goes
+    /// first in the post-process chain (see [`Resolved::post_chain`]).
+    pub fn tool_call_parser(&self, output: &OutputSetup<'_>) -> Result<PostProcessSession, PipelineError> {
+        let plugins = self.registry.current.load();
+        let Some(Loaded::PostProcess(parser)) = plugins.get(TOOL_CALLS).and_then(|e| e.loaded.clone()) else {
+            return Err(PipelineError::UnknownPlugin(TOOL_CALLS.into()));
+        };
+        Ok(parser.start(&output.options(Vec::new()))?)
     }
 }
 
@@ -322,6 +367,48 @@ pub struct ModelTemplate<'a> {
     pub eos_token: &'a str,
 }
 
+/// A conversation as a template renders it.
+#[derive(Clone, Copy, Debug)]
+pub struct Conversation<'a> {
+    pub messages: &'a [kiln_chat::ChatMessage],
+    /// The functions offered (empty: none).
+    pub tools: &'a [kiln_chat::Tool],
+    pub tool_choice: &'a kiln_chat::ToolChoice,
+    /// Open the assistant's turn at the end.
+    pub add_generation_prompt: bool,
+}
+
+/// A rendered conversation: the prompt, the template's stop strings, and
+/// the syntax it asked the model to write calls in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderedPrompt {
+    pub prompt: String,
+    pub stop: Vec<String>,
+    pub tool_syntax: Option<kiln_chat::ToolSyntax>,
+}
+
+/// What a generation's post-processors are told when they start.
+#[derive(Clone, Copy, Debug)]
+pub struct OutputSetup<'a> {
+    /// Every stop string in force (the request's and the template's).
+    pub stop: &'a [String],
+    /// The functions offered (empty: none).
+    pub tools: &'a [kiln_chat::Tool],
+    /// The syntax the prompt asked calls in.
+    pub tool_syntax: Option<kiln_chat::ToolSyntax>,
+}
+
+impl OutputSetup<'_> {
+    fn options(&self, config: Vec<(String, String)>) -> OutputOptions {
+        OutputOptions {
+            stop: self.stop.to_vec(),
+            tools: tools::plugin_tools(self.tools),
+            tool_syntax: self.tool_syntax.map(tools::plugin_syntax),
+            config,
+        }
+    }
+}
+
 /// A pipeline as one request runs it: the plugin versions current when it
 /// started, kept to the end.
 #[derive(Clone, Debug)]
@@ -334,25 +421,43 @@ pub struct Resolved {
 impl Resolved {
     /// Renders a conversation with the pipeline's template plugin; `None`
     /// when it has none (the host renders).
-    pub fn render<'m>(
+    pub fn render(
         &self,
-        messages: impl IntoIterator<Item = (&'m str, &'m str)>,
-        add_generation_prompt: bool,
+        conversation: &Conversation<'_>,
         model: ModelTemplate<'_>,
-    ) -> Option<Result<Rendered, PluginError>> {
+    ) -> Option<Result<RenderedPrompt, PluginError>> {
         let stage = self.template.as_ref()?;
-        let input = TemplateInput {
-            messages: messages
-                .into_iter()
-                .map(|(role, content)| ChatMessage { role: role.into(), content: content.into() })
+        let messages = conversation.messages.iter().map(|m| ChatMessage {
+            role: m.role.clone(),
+            content: m.content.clone(),
+            tool_calls: m
+                .tool_calls
+                .iter()
+                .map(|c| kiln_plugins::ToolCall {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    arguments: c.arguments.clone(),
+                })
                 .collect(),
-            add_generation_prompt,
+            tool_call_id: m.tool_call_id.clone(),
+            name: m.name.clone(),
+        });
+        let input = TemplateInput {
+            messages: messages.collect(),
+            add_generation_prompt: conversation.add_generation_prompt,
             chat_template: Some(model.source.to_string()),
             bos_token: model.bos_token.to_string(),
             eos_token: model.eos_token.to_string(),
             config: stage.config.to_vec(),
+            tools: tools::plugin_tools(conversation.tools),
+            tool_choice: tools::plugin_choice(conversation.tool_choice),
         };
-        Some(stage.plugin.render(&input))
+        let rendered = stage.plugin.render(&input);
+        Some(rendered.map(|r| RenderedPrompt {
+            prompt: r.prompt,
+            stop: r.stop,
+            tool_syntax: r.tool_syntax.map(tools::chat_syntax),
+        }))
     }
 
     /// The pipeline's sampler for one sequence; `None` when it has none.
@@ -369,10 +474,17 @@ impl Resolved {
         Ok(Some(Box::new(PluginPolicy::new(session, params.clone()))))
     }
 
-    /// The post-process chain for one generation; `stop` is every stop
-    /// string in force (the request's and the template's).
-    pub fn post_chain(&self, stop: &[String]) -> Result<PostChain, PluginError> {
-        let sessions = self.post.iter().map(|s| s.plugin.start(stop, &s.config)).collect::<Result<_, _>>()?;
+    /// The post-process chain for one generation: `first` (the tool-call
+    /// parser, when the request offers tools), then the pipeline's stages.
+    pub fn post_chain(
+        &self,
+        output: &OutputSetup<'_>,
+        first: Option<PostProcessSession>,
+    ) -> Result<PostChain, PluginError> {
+        let mut sessions: Vec<PostProcessSession> = first.into_iter().collect();
+        for stage in &self.post {
+            sessions.push(stage.plugin.start(&output.options(stage.config.to_vec()))?);
+        }
         Ok(PostChain::new(sessions))
     }
 

@@ -26,6 +26,7 @@ pub(crate) const BUILT_IN: &[(&str, &[u8])] = &[
     ("json-schema", kiln_plugins::first_party::JSON_SCHEMA),
     ("stop-sequences", kiln_plugins::first_party::STOP_SEQUENCES),
     ("redact", kiln_plugins::first_party::REDACT),
+    ("tool-calls", kiln_plugins::first_party::TOOL_CALLS),
 ];
 
 /// Where a plugin version came from.

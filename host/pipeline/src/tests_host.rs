@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kiln_plugins::FinishReason;
 
 use crate::tests::loaded;
-use crate::{PipelineError, PipelineSpec, PluginHost, PluginsConfig, PostOutput, Source};
+use crate::{OutputSetup, PipelineError, PipelineSpec, PluginHost, PluginsConfig, PostOutput, Source};
 
 fn host(dir: Option<&std::path::Path>, pipelines: &[(&str, PipelineSpec)]) -> Result<PluginHost, PipelineError> {
     let (_, tokenizer) = loaded();
@@ -26,17 +26,35 @@ fn post(names: &[&str]) -> PipelineSpec {
 #[test]
 fn a_stop_in_an_early_stage_flushes_the_later_ones() {
     let host = host(None, &[("chain", post(&["stop-sequences", "redact"]))]).unwrap();
-    let mut chain = host.resolve(Some("chain")).unwrap().post_chain(&["END".into()]).unwrap();
+    let stop = ["END".to_string()];
+    let output = OutputSetup { stop: &stop, tools: &[], tool_syntax: None };
+    let mut chain = host.resolve(Some("chain")).unwrap().post_chain(&output, None).unwrap();
     let first = chain.push("mail ann@exa").unwrap();
-    assert_eq!(first, PostOutput { text: "mail ".into(), stopped: false });
+    assert_eq!(first, PostOutput { text: "mail ".into(), tool_calls: Vec::new(), stopped: false });
     // The stop ends the text mid-word: redact's held word is masked and let out.
     let second = chain.push("mple.orgEND and more").unwrap();
-    assert_eq!(second, PostOutput { text: "[email]".into(), stopped: true });
+    assert_eq!(second, PostOutput { text: "[email]".into(), tool_calls: Vec::new(), stopped: true });
 
-    let mut chain = host.resolve(Some("chain")).unwrap().post_chain(&["END".into()]).unwrap();
+    let mut chain = host.resolve(Some("chain")).unwrap().post_chain(&output, None).unwrap();
     let text = chain.push("key sk-abcdefghijklmnopqrstuv").unwrap().text;
     let end = chain.finish(FinishReason::Length).unwrap();
     assert_eq!(text + &end.text, "key [api-key]");
+}
+
+#[test]
+fn the_tool_call_parser_goes_first_and_its_calls_skip_the_later_stages() {
+    let host = host(None, &[("chain", post(&["redact"]))]).unwrap();
+    let tools = [kiln_chat::Tool { name: "mail".into(), description: String::new(), parameters: "{}".into() }];
+    let output = OutputSetup { stop: &[], tools: &tools, tool_syntax: Some(kiln_chat::ToolSyntax::Hermes) };
+    let parser = host.tool_call_parser(&output).unwrap();
+    let mut chain = host.resolve(Some("chain")).unwrap().post_chain(&output, Some(parser)).unwrap();
+    let mut out = chain.push("Writing to ann@example.org <tool_call>{\"name\": \"mail\", ").unwrap();
+    out.extend(chain.push("\"arguments\": {\"to\": \"ann@example.org\"}}</tool_call>").unwrap());
+    out.extend(chain.finish(FinishReason::Stop).unwrap());
+    // The text went through redact; the call's arguments did not.
+    assert_eq!(out.text, "Writing to [email]");
+    assert_eq!(out.tool_calls.len(), 1);
+    assert_eq!(out.tool_calls[0].arguments, r#"{"to":"ann@example.org"}"#);
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! allocator): a plugin that traps, loops or exhausts its memory fails that
 //! request only, with an error naming the plugin and its version.
 
+mod legacy;
 mod limits;
 mod metrics;
 mod post_process;
@@ -19,11 +20,12 @@ mod template;
 
 use std::fmt;
 
+pub use legacy::Contract;
 pub use metrics::{MetricsSnapshot, PluginMetrics};
-pub use post_process::{ChunkAction, FinishReason, PostProcessPlugin, PostProcessSession};
+pub use post_process::{ChunkAction, Emitted, FinishReason, OutputOptions, PostProcessPlugin, PostProcessSession};
 pub use runtime::{Loaded, Runtime, RuntimeConfig};
 pub use sampler::{Candidate, SamplerPlugin, SamplerSession, SamplingParams, StepPlan};
-pub use template::{ChatMessage, Rendered, TemplateInput, TemplatePlugin};
+pub use template::{ChatMessage, Rendered, TemplateInput, TemplatePlugin, Tool, ToolCall, ToolChoice, ToolSyntax};
 
 /// Writes through a temporary file in the same folder and a rename, so a
 /// reader (the plugin watcher, another replica sharing the folder) never
@@ -62,6 +64,7 @@ pub mod first_party {
     pub const CHAT_TEMPLATE: &[u8] = embedded!("chat_template.wasm");
     pub const STOP_SEQUENCES: &[u8] = embedded!("stop_sequences.wasm");
     pub const REDACT: &[u8] = embedded!("redact.wasm");
+    pub const TOOL_CALLS: &[u8] = embedded!("tool_calls.wasm");
 }
 
 /// The three kinds of plugin, one WIT world each.
@@ -89,6 +92,8 @@ pub struct PluginInfo {
     pub version: String,
     pub description: String,
     pub kind: PluginKind,
+    /// The contract version the component was built against.
+    pub contract: Contract,
     /// Hex sha256 of the component file.
     pub sha256: String,
 }

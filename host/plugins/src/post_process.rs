@@ -6,27 +6,39 @@ use std::time::Instant;
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceAny};
 
+use crate::legacy::{self, Contract};
 use crate::metrics::{MetricsSnapshot, PluginMetrics};
 use crate::runtime::Shared;
 use crate::state::{HostState, call_failed, new_store};
 use crate::{PluginError, PluginInfo, PluginKind};
 
-mod bindings {
+pub(crate) mod bindings {
     wasmtime::component::bindgen!({
-        path: "../../wit",
+        path: "../../wit/plugin.wit",
         world: "kiln:plugin/post-process-plugin",
+        with: { "kiln:plugin/types@0.2.0": crate::template::bindings::kiln::plugin::types },
     });
 }
 
-pub use bindings::exports::kiln::plugin::post_process::ChunkAction;
+pub use bindings::exports::kiln::plugin::post_process::{ChunkAction, Emitted, OutputOptions};
 pub use bindings::kiln::plugin::types::FinishReason;
 
-impl bindings::kiln::plugin::types::Host for HostState {}
+/// A component linked against the contract version it was built for.
+enum Pre {
+    Current(bindings::PostProcessPluginPre<HostState>),
+    V0_1(legacy::post_process::PostProcessPluginPre<HostState>),
+}
+
+/// An instance of either version.
+enum Instance {
+    Current(bindings::PostProcessPlugin),
+    V0_1(legacy::post_process::PostProcessPlugin),
+}
 
 /// A post-process plugin, linked and pre-instantiated.
 pub struct PostProcessPlugin {
     info: PluginInfo,
-    pre: bindings::PostProcessPluginPre<HostState>,
+    pre: Pre,
     runtime: Arc<Shared>,
     metrics: PluginMetrics,
 }
@@ -39,20 +51,33 @@ impl std::fmt::Debug for PostProcessPlugin {
 
 impl PostProcessPlugin {
     /// Links the component and makes a smoke call (`info`).
-    pub(crate) fn new(runtime: Arc<Shared>, component: Component, sha256: String) -> wasmtime::Result<Self> {
+    pub(crate) fn new(
+        runtime: Arc<Shared>,
+        component: Component,
+        contract: Contract,
+        sha256: String,
+    ) -> wasmtime::Result<Self> {
         let mut linker = Linker::new(&runtime.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::PostProcessPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        let pre = bindings::PostProcessPluginPre::new(linker.instantiate_pre(&component)?)?;
         let mut store = new_store(&runtime);
-        let info = pre.instantiate(&mut store)?.kiln_plugin_post_process().call_info(&mut store)?;
-        let info = PluginInfo {
-            name: info.name,
-            version: info.version,
-            description: info.description,
-            kind: PluginKind::PostProcess,
-            sha256,
+        let (pre, (name, version, description)) = match contract {
+            Contract::Current => {
+                bindings::PostProcessPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+                let pre = bindings::PostProcessPluginPre::new(linker.instantiate_pre(&component)?)?;
+                let info = pre.instantiate(&mut store)?.kiln_plugin_post_process().call_info(&mut store)?;
+                (Pre::Current(pre), (info.name, info.version, info.description))
+            }
+            Contract::V0_1 => {
+                legacy::post_process::PostProcessPlugin::add_to_linker::<HostState, HasSelf<HostState>>(
+                    &mut linker,
+                    |s| s,
+                )?;
+                let pre = legacy::post_process::PostProcessPluginPre::new(linker.instantiate_pre(&component)?)?;
+                let info = pre.instantiate(&mut store)?.kiln_plugin_post_process().call_info(&mut store)?;
+                (Pre::V0_1(pre), (info.name, info.version, info.description))
+            }
         };
+        let info = PluginInfo { name, version, description, kind: PluginKind::PostProcess, contract, sha256 };
         Ok(PostProcessPlugin { info, pre, runtime, metrics: PluginMetrics::default() })
     }
 
@@ -66,26 +91,32 @@ impl PostProcessPlugin {
     }
 
     /// A new output stream in a fresh instance.
-    pub fn start(
-        self: &Arc<Self>,
-        stop: &[String],
-        config: &[(String, String)],
-    ) -> Result<PostProcessSession, PluginError> {
+    pub fn start(self: &Arc<Self>, options: &OutputOptions) -> Result<PostProcessSession, PluginError> {
         let started = Instant::now();
-        let session = self.open(stop, config);
+        let session = self.open(options);
         self.metrics.record(started, &session);
         session
     }
 
-    fn open(self: &Arc<Self>, stop: &[String], config: &[(String, String)]) -> Result<PostProcessSession, PluginError> {
+    fn open(self: &Arc<Self>, options: &OutputOptions) -> Result<PostProcessSession, PluginError> {
         let mut store = new_store(&self.runtime);
         let plugin = self.info.to_string();
-        let instance = match self.pre.instantiate(&mut store) {
+        let instance = match &self.pre {
+            Pre::Current(pre) => pre.instantiate(&mut store).map(Instance::Current),
+            Pre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
+        };
+        let instance = match instance {
             Ok(instance) => instance,
             Err(e) => return Err(call_failed(e, &store, &plugin, &self.runtime)),
         };
         store.set_epoch_deadline(self.runtime.deadline_ticks);
-        let created = instance.kiln_plugin_post_process().output().call_create(&mut store, stop, &config.to_vec());
+        let created = match &instance {
+            Instance::Current(i) => i.kiln_plugin_post_process().output().call_create(&mut store, options),
+            // 0.1.0 knows nothing of tools.
+            Instance::V0_1(i) => {
+                i.kiln_plugin_post_process().output().call_create(&mut store, &options.stop, &options.config)
+            }
+        };
         let output = match created {
             Ok(Ok(output)) => output,
             Ok(Err(message)) => return Err(PluginError::Refused { plugin, message }),
@@ -99,7 +130,7 @@ impl PostProcessPlugin {
 pub struct PostProcessSession {
     plugin: Arc<PostProcessPlugin>,
     store: Store<HostState>,
-    instance: bindings::PostProcessPlugin,
+    instance: Instance,
     output: ResourceAny,
 }
 
@@ -118,18 +149,32 @@ impl PostProcessSession {
     pub fn on_chunk(&mut self, text: &str) -> Result<ChunkAction, PluginError> {
         let started = Instant::now();
         self.store.set_epoch_deadline(self.plugin.runtime.deadline_ticks);
-        let output = self.instance.kiln_plugin_post_process().output();
-        let action = output.call_on_chunk(&mut self.store, self.output, text).map_err(|e| self.failed(e));
+        let (store, output) = (&mut self.store, self.output);
+        let action = match &self.instance {
+            Instance::Current(i) => i.kiln_plugin_post_process().output().call_on_chunk(store, output, text),
+            Instance::V0_1(i) => {
+                i.kiln_plugin_post_process().output().call_on_chunk(store, output, text).map(legacy::chunk_action)
+            }
+        };
+        let action = action.map_err(|e| self.failed(e));
         self.plugin.metrics.record(started, &action);
         action
     }
 
-    /// The end of the generation: the text still held back.
-    pub fn finish(&mut self, reason: FinishReason) -> Result<String, PluginError> {
+    /// The end of the generation: what is still held back.
+    pub fn finish(&mut self, reason: FinishReason) -> Result<Emitted, PluginError> {
         let started = Instant::now();
         self.store.set_epoch_deadline(self.plugin.runtime.deadline_ticks);
-        let output = self.instance.kiln_plugin_post_process().output();
-        let rest = output.call_finish(&mut self.store, self.output, reason).map_err(|e| self.failed(e));
+        let (store, output) = (&mut self.store, self.output);
+        let rest = match &self.instance {
+            Instance::Current(i) => i.kiln_plugin_post_process().output().call_finish(store, output, reason),
+            Instance::V0_1(i) => i
+                .kiln_plugin_post_process()
+                .output()
+                .call_finish(store, output, legacy::finish_reason(reason))
+                .map(|text| Emitted { text, tool_calls: Vec::new() }),
+        };
+        let rest = rest.map_err(|e| self.failed(e));
         self.plugin.metrics.record(started, &rest);
         rest
     }

@@ -14,7 +14,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::post_process::PostProcessPlugin;
 use crate::sampler::SamplerPlugin;
 use crate::template::TemplatePlugin;
-use crate::{PluginError, PluginKind, Vocabulary};
+use crate::{Contract, PluginError, PluginKind, Vocabulary};
 
 /// How often the deadline clock ticks: the resolution of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -152,20 +152,22 @@ impl Runtime {
         let sha256 = hex::encode(Sha256::digest(bytes));
         let component = self.compile(&sha256, bytes).map_err(|e| invalid(format!("{e:#}")))?;
         let shared = self.shared.clone();
-        let loaded = match kind_of(&shared.engine, &component) {
-            Some(PluginKind::Template) => {
-                TemplatePlugin::new(shared, component, sha256).map(|p| Loaded::Template(Arc::new(p)))
+        let Some((kind, contract)) = kind_of(&shared.engine, &component) else {
+            return Err(invalid(
+                "it exports none of kiln's plugin interfaces (template, sampler, post-process) \
+                 at a contract version this host serves (0.1.0, 0.2.0)"
+                    .into(),
+            ));
+        };
+        let loaded = match kind {
+            PluginKind::Template => {
+                TemplatePlugin::new(shared, component, contract, sha256).map(|p| Loaded::Template(Arc::new(p)))
             }
-            Some(PluginKind::Sampler) => {
-                SamplerPlugin::new(shared, component, sha256).map(|p| Loaded::Sampler(Arc::new(p)))
+            PluginKind::Sampler => {
+                SamplerPlugin::new(shared, component, contract, sha256).map(|p| Loaded::Sampler(Arc::new(p)))
             }
-            Some(PluginKind::PostProcess) => {
-                PostProcessPlugin::new(shared, component, sha256).map(|p| Loaded::PostProcess(Arc::new(p)))
-            }
-            None => {
-                return Err(invalid(
-                    "it exports none of kiln's plugin interfaces (template, sampler, post-process)".into(),
-                ));
+            PluginKind::PostProcess => {
+                PostProcessPlugin::new(shared, component, contract, sha256).map(|p| Loaded::PostProcess(Arc::new(p)))
             }
         };
         loaded.map_err(|e| invalid(format!("{e:#}")))
@@ -251,16 +253,17 @@ fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// Which of kiln's interfaces the component exports.
-fn kind_of(engine: &Engine, component: &Component) -> Option<PluginKind> {
+fn kind_of(engine: &Engine, component: &Component) -> Option<(PluginKind, Contract)> {
     let ty = component.component_type();
     ty.exports(engine).find_map(|(name, _)| {
         let name = name.strip_prefix("kiln:plugin/")?;
-        let interface = name.split('@').next()?;
-        match interface {
-            "template" => Some(PluginKind::Template),
-            "sampler" => Some(PluginKind::Sampler),
-            "post-process" => Some(PluginKind::PostProcess),
-            _ => None,
-        }
+        let contract = Contract::of_export(name)?;
+        let kind = match name.split('@').next()? {
+            "template" => PluginKind::Template,
+            "sampler" => PluginKind::Sampler,
+            "post-process" => PluginKind::PostProcess,
+            _ => return None,
+        };
+        Some((kind, contract))
     })
 }

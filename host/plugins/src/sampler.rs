@@ -6,22 +6,22 @@ use std::time::Instant;
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceAny};
 
+use crate::legacy::{self, Contract};
 use crate::metrics::{MetricsSnapshot, PluginMetrics};
 use crate::runtime::Shared;
 use crate::state::{HostState, call_failed, new_store};
 use crate::{PluginError, PluginInfo, PluginKind};
 
-mod bindings {
+pub(crate) mod bindings {
     wasmtime::component::bindgen!({
-        path: "../../wit",
+        path: "../../wit/plugin.wit",
         world: "kiln:plugin/sampler-plugin",
+        with: { "kiln:plugin/types@0.2.0": crate::template::bindings::kiln::plugin::types },
     });
 }
 
 pub use bindings::exports::kiln::plugin::sampler::{Candidate, StepPlan};
 pub use bindings::kiln::plugin::types::SamplingParams;
-
-impl bindings::kiln::plugin::types::Host for HostState {}
 
 impl bindings::kiln::plugin::vocabulary::Host for HostState {
     fn size(&mut self) -> u32 {
@@ -38,11 +38,23 @@ impl bindings::kiln::plugin::vocabulary::Host for HostState {
     }
 }
 
+/// A component linked against the contract version it was built for.
+enum Pre {
+    Current(bindings::SamplerPluginPre<HostState>),
+    V0_1(legacy::sampler::SamplerPluginPre<HostState>),
+}
+
+/// An instance of either version.
+enum Instance {
+    Current(bindings::SamplerPlugin),
+    V0_1(legacy::sampler::SamplerPlugin),
+}
+
 /// A sampler plugin, linked and pre-instantiated: starting a session is a
 /// fresh instance (microseconds).
 pub struct SamplerPlugin {
     info: PluginInfo,
-    pre: bindings::SamplerPluginPre<HostState>,
+    pre: Pre,
     runtime: Arc<Shared>,
     metrics: PluginMetrics,
 }
@@ -56,21 +68,30 @@ impl std::fmt::Debug for SamplerPlugin {
 impl SamplerPlugin {
     /// Links the component and makes a smoke call (`info`), so a file that
     /// cannot serve never replaces one that can.
-    pub(crate) fn new(runtime: Arc<Shared>, component: Component, sha256: String) -> wasmtime::Result<Self> {
+    pub(crate) fn new(
+        runtime: Arc<Shared>,
+        component: Component,
+        contract: Contract,
+        sha256: String,
+    ) -> wasmtime::Result<Self> {
         let mut linker = Linker::new(&runtime.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::SamplerPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        let pre = bindings::SamplerPluginPre::new(linker.instantiate_pre(&component)?)?;
         let mut store = new_store(&runtime);
-        let instance = pre.instantiate(&mut store)?;
-        let info = instance.kiln_plugin_sampler().call_info(&mut store)?;
-        let info = PluginInfo {
-            name: info.name,
-            version: info.version,
-            description: info.description,
-            kind: PluginKind::Sampler,
-            sha256,
+        let (pre, (name, version, description)) = match contract {
+            Contract::Current => {
+                bindings::SamplerPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+                let pre = bindings::SamplerPluginPre::new(linker.instantiate_pre(&component)?)?;
+                let info = pre.instantiate(&mut store)?.kiln_plugin_sampler().call_info(&mut store)?;
+                (Pre::Current(pre), (info.name, info.version, info.description))
+            }
+            Contract::V0_1 => {
+                legacy::sampler::SamplerPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+                let pre = legacy::sampler::SamplerPluginPre::new(linker.instantiate_pre(&component)?)?;
+                let info = pre.instantiate(&mut store)?.kiln_plugin_sampler().call_info(&mut store)?;
+                (Pre::V0_1(pre), (info.name, info.version, info.description))
+            }
         };
+        let info = PluginInfo { name, version, description, kind: PluginKind::Sampler, contract, sha256 };
         Ok(SamplerPlugin { info, pre, runtime, metrics: PluginMetrics::default() })
     }
 
@@ -104,13 +125,25 @@ impl SamplerPlugin {
     ) -> Result<SamplerSession, PluginError> {
         let mut store = new_store(&self.runtime);
         let plugin = self.info.to_string();
-        let instance = match self.pre.instantiate(&mut store) {
+        let instance = match &self.pre {
+            Pre::Current(pre) => pre.instantiate(&mut store).map(Instance::Current),
+            Pre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
+        };
+        let instance = match instance {
             Ok(instance) => instance,
             Err(e) => return Err(call_failed(e, &store, &plugin, &self.runtime)),
         };
         store.set_epoch_deadline(self.runtime.deadline_ticks);
-        let created =
-            instance.kiln_plugin_sampler().sequence().call_create(&mut store, params, prompt, &config.to_vec());
+        let config = config.to_vec();
+        let created = match &instance {
+            Instance::Current(i) => i.kiln_plugin_sampler().sequence().call_create(&mut store, params, prompt, &config),
+            Instance::V0_1(i) => i.kiln_plugin_sampler().sequence().call_create(
+                &mut store,
+                legacy::sampling_params(params),
+                prompt,
+                &config,
+            ),
+        };
         let sequence = match created {
             Ok(Ok(sequence)) => sequence,
             Ok(Err(message)) => return Err(PluginError::Refused { plugin, message }),
@@ -124,7 +157,7 @@ impl SamplerPlugin {
 pub struct SamplerSession {
     plugin: Arc<SamplerPlugin>,
     store: Store<HostState>,
-    instance: bindings::SamplerPlugin,
+    instance: Instance,
     sequence: ResourceAny,
 }
 
@@ -149,8 +182,15 @@ impl SamplerSession {
 
     fn plan(&mut self, last: Option<u32>) -> Result<StepPlan, PluginError> {
         self.store.set_epoch_deadline(self.plugin.runtime.deadline_ticks);
-        let result = self.instance.kiln_plugin_sampler().sequence().call_step(&mut self.store, self.sequence, last);
+        let (store, sequence) = (&mut self.store, self.sequence);
+        let result = match &self.instance {
+            Instance::Current(i) => i.kiln_plugin_sampler().sequence().call_step(store, sequence, last),
+            Instance::V0_1(i) => {
+                i.kiln_plugin_sampler().sequence().call_step(store, sequence, last).map(|p| Ok(legacy::step_plan(p)))
+            }
+        };
         let plan = result.map_err(|e| self.failed(e))?;
+        let plan = plan.map_err(|message| PluginError::Refused { plugin: self.plugin.info.to_string(), message })?;
         check_plan(&plan, self.plugin.runtime.vocabulary.len())
             .map_err(|message| PluginError::Refused { plugin: self.plugin.info.to_string(), message })?;
         Ok(plan)
@@ -166,9 +206,14 @@ impl SamplerSession {
 
     fn pick(&mut self, candidates: &[Candidate]) -> Result<u32, PluginError> {
         self.store.set_epoch_deadline(self.plugin.runtime.deadline_ticks);
-        let sampler = self.instance.kiln_plugin_sampler();
-        let id =
-            sampler.sequence().call_choose(&mut self.store, self.sequence, candidates).map_err(|e| self.failed(e))?;
+        let (store, sequence) = (&mut self.store, self.sequence);
+        let id = match &self.instance {
+            Instance::Current(i) => i.kiln_plugin_sampler().sequence().call_choose(store, sequence, candidates),
+            Instance::V0_1(i) => {
+                i.kiln_plugin_sampler().sequence().call_choose(store, sequence, &legacy::candidates(candidates))
+            }
+        };
+        let id = id.map_err(|e| self.failed(e))?;
         if candidates.iter().any(|c| c.id == id) {
             Ok(id)
         } else {

@@ -5,27 +5,34 @@ use std::time::Instant;
 
 use wasmtime::component::{Component, HasSelf, Linker};
 
+use crate::legacy::{self, Contract};
 use crate::metrics::{MetricsSnapshot, PluginMetrics};
 use crate::runtime::Shared;
 use crate::state::{HostState, call_failed, new_store};
 use crate::{PluginError, PluginInfo, PluginKind};
 
-mod bindings {
+pub(crate) mod bindings {
     wasmtime::component::bindgen!({
-        path: "../../wit",
+        path: "../../wit/plugin.wit",
         world: "kiln:plugin/template-plugin",
     });
 }
 
 pub use bindings::exports::kiln::plugin::template::{Rendered, TemplateInput};
-pub use bindings::kiln::plugin::types::ChatMessage;
+pub use bindings::kiln::plugin::types::{ChatMessage, Tool, ToolCall, ToolChoice, ToolSyntax};
 
 impl bindings::kiln::plugin::types::Host for HostState {}
+
+/// A component linked against the contract version it was built for.
+enum Pre {
+    Current(bindings::TemplatePluginPre<HostState>),
+    V0_1(legacy::template::TemplatePluginPre<HostState>),
+}
 
 /// A template plugin, linked and pre-instantiated.
 pub struct TemplatePlugin {
     info: PluginInfo,
-    pre: bindings::TemplatePluginPre<HostState>,
+    pre: Pre,
     runtime: Arc<Shared>,
     metrics: PluginMetrics,
 }
@@ -38,20 +45,31 @@ impl std::fmt::Debug for TemplatePlugin {
 
 impl TemplatePlugin {
     /// Links the component and makes a smoke call (`info`).
-    pub(crate) fn new(runtime: Arc<Shared>, component: Component, sha256: String) -> wasmtime::Result<Self> {
+    pub(crate) fn new(
+        runtime: Arc<Shared>,
+        component: Component,
+        contract: Contract,
+        sha256: String,
+    ) -> wasmtime::Result<Self> {
         let mut linker = Linker::new(&runtime.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::TemplatePlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        let pre = bindings::TemplatePluginPre::new(linker.instantiate_pre(&component)?)?;
         let mut store = new_store(&runtime);
-        let info = pre.instantiate(&mut store)?.kiln_plugin_template().call_info(&mut store)?;
-        let info = PluginInfo {
-            name: info.name,
-            version: info.version,
-            description: info.description,
-            kind: PluginKind::Template,
-            sha256,
+        let (pre, info) = match contract {
+            Contract::Current => {
+                bindings::TemplatePlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+                let pre = bindings::TemplatePluginPre::new(linker.instantiate_pre(&component)?)?;
+                let info = pre.instantiate(&mut store)?.kiln_plugin_template().call_info(&mut store)?;
+                (Pre::Current(pre), (info.name, info.version, info.description))
+            }
+            Contract::V0_1 => {
+                legacy::template::TemplatePlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+                let pre = legacy::template::TemplatePluginPre::new(linker.instantiate_pre(&component)?)?;
+                let info = pre.instantiate(&mut store)?.kiln_plugin_template().call_info(&mut store)?;
+                (Pre::V0_1(pre), (info.name, info.version, info.description))
+            }
         };
+        let (name, version, description) = info;
+        let info = PluginInfo { name, version, description, kind: PluginKind::Template, contract, sha256 };
         Ok(TemplatePlugin { info, pre, runtime, metrics: PluginMetrics::default() })
     }
 
@@ -76,10 +94,17 @@ impl TemplatePlugin {
     fn call_render(&self, input: &TemplateInput) -> Result<Rendered, PluginError> {
         let mut store = new_store(&self.runtime);
         let plugin = self.info.to_string();
-        let rendered = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| instance.kiln_plugin_template().call_render(&mut store, input));
+        let rendered = match &self.pre {
+            Pre::Current(pre) => pre
+                .instantiate(&mut store)
+                .and_then(|instance| instance.kiln_plugin_template().call_render(&mut store, input)),
+            Pre::V0_1(pre) => {
+                let input = legacy::template_input(input);
+                pre.instantiate(&mut store)
+                    .and_then(|instance| instance.kiln_plugin_template().call_render(&mut store, &input))
+                    .map(|r| r.map(legacy::rendered))
+            }
+        };
         match rendered {
             Ok(Ok(rendered)) => Ok(rendered),
             Ok(Err(message)) => Err(PluginError::Refused { plugin, message }),

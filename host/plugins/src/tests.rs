@@ -142,6 +142,12 @@ fn hostile_guests_fail_only_their_own_session() {
     let err = plugin.start(params(), &[1], &mode("refuse")).unwrap_err();
     assert!(err.to_string().contains("refuses to start"), "{err}");
 
+    // A step's own error (new in 0.2.0) fails the session with its message.
+    let err = plugin.start(params(), &[1], &mode("fail")).unwrap().step(None).unwrap_err();
+    assert!(matches!(err, PluginError::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("fails on purpose"), "{err}");
+    named(&err);
+
     // The plugin, and a session of it that behaves, are untouched.
     let mut fine = plugin.start(params(), &[1], &mode("behave")).unwrap();
     assert!(!fine.step(None).unwrap().stop);
@@ -165,22 +171,80 @@ fn load(runtime: &Runtime, name: &str) -> Loaded {
     runtime.load(&built(name)).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Feeds chunks through a post-process component; returns the text out and
-/// whether it stopped the generation.
-fn post_process(runtime: &Runtime, name: &str, stop: &[&str], chunks: &[&str]) -> (String, bool) {
+fn options(stop: &[&str], tools: &[&str]) -> crate::OutputOptions {
+    crate::OutputOptions {
+        stop: stop.iter().map(|s| s.to_string()).collect(),
+        tools: tools
+            .iter()
+            .map(|t| crate::Tool { name: t.to_string(), description: String::new(), parameters: "{}".into() })
+            .collect(),
+        tool_syntax: None,
+        config: Vec::new(),
+    }
+}
+
+/// Feeds chunks through a post-process component; returns the text out,
+/// the tool calls found and whether it stopped the generation.
+fn post_process_calls(
+    runtime: &Runtime,
+    name: &str,
+    options: &crate::OutputOptions,
+    chunks: &[&str],
+) -> (String, Vec<crate::ToolCall>, bool) {
     let Loaded::PostProcess(plugin) = load(runtime, name) else { panic!("{name} is not a post-processor") };
-    let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
-    let mut session = plugin.start(&stop, &[]).unwrap();
-    let mut out = String::new();
+    let mut session = plugin.start(options).unwrap();
+    let (mut out, mut calls) = (String::new(), Vec::new());
     for chunk in chunks {
         match session.on_chunk(chunk).unwrap() {
-            crate::ChunkAction::Emit(text) => out.push_str(&text),
-            crate::ChunkAction::Stop(text) => return (out + &text, true),
+            crate::ChunkAction::Emit(e) => {
+                out.push_str(&e.text);
+                calls.extend(e.tool_calls);
+            }
+            crate::ChunkAction::Stop(e) => {
+                calls.extend(e.tool_calls);
+                return (out + &e.text, calls, true);
+            }
             crate::ChunkAction::Abort(message) => panic!("aborted: {message}"),
         }
     }
-    out.push_str(&session.finish(crate::FinishReason::Length).unwrap());
-    (out, false)
+    let rest = session.finish(crate::FinishReason::Length).unwrap();
+    out.push_str(&rest.text);
+    calls.extend(rest.tool_calls);
+    (out, calls, false)
+}
+
+fn post_process(runtime: &Runtime, name: &str, stop: &[&str], chunks: &[&str]) -> (String, bool) {
+    let (text, calls, stopped) = post_process_calls(runtime, name, &options(stop, &[]), chunks);
+    assert!(calls.is_empty(), "{name} made tool calls: {calls:?}");
+    (text, stopped)
+}
+
+#[test]
+fn the_tool_calls_component_turns_hermes_blocks_split_across_chunks_into_calls() {
+    let rt = runtime();
+    let chunks = [
+        "Checking.\n<tool",
+        "_call>\n{\"name\": \"get_weather\", \"argu",
+        "ments\": {\"city\": \"Paris\"}}\n</tool_call>",
+    ];
+    let (text, calls, stopped) = post_process_calls(&rt, "tool-calls", &options(&[], &["get_weather"]), &chunks);
+    assert_eq!(text, "Checking.");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!((calls[0].name.as_str(), calls[0].arguments.as_str()), ("get_weather", r#"{"city":"Paris"}"#));
+    assert!(!stopped);
+    // A function the request did not offer is text, not a call.
+    let (text, calls, _) = post_process_calls(&rt, "tool-calls", &options(&[], &["other"]), &chunks);
+    assert!(calls.is_empty() && text.contains("<tool_call>"), "{text}");
+}
+
+#[test]
+fn a_component_built_against_contract_0_1_0_loads_and_serves() {
+    let rt = runtime();
+    let Loaded::PostProcess(plugin) = load(&rt, "legacy-shout") else { panic!("not a post-processor") };
+    assert_eq!(plugin.info().contract, crate::Contract::V0_1);
+    assert_eq!(plugin.info().contract.version(), "0.1.0");
+    assert_eq!(post_process(&rt, "legacy-shout", &[], &["hello ", "world"]), ("HELLO WORLD!".into(), false));
+    assert_eq!(load(&rt, "redact").info().contract, crate::Contract::Current);
 }
 
 #[test]
@@ -209,13 +273,21 @@ fn the_chat_template_component_renders_as_the_host_does() {
     let input = crate::TemplateInput {
         messages: messages
             .iter()
-            .map(|(r, c)| crate::ChatMessage { role: r.to_string(), content: c.to_string() })
+            .map(|(r, c)| crate::ChatMessage {
+                role: r.to_string(),
+                content: c.to_string(),
+                tool_calls: Vec::new(),
+                tool_call_id: None,
+                name: None,
+            })
             .collect(),
         add_generation_prompt: true,
         chat_template: Some(jinja.into()),
         bos_token: String::new(),
         eos_token: "<|end|>".into(),
         config: Vec::new(),
+        tools: Vec::new(),
+        tool_choice: crate::ToolChoice::Auto,
     };
     let rendered = plugin.render(&input).unwrap();
     let host = kiln_chat::ChatTemplate::new(Some(jinja), "", "<|end|>").unwrap();

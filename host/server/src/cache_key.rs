@@ -7,6 +7,8 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use kiln_chat::ToolChoice;
+
 use crate::AppState;
 use crate::prompt::Prompt;
 use crate::request::ValidGeneration;
@@ -30,6 +32,7 @@ struct KeyParts<'a> {
     top_logprobs: usize,
     json: bool,
     json_schema: Option<&'a str>,
+    single_tool_call: bool,
     /// Every plugin the request runs, in order, with its version, sha256
     /// and configuration ([`kiln_pipeline::Resolved::fingerprint`]).
     plugins: Vec<String>,
@@ -53,13 +56,23 @@ impl ValidGeneration {
             return None;
         }
         let mut plugins = self.pipeline.as_ref().map(kiln_pipeline::Resolved::fingerprint).unwrap_or_default();
-        // json-mode or json-schema samples in place of the pipeline's sampler.
-        let constraint = match (self.json, &self.json_schema) {
-            (true, _) => Some(kiln_pipeline::JSON_MODE),
-            (_, Some(_)) => Some(kiln_pipeline::JSON_SCHEMA),
-            _ => None,
+        // json-mode or json-schema samples in place of the pipeline's
+        // sampler (json-schema also for a forced tool call); tool-calls
+        // parses the answer of a request offering tools.
+        let (tools, forced) = match &self.prompt {
+            Prompt::Chat { tools, tool_choice, .. } if !tools.is_empty() => match tool_choice {
+                ToolChoice::None => (false, false),
+                ToolChoice::Auto => (true, false),
+                ToolChoice::Required | ToolChoice::Function(_) => (true, true),
+            },
+            _ => (false, false),
         };
-        if let Some(name) = constraint {
+        let builtins = [
+            (self.json, kiln_pipeline::JSON_MODE),
+            (self.json_schema.is_some() || forced, kiln_pipeline::JSON_SCHEMA),
+            (tools, kiln_pipeline::TOOL_CALLS),
+        ];
+        for (_, name) in builtins.into_iter().filter(|(used, _)| *used) {
             let plugin = state.plugins().and_then(|p| p.plugin(name));
             plugins.extend(plugin.as_ref().and_then(|e| e.info()).map(|i| format!("{i} {}", i.sha256)));
         }
@@ -80,6 +93,7 @@ impl ValidGeneration {
             top_logprobs: self.logprobs.unwrap_or(0),
             json: self.json,
             json_schema: self.json_schema.as_deref(),
+            single_tool_call: self.single_tool_call,
             plugins,
         }
     }
@@ -109,6 +123,7 @@ mod tests {
             json_schema: None,
             pipeline: None,
             n: 1,
+            single_tool_call: false,
         }
     }
 
@@ -117,8 +132,18 @@ mod tests {
         let params = SamplingParams::greedy();
         let seeded = SamplingParams { seed: Some(1), ..params.clone() };
         let hi = || Prompt::Text("hi".into());
-        let chat =
-            Prompt::Chat { messages: vec![kiln_chat::ChatMessage::new("user", "hi")], add_generation_prompt: true };
+        let chat = || Prompt::chat(vec![kiln_chat::ChatMessage::new("user", "hi")], true);
+        let tool = kiln_chat::Tool { name: "f".into(), description: String::new(), parameters: "{}".into() };
+        let with_tools = |tool_choice| match chat() {
+            Prompt::Chat { messages, add_generation_prompt, .. } => {
+                Prompt::Chat { messages, tools: vec![tool.clone()], tool_choice, add_generation_prompt }
+            }
+            other => other,
+        };
+        let single = ValidGeneration {
+            single_tool_call: true,
+            ..generation(with_tools(ToolChoice::Auto), params.clone(), Some(8), &[])
+        };
         let key = |g: ValidGeneration, tenant: Option<&str>, plugin: &str| {
             g.key_parts("m", tenant, vec![plugin.to_string()]).key()
         };
@@ -126,7 +151,10 @@ mod tests {
         assert_eq!(base, key(generation(hi(), params.clone(), Some(8), &[]), None, "p@1 abc"));
         for changed in [
             key(generation(Prompt::Text("ho".into()), params.clone(), Some(8), &[]), None, "p@1 abc"),
-            key(generation(chat, params.clone(), Some(8), &[]), None, "p@1 abc"),
+            key(generation(chat(), params.clone(), Some(8), &[]), None, "p@1 abc"),
+            key(generation(with_tools(ToolChoice::Auto), params.clone(), Some(8), &[]), None, "p@1 abc"),
+            key(generation(with_tools(ToolChoice::Required), params.clone(), Some(8), &[]), None, "p@1 abc"),
+            key(single, None, "p@1 abc"),
             key(generation(hi(), seeded, Some(8), &[]), None, "p@1 abc"),
             key(generation(hi(), params.clone(), Some(9), &[]), None, "p@1 abc"),
             key(generation(hi(), params.clone(), None, &[]), None, "p@1 abc"),

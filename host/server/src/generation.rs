@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_api::{FinishReason, Usage};
+use kiln_chat::{ToolChoice, ToolSyntax};
 use kiln_engine::{GenerateRequest, GenerationError, SamplingParams, StopReason, TokenEvent, TokenStream};
-use kiln_pipeline::{PluginError, PostChain, PostFinishReason};
+use kiln_pipeline::{OutputSetup, PluginError, PostChain, PostFinishReason};
 use kiln_stop::{MAX_STOP_BYTES, StopMatcher};
 
 use crate::extract::RequestContext;
@@ -81,6 +82,10 @@ pub struct Generation {
     last_text: Option<std::time::Instant>,
     /// The pieces so far, for the cache, when this answer will be stored.
     record: Option<(CacheKey, Vec<Piece>, Arc<ResponseCache>)>,
+    /// Tool calls let out so far.
+    tool_calls: usize,
+    /// Keep only the first tool call (`parallel_tool_calls: false`).
+    single_tool_call: bool,
 }
 
 /// A whole generation, for non-streaming answers.
@@ -88,6 +93,8 @@ pub struct Generation {
 pub struct Collected {
     pub text: String,
     pub tokens: Vec<TokenLogprobs>,
+    /// `(id, name, arguments)` of each tool call, in order.
+    pub tool_calls: Vec<(String, String, String)>,
     pub reason: FinishReason,
     pub usage: Usage,
 }
@@ -124,6 +131,7 @@ impl AppState {
             json_schema: None,
             pipeline: None,
             n: 1,
+            single_tool_call: false,
         };
         let context = RequestContext { no_cache: true, ..RequestContext::default() };
         Generation::start(self, generation, context).await?.collect().await?;
@@ -206,6 +214,8 @@ impl Generation {
             deadline: tokio::time::Instant::now(),
             last_text: None,
             record: None,
+            tool_calls: 0,
+            single_tool_call: false,
         }
     }
 
@@ -276,14 +286,17 @@ impl Generation {
 
     /// Runs to the end (a dropped future cancels the sequence).
     pub async fn collect(mut self) -> Result<Collected, ApiError> {
-        let (mut text, mut logprobs) = (String::new(), Vec::new());
+        let (mut text, mut logprobs, mut tool_calls) = (String::new(), Vec::new(), Vec::new());
         while let Some(piece) = self.next().await {
             match piece? {
                 Piece::Text { text: t, tokens } => {
                     text.push_str(&t);
                     logprobs.extend(tokens);
                 }
-                Piece::Finished { reason, usage } => return Ok(Collected { text, tokens: logprobs, reason, usage }),
+                Piece::ToolCall { id, name, arguments } => tool_calls.push((id, name, arguments)),
+                Piece::Finished { reason, usage } => {
+                    return Ok(Collected { text, tokens: logprobs, tool_calls, reason, usage });
+                }
             }
         }
         Err(ApiError::Internal("the generation ended without a finish".into()))
@@ -313,26 +326,45 @@ impl Generation {
         let mut post_stopped = out.stopped;
         let Some(mut reason) = (if released.stopped || post_stopped { Some(FinishReason::Stop) } else { end }) else {
             self.release(out.text);
+            self.release_calls(out.tool_calls);
             return Ok(());
         };
         if !released.stopped && !post_stopped {
             // The engine finished: what the stop strings held back is text after all.
             let rest = self.post.push(&self.stop.finish()).map_err(plugin_failed)?;
-            out.text.push_str(&rest.text);
             post_stopped = rest.stopped;
+            out.extend(rest);
         }
         // A post-processor that stopped has already flushed the chain.
         if !post_stopped {
             let held = self.post.finish(plugin_reason(reason)).map_err(plugin_failed)?;
-            out.text.push_str(&held.text);
             post_stopped = held.stopped;
+            out.extend(held);
         }
         if post_stopped {
             reason = FinishReason::Stop;
         }
         self.release(out.text);
+        self.release_calls(out.tool_calls);
+        // An answer that called tools and ended of itself ends for them.
+        if self.tool_calls > 0 && reason == FinishReason::Stop {
+            reason = FinishReason::ToolCalls;
+        }
         self.finish(reason, usage);
         Ok(())
+    }
+
+    /// Lets out the calls a post-processor found, each with a fresh id
+    /// (only the first of an answer with `parallel_tool_calls: false`).
+    fn release_calls(&mut self, calls: Vec<kiln_chat::ToolCall>) {
+        for call in calls {
+            if self.single_tool_call && self.tool_calls > 0 {
+                break;
+            }
+            self.tool_calls += 1;
+            let id = if call.id.is_empty() { crate::tools::call_id() } else { call.id };
+            self.ready.push_back(Piece::ToolCall { id, name: call.name, arguments: call.arguments });
+        }
     }
 
     /// Keeps a copy of each piece of an answer to be cached; stores the
@@ -386,9 +418,27 @@ async fn submit(
     meter: Option<TokenMeter>,
 ) -> Result<Vec<Generation>, ApiError> {
     let ValidGeneration {
-        prompt, params, max_tokens, stop, ignore_eos, logprobs, json, json_schema, pipeline, n, ..
+        prompt,
+        params,
+        max_tokens,
+        stop,
+        ignore_eos,
+        logprobs,
+        json,
+        json_schema,
+        pipeline,
+        n,
+        single_tool_call,
+        ..
     } = generation;
-    let PromptTokens { tokens: prompt_tokens, stop: template_stop } =
+    // The calls to parse (and maybe force) when the conversation offers tools.
+    let tool_use = match &prompt {
+        Prompt::Chat { tools, tool_choice, .. } if !tools.is_empty() && *tool_choice != ToolChoice::None => {
+            Some((tools.clone(), tool_choice.clone()))
+        }
+        _ => None,
+    };
+    let PromptTokens { tokens: prompt_tokens, stop: template_stop, tool_syntax } =
         prompt::tokenize(state, prompt, pipeline.as_ref()).await?;
     let mut stop = stop;
     for extra in template_stop {
@@ -426,33 +476,55 @@ async fn submit(
     } else {
         reservations.resize_with(n, || None);
     }
-    // json-mode replaces the pipeline's sampler: the output must parse.
-    // Each answer gets plugin instances of its own.
+    // json-mode, json-schema and a forced tool call replace the pipeline's
+    // sampler: the output must parse. Each answer gets plugin instances of
+    // its own.
+    let tools: &[kiln_chat::Tool] = tool_use.as_ref().map_or(&[], |(tools, _)| tools);
+    let forced_call = tool_use.as_ref().and_then(|(tools, choice)| {
+        kiln_pipeline::call_constraint(tools, choice, tool_syntax.unwrap_or(ToolSyntax::Hermes))
+    });
+    let output = OutputSetup { stop: &stop, tools, tool_syntax };
     let mut policies = Vec::with_capacity(n);
     let mut posts = Vec::with_capacity(n);
     for _ in 0..n {
-        policies.push(match (json || json_schema.is_some(), state.plugins(), &pipeline) {
-            (true, Some(plugins), _) if json_schema.is_some() => {
-                let schema = json_schema.as_deref().unwrap_or_default();
-                // The plugin compiles the schema: what it refuses is the client's to fix.
-                let refused = |e: kiln_pipeline::PipelineError| match e {
-                    kiln_pipeline::PipelineError::Plugin(kiln_pipeline::PluginError::Refused { message, .. }) => {
-                        ApiError::invalid("response_format.json_schema.schema", message)
-                    }
-                    other => ApiError::from(other),
-                };
-                Some(plugins.json_schema_policy(&params, &prompt_tokens, max_tokens, schema).map_err(refused)?)
-            }
-            (true, Some(plugins), _) => Some(plugins.json_policy(&params, &prompt_tokens, max_tokens)?),
-            (true, None, _) => return Err(ApiError::Internal("json mode validated without plugins".into())),
-            (false, _, Some(pipeline)) => {
-                pipeline.sampler(&params, &prompt_tokens, max_tokens).map_err(|e| ApiError::Plugin(e.to_string()))?
-            }
-            (false, _, None) => None,
-        });
+        if let (Some(call), Some(plugins)) = (&forced_call, state.plugins()) {
+            // The plugin compiles the functions' schemas: what it refuses is the client's to fix.
+            let policy = plugins.tool_call_policy(&params, &prompt_tokens, max_tokens, call).map_err(|e| match e {
+                kiln_pipeline::PipelineError::Plugin(kiln_pipeline::PluginError::Refused { message, .. }) => {
+                    ApiError::invalid("tools", message)
+                }
+                other => ApiError::from(other),
+            })?;
+            policies.push(Some(policy));
+        } else {
+            policies.push(match (json || json_schema.is_some(), state.plugins(), &pipeline) {
+                (true, Some(plugins), _) if json_schema.is_some() => {
+                    let schema = json_schema.as_deref().unwrap_or_default();
+                    // The plugin compiles the schema: what it refuses is the client's to fix.
+                    let refused = |e: kiln_pipeline::PipelineError| match e {
+                        kiln_pipeline::PipelineError::Plugin(kiln_pipeline::PluginError::Refused {
+                            message, ..
+                        }) => ApiError::invalid("response_format.json_schema.schema", message),
+                        other => ApiError::from(other),
+                    };
+                    Some(plugins.json_schema_policy(&params, &prompt_tokens, max_tokens, schema).map_err(refused)?)
+                }
+                (true, Some(plugins), _) => Some(plugins.json_policy(&params, &prompt_tokens, max_tokens)?),
+                (true, None, _) => return Err(ApiError::Internal("json mode validated without plugins".into())),
+                (false, _, Some(pipeline)) => pipeline
+                    .sampler(&params, &prompt_tokens, max_tokens)
+                    .map_err(|e| ApiError::Plugin(e.to_string()))?,
+                (false, _, None) => None,
+            });
+        }
+        let parser = match (tool_use.is_some(), state.plugins()) {
+            (true, Some(plugins)) => Some(plugins.tool_call_parser(&output)?),
+            (true, None) => return Err(ApiError::Internal("tools validated without plugins".into())),
+            (false, _) => None,
+        };
         posts.push(match &pipeline {
-            Some(pipeline) => pipeline.post_chain(&stop).map_err(|e| ApiError::Plugin(e.to_string()))?,
-            None => PostChain::default(),
+            Some(pipeline) => pipeline.post_chain(&output, parser).map_err(|e| ApiError::Plugin(e.to_string()))?,
+            None => PostChain::new(parser.into_iter().collect()),
         });
     }
     let mut policies = policies.into_iter();
@@ -495,6 +567,8 @@ async fn submit(
             deadline,
             last_text: None,
             record: None,
+            tool_calls: 0,
+            single_tool_call,
         })
         .collect())
 }

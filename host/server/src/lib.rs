@@ -35,6 +35,7 @@ mod state;
 mod tasks;
 mod time;
 mod token_meter;
+mod tools;
 mod webhooks;
 
 pub use config::{Auth, ConnectionLimits, RedisShared, ServerConfig};

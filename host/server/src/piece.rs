@@ -21,6 +21,14 @@ pub enum Piece {
         text: String,
         tokens: Vec<TokenLogprobs>,
     },
+    /// A tool call the model made (chat completions offering tools), with
+    /// the id it goes out with.
+    ToolCall {
+        id: String,
+        name: String,
+        /// A JSON object, as text.
+        arguments: String,
+    },
     Finished {
         reason: FinishReason,
         usage: Usage,

@@ -15,6 +15,7 @@ use kiln_stop::{MAX_STOP_BYTES, MAX_STOP_STRINGS};
 
 use crate::extract::RequestContext;
 use crate::prompt::{Prompt, decode};
+use crate::tools::{ToolUse, tool_use};
 use crate::{ApiError, AppState};
 
 /// The guide's `max_tokens` default.
@@ -57,6 +58,8 @@ pub(crate) struct ValidGeneration {
     pub pipeline: Option<Resolved>,
     /// Answers to generate from the one prompt (OpenAI's `n`).
     pub n: usize,
+    /// Keep only the first tool call of an answer (`parallel_tool_calls: false`).
+    pub single_tool_call: bool,
 }
 
 /// How many tokens a generation may produce.
@@ -127,7 +130,7 @@ pub(crate) fn generate(
             messages.push(kiln_chat::ChatMessage::new("system", system));
         }
         messages.push(kiln_chat::ChatMessage::new("user", req.prompt));
-        Prompt::Chat { messages, add_generation_prompt: true }
+        Prompt::chat(messages, true)
     };
     let generation = ValidGeneration {
         prompt,
@@ -141,6 +144,7 @@ pub(crate) fn generate(
         json_schema: None,
         pipeline: state.pipeline(context.pipeline(req.pipeline.as_deref())?)?,
         n: 1,
+        single_tool_call: false,
     };
     Ok(ValidGenerate { generation, stream: req.stream })
 }
@@ -154,10 +158,14 @@ pub(crate) fn chat(
 ) -> Result<ValidChat, ApiError> {
     delivered(delivery, req.stream, req.webhook_url.is_some(), "/v1/chat/completions/async")?;
     state.check_model(req.model.as_deref())?;
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid("tools", "tool calling is not supported"));
-    }
+    let tools = tool_use(req.tools.take(), req.tool_choice.take(), req.parallel_tool_calls, state.plugins().is_some())?;
     let (json, json_schema) = response_format(state, req.response_format.take())?;
+    if tools.active() && (json || json_schema.is_some()) {
+        return Err(ApiError::invalid(
+            "response_format",
+            "a JSON response format cannot be combined with `tools` (unless `tool_choice` is `none`)",
+        ));
+    }
     let top_logprobs = req.top_logprobs.unwrap_or(0) as usize;
     let wants_logprobs = req.logprobs.unwrap_or(false);
     if top_logprobs > 0 && !wants_logprobs {
@@ -177,16 +185,19 @@ pub(crate) fn chat(
     };
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let fields = req.take_sampling();
+    let single_tool_call = !tools.parallel;
+    let ToolUse { tools, choice: tool_choice, .. } = tools;
+    let prompt = Prompt::Chat { messages, tools, tool_choice, add_generation_prompt: true };
     let generation = openai_generation(
         state,
         context,
         fields,
-        (Prompt::Chat { messages, add_generation_prompt: true }, "messages"),
+        (prompt, "messages"),
         token_limit(state, max_tokens, None, param)?,
         logprobs,
         json,
     )?;
-    let generation = ValidGeneration { json_schema, ..generation };
+    let generation = ValidGeneration { json_schema, single_tool_call, ..generation };
     Ok(ValidChat { generation, stream: req.stream, include_usage })
 }
 
@@ -257,7 +268,8 @@ pub(crate) fn completion(
     Ok(ValidCompletion { generation, stream: req.stream, include_usage, echo })
 }
 
-/// OpenAI's messages as the chat template takes them.
+/// OpenAI's messages as the chat template takes them: text parts joined,
+/// an assistant's tool calls and a tool result's call id kept.
 pub(crate) fn chat_messages(messages: Vec<ChatMessage>) -> Result<Vec<kiln_chat::ChatMessage>, ApiError> {
     messages
         .into_iter()
@@ -267,6 +279,13 @@ pub(crate) fn chat_messages(messages: Vec<ChatMessage>) -> Result<Vec<kiln_chat:
                 return Err(ApiError::invalid(
                     format!("messages[{i}].role"),
                     format!("unknown role {:?}; expected one of {}", m.role, ROLES.join(", ")),
+                ));
+            }
+            let tool_calls = message_tool_calls(i, &m.role, m.tool_calls)?;
+            if m.role == "tool" && m.tool_call_id.is_none() {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].tool_call_id"),
+                    "a `tool` message needs the id of the call it answers",
                 ));
             }
             let content = match m.content {
@@ -288,7 +307,40 @@ pub(crate) fn chat_messages(messages: Vec<ChatMessage>) -> Result<Vec<kiln_chat:
                     text
                 }
             };
-            Ok(kiln_chat::ChatMessage::new(m.role, content))
+            Ok(kiln_chat::ChatMessage {
+                tool_calls,
+                tool_call_id: m.tool_call_id,
+                name: m.name,
+                ..kiln_chat::ChatMessage::new(m.role, content)
+            })
+        })
+        .collect()
+}
+
+/// An assistant turn's calls as the template takes them; only assistants call.
+fn message_tool_calls(
+    i: usize,
+    role: &str,
+    calls: Option<Vec<kiln_api::tools::ToolCall>>,
+) -> Result<Vec<kiln_chat::ToolCall>, ApiError> {
+    let calls = calls.unwrap_or_default();
+    if !calls.is_empty() && role != "assistant" {
+        return Err(ApiError::invalid(
+            format!("messages[{i}].tool_calls"),
+            "only `assistant` messages make tool calls",
+        ));
+    }
+    calls
+        .into_iter()
+        .enumerate()
+        .map(|(j, c)| {
+            if c.kind != "function" {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].tool_calls[{j}].type"),
+                    format!("must be `function`, got {:?}", c.kind),
+                ));
+            }
+            Ok(kiln_chat::ToolCall { id: c.id, name: c.function.name, arguments: c.function.arguments })
         })
         .collect()
 }
@@ -339,6 +391,7 @@ fn openai_generation(
         json_schema: None,
         pipeline: state.pipeline(context.pipeline(fields.pipeline.as_deref())?)?,
         n,
+        single_tool_call: false,
     })
 }
 

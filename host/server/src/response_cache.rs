@@ -263,6 +263,7 @@ fn size_of_answer(pieces: &[Piece]) -> usize {
             let logprobs = |t: &TokenLogprobs| size_of::<TokenLogprobs>() + t.top.len() * size_of::<(u32, f32)>();
             text.len() + tokens.iter().map(logprobs).sum::<usize>()
         }
+        Piece::ToolCall { id, name, arguments } => id.len() + name.len() + arguments.len(),
         Piece::Finished { .. } => 0,
     };
     // The entry, its key and the list's own bookkeeping.

@@ -7,6 +7,7 @@ use kiln_api::generate::GenerationResponse;
 use kiln_api::openai::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob,
 };
+use kiln_api::tools::{FunctionCall, ToolCall};
 
 use crate::AppState;
 use crate::generation::{Collected, total_usage};
@@ -38,13 +39,29 @@ pub(crate) fn chat_completion(state: &AppState, done: Vec<Collected>, logprobs: 
             .enumerate()
             .map(|(index, done)| ChatChoice {
                 index: index as u32,
-                message: AssistantMessage { role: "assistant".into(), content: done.text },
+                message: assistant_message(done.text, done.tool_calls),
                 logprobs: logprobs.then(|| chat_logprobs(state, &done.tokens)),
                 finish_reason: done.reason,
             })
             .collect(),
         usage,
     }
+}
+
+/// An answer's message: its text (`null` when it only called tools) and calls.
+fn assistant_message(text: String, calls: Vec<(String, String, String)>) -> AssistantMessage {
+    let content = (calls.is_empty() || !text.is_empty()).then_some(text);
+    let tool_calls = (!calls.is_empty()).then(|| {
+        calls
+            .into_iter()
+            .map(|(id, name, arguments)| ToolCall {
+                id,
+                kind: "function".into(),
+                function: FunctionCall { name, arguments },
+            })
+            .collect()
+    });
+    AssistantMessage { role: "assistant".into(), content, tool_calls }
 }
 
 /// Chat completions' log-probabilities of `tokens`.

@@ -15,8 +15,8 @@ impl Sampler for DefaultSampler {
         Ok(DefaultSampler)
     }
 
-    fn step(&mut self, _last: Option<u32>) -> StepPlan {
-        StepPlan::sample()
+    fn step(&mut self, _last: Option<u32>) -> Result<StepPlan, String> {
+        Ok(StepPlan::sample())
     }
 }
 

@@ -62,27 +62,28 @@ impl Sampler for JsonMode {
         Ok(JsonMode { state: State::default(), structural, plain, by_char, budget, emitted: 0, forced_pending: false })
     }
 
-    fn step(&mut self, last: Option<u32>) -> StepPlan {
+    fn step(&mut self, last: Option<u32>) -> Result<StepPlan, String> {
         if let Some(token) = last.filter(|_| !std::mem::take(&mut self.forced_pending)) {
             self.emitted += 1;
             let bytes = vocabulary().token(token).to_vec();
-            // The host only samples allowed tokens; anything else is a bug to stop on.
+            // The host only samples allowed tokens: anything else is a bug,
+            // and the answer would not parse.
             match self.state.feed_all(&bytes) {
                 Some(state) => self.state = state,
-                None => return StepPlan::stop(),
+                None => return Err(format!("token {token} does not continue the JSON object; it was not allowed")),
             }
         }
         if self.state.mode == Mode::Done {
-            return StepPlan::stop();
+            return Ok(StepPlan::stop());
         }
         // Within the budget the object can always be closed: never take a
         // token after which the closing text would no longer fit.
         let room = self.budget.map(|b| b.saturating_sub(self.emitted) as usize);
         if room.is_some_and(|room| room <= self.state.closing_len()) {
-            return self.close();
+            return Ok(self.close());
         }
         let allowed = self.allowed(room.map(|room| room - 1));
-        if allowed.is_empty() { self.close() } else { StepPlan::only(allowed) }
+        Ok(if allowed.is_empty() { self.close() } else { StepPlan::only(allowed) })
     }
 }
 

@@ -1,10 +1,15 @@
-//! A byte-level recognizer of JSON that validates against a compiled
-//! [`Schema`], with a `Copy` state (a fixed stack of frames), so checking
-//! whether a token may come next is a few byte steps on a copy.
+//! A byte-level recognizer of the answer (the schema's prefix, a JSON value
+//! that validates against the compiled [`Schema`], the suffix), with a
+//! `Copy` state (a fixed stack of frames), so checking whether a token may
+//! come next is a few byte steps on a copy. The prefix and suffix are frames
+//! like the value's parts; a tagged union's object is a `Union` frame while
+//! its tag is under way, then the picked branch's object.
+
+mod closing;
 
 use crate::schema::{MAX_DEPTH, Node, NodeId, Schema};
 
-const STACK: usize = 2 * MAX_DEPTH + 4;
+const STACK: usize = 2 * MAX_DEPTH + 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ObjPhase {
@@ -51,6 +56,12 @@ enum NumPhase {
 enum Frame {
     /// A value of this node is due.
     Value(NodeId),
+    /// Inside the prefix (`suffix` false) or the suffix, `off` bytes in
+    /// (never at its end: the frame goes with the last byte).
+    Text {
+        suffix: bool,
+        off: u32,
+    },
     /// `seen`: the properties already given (bit `i`: property `i`).
     Obj {
         node: NodeId,
@@ -85,6 +96,13 @@ enum Frame {
         mask: u64,
         off: u16,
     },
+    /// In a tagged union's object before its branch is known: the branches
+    /// `i` of `mask` still possible, `off` bytes into their heads (after `{`).
+    Union {
+        node: NodeId,
+        mask: u64,
+        off: u16,
+    },
     Num {
         integer: bool,
         phase: NumPhase,
@@ -100,9 +118,15 @@ pub struct State {
 
 impl State {
     pub fn new(schema: &Schema) -> State {
-        let mut frames = [Frame::Value(0); STACK];
-        frames[0] = Frame::Value(schema.root);
-        State { frames, len: 1 }
+        let mut state = State { frames: [Frame::Value(0); STACK], len: 0 };
+        if !schema.suffix.is_empty() {
+            state.push(Frame::Text { suffix: true, off: 0 });
+        }
+        state.push(Frame::Value(schema.root));
+        if !schema.prefix.is_empty() {
+            state.push(Frame::Text { suffix: false, off: 0 });
+        }
+        state
     }
 
     /// The whole answer is there.
@@ -119,6 +143,11 @@ impl State {
             },
             _ => None,
         }
+    }
+
+    /// Inside the prefix or the suffix.
+    pub fn in_literal(&self) -> bool {
+        matches!(self.top(), Some(Frame::Text { .. }))
     }
 
     fn top(&self) -> Option<Frame> {
@@ -159,6 +188,18 @@ impl State {
             Frame::Value(node) => {
                 self.pop();
                 self.start(schema, node, b)
+            }
+            Frame::Text { suffix, off } => {
+                let text = schema.literal(suffix);
+                if text.get(off as usize) != Some(&b) {
+                    return false;
+                }
+                if off as usize + 1 == text.len() {
+                    self.pop();
+                } else {
+                    self.set_top(Frame::Text { suffix, off: off + 1 });
+                }
+                true
             }
             Frame::Obj { node, seen, phase } => {
                 let Node::Object(props) = &schema.nodes[node as usize] else { return false };
@@ -291,6 +332,32 @@ impl State {
                     self.feed(schema, b)
                 }
             }
+            Frame::Union { node, mask, off } => {
+                let Node::Tagged(branches) = &schema.nodes[node as usize] else { return false };
+                let mut left = 0u64;
+                let mut complete = None;
+                for (i, branch) in branches.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0) {
+                    if branch.head.get(off as usize) == Some(&b) {
+                        left |= 1 << i;
+                    }
+                    if branch.head.len() == off as usize {
+                        complete = Some(i);
+                    }
+                }
+                if left != 0 {
+                    self.set_top(Frame::Union { node, mask: left, off: off + 1 });
+                    self.union_done(schema);
+                    return true;
+                }
+                // A head that is complete (a number tag) ends at the next byte.
+                match complete {
+                    Some(i) => {
+                        self.enter_branch(schema, node, i);
+                        self.feed(schema, b)
+                    }
+                    None => false,
+                }
+            }
             Frame::Num { integer, phase } => {
                 use NumPhase::*;
                 let next = match (phase, b) {
@@ -327,6 +394,27 @@ impl State {
         }
     }
 
+    /// Goes on in the branch a tagged union's head picked, when every branch
+    /// still possible has its head complete (then just one: heads differ).
+    fn union_done(&mut self, schema: &Schema) {
+        if let Some(Frame::Union { node, mask, off }) = self.top()
+            && let Node::Tagged(branches) = &schema.nodes[node as usize]
+            && let Some(i) = (0..branches.len()).find(|i| mask & (1 << i) != 0)
+            && (branches.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0))
+                .all(|(_, b)| b.head.len() == off as usize)
+        {
+            self.enter_branch(schema, node, i);
+        }
+    }
+
+    /// The union's object goes on as branch `i`'s, its tag given.
+    fn enter_branch(&mut self, schema: &Schema, node: NodeId, i: usize) {
+        if let Node::Tagged(branches) = &schema.nodes[node as usize] {
+            let branch = &branches[i];
+            self.set_top(Frame::Obj { node: branch.node, seen: 1 << branch.tag, phase: ObjPhase::AfterValue });
+        }
+    }
+
     /// Begins a value of `node` with byte `b`.
     fn start(&mut self, schema: &Schema, node: NodeId, b: u8) -> bool {
         match &schema.nodes[node as usize] {
@@ -357,6 +445,10 @@ impl State {
                 self.lit_done(schema);
                 true
             }
+            Node::Tagged(branches) => {
+                let all = if branches.len() == 64 { u64::MAX } else { (1u64 << branches.len()) - 1 };
+                b == b'{' && self.push(Frame::Union { node, mask: all, off: 0 })
+            }
             Node::AnyOf(branches) => {
                 // Branches start differently (checked at compile time).
                 match branches.iter().find(|br| schema.starts_with(**br, b)) {
@@ -365,120 +457,5 @@ impl State {
                 }
             }
         }
-    }
-
-    /// The shortest text that completes the answer from here.
-    pub fn closing(&self, schema: &Schema) -> Vec<u8> {
-        let mut out = Vec::new();
-        // Every required property not yet given, each after a comma.
-        let required_rest = |props: &[crate::schema::Prop], seen: u64, out: &mut Vec<u8>| {
-            for (_, p) in props.iter().enumerate().filter(|(i, p)| p.required && seen & (1 << i) == 0) {
-                out.push(b',');
-                out.extend([&b"\""[..], &p.key, b"\":"].concat());
-                out.extend(&schema.min_text[p.node as usize]);
-            }
-        };
-        for frame in self.frames[..self.len as usize].iter().rev() {
-            match *frame {
-                Frame::Value(node) => out.extend(&schema.min_text[node as usize]),
-                Frame::Obj { node, seen, phase } => {
-                    let Node::Object(props) = &schema.nodes[node as usize] else { continue };
-                    match phase {
-                        ObjPhase::Open | ObjPhase::Key => {
-                            // After `,` a key is due: the first unseen property if none is required.
-                            let unseen = |i: &usize| seen & (1 << i) == 0;
-                            let first = (0..props.len()).filter(unseen).find(|&i| props[i].required);
-                            let first =
-                                first.or_else(|| (0..props.len()).find(unseen).filter(|_| phase == ObjPhase::Key));
-                            if let Some(k) = first {
-                                let p = &props[k];
-                                out.extend([&b"\""[..], &p.key, b"\":"].concat());
-                                out.extend(&schema.min_text[p.node as usize]);
-                                required_rest(props, seen | 1 << k, &mut out);
-                            }
-                        }
-                        ObjPhase::Colon(k) => {
-                            out.push(b':');
-                            out.extend(&schema.min_text[props[k as usize].node as usize]);
-                            required_rest(props, seen, &mut out);
-                        }
-                        ObjPhase::AfterValue => required_rest(props, seen, &mut out),
-                    }
-                    out.push(b'}');
-                }
-                Frame::Key { node, mask, off } => {
-                    let Node::Object(props) = &schema.nodes[node as usize] else { continue };
-                    let k = mask.trailing_zeros() as usize;
-                    let p = &props[k];
-                    out.extend(&p.key[off as usize..]);
-                    out.extend(b"\":");
-                    out.extend(&schema.min_text[p.node as usize]);
-                    // The object below then goes on without this property.
-                    let seen = match self.frames[self.len as usize - 2] {
-                        Frame::Obj { seen, .. } => seen,
-                        _ => 0,
-                    };
-                    required_rest(props, seen | 1 << k, &mut out);
-                    out.push(b'}');
-                    return self.close_below(schema, out, 2);
-                }
-                Frame::Arr { node, count, phase } => {
-                    let Node::Array { items, min, .. } = schema.nodes[node as usize] else { continue };
-                    let item = &schema.min_text[items as usize];
-                    let (first, done) = match phase {
-                        ArrPhase::Open => (false, 0),
-                        ArrPhase::AfterValue => (true, count),
-                        // A value is due; it is counted when it starts.
-                        ArrPhase::Comma => {
-                            out.extend(item);
-                            (true, count + 1)
-                        }
-                    };
-                    for j in done..min.max(done) {
-                        if first || j > 0 {
-                            out.push(b',');
-                        }
-                        out.extend(item);
-                    }
-                    out.push(b']');
-                }
-                Frame::Str { node, len, esc, need, lo, .. } => {
-                    let Node::String { min, .. } = schema.nodes[node as usize] else { continue };
-                    // Finish the character under way first.
-                    if need > 0 {
-                        out.push(lo);
-                        out.extend(std::iter::repeat_n(0x80, need as usize - 1));
-                    }
-                    match esc {
-                        Esc::None => {}
-                        Esc::Backslash => out.push(b'n'),
-                        Esc::Hex(n) => out.extend(std::iter::repeat_n(b'0', 4 - n as usize)),
-                    }
-                    out.extend(std::iter::repeat_n(b'a', min.saturating_sub(len) as usize));
-                    out.push(b'"');
-                }
-                Frame::Lit { node, mask, off } => {
-                    let Node::Literals(alts) = &schema.nodes[node as usize] else { continue };
-                    let rest = (alts.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0))
-                        .map(|(_, a)| &a[(off as usize).min(a.len())..])
-                        .min_by_key(|r| r.len());
-                    out.extend(rest.unwrap_or_default());
-                }
-                Frame::Num { phase, integer } => match phase {
-                    NumPhase::Minus if integer => out.push(b'1'),
-                    NumPhase::Minus | NumPhase::Dot | NumPhase::E | NumPhase::ESign => out.push(b'0'),
-                    _ => {}
-                },
-            }
-        }
-        out
-    }
-
-    /// [`State::closing`] for the frames below the top `skip`.
-    fn close_below(&self, schema: &Schema, mut out: Vec<u8>, skip: u8) -> Vec<u8> {
-        let mut below = *self;
-        below.len = self.len.saturating_sub(skip);
-        out.extend(below.closing(schema));
-        out
     }
 }

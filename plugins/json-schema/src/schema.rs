@@ -1,8 +1,20 @@
 //! A JSON schema compiled into a table of nodes the recognizer walks:
 //! the supported subset (type, properties, required, additionalProperties,
-//! enum, const, items, minItems, maxItems, anyOf/oneOf whose branches start
-//! differently, minLength, maxLength, local `$ref`), annotations ignored,
-//! anything else refused naming the keyword and where it is.
+//! enum, const, items, minItems, maxItems, minLength, maxLength, local
+//! `$ref`, anyOf/oneOf), annotations ignored, anything else refused naming
+//! the keyword and where it is.
+//!
+//! The branches of an anyOf/oneOf must start differently (a string, a
+//! number, null...), except objects: several object branches form a tagged
+//! union when one property has a `const` (or one-value `enum`) in every
+//! branch, a different value in each (`"name": {"const": "get_weather"}`).
+//! The output then gives that property first, and its value picks the
+//! branch the rest of the object follows (see [`Branch`]), so the value
+//! validates against exactly one branch.
+//!
+//! The schema also carries the literal text around the value (`prefix`,
+//! `suffix`: a tool call's markers), which the recognizer matches byte by
+//! byte like the JSON.
 
 use serde_json::{Map, Value};
 
@@ -43,7 +55,24 @@ pub enum Node {
     /// Exact JSON texts, one of which the value must be (enum, const,
     /// booleans, null).
     Literals(Vec<Vec<u8>>),
+    /// Branches that start with different bytes.
     AnyOf(Vec<NodeId>),
+    /// Objects told apart by their first property (a tagged union).
+    Tagged(Vec<Branch>),
+}
+
+/// One object of a tagged union.
+#[derive(Debug, Clone)]
+pub struct Branch {
+    /// The object (a [`Node::Object`]).
+    pub node: NodeId,
+    /// Its discriminating property (an index into its properties).
+    pub tag: u16,
+    /// `"key":value`, the discriminating property as the output gives it,
+    /// first after `{`; each branch's differs.
+    pub head: Vec<u8>,
+    /// The shortest text after the head: the other required properties and `}`.
+    pub tail: Vec<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +83,10 @@ pub struct Schema {
     pub min_text: Vec<Vec<u8>>,
     /// The bytes each node's values may start with, as a 256-bit set.
     first: Vec<[u64; 4]>,
+    /// Literal text before the value (may be empty).
+    pub prefix: Vec<u8>,
+    /// Literal text after the value (may be empty).
+    pub suffix: Vec<u8>,
 }
 
 const ANNOTATIONS: &[&str] =
@@ -75,25 +108,69 @@ impl Schema {
         let value: Value = serde_json::from_str(text).map_err(|e| format!("the schema is not JSON: {e}"))?;
         let mut c = Compiler { root: &value, nodes: Vec::new(), resolving: Vec::new() };
         let root = c.node(&value, "#", 0)?;
-        if !matches!(c.nodes[root as usize], Node::Object(_) | Node::Array { .. }) {
+        // (A value that ends only where something else starts, a number,
+        // could not be told complete.)
+        if !first_bytes(&c.nodes, root).iter().all(|b| b"{[".contains(b)) {
             return Err("`type` at #: the answer must be an object or an array".into());
         }
-        let mut schema = Schema { nodes: c.nodes, root, min_text: Vec::new(), first: Vec::new() };
+        let mut schema = Schema {
+            nodes: c.nodes,
+            root,
+            min_text: Vec::new(),
+            first: Vec::new(),
+            prefix: Vec::new(),
+            suffix: Vec::new(),
+        };
         schema.min_text = (0..schema.nodes.len()).map(|_| Vec::new()).collect();
         // Children come before parents in the table: one pass fills it.
         for id in 0..schema.nodes.len() {
+            if let Node::Tagged(branches) = &schema.nodes[id] {
+                let tails: Vec<Vec<u8>> = (branches.iter())
+                    .map(|b| {
+                        let mut tail = Vec::new();
+                        schema.rest_of_object(b.node, 1 << b.tag, &mut tail);
+                        tail
+                    })
+                    .collect();
+                if let Node::Tagged(branches) = &mut schema.nodes[id] {
+                    branches.iter_mut().zip(tails).for_each(|(b, tail)| b.tail = tail);
+                }
+            }
             schema.min_text[id] = schema.shortest(id as NodeId);
         }
         schema.first = (0..schema.nodes.len())
             .map(|id| {
                 let mut set = [0u64; 4];
-                for b in schema.first_bytes(id as NodeId) {
+                for b in first_bytes(&schema.nodes, id as NodeId) {
                     set[b as usize / 64] |= 1 << (b % 64);
                 }
                 set
             })
             .collect();
         Ok(schema)
+    }
+
+    /// The schema with literal text before and after the value.
+    pub fn wrapped(self, prefix: &str, suffix: &str) -> Schema {
+        Schema { prefix: prefix.as_bytes().to_vec(), suffix: suffix.as_bytes().to_vec(), ..self }
+    }
+
+    /// The prefix (`false`) or the suffix (`true`).
+    pub fn literal(&self, suffix: bool) -> &[u8] {
+        if suffix { &self.suffix } else { &self.prefix }
+    }
+
+    /// Completes object `node` with properties `seen` given and a value
+    /// just ended: every required property not given, each after a comma,
+    /// then `}`.
+    pub fn rest_of_object(&self, node: NodeId, seen: u64, out: &mut Vec<u8>) {
+        if let Node::Object(props) = &self.nodes[node as usize] {
+            for (_, p) in props.iter().enumerate().filter(|(i, p)| p.required && seen & (1 << i) == 0) {
+                out.extend([&b",\""[..], &p.key, b"\":"].concat());
+                out.extend(&self.min_text[p.node as usize]);
+            }
+        }
+        out.push(b'}');
     }
 
     fn shortest(&self, id: NodeId) -> Vec<u8> {
@@ -120,6 +197,10 @@ impl Schema {
             Node::Number { .. } => b"0".to_vec(),
             Node::Literals(alts) => alts.iter().min_by_key(|a| a.len()).cloned().unwrap_or_default(),
             Node::AnyOf(branches) => branches.iter().map(|b| min(*b)).min_by_key(Vec::len).unwrap_or_default(),
+            Node::Tagged(branches) => (branches.iter())
+                .map(|b| [&b"{"[..], &b.head, &b.tail].concat())
+                .min_by_key(Vec::len)
+                .unwrap_or_default(),
         }
     }
 
@@ -127,17 +208,17 @@ impl Schema {
     pub fn starts_with(&self, id: NodeId, b: u8) -> bool {
         self.first[id as usize][b as usize / 64] & (1 << (b % 64)) != 0
     }
+}
 
-    /// Bytes a value of `id` may start with.
-    pub fn first_bytes(&self, id: NodeId) -> Vec<u8> {
-        match &self.nodes[id as usize] {
-            Node::Object(_) => vec![b'{'],
-            Node::Array { .. } => vec![b'['],
-            Node::String { .. } => vec![b'"'],
-            Node::Number { .. } => b"-0123456789".to_vec(),
-            Node::Literals(alts) => alts.iter().filter_map(|a| a.first().copied()).collect(),
-            Node::AnyOf(branches) => branches.iter().flat_map(|b| self.first_bytes(*b)).collect(),
-        }
+/// Bytes a value of `id` may start with.
+fn first_bytes(nodes: &[Node], id: NodeId) -> Vec<u8> {
+    match &nodes[id as usize] {
+        Node::Object(_) | Node::Tagged(_) => vec![b'{'],
+        Node::Array { .. } => vec![b'['],
+        Node::String { .. } => vec![b'"'],
+        Node::Number { .. } => b"-0123456789".to_vec(),
+        Node::Literals(alts) => alts.iter().filter_map(|a| a.first().copied()).collect(),
+        Node::AnyOf(branches) => branches.iter().flat_map(|b| first_bytes(nodes, *b)).collect(),
     }
 }
 
@@ -238,13 +319,31 @@ impl Compiler<'_> {
     }
 
     fn any_of(&mut self, ids: Vec<NodeId>, what: &str) -> Result<NodeId, String> {
+        // Unions of unions are one union; objects are told apart by a tag.
+        let mut flat = Vec::new();
+        for id in ids {
+            match &self.nodes[id as usize] {
+                Node::AnyOf(branches) => flat.extend(branches),
+                Node::Tagged(branches) => flat.extend(branches.iter().map(|b| b.node)),
+                _ => flat.push(id),
+            }
+        }
+        let objects: Vec<NodeId> =
+            flat.iter().copied().filter(|&id| matches!(self.nodes[id as usize], Node::Object(_))).collect();
+        let ids = if objects.len() > 1 {
+            let tagged = self.tagged(&objects, what)?;
+            let mut ids: Vec<NodeId> = flat.into_iter().filter(|id| !objects.contains(id)).collect();
+            ids.push(tagged);
+            ids
+        } else {
+            flat
+        };
         if ids.len() == 1 {
             return Ok(ids[0]);
         }
-        let nodes = Schema { nodes: self.nodes.clone(), root: 0, min_text: Vec::new(), first: Vec::new() };
         let mut seen = Vec::new();
         for id in &ids {
-            for b in nodes.first_bytes(*id) {
+            for b in first_bytes(&self.nodes, *id) {
                 if seen.contains(&b) {
                     return Err(format!(
                         "{what}: branches must start differently (two may start with `{}`)",
@@ -255,6 +354,44 @@ impl Compiler<'_> {
             }
         }
         self.push(Node::AnyOf(ids))
+    }
+
+    /// A tagged union of `objects`: the first property (in the first
+    /// object's order) that each has with one literal value, a different
+    /// one in each.
+    fn tagged(&mut self, objects: &[NodeId], what: &str) -> Result<NodeId, String> {
+        if objects.len() > MAX_ALTERNATIVES {
+            return Err(format!("{what}: at most {MAX_ALTERNATIVES} object branches"));
+        }
+        let props = |id: NodeId| match &self.nodes[id as usize] {
+            Node::Object(props) => &props[..],
+            _ => &[],
+        };
+        // The property's index and head in each object, if it can tell them apart.
+        let tag = |key: &[u8]| -> Option<Vec<(u16, Vec<u8>)>> {
+            let heads = (objects.iter())
+                .map(|&id| {
+                    let (i, p) = props(id).iter().enumerate().find(|(_, p)| p.key == key)?;
+                    match &self.nodes[p.node as usize] {
+                        Node::Literals(alts) if alts.len() == 1 => {
+                            Some((i as u16, [&b"\""[..], key, b"\":", &alts[0]].concat()))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect::<Option<Vec<_>>>()?;
+            let apart = heads.iter().enumerate().all(|(i, (_, a))| heads[..i].iter().all(|(_, b)| a != b));
+            apart.then_some(heads)
+        };
+        let Some(heads) = props(objects[0]).iter().find_map(|p| tag(&p.key)) else {
+            return Err(format!(
+                "{what}: object branches must be told apart by a property with a different `const` in each"
+            ));
+        };
+        let branches = (objects.iter().zip(heads))
+            .map(|(&node, (tag, head))| Branch { node, tag, head, tail: Vec::new() })
+            .collect();
+        self.push(Node::Tagged(branches))
     }
 
     fn typed(&mut self, t: &str, obj: &Map<String, Value>, path: &str, depth: usize) -> Result<NodeId, String> {

@@ -42,6 +42,18 @@ fn vocab() -> Vocabulary {
         "-3",
         "e5",
         "false",
+        // Tool call syntax, and tokens across its edges.
+        "<tool_call>",
+        "</tool_call>",
+        "\n</",
+        "\n{\"",
+        "}\n",
+        "[TOOL_CALLS]",
+        "<|python_tag|>",
+        "get_",
+        "weather",
+        "time",
+        "arguments",
     ] {
         tokens.push(t.as_bytes().to_vec());
     }
@@ -51,10 +63,20 @@ fn vocab() -> Vocabulary {
 
 /// The output, or `None` when the budget cannot hold the schema's shortest answer.
 fn generate(schema: &Value, seed: u64, max_tokens: usize) -> Option<String> {
+    generate_wrapped(schema, ("", ""), seed, max_tokens)
+}
+
+/// [`generate`] with a prefix and a suffix.
+fn generate_wrapped(schema: &Value, (prefix, suffix): (&str, &str), seed: u64, max_tokens: usize) -> Option<String> {
     let v = vocab();
     let size = v.size() as usize;
     with_vocabulary(v.clone(), || {
-        let config = Config::new([("schema", schema.to_string()), ("max_tokens", max_tokens.to_string())]);
+        let config = Config::new([
+            ("schema", schema.to_string()),
+            ("max_tokens", max_tokens.to_string()),
+            ("prefix", prefix.to_string()),
+            ("suffix", suffix.to_string()),
+        ]);
         let mut sampler = match JsonSchema::new(SamplingParams::default(), &[], &config) {
             Ok(sampler) => sampler,
             // Refused only when even the shortest answer does not fit.
@@ -79,8 +101,11 @@ fn valid(schema: &Value, value: &Value, root: &Value) -> bool {
     if let Some(e) = schema.get("enum").and_then(Value::as_array) {
         return e.contains(value);
     }
-    if let Some(branches) = schema.get("anyOf").or(schema.get("oneOf")).and_then(Value::as_array) {
+    if let Some(branches) = schema.get("anyOf").and_then(Value::as_array) {
         return branches.iter().any(|b| valid(b, value, root));
+    }
+    if let Some(branches) = schema.get("oneOf").and_then(Value::as_array) {
+        return branches.iter().filter(|b| valid(b, value, root)).count() == 1;
     }
     let types: Vec<&str> = match schema.get("type") {
         Some(Value::String(t)) => vec![t],
@@ -270,3 +295,5 @@ fn strings_hold_whole_utf8_characters_only() {
     let closed = [&b"{\"s\":\"\xe2\x82"[..], &state.closing(&compiled)].concat();
     assert!(std::str::from_utf8(&closed).is_ok() && done(&closed), "{closed:?}");
 }
+
+mod tools;

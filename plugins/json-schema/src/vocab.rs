@@ -1,7 +1,8 @@
 //! The vocabulary as the recognizer walks it, built once per instance: a
 //! byte trie of every token that can appear in JSON text, a second of the
-//! tokens that are not plain string content, and the plain ones grouped by
-//! length in characters.
+//! tokens that are not plain string content, the plain ones grouped by
+//! length in characters, and a trie of the special tokens, which only the
+//! prefix and suffix may hold.
 
 use std::sync::{Arc, OnceLock};
 
@@ -159,6 +160,8 @@ impl Trie {
 pub struct Tables {
     pub all: Trie,
     pub nonplain: Trie,
+    /// Special tokens (`<|...|>`) that do not stop the generation.
+    pub specials: Trie,
     /// `plain[k]`: plain tokens of at most `k` characters (k <= LONGEST_GROUP).
     plain: Vec<TokenSet>,
     /// Longer plain tokens, with their lengths.
@@ -177,7 +180,7 @@ impl Tables {
     }
 }
 
-/// Special tokens (`<|im_end|>`...) are never part of a JSON answer.
+/// Special tokens (`<|im_end|>`...) are never part of a JSON value.
 fn is_special(bytes: &[u8]) -> bool {
     bytes.len() > 4 && bytes.starts_with(b"<|") && bytes.ends_with(b"|>")
 }
@@ -192,12 +195,17 @@ fn build() -> Tables {
     let mut t = Tables {
         all: Trie::new(),
         nonplain: Trie::new(),
+        specials: Trie::new(),
         plain: vec![TokenSet::with_size(vocab.size()); LONGEST_GROUP + 1],
         plain_long: Vec::new(),
     };
     for (id, bytes) in vocab.tokens().enumerate() {
         let id = id as u32;
-        if bytes.is_empty() || is_special(bytes) || vocab.is_stop(id) {
+        if bytes.is_empty() || vocab.is_stop(id) {
+            continue;
+        }
+        if is_special(bytes) {
+            t.specials.insert(bytes, id);
             continue;
         }
         t.all.insert(bytes, id);

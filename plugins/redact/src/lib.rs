@@ -5,8 +5,7 @@
 
 #![forbid(unsafe_code)]
 
-use kiln_sdk::Config;
-use kiln_sdk::post_process::{ChunkAction, FinishReason, PostProcess};
+use kiln_sdk::post_process::{ChunkAction, Emitted, FinishReason, Options, PostProcess};
 
 /// Prefixes of well-known secret formats (OpenAI, Stripe, GitHub, Slack, AWS).
 const KEY_PREFIXES: &[&str] =
@@ -23,7 +22,7 @@ pub struct Redact {
 }
 
 impl PostProcess for Redact {
-    fn new(_: &[String], _: &Config) -> Result<Self, String> {
+    fn new(_: &Options) -> Result<Self, String> {
         Ok(Redact::default())
     }
 
@@ -34,11 +33,11 @@ impl PostProcess for Redact {
             .rfind(char::is_whitespace)
             .map_or(0, |i| i + self.held[i..].chars().next().map_or(0, char::len_utf8));
         let ready: String = self.held.drain(..cut).collect();
-        ChunkAction::Emit(redact(&ready))
+        ChunkAction::emit(redact(&ready))
     }
 
-    fn finish(&mut self, _: FinishReason) -> String {
-        redact(&std::mem::take(&mut self.held))
+    fn finish(&mut self, _: FinishReason) -> Emitted {
+        redact(&std::mem::take(&mut self.held)).into()
     }
 }
 
@@ -136,7 +135,7 @@ mod tests {
     use kiln_sdk::testing::run_post_process;
 
     fn stream(chunks: &[&str]) -> String {
-        let mut p = Redact::new(&[], &Config::default()).unwrap();
+        let mut p = Redact::new(&Options::default()).unwrap();
         run_post_process(&mut p, chunks, FinishReason::Stop).0
     }
 

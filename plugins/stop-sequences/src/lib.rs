@@ -4,8 +4,7 @@
 
 #![forbid(unsafe_code)]
 
-use kiln_sdk::Config;
-use kiln_sdk::post_process::{ChunkAction, FinishReason, PostProcess};
+use kiln_sdk::post_process::{ChunkAction, Emitted, FinishReason, Options, PostProcess};
 use kiln_stop::StopMatcher;
 
 #[derive(Debug)]
@@ -14,20 +13,20 @@ pub struct StopSequences {
 }
 
 impl PostProcess for StopSequences {
-    fn new(stop: &[String], _: &Config) -> Result<Self, String> {
-        if stop.iter().any(String::is_empty) {
+    fn new(options: &Options) -> Result<Self, String> {
+        if options.stop.iter().any(String::is_empty) {
             return Err("an empty stop sequence would stop everything".into());
         }
-        Ok(StopSequences { matcher: StopMatcher::new(stop.to_vec()) })
+        Ok(StopSequences { matcher: StopMatcher::new(options.stop.clone()) })
     }
 
     fn on_chunk(&mut self, text: &str) -> ChunkAction {
         let released = self.matcher.push(text);
-        if released.stopped { ChunkAction::Stop(released.text) } else { ChunkAction::Emit(released.text) }
+        if released.stopped { ChunkAction::stop(released.text) } else { ChunkAction::emit(released.text) }
     }
 
-    fn finish(&mut self, _: FinishReason) -> String {
-        self.matcher.finish()
+    fn finish(&mut self, _: FinishReason) -> Emitted {
+        self.matcher.finish().into()
     }
 }
 
@@ -39,8 +38,8 @@ mod tests {
     use kiln_sdk::testing::{Ended, run_post_process};
 
     fn run(stops: &[&str], chunks: &[&str]) -> (String, Ended) {
-        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-        let mut p = StopSequences::new(&stops, &Config::default()).unwrap();
+        let stop = stops.iter().map(|s| s.to_string()).collect();
+        let mut p = StopSequences::new(&Options { stop, ..Options::default() }).unwrap();
         run_post_process(&mut p, chunks, FinishReason::Length)
     }
 
@@ -67,6 +66,6 @@ mod tests {
 
     #[test]
     fn an_empty_stop_sequence_is_refused() {
-        assert!(StopSequences::new(&[String::new()], &Config::default()).is_err());
+        assert!(StopSequences::new(&Options { stop: vec![String::new()], ..Options::default() }).is_err());
     }
 }

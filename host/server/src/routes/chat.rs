@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use kiln_api::openai::{ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta};
+use kiln_api::tools::{FunctionCallDelta, ToolCallDelta};
 
 use super::sse::{json_event, mark_cache, sse_choices};
 use crate::extract::{ApiJson, RequestContext};
@@ -49,13 +50,14 @@ pub async fn chat_completions(
     // Each answer opens with the assistant's role; usage, when asked for,
     // follows the last answer's finish and counts the prompt once.
     let mut opened = vec![false; generations.len()];
+    let mut calls = vec![0u32; generations.len()];
     let mut usages = Vec::with_capacity(generations.len());
     let state2 = state.clone();
     Ok(sse_choices(&state, generations, move |i, piece| {
         let index = i as u32;
         let mut events: Vec<Event> = Vec::with_capacity(3);
         if !std::mem::replace(&mut opened[i], true) {
-            let delta = ChatDelta { role: Some("assistant".into()), content: Some(String::new()) };
+            let delta = ChatDelta { role: Some("assistant".into()), content: Some(String::new()), tool_calls: None };
             events.push(json_event(&chunk(
                 vec![ChatChunkChoice { index, delta, logprobs: None, finish_reason: None }],
                 None,
@@ -65,12 +67,31 @@ pub async fn chat_completions(
             Piece::Text { text, tokens } => events.push(json_event(&chunk(
                 vec![ChatChunkChoice {
                     index,
-                    delta: ChatDelta { role: None, content: Some(text) },
+                    delta: ChatDelta { role: None, content: Some(text), tool_calls: None },
                     logprobs: logprobs.then(|| chat_logprobs(&state2, &tokens)),
                     finish_reason: None,
                 }],
                 None,
             ))),
+            // Each call goes out whole, in one delta, as clients assemble them.
+            Piece::ToolCall { id, name, arguments } => {
+                calls[i] += 1;
+                let delta = ToolCallDelta {
+                    index: calls[i] - 1,
+                    id: Some(id),
+                    kind: Some("function".into()),
+                    function: FunctionCallDelta { name: Some(name), arguments: Some(arguments) },
+                };
+                events.push(json_event(&chunk(
+                    vec![ChatChunkChoice {
+                        index,
+                        delta: ChatDelta { role: None, content: None, tool_calls: Some(vec![delta]) },
+                        logprobs: None,
+                        finish_reason: None,
+                    }],
+                    None,
+                )));
+            }
             Piece::Finished { reason, usage } => {
                 events.push(json_event(&chunk(
                     vec![ChatChunkChoice {

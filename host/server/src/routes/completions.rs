@@ -80,6 +80,8 @@ pub async fn completions(
                 let listed = logprobs.then(|| completion_logprobs(&state2, &tokens, &mut offsets[i]));
                 events.push(json_event(&completion(vec![choice(i, text, listed, None)], None)));
             }
+            // Completions offer no tools: a prompt cannot lead to a call.
+            Piece::ToolCall { .. } => {}
             Piece::Finished { reason, usage } => {
                 events.push(json_event(&completion(vec![choice(i, String::new(), None, Some(reason))], None)));
                 usages.push(usage);

@@ -59,6 +59,8 @@ fn stream_events(state: &AppState, generation: Generation) -> Response {
     sse(state, generation, move |piece| match piece {
         Piece::Text { text, .. } if text.is_empty() => vec![],
         Piece::Text { text, .. } => vec![json_event(&GenerationChunk { text })],
+        // The guide's requests offer no tools.
+        Piece::ToolCall { .. } => vec![],
         Piece::Finished { reason, usage } => vec![json_event(&GenerationStreamEnd {
             finish_reason: reason,
             tokens_used: usage.total_tokens,

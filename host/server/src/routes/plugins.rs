@@ -145,6 +145,7 @@ fn status(entry: &PluginEntry) -> PluginStatus {
         version: info.map(|i| i.version.clone()),
         description: info.map(|i| i.description.clone()),
         sha256: info.map(|i| i.sha256.clone()),
+        contract: info.map(|i| i.contract.version().to_string()),
         source: source.into(),
         path,
         loaded_at: unix(entry.loaded_at),

@@ -40,7 +40,7 @@ pub async fn generate_async(
     context: RequestContext,
     ApiJson(req): ApiJson<GenerationRequest>,
 ) -> Result<(StatusCode, Json<TaskAccepted>), ApiError> {
-    submit(&state, &context, TaskRequest::Generate(req)).await
+    submit(&state, &context, TaskRequest::Generate(Box::new(req))).await
 }
 
 /// A chat completion in the background: checked as `POST /v1/chat/completions`
@@ -56,7 +56,7 @@ pub async fn chat_completions_async(
     context: RequestContext,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<(StatusCode, Json<TaskAccepted>), ApiError> {
-    submit(&state, &context, TaskRequest::ChatCompletions(req)).await
+    submit(&state, &context, TaskRequest::ChatCompletions(Box::new(req))).await
 }
 
 /// Validates a task's request as the synchronous endpoint would (a request

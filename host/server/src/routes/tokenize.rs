@@ -26,9 +26,7 @@ pub async fn tokenize(
     state.check_model(req.model.as_deref())?;
     let prompt = match (req.prompt, req.messages) {
         (Some(text), None) => Prompt::Text(text),
-        (None, Some(messages)) => {
-            Prompt::Chat { messages: chat_messages(messages)?, add_generation_prompt: req.add_generation_prompt }
-        }
+        (None, Some(messages)) => Prompt::chat(chat_messages(messages)?, req.add_generation_prompt),
         _ => return Err(ApiError::invalid("prompt", "give exactly one of `prompt` and `messages`")),
     };
     let pipeline = state.pipeline(context.pipeline(req.pipeline.as_deref())?)?;

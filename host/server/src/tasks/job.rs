@@ -14,9 +14,9 @@ use crate::{ApiError, AppState};
 #[serde(tag = "endpoint", rename_all = "snake_case")]
 pub(crate) enum TaskRequest {
     /// `POST /v1/generate`'s request; the result is its answer.
-    Generate(GenerationRequest),
+    Generate(Box<GenerationRequest>),
     /// `POST /v1/chat/completions`'s; the result is a `chat.completion`.
-    ChatCompletions(ChatCompletionRequest),
+    ChatCompletions(Box<ChatCompletionRequest>),
 }
 
 /// The shape of a task's result.
@@ -35,7 +35,7 @@ impl TaskRequest {
         match serde_json::from_value(stored.clone()) {
             Ok(request) => Ok(request),
             Err(e) => serde_json::from_value(stored)
-                .map(TaskRequest::Generate)
+                .map(|req| TaskRequest::Generate(Box::new(req)))
                 .map_err(|_| format!("the stored request is unreadable: {e}")),
         }
     }
@@ -48,11 +48,11 @@ impl TaskRequest {
     ) -> Result<(ValidGeneration, ResultShape), ApiError> {
         match self {
             TaskRequest::Generate(req) => {
-                let valid = request::generate(state, context, req, Delivery::Task)?;
+                let valid = request::generate(state, context, *req, Delivery::Task)?;
                 Ok((valid.generation, ResultShape::Generation))
             }
             TaskRequest::ChatCompletions(req) => {
-                let valid = request::chat(state, context, req, Delivery::Task)?;
+                let valid = request::chat(state, context, *req, Delivery::Task)?;
                 let logprobs = valid.generation.logprobs.is_some();
                 Ok((valid.generation, ResultShape::ChatCompletion { logprobs }))
             }

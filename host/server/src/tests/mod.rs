@@ -18,6 +18,7 @@ mod overload;
 mod plugins;
 mod tasks;
 mod tokenize;
+mod tools;
 
 use std::sync::{Arc, OnceLock};
 
@@ -65,7 +66,7 @@ pub(crate) fn served(tokenizer: Arc<Tokenizer>) -> ServedModel {
 /// redacting one.
 fn test_pipelines() -> std::collections::BTreeMap<String, PipelineSpec> {
     let mut pipelines = std::collections::BTreeMap::new();
-    for mode in ["loop", "memory", "trap", "garbage", "refuse"] {
+    for mode in ["loop", "memory", "trap", "garbage", "refuse", "fail"] {
         let spec = PipelineSpec {
             sampler: Some("hostile".into()),
             config: [("hostile".to_string(), [("mode".to_string(), mode.to_string())].into())].into(),
@@ -75,17 +76,23 @@ fn test_pipelines() -> std::collections::BTreeMap<String, PipelineSpec> {
     }
     let redacted = PipelineSpec { post: vec!["redact".into()], ..PipelineSpec::first_party_default() };
     pipelines.insert("redacted".into(), redacted);
+    // A component built against the plugin contract 0.1.0.
+    let legacy = PipelineSpec { post: vec!["shout".into()], ..PipelineSpec::first_party_default() };
+    pipelines.insert("legacy".into(), legacy);
     pipelines
 }
 
 /// A plugin host of its own (admin tests change it), with the hostile guest
-/// in its plugin directory; compiled components are cached across tests.
+/// and the 0.1.0 one (as `shout`) in its plugin directory; compiled
+/// components are cached across tests.
 pub fn plugin_host() -> (Arc<PluginHost>, tempfile::TempDir) {
     static CACHE: OnceLock<tempfile::TempDir> = OnceLock::new();
     let cache = CACHE.get_or_init(|| tempfile::tempdir().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let hostile = kiln_pipeline::built_plugins_dir().join("hostile_sampler.wasm");
     std::fs::copy(hostile, dir.path().join("hostile.wasm")).unwrap();
+    let legacy = kiln_pipeline::built_plugins_dir().join("legacy_shout.wasm");
+    std::fs::copy(legacy, dir.path().join("shout.wasm")).unwrap();
     let (_, tokenizer) = loaded();
     let config = PluginsConfig {
         dir: Some(dir.path().to_path_buf()),

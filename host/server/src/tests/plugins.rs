@@ -49,7 +49,7 @@ async fn an_unknown_pipeline_is_a_400_naming_the_field() {
 #[tokio::test]
 async fn each_hostile_plugin_fails_only_its_own_request_naming_the_plugin() {
     let app = TestApp::real().build();
-    for mode in ["loop", "memory", "trap", "garbage", "refuse"] {
+    for mode in ["loop", "memory", "trap", "garbage", "refuse", "fail"] {
         let pipeline = format!("hostile-{mode}");
         let (bad, good) = tokio::join!(
             post(&app, "/v1/chat/completions", chat(Some(&pipeline), "Say hello.", 8)),
@@ -103,6 +103,21 @@ async fn stop_strings_apply_before_post_processing() {
     assert_eq!(answer["finish_reason"], "stop");
 }
 
+#[tokio::test]
+async fn a_plugin_built_against_contract_0_1_0_serves_its_pipeline() {
+    let app = TestApp::real().build();
+    let shouted = post(&app, "/v1/chat/completions", chat(Some("legacy"), "Name a colour.", 12)).await;
+    let plain = post(&app, "/v1/chat/completions", chat(None, "Name a colour.", 12)).await;
+    assert_eq!(shouted.status, StatusCode::OK, "{}", String::from_utf8_lossy(&shouted.body));
+    let text = |a: &Answer| a.json()["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert_eq!(text(&shouted), format!("{}!", text(&plain).to_uppercase()));
+    let mut body = chat(Some("legacy"), "Name a colour.", 12);
+    body["stream"] = json!(true);
+    let events = post(&app, "/v1/chat/completions", body).await.json_events();
+    let streamed: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(streamed, text(&shouted));
+}
+
 async fn admin(app: &Router, method: &str, path: &str, body: impl Into<Body>) -> Answer {
     send(app, Request::builder().method(method).uri(path).body(body.into()).unwrap()).await
 }
@@ -125,6 +140,8 @@ async fn the_plugin_list_shows_versions_pipelines_and_calls() {
     assert!(sampler["metrics"]["calls"].as_u64().unwrap() >= 4, "{sampler}");
     assert_eq!(plugin("chat-template")["metrics"]["calls"], 1);
     assert_eq!(plugin("hostile")["source"], "file");
+    assert_eq!(plugin("hostile")["contract"], "0.2.0");
+    assert_eq!(plugin("shout")["contract"], "0.1.0");
     let pipelines = list["pipelines"].as_array().unwrap();
     assert!(pipelines.iter().any(|p| p["name"] == "native" && p["sampler"].is_null()));
 }

@@ -1,7 +1,8 @@
 //! A sampler that misbehaves on purpose, chosen by its `mode` config value:
 //! `loop` (never returns), `memory` (allocates without end), `trap`
 //! (panics), `garbage` (forces a token outside the vocabulary), `refuse`
-//! (refuses to start). Any other mode behaves: it samples normally.
+//! (refuses to start), `fail` (fails its first step with a message). Any
+//! other mode behaves: it samples normally.
 //! The runtime must contain each to the request that uses it.
 
 #![forbid(unsafe_code)]
@@ -24,8 +25,8 @@ impl Sampler for Hostile {
         Ok(Hostile { mode, hoard: Vec::new() })
     }
 
-    fn step(&mut self, _last: Option<u32>) -> StepPlan {
-        match self.mode.as_str() {
+    fn step(&mut self, _last: Option<u32>) -> Result<StepPlan, String> {
+        Ok(match self.mode.as_str() {
             "loop" => loop {
                 std::hint::black_box(&mut self.hoard);
             },
@@ -34,8 +35,9 @@ impl Sampler for Hostile {
             },
             "trap" => panic!("the hostile sampler panics on purpose"),
             "garbage" => StepPlan::force(vec![u32::MAX]),
+            "fail" => return Err("the hostile sampler fails on purpose".into()),
             _ => StepPlan::sample(),
-        }
+        })
     }
 }
 

@@ -6,8 +6,7 @@
 
 #![forbid(unsafe_code)]
 
-use kiln_sdk::Config;
-use kiln_sdk::post_process::{ChunkAction, FinishReason, PostProcess};
+use kiln_sdk::post_process::{ChunkAction, Emitted, FinishReason, Options, PostProcess};
 
 /// What the test looks for and rewrites; `black_box` keeps the bytes in the
 /// data section instead of folded into code.
@@ -22,16 +21,16 @@ fn tag() -> String {
 pub struct Tagger;
 
 impl PostProcess for Tagger {
-    fn new(_: &[String], _: &Config) -> Result<Self, String> {
+    fn new(_: &Options) -> Result<Self, String> {
         Ok(Tagger)
     }
 
     fn on_chunk(&mut self, text: &str) -> ChunkAction {
-        ChunkAction::Emit(format!("<{}>{text}", tag()))
+        ChunkAction::emit(format!("<{}>{text}", tag()))
     }
 
-    fn finish(&mut self, _: FinishReason) -> String {
-        format!("<{}>", tag())
+    fn finish(&mut self, _: FinishReason) -> Emitted {
+        format!("<{}>", tag()).into()
     }
 }
 
