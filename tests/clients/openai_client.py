@@ -3,6 +3,7 @@
 usage: python3 openai_client.py BASE_URL   (e.g. http://127.0.0.1:8000/v1)
 Exits non-zero, with the failing check, if kiln is not what the client expects.
 """
+import json
 import sys
 
 from typing import Literal, Optional
@@ -73,6 +74,35 @@ parsed = client.chat.completions.parse(model=model, messages=[{"role": "user", "
                                        response_format=Pet, max_tokens=64, temperature=0.7, seed=1)
 pet = parsed.choices[0].message.parsed
 check("parse with a Pydantic model (json_schema)", isinstance(pet, Pet) and pet.kind in ("cat", "dog"), parsed)
+
+class GetWeather(pydantic.BaseModel):
+    city: str
+
+
+weather = openai.pydantic_function_tool(GetWeather, name="get_weather", description="The weather in a city")
+ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+called = client.chat.completions.create(model=model, messages=ask, tools=[weather], tool_choice="required",
+                                        max_tokens=64, temperature=0)
+call = called.choices[0].message.tool_calls[0]
+check("a required tool call", called.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+      and isinstance(json.loads(call.function.arguments).get("city"), str), called)
+# The round trip: the call as the client got it, the tool's result, then the answer.
+followup = ask + [called.choices[0].message,
+                  {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21, "sky": "sunny"}'}]
+final = client.chat.completions.create(model=model, messages=followup, tools=[weather], tool_choice="none",
+                                       max_tokens=32, temperature=0)
+check("tool round trip ends in text", final.choices[0].message.content and not final.choices[0].message.tool_calls
+      and final.choices[0].finish_reason in ("stop", "length"), final)
+
+named = {"type": "function", "function": {"name": "get_weather"}}
+with client.chat.completions.stream(model=model, messages=ask, tools=[weather], tool_choice=named,
+                                    max_tokens=64, temperature=0) as stream:
+    done = [e for e in stream if e.type == "tool_calls.function.arguments.done"]
+    streamed = stream.get_final_completion()
+parsed_call = streamed.choices[0].message.tool_calls[0].function.parsed_arguments
+check("streamed tool call assembled by the client's helpers", isinstance(parsed_call, GetWeather)
+      and len(done) == 1 and done[0].name == "get_weather" and streamed.choices[0].finish_reason == "tool_calls",
+      streamed)
 
 completion = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0)
 check("completion", completion.object == "text_completion" and completion.choices[0].text, completion)

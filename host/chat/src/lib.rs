@@ -171,6 +171,70 @@ mod tests {
         assert!(err.contains("roles must alternate"), "{err}");
     }
 
+    /// The tool parts of Qwen 2.5's template, trimmed.
+    const HERMES_TEMPLATE: &str = "{%- if tools %}<|im_start|>system\n<tools>{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}\n</tools><|im_end|>\n{% endif %}\
+        {%- for message in messages %}{%- if message.role == 'assistant' and message.tool_calls %}<|im_start|>assistant\
+        {% for tool_call in message.tool_calls %}{% set tool_call = tool_call.function %}\n<tool_call>\n{\"name\": \"{{ tool_call.name }}\", \"arguments\": {{ tool_call.arguments | tojson }}}\n</tool_call>{% endfor %}<|im_end|>\n\
+        {% elif message.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ message.content }}\n</tool_response><|im_end|>\n\
+        {% else %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endif %}{%- endfor %}\
+        {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+    fn weather() -> Tool {
+        Tool {
+            name: "get_weather".into(),
+            description: "The weather".into(),
+            parameters: r#"{"type":"object","properties":{"city":{"type":"string"}}}"#.into(),
+        }
+    }
+
+    fn round_trip() -> Vec<ChatMessage> {
+        let call =
+            ToolCall { id: "call_1".into(), name: "get_weather".into(), arguments: r#"{"city": "Paris"}"#.into() };
+        vec![
+            ChatMessage::new("user", "Weather in Paris?"),
+            ChatMessage { tool_calls: vec![call], ..ChatMessage::new("assistant", "") },
+            ChatMessage { tool_call_id: Some("call_1".into()), ..ChatMessage::new("tool", "sunny") },
+        ]
+    }
+
+    #[test]
+    fn a_template_that_knows_tools_gets_them_and_calls_with_object_arguments() {
+        let t = ChatTemplate::new(Some(HERMES_TEMPLATE), "", "<|im_end|>").unwrap();
+        let (out, syntax) = t.render_with_tools(&round_trip(), &[weather()], true).unwrap();
+        assert_eq!(syntax, Some(ToolSyntax::Hermes));
+        assert!(out.contains(r#""function":{"#) && out.contains(r#""name":"get_weather""#), "{out}");
+        assert!(out.contains("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}"), "{out}");
+        assert!(out.contains("<tool_response>\nsunny\n</tool_response>"), "{out}");
+        // Without tools offered, `tools` is undefined: no tools block.
+        let (plain, syntax) = t.render_with_tools(&[ChatMessage::new("user", "hi")], &[], true).unwrap();
+        assert_eq!((plain.as_str(), syntax), ("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", None));
+    }
+
+    #[test]
+    fn a_template_without_tools_gets_the_hermes_fallback() {
+        let t = ChatTemplate::new(Some(&smollm_template()), "<|im_start|>", "<|im_end|>").unwrap();
+        let (out, syntax) = t.render_with_tools(&round_trip(), &[weather()], true).unwrap();
+        assert_eq!(syntax, Some(ToolSyntax::Hermes));
+        assert!(out.starts_with("<|im_start|>system\n# Tools\n"), "the tools replace the default system turn: {out}");
+        assert!(
+            out.contains(
+                r#"<tool_call>
+{"arguments":{"city":"Paris"},"name":"get_weather"}
+</tool_call><|im_end|>"#
+            ),
+            "{out}"
+        );
+        assert!(out.contains("<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>"), "{out}");
+    }
+
+    #[test]
+    fn the_call_syntax_is_read_from_the_template() {
+        assert_eq!(template_syntax(HERMES_TEMPLATE), Some(ToolSyntax::Hermes));
+        assert_eq!(template_syntax("{{ tools }}[TOOL_CALLS]"), Some(ToolSyntax::Mistral));
+        assert_eq!(template_syntax("{% if tools %}{{ tools | tojson }}{% endif %}"), Some(ToolSyntax::LlamaJson));
+        assert_eq!(template_syntax(CHATML), None);
+    }
+
     #[test]
     fn python_string_methods_work() {
         let t = ChatTemplate::new(Some("{{ messages[0]['content'].strip() }}"), "", "").unwrap();

@@ -95,6 +95,10 @@ pub(crate) fn declare(doc: &mut Value, served: &Served) {
     bound(doc, "DetokenizeRequest", "tokens", &[("items", token)]);
     bound(doc, "ChatMessage", "role", &[("enum", json!(ROLES))]);
     bound(doc, "ContentPart", "type", &[("enum", json!(["text"]))]);
+    bound(doc, "ChatCompletionRequest", "tools", &[("maxItems", json!(crate::tools::MAX_TOOLS))]);
+    bound(doc, "ToolSpec", "type", &[("enum", json!(["function"]))]);
+    bound(doc, "FunctionSpec", "name", &[("pattern", json!(crate::tools::NAME_PATTERN))]);
+    bound(doc, "ToolCall", "type", &[("enum", json!(["function"]))]);
     let stop = json!({"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS});
     if let Some(schema) = doc.pointer_mut("/components/schemas/StopSequences") {
         schema["oneOf"] = json!([stop, {"type": "array", "items": stop, "maxItems": kiln_stop::MAX_STOP_STRINGS}]);

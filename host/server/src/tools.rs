@@ -11,6 +11,8 @@ use crate::ApiError;
 pub(crate) const MAX_TOOLS: usize = 128;
 /// A function name's longest length (OpenAI's limit).
 const MAX_NAME: usize = 64;
+/// What a function name may be, as the OpenAPI document states it.
+pub(crate) const NAME_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 
 /// A chat request's tools, validated.
 #[derive(Clone, Debug, Default, PartialEq)]

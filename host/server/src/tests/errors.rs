@@ -168,7 +168,7 @@ async fn errors_name_the_field_the_client_wrote() {
     let cases = [
         (chat(json!({"max_completion_tokens": 0})), "max_completion_tokens"),
         (chat(json!({"max_tokens": 0})), "max_tokens"),
-        (chat(json!({"tools": [{"type": "function", "function": {"name": "f"}}]})), "tools"),
+        (chat(json!({"tools": [{"type": "function", "function": {"name": "no spaces"}}]})), "tools[0].function.name"),
     ];
     for (body, field) in cases {
         let error = post(&app, "/v1/chat/completions", body).await.error(StatusCode::BAD_REQUEST);
