@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod fingerprint;
 pub mod finish;
 pub mod generate;
 pub mod health;

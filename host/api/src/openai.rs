@@ -210,6 +210,9 @@ pub struct ChatCompletion {
     pub model: String,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
+    /// The model file and plugin versions that produced the answer
+    /// (`GET /v1/fingerprints/{fp}` says which).
+    pub system_fingerprint: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -241,6 +244,7 @@ pub struct ChatCompletionChunk {
     /// Only on the last chunk, and only with `stream_options.include_usage`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    pub system_fingerprint: Option<String>,
 }
 
 /// A prompt as text or token ids; a list must hold exactly one prompt.
@@ -305,6 +309,7 @@ pub struct Completion {
     pub choices: Vec<CompletionChoice>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    pub system_fingerprint: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -44,17 +44,70 @@ pub struct PluginStatus {
     pub reloads: u64,
     /// New versions refused since start (each refused file once).
     pub failed_reloads: u64,
+    /// Calls into the serving (stable) version.
+    pub metrics: PluginCallStats,
+    /// A new version serving part of the requests, while one rolls out.
+    pub canary: Option<CanaryStatus>,
+    /// The last canary dropped, by hand or automatically.
+    pub last_rollback: Option<RollbackStatus>,
+    /// Canaries dropped since start.
+    pub rollbacks: u64,
+}
+
+/// A canary: the version, its share of requests and its calls so far.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CanaryStatus {
+    pub version: String,
+    pub sha256: String,
+    /// Percent of requests it serves, 1 to 100.
+    pub share: u8,
+    /// `request` (each request by its id) or `key` (by API key).
+    pub sticky: String,
+    /// Unix time it started serving.
+    pub since: u64,
     pub metrics: PluginCallStats,
 }
 
-/// Calls into the serving version (instantiations included).
+/// A canary that was dropped, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RollbackStatus {
+    /// Unix time.
+    pub at: u64,
+    /// `name@version` of the canary dropped.
+    pub version: String,
+    pub sha256: String,
+    /// Dropped by the rollout's thresholds rather than by an operator.
+    pub automatic: bool,
+    pub reason: String,
+}
+
+/// `PUT /v1/plugins/{name}`'s query: an upload served as a canary.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UploadQuery {
+    /// Serve the upload as a canary to this percent of requests (1 to 100);
+    /// absent: it replaces the stable version.
+    pub canary: Option<u8>,
+    /// `request` (default: each request by its id) or `key` (each API key
+    /// sees one version).
+    pub sticky: Option<String>,
+}
+
+/// Calls into one version (instantiations included).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PluginCallStats {
     pub calls: u64,
+    /// Requests served (renders, sessions started).
+    pub requests: u64,
     /// Traps, timeouts, memory-limit hits and refusals.
     pub errors: u64,
+    /// Of `errors`: traps.
+    pub traps: u64,
+    /// Of `errors`: calls stopped at their deadline.
+    pub timeouts: u64,
     pub mean_latency_us: f64,
     pub max_latency_us: f64,
+    /// 99 % of calls took less (to within a factor of 2).
+    pub p99_latency_us: Option<f64>,
 }
 
 /// A named pipeline: plugin names per stage (absent: the host's own).

@@ -25,7 +25,8 @@ pub struct TaskView {
     pub started_at: Option<f64>,
     pub completed_at: Option<f64>,
     /// The answer, once `completed`: as `POST /v1/generate` answers, or a
-    /// `chat.completion` for a task made by `POST /v1/chat/completions/async`.
+    /// `chat.completion` for a task made by `POST /v1/chat/completions/async`;
+    /// either carries the `system_fingerprint` of what produced it.
     #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
     /// Why it `failed` (or that it was `cancelled`).

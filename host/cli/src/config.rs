@@ -228,6 +228,9 @@ pub struct PluginsSection {
     pub memory_limit_mib: Option<usize>,
     /// Longest one plugin call may run.
     pub call_timeout_ms: Option<u64>,
+    /// Canaries: their default share and when they are rolled back.
+    #[serde(default)]
+    pub rollout: kiln_pipeline::RolloutConfig,
 }
 
 impl FileConfig {
@@ -274,6 +277,10 @@ impl FileConfig {
             runtime,
             pipelines: self.pipelines.clone(),
             default_pipeline: p.default_pipeline.clone().unwrap_or(defaults.default_pipeline),
+            rollout: {
+                p.rollout.check().map_err(|e| anyhow::anyhow!(e))?;
+                p.rollout.clone()
+            },
         })
     }
 }

@@ -13,6 +13,7 @@ mod devices;
 mod gpu_check;
 mod keys;
 mod load;
+mod model_digest;
 mod serve;
 
 use std::io::{IsTerminal, Write};

@@ -65,7 +65,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let id = model.id.unwrap_or_else(|| settings::default_model_id(&loaded.path));
     let engine = loaded.engine(settings::engine(&args.server, &file.server));
     let config = server.config(auth, limits, redis.as_ref().map(|r| r.shared.clone()));
-    let served = ServedModel::new(id, loaded.tokenizer.clone(), loaded.template);
+    let sha256 = crate::model_digest::model_sha256(&loaded.path, &kiln_hub::cache_dir()?.join("model-digests"))?;
+    let served = ServedModel::new(id, loaded.tokenizer.clone(), loaded.template).with_sha256(sha256);
     // The process's one metrics recorder, installed before anything records.
     let metrics = kiln_server::install_metrics_recorder();
     let mut state = AppState::builder(Arc::new(engine), served, config).metrics(metrics);

@@ -63,6 +63,8 @@ pub struct PluginsConfig {
     pub pipelines: BTreeMap<String, PipelineSpec>,
     /// What requests that name no pipeline get.
     pub default_pipeline: String,
+    /// How canaries start and when they are rolled back.
+    pub rollout: crate::RolloutConfig,
 }
 
 impl Default for PluginsConfig {
@@ -73,6 +75,7 @@ impl Default for PluginsConfig {
             runtime: RuntimeConfig::default(),
             pipelines: BTreeMap::new(),
             default_pipeline: DEFAULT_PIPELINE.into(),
+            rollout: crate::RolloutConfig::default(),
         }
     }
 }

@@ -14,6 +14,8 @@ mod config;
 mod policy;
 mod post;
 mod registry;
+mod resolved;
+mod rollout;
 mod tools;
 mod watch;
 
@@ -22,22 +24,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kiln_engine::{SamplingParams, SamplingPolicy};
-use kiln_plugins::{
-    ChatMessage, Loaded, OutputOptions, PluginKind, PostProcessPlugin, PostProcessSession, Runtime, SamplerPlugin,
-    TemplateInput, TemplatePlugin,
-};
+use kiln_plugins::{Loaded, PluginKind, PostProcessSession, Runtime};
 use kiln_tokenizer::Tokenizer;
 
 // What the HTTP layer needs of the plugin runtime, so that it depends on the
 // pipeline alone.
 pub use kiln_plugins::{
-    FinishReason as PostFinishReason, PluginError, PluginInfo, RuntimeConfig, built_plugins_dir, first_party,
+    FinishReason as PostFinishReason, MetricsSnapshot, PluginError, PluginInfo, RuntimeConfig, built_plugins_dir,
+    first_party,
 };
 
 pub use config::{DEFAULT_PIPELINE, NAME_PATTERN, NATIVE_PIPELINE, PipelineSpec, PluginsConfig, check_name};
 pub use policy::{PluginPolicy, plugin_params};
 pub use post::{PostChain, PostOutput};
 pub use registry::{LoadError, PluginEntry, Source};
+use resolved::Stage;
+pub use resolved::{Conversation, ModelTemplate, OutputSetup, RenderedPrompt, Resolved};
+pub use rollout::{CANARY_DIR, Canary, Rollback, RolloutConfig, Routing, Sticky, verdict};
 pub use tools::{CallConstraint, call_constraint};
 pub use watch::DirWatcher;
 
@@ -82,6 +85,7 @@ pub struct PluginHost {
     default_pipeline: String,
     dir: Option<PathBuf>,
     watch: bool,
+    rollout: RolloutConfig,
     // Kept last: plugins hold the engine, the runtime owns its deadline clock.
     runtime: Runtime,
 }
@@ -107,6 +111,7 @@ impl PluginHost {
     /// cache directory), then every `<name>.wasm` in the plugin directory, and
     /// checks every pipeline against what loaded.
     pub fn new(tokenizer: &Tokenizer, config: PluginsConfig) -> Result<PluginHost, PipelineError> {
+        config.rollout.check().map_err(PipelineError::Config)?;
         let runtime = Runtime::new(config.runtime.clone(), Arc::new(vocabulary(tokenizer)))?;
         let registry = Registry::new(&runtime)?;
         let mut pipelines = BTreeMap::new();
@@ -124,7 +129,7 @@ impl PluginHost {
         let dir = match config.dir {
             Some(dir) => {
                 let io = |e: std::io::Error| PipelineError::Io(format!("plugin directory {}: {e}", dir.display()));
-                std::fs::create_dir_all(&dir).map_err(io)?;
+                std::fs::create_dir_all(dir.join(CANARY_DIR)).map_err(io)?;
                 Some(dir.canonicalize().map_err(io)?)
             }
             None => None,
@@ -135,6 +140,7 @@ impl PluginHost {
             default_pipeline: config.default_pipeline,
             dir,
             watch: config.watch,
+            rollout: config.rollout,
             runtime,
         };
         if !host.pipelines.contains_key(&host.default_pipeline) {
@@ -219,16 +225,33 @@ impl PluginHost {
         self.dir.as_deref()
     }
 
-    /// A snapshot of the named pipeline (`None`: the default) for one request.
+    /// A snapshot of the named pipeline (`None`: the default) on its stable
+    /// versions.
     pub fn resolve(&self, name: Option<&str>) -> Result<Resolved, PipelineError> {
+        self.resolve_for(name, None)
+    }
+
+    /// A snapshot of the named pipeline (`None`: the default) for one
+    /// request: each plugin with a canary is the canary or the stable
+    /// version, as `routing` falls. Canaries due a rollback are rolled
+    /// back first.
+    pub fn resolve_for(&self, name: Option<&str>, routing: Option<&Routing<'_>>) -> Result<Resolved, PipelineError> {
         let name = name.unwrap_or(&self.default_pipeline);
         let compiled = self
             .pipelines
             .get(name)
             .ok_or_else(|| PipelineError::UnknownPipeline { name: name.into(), known: self.pipeline_names() })?;
+        if routing.is_some() {
+            self.judge_canaries(compiled.spec.stages().map(|(n, _)| n));
+        }
         let plugins = self.registry.current.load();
         let loaded = |plugin: &str| -> Result<(Loaded, PluginConfig), PipelineError> {
-            let loaded = plugins.get(plugin).and_then(|e| e.loaded.clone());
+            let entry = plugins.get(plugin);
+            let canary = entry.and_then(|e| e.canary.as_ref()).filter(|c| routing.is_some_and(|r| c.serves(plugin, r)));
+            let loaded = match canary {
+                Some(canary) => Some(canary.loaded.clone()),
+                None => entry.and_then(|e| e.loaded.clone()),
+            };
             let loaded = loaded.ok_or_else(|| PipelineError::UnknownPlugin(plugin.into()))?;
             Ok((loaded, compiled.configs.get(plugin).cloned().unwrap_or_default()))
         };
@@ -346,167 +369,6 @@ fn compile(spec: PipelineSpec) -> CompiledSpec {
     CompiledSpec { spec, configs }
 }
 
-/// One stage of a resolved pipeline: a plugin version and its configuration.
-#[derive(Debug)]
-struct Stage<P> {
-    plugin: Arc<P>,
-    config: PluginConfig,
-}
-
-impl<P> Clone for Stage<P> {
-    fn clone(&self) -> Self {
-        Stage { plugin: self.plugin.clone(), config: self.config.clone() }
-    }
-}
-
-/// The model's own chat template, as template plugins receive it.
-#[derive(Clone, Copy, Debug)]
-pub struct ModelTemplate<'a> {
-    pub source: &'a str,
-    pub bos_token: &'a str,
-    pub eos_token: &'a str,
-}
-
-/// A conversation as a template renders it.
-#[derive(Clone, Copy, Debug)]
-pub struct Conversation<'a> {
-    pub messages: &'a [kiln_chat::ChatMessage],
-    /// The functions offered (empty: none).
-    pub tools: &'a [kiln_chat::Tool],
-    pub tool_choice: &'a kiln_chat::ToolChoice,
-    /// Open the assistant's turn at the end.
-    pub add_generation_prompt: bool,
-}
-
-/// A rendered conversation: the prompt, the template's stop strings, and
-/// the syntax it asked the model to write calls in.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RenderedPrompt {
-    pub prompt: String,
-    pub stop: Vec<String>,
-    pub tool_syntax: Option<kiln_chat::ToolSyntax>,
-}
-
-/// What a generation's post-processors are told when they start.
-#[derive(Clone, Copy, Debug)]
-pub struct OutputSetup<'a> {
-    /// Every stop string in force (the request's and the template's).
-    pub stop: &'a [String],
-    /// The functions offered (empty: none).
-    pub tools: &'a [kiln_chat::Tool],
-    /// The syntax the prompt asked calls in.
-    pub tool_syntax: Option<kiln_chat::ToolSyntax>,
-}
-
-impl OutputSetup<'_> {
-    fn options(&self, config: Vec<(String, String)>) -> OutputOptions {
-        OutputOptions {
-            stop: self.stop.to_vec(),
-            tools: tools::plugin_tools(self.tools),
-            tool_syntax: self.tool_syntax.map(tools::plugin_syntax),
-            config,
-        }
-    }
-}
-
-/// A pipeline as one request runs it: the plugin versions current when it
-/// started, kept to the end.
-#[derive(Clone, Debug)]
-pub struct Resolved {
-    template: Option<Stage<TemplatePlugin>>,
-    sampler: Option<Stage<SamplerPlugin>>,
-    post: Vec<Stage<PostProcessPlugin>>,
-}
-
-impl Resolved {
-    /// Renders a conversation with the pipeline's template plugin; `None`
-    /// when it has none (the host renders).
-    pub fn render(
-        &self,
-        conversation: &Conversation<'_>,
-        model: ModelTemplate<'_>,
-    ) -> Option<Result<RenderedPrompt, PluginError>> {
-        let stage = self.template.as_ref()?;
-        let messages = conversation.messages.iter().map(|m| ChatMessage {
-            role: m.role.clone(),
-            content: m.content.clone(),
-            tool_calls: m
-                .tool_calls
-                .iter()
-                .map(|c| kiln_plugins::ToolCall {
-                    id: c.id.clone(),
-                    name: c.name.clone(),
-                    arguments: c.arguments.clone(),
-                })
-                .collect(),
-            tool_call_id: m.tool_call_id.clone(),
-            name: m.name.clone(),
-        });
-        let input = TemplateInput {
-            messages: messages.collect(),
-            add_generation_prompt: conversation.add_generation_prompt,
-            chat_template: Some(model.source.to_string()),
-            bos_token: model.bos_token.to_string(),
-            eos_token: model.eos_token.to_string(),
-            config: stage.config.to_vec(),
-            tools: tools::plugin_tools(conversation.tools),
-            tool_choice: tools::plugin_choice(conversation.tool_choice),
-        };
-        let rendered = stage.plugin.render(&input);
-        Some(rendered.map(|r| RenderedPrompt {
-            prompt: r.prompt,
-            stop: r.stop,
-            tool_syntax: r.tool_syntax.map(tools::chat_syntax),
-        }))
-    }
-
-    /// The pipeline's sampler for one sequence; `None` when it has none.
-    pub fn sampler(
-        &self,
-        params: &SamplingParams,
-        prompt: &[u32],
-        max_tokens: usize,
-    ) -> Result<Option<Box<dyn SamplingPolicy>>, PluginError> {
-        let Some(stage) = &self.sampler else { return Ok(None) };
-        let mut config = stage.config.to_vec();
-        config.push(("max_tokens".into(), max_tokens.to_string()));
-        let session = stage.plugin.start(plugin_params(params), prompt, &config)?;
-        Ok(Some(Box::new(PluginPolicy::new(session, params.clone()))))
-    }
-
-    /// The post-process chain for one generation: `first` (the tool-call
-    /// parser, when the request offers tools), then the pipeline's stages.
-    pub fn post_chain(
-        &self,
-        output: &OutputSetup<'_>,
-        first: Option<PostProcessSession>,
-    ) -> Result<PostChain, PluginError> {
-        let mut sessions: Vec<PostProcessSession> = first.into_iter().collect();
-        for stage in &self.post {
-            sessions.push(stage.plugin.start(&output.options(stage.config.to_vec()))?);
-        }
-        Ok(PostChain::new(sessions))
-    }
-
-    /// What decides this pipeline's behaviour, one line per stage in order:
-    /// the plugin, its version and sha256, and its configuration here.
-    pub fn fingerprint(&self) -> Vec<String> {
-        let line =
-            |info: &kiln_plugins::PluginInfo, config: &PluginConfig| format!("{info} {} {config:?}", info.sha256);
-        let template = self.template.iter().map(|s| line(s.plugin.info(), &s.config));
-        let sampler = self.sampler.iter().map(|s| line(s.plugin.info(), &s.config));
-        let post = self.post.iter().map(|s| line(s.plugin.info(), &s.config));
-        template.chain(sampler).chain(post).collect()
-    }
-
-    /// The plugin versions this pipeline runs, in stage order.
-    pub fn plugins(&self) -> Vec<&kiln_plugins::PluginInfo> {
-        let template = self.template.iter().map(|s| s.plugin.info());
-        let sampler = self.sampler.iter().map(|s| s.plugin.info());
-        template.chain(sampler).chain(self.post.iter().map(|s| s.plugin.info())).collect()
-    }
-}
-
 /// The names of the plugins built into the binary.
 pub fn built_in_plugins() -> impl Iterator<Item = &'static str> {
     registry::BUILT_IN.iter().map(|(name, _)| *name)
@@ -522,3 +384,5 @@ pub fn vocabulary(tokenizer: &Tokenizer) -> kiln_plugins::Vocabulary {
 mod tests;
 #[cfg(test)]
 mod tests_host;
+#[cfg(test)]
+mod tests_rollout;

@@ -16,6 +16,7 @@ use kiln_plugins::{Loaded, PluginInfo, Runtime};
 use sha2::{Digest, Sha256};
 
 use crate::config::check_name;
+use crate::rollout::{CANARY_DIR, Canary, Rollback};
 use crate::{PipelineError, PluginHost};
 
 /// The plugins built into the binary, by the name pipelines use.
@@ -57,6 +58,12 @@ pub struct PluginEntry {
     pub failed_reloads: u64,
     /// Calls into the versions this one replaced, so totals never go back.
     pub retired: kiln_plugins::MetricsSnapshot,
+    /// A new version serving part of the requests, while one rolls out.
+    pub canary: Option<Canary>,
+    /// The last canary dropped, by hand or automatically.
+    pub last_rollback: Option<Rollback>,
+    /// Canaries dropped since start.
+    pub rollbacks: u64,
 }
 
 impl PluginEntry {
@@ -64,9 +71,10 @@ impl PluginEntry {
         self.loaded.as_ref().map(Loaded::info)
     }
 
-    /// Calls into every version of this name since start.
+    /// Calls into every version of this name since start, a canary's too.
     pub fn total_metrics(&self) -> kiln_plugins::MetricsSnapshot {
-        self.retired + self.loaded.as_ref().map(Loaded::metrics).unwrap_or_default()
+        let stable = self.loaded.as_ref().map(Loaded::metrics).unwrap_or_default();
+        self.retired + stable + self.canary.as_ref().map(|c| c.loaded.metrics()).unwrap_or_default()
     }
 }
 
@@ -112,6 +120,9 @@ fn entry(name: &str, loaded: Option<Loaded>, source: Source) -> PluginEntry {
         reloads: 0,
         failed_reloads: 0,
         retired: kiln_plugins::MetricsSnapshot::default(),
+        canary: None,
+        last_rollback: None,
+        rollbacks: 0,
     }
 }
 
@@ -203,13 +214,13 @@ impl PluginHost {
         Ok(self.drop_version(name))
     }
 
-    fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
         // A panic while holding the lock left no half-made change: the set
         // is only ever replaced whole.
         self.registry.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn file_of(&self, name: &str) -> Option<PathBuf> {
+    pub(crate) fn file_of(&self, name: &str) -> Option<PathBuf> {
         self.dir.as_ref().map(|dir| dir.join(format!("{name}.wasm")))
     }
 
@@ -222,7 +233,7 @@ impl PluginHost {
 
     /// Compiles, validates (world, exports, a smoke call) and checks the kind
     /// against every pipeline using the name.
-    fn validate(&self, name: &str, bytes: &[u8]) -> Result<Loaded, PipelineError> {
+    pub(crate) fn validate(&self, name: &str, bytes: &[u8]) -> Result<Loaded, PipelineError> {
         let loaded = self.runtime.load_bytes(name, bytes)?;
         if let Some((pipeline, kind)) = self.uses(name).into_iter().find(|(_, kind)| *kind != loaded.kind()) {
             return Err(PipelineError::WrongKind { name: name.into(), pipeline, needed: kind, found: loaded.kind() });
@@ -251,13 +262,29 @@ impl PluginHost {
         }
     }
 
-    /// Makes `loaded` the version of `name` for every request from now on.
-    fn publish(&self, name: &str, loaded: Loaded, source: Source) -> Arc<PluginEntry> {
+    /// Makes `loaded` the version of `name` for every request from now on
+    /// (but a canary's share). Publishing the canary's own version ends it.
+    pub(crate) fn publish(&self, name: &str, loaded: Loaded, source: Source) -> Arc<PluginEntry> {
         let previous = self.plugin(name);
         let reloads = previous.as_ref().map_or(0, |p| p.reloads + u64::from(p.loaded.is_some()));
         let failed_reloads = previous.as_ref().map_or(0, |p| p.failed_reloads);
-        let retired = previous.as_ref().map(|p| p.total_metrics()).unwrap_or_default();
-        let entry = Arc::new(PluginEntry { reloads, failed_reloads, retired, ..entry(name, Some(loaded), source) });
+        let sha256 = &loaded.info().sha256;
+        let canary = previous.as_ref().and_then(|p| p.canary.clone()).filter(|c| &c.loaded.info().sha256 != sha256);
+        // A promoted canary's calls go on being counted as the stable version's.
+        let promoted = previous.as_ref().and_then(|p| p.canary.as_ref()).is_some() && canary.is_none();
+        let retired = previous.as_ref().map(|p| p.total_metrics()).unwrap_or_default()
+            - if promoted { loaded.metrics() } else { Default::default() };
+        let (last_rollback, rollbacks) =
+            previous.as_ref().map_or((None, 0), |p| (p.last_rollback.clone(), p.rollbacks));
+        let entry = Arc::new(PluginEntry {
+            reloads,
+            failed_reloads,
+            retired,
+            canary,
+            last_rollback,
+            rollbacks,
+            ..entry(name, Some(loaded), source)
+        });
         let info = entry.info().map(ToString::to_string).unwrap_or_default();
         let sha256 = entry.info().map(|i| i.sha256[..12].to_string()).unwrap_or_default();
         self.store(name, Some(entry.clone()));
@@ -311,17 +338,22 @@ impl PluginHost {
     /// Removes `name`'s file or upload version: back to its built-in, or gone.
     fn drop_version(&self, name: &str) -> Option<Arc<PluginEntry>> {
         let retired = self.plugin(name).map(|p| p.total_metrics()).unwrap_or_default();
-        let back = self
-            .registry
-            .builtins
-            .get(name)
-            .map(|b| Arc::new(PluginEntry { retired, ..entry(name, Some(b.clone()), Source::BuiltIn) }));
+        let previous = self.plugin(name);
+        let back = self.registry.builtins.get(name).map(|b| {
+            Arc::new(PluginEntry {
+                retired,
+                canary: previous.as_ref().and_then(|p| p.canary.clone()),
+                last_rollback: previous.as_ref().and_then(|p| p.last_rollback.clone()),
+                rollbacks: previous.as_ref().map_or(0, |p| p.rollbacks),
+                ..entry(name, Some(b.clone()), Source::BuiltIn)
+            })
+        });
         self.store(name, back.clone());
         tracing::info!(plugin = name, reverted_to_built_in = back.is_some(), "plugin removed");
         back
     }
 
-    fn store(&self, name: &str, entry: Option<Arc<PluginEntry>>) {
+    pub(crate) fn store(&self, name: &str, entry: Option<Arc<PluginEntry>>) {
         let mut next = (**self.registry.current.load()).clone();
         match entry {
             Some(e) => next.insert(name.to_string(), e),
@@ -330,14 +362,27 @@ impl PluginHost {
         self.registry.current.store(Arc::new(next));
     }
 
-    /// Every plugin file already in the directory, loaded at start.
+    /// Every plugin file already in the directory, loaded at start, then
+    /// the canaries in `canary/`.
     pub(crate) fn load_dir(&self) -> Result<(), PipelineError> {
         for name in self.dir_plugins()? {
             if let Err(e) = self.sync_file(&name) {
                 tracing::warn!(plugin = name, error = %e, "plugin file not loaded at start");
             }
         }
+        for name in self.canary_plugins()? {
+            if let Err(e) = self.sync_canary_file(&name) {
+                tracing::warn!(plugin = name, error = %e, "canary file not loaded at start");
+            }
+        }
         Ok(())
+    }
+
+    /// The names of the `<name>.wasm` files in `canary/`.
+    pub(crate) fn canary_plugins(&self) -> Result<Vec<String>, PipelineError> {
+        let Some(dir) = self.dir.as_ref().map(|d| d.join(CANARY_DIR)) else { return Ok(Vec::new()) };
+        let files = std::fs::read_dir(&dir).map_err(|e| PipelineError::Io(format!("{}: {e}", dir.display())))?;
+        Ok(files.filter_map(|f| plugin_name(&dir, &f.ok()?.path())).collect())
     }
 
     /// The names of the `<name>.wasm` files in the plugin directory.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use notify::{RecursiveMode, Watcher};
 
 use crate::registry::plugin_name;
-use crate::{PipelineError, PluginHost};
+use crate::{CANARY_DIR, PipelineError, PluginHost};
 
 /// Quiet time after a file's last event before it is loaded.
 pub const SETTLE: Duration = Duration::from_millis(30);
@@ -66,9 +66,11 @@ impl PluginHost {
             };
         })
         .map_err(|e| PipelineError::Io(format!("watching {}: {e}", dir.display())))?;
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|e| PipelineError::Io(format!("watching {}: {e}", dir.display())))?;
+        for watched in [dir.clone(), dir.join(CANARY_DIR)] {
+            watcher
+                .watch(&watched, RecursiveMode::NonRecursive)
+                .map_err(|e| PipelineError::Io(format!("watching {}: {e}", watched.display())))?;
+        }
         // Files that changed between loading the directory and watching it.
         let _ = tx_rescan.send(Event::Rescan);
         let host = Arc::downgrade(self);
@@ -80,23 +82,36 @@ impl PluginHost {
     }
 }
 
+/// A plugin file that changed: its name, and whether it is in `canary/`.
+type Changed = (String, bool);
+
+/// The plugin file a path is, stable or canary.
+fn changed_file(dir: &std::path::Path, path: &std::path::Path) -> Option<Changed> {
+    match plugin_name(dir, path) {
+        Some(name) => Some((name, false)),
+        None => plugin_name(&dir.join(CANARY_DIR), path).map(|name| (name, true)),
+    }
+}
+
 /// Collects changed names; reloads each once it has settled.
 fn settle_and_reload(host: &Weak<PluginHost>, dir: &std::path::Path, events: &mpsc::Receiver<Event>) {
-    let mut pending: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut pending: BTreeMap<Changed, Instant> = BTreeMap::new();
     loop {
         let wait = pending.values().map(|last| (*last + SETTLE).saturating_duration_since(Instant::now())).min();
         match events.recv_timeout(wait.unwrap_or(Duration::from_secs(3600))) {
             Ok(Event::Changed(path)) => {
-                if let Some(name) = plugin_name(dir, &path) {
-                    pending.insert(name, Instant::now());
+                if let Some(changed) = changed_file(dir, &path) {
+                    pending.insert(changed, Instant::now());
                 }
             }
             Ok(Event::Rescan) => {
                 let Some(host) = host.upgrade() else { return };
-                match host.dir_plugins() {
-                    Ok(names) => {
-                        for name in names {
-                            pending.insert(name, Instant::now());
+                let stable = host.dir_plugins().map(|names| names.into_iter().map(|n| (n, false)).collect::<Vec<_>>());
+                let canaries = host.canary_plugins().map(|names| names.into_iter().map(|n| (n, true)).collect());
+                match stable.and_then(|s| canaries.map(|c: Vec<_>| [s, c].concat())) {
+                    Ok(changed) => {
+                        for file in changed {
+                            pending.insert(file, Instant::now());
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "rescanning the plugin directory"),
@@ -107,13 +122,18 @@ fn settle_and_reload(host: &Weak<PluginHost>, dir: &std::path::Path, events: &mp
             // The watcher was dropped.
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        let settled: Vec<String> =
+        let settled: Vec<Changed> =
             pending.iter().filter(|(_, last)| last.elapsed() >= SETTLE).map(|(n, _)| n.clone()).collect();
-        for name in settled {
-            pending.remove(&name);
+        for file in settled {
+            pending.remove(&file);
             let Some(host) = host.upgrade() else { return };
             // Failures are logged and recorded on the plugin's entry.
-            let _ = host.sync_file(&name);
+            let _ = match file {
+                (name, false) => host.sync_file(&name),
+                (name, true) => host.sync_canary_file(&name).inspect_err(|e| {
+                    tracing::warn!(plugin = name, error = %e, "canary file not loaded");
+                }),
+            };
         }
     }
 }

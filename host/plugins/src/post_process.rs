@@ -94,7 +94,7 @@ impl PostProcessPlugin {
     pub fn start(self: &Arc<Self>, options: &OutputOptions) -> Result<PostProcessSession, PluginError> {
         let started = Instant::now();
         let session = self.open(options);
-        self.metrics.record(started, &session);
+        self.metrics.record_start(started, &session);
         session
     }
 

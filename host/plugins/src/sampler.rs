@@ -113,7 +113,7 @@ impl SamplerPlugin {
     ) -> Result<SamplerSession, PluginError> {
         let started = Instant::now();
         let session = self.open(params, prompt, config);
-        self.metrics.record(started, &session);
+        self.metrics.record_start(started, &session);
         session
     }
 

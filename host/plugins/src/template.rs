@@ -87,7 +87,7 @@ impl TemplatePlugin {
     pub fn render(&self, input: &TemplateInput) -> Result<Rendered, PluginError> {
         let started = Instant::now();
         let rendered = self.call_render(input);
-        self.metrics.record(started, &rendered);
+        self.metrics.record_start(started, &rendered);
         rendered
     }
 

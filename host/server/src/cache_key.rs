@@ -56,9 +56,18 @@ impl ValidGeneration {
             return None;
         }
         let mut plugins = self.pipeline.as_ref().map(kiln_pipeline::Resolved::fingerprint).unwrap_or_default();
-        // json-mode or json-schema samples in place of the pipeline's
-        // sampler (json-schema also for a forced tool call); tool-calls
-        // parses the answer of a request offering tools.
+        for name in self.built_ins_used() {
+            let plugin = state.plugins().and_then(|p| p.plugin(name));
+            plugins.extend(plugin.as_ref().and_then(|e| e.info()).map(|i| format!("{i} {}", i.sha256)));
+        }
+        plugins.push(format!("model {}", state.model().sha256));
+        Some(self.key_parts(&state.model().id, tenant, plugins).key())
+    }
+
+    /// The built-in plugins this request runs beside its pipeline:
+    /// json-mode or json-schema in place of its sampler (json-schema also
+    /// for a forced tool call), tool-calls parsing an answer offered tools.
+    pub(crate) fn built_ins_used(&self) -> Vec<&'static str> {
         let (tools, forced) = match &self.prompt {
             Prompt::Chat { tools, tool_choice, .. } if !tools.is_empty() => match tool_choice {
                 ToolChoice::None => (false, false),
@@ -67,16 +76,12 @@ impl ValidGeneration {
             },
             _ => (false, false),
         };
-        let builtins = [
+        let built_ins = [
             (self.json, kiln_pipeline::JSON_MODE),
             (self.json_schema.is_some() || forced, kiln_pipeline::JSON_SCHEMA),
             (tools, kiln_pipeline::TOOL_CALLS),
         ];
-        for (_, name) in builtins.into_iter().filter(|(used, _)| *used) {
-            let plugin = state.plugins().and_then(|p| p.plugin(name));
-            plugins.extend(plugin.as_ref().and_then(|e| e.info()).map(|i| format!("{i} {}", i.sha256)));
-        }
-        Some(self.key_parts(&state.model().id, tenant, plugins).key())
+        built_ins.into_iter().filter(|(used, _)| *used).map(|(_, name)| name).collect()
     }
 
     fn key_parts<'a>(&'a self, model: &'a str, tenant: Option<&'a str>, plugins: Vec<String>) -> KeyParts<'a> {

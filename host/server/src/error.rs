@@ -50,6 +50,8 @@ pub enum ApiError {
     NoSuchPlugin(String),
     #[error("no task {0:?} for this API key")]
     NoSuchTask(String),
+    #[error("this server has not served fingerprint {0:?}")]
+    NoSuchFingerprint(String),
     /// The key's own tasks fill its share of the task queue.
     #[error("this API key has {limit} tasks waiting, the most it may; retry once some have started")]
     TooManyPendingTasks { limit: u64 },
@@ -102,7 +104,8 @@ impl ApiError {
             ApiError::RouteNotFound { .. }
             | ApiError::NoSuchModel(_)
             | ApiError::NoSuchPlugin(_)
-            | ApiError::NoSuchTask(_) => StatusCode::NOT_FOUND,
+            | ApiError::NoSuchTask(_)
+            | ApiError::NoSuchFingerprint(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidPlugin(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -133,6 +136,7 @@ impl ApiError {
             ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model".into()), Some("model_not_found")),
             ApiError::RouteNotFound { .. } => ("not_found_error", None, Some("not_found")),
             ApiError::NoSuchModel(_) => ("not_found_error", Some("id".into()), Some("model_not_found")),
+            ApiError::NoSuchFingerprint(_) => ("not_found_error", Some("fingerprint".into()), Some("not_found")),
             ApiError::MethodNotAllowed { .. } => ("invalid_request_error", None, Some("method_not_allowed")),
             ApiError::Overloaded { .. } | ApiError::Behind { .. } => ("overloaded_error", None, Some("overloaded")),
             ApiError::Unavailable => ("overloaded_error", None, Some("unavailable")),

@@ -116,6 +116,9 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ApiPath {
 /// calls (for the key's default pipeline) and where its tokens are counted.
 #[derive(Clone, Debug, Default)]
 pub struct RequestContext {
+    /// The `x-request-id` (a task's id for a task); empty only where no
+    /// request started it.
+    pub request_id: String,
     pub caller: Option<Caller>,
     pub meter: Option<TokenMeter>,
     /// `Cache-Control: no-cache` (or `no-store`): not served from the cache.
@@ -150,6 +153,11 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestContext {
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(RequestContext {
+            request_id: parts
+                .extensions
+                .get::<crate::middleware::request_id::RequestId>()
+                .map(|r| r.0.clone())
+                .unwrap_or_default(),
             caller: parts.extensions.get::<Caller>().cloned(),
             meter: parts.extensions.get::<TokenMeter>().cloned(),
             no_cache: parts

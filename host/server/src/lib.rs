@@ -14,11 +14,13 @@
 
 #![forbid(unsafe_code)]
 
+mod answer_setup;
 mod cache_key;
 mod config;
 mod contract;
 mod error;
 mod extract;
+mod fingerprint;
 mod generation;
 mod middleware;
 mod openapi;

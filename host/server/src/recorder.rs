@@ -51,6 +51,13 @@ fn describe() {
     );
     describe_counter!("kiln_plugin_reloads_total", "New versions of each plugin swapped in");
     describe_counter!("kiln_plugin_failed_reloads_total", "New versions of each plugin refused");
+    describe_counter!("kiln_plugin_rollbacks_total", "Canaries of each plugin dropped, by hand or automatically");
+    describe_gauge!("kiln_plugin_canary_share", "Share of requests each plugin's canary serves (0: none)");
+    describe_counter!("kiln_plugin_version_requests_total", "Requests served by each plugin version (stable, canary)");
+    describe_counter!("kiln_plugin_version_errors_total", "Failed calls into each plugin version");
+    describe_counter!("kiln_plugin_version_traps_total", "Calls into each plugin version that trapped");
+    describe_counter!("kiln_plugin_version_timeouts_total", "Calls into each plugin version stopped at their deadline");
+    describe_gauge!("kiln_plugin_version_p99_seconds", Unit::Seconds, "p99 call latency of each plugin version");
     describe_gauge!("kiln_process_resident_memory_bytes", Unit::Bytes, "Resident memory of the process");
     describe_counter!(
         "kiln_webhook_deliveries_total",

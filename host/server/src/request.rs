@@ -142,7 +142,7 @@ pub(crate) fn generate(
         logprobs: None,
         json: false,
         json_schema: None,
-        pipeline: state.pipeline(context.pipeline(req.pipeline.as_deref())?)?,
+        pipeline: state.pipeline(context.pipeline(req.pipeline.as_deref())?, context)?,
         n: 1,
         single_tool_call: false,
     };
@@ -389,7 +389,7 @@ fn openai_generation(
         logprobs,
         json,
         json_schema: None,
-        pipeline: state.pipeline(context.pipeline(fields.pipeline.as_deref())?)?,
+        pipeline: state.pipeline(context.pipeline(fields.pipeline.as_deref())?, context)?,
         n,
         single_tool_call: false,
     })

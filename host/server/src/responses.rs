@@ -29,6 +29,7 @@ pub(crate) fn generation_response(state: &AppState, done: Collected) -> Generati
 /// A `chat.completion` of one or more answers, in order.
 pub(crate) fn chat_completion(state: &AppState, done: Vec<Collected>, logprobs: bool) -> ChatCompletion {
     let usage = total_usage(done.iter().map(|d| d.usage));
+    let system_fingerprint = done.first().map(|d| d.fingerprint.to_string());
     ChatCompletion {
         id: completion_id("chatcmpl"),
         object: "chat.completion".into(),
@@ -45,6 +46,7 @@ pub(crate) fn chat_completion(state: &AppState, done: Vec<Collected>, logprobs: 
             })
             .collect(),
         usage,
+        system_fingerprint,
     }
 }
 

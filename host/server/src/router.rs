@@ -25,6 +25,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/plugins", get(routes::plugins::list_plugins))
         .route("/v1/plugins/{name}", put(routes::plugins::put_plugin).delete(routes::plugins::delete_plugin))
         .route("/v1/plugins/{name}/reload", post(routes::plugins::reload_plugin))
+        .route("/v1/plugins/{name}/promote", post(routes::plugins::promote_plugin))
+        .route("/v1/plugins/{name}/rollback", post(routes::plugins::rollback_plugin))
         // Runs after the outer limit's layer, so uploads get their own.
         .layer(DefaultBodyLimit::max(state.config().max_plugin_bytes))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::admin::require_admin));
@@ -42,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(routes::completions::completions))
         .route("/v1/models", get(routes::models::list_models))
         .route("/v1/models/{*id}", get(routes::models::retrieve_model))
+        .route("/v1/fingerprints/{fingerprint}", get(routes::models::fingerprint))
         .route("/v1/tokenize", post(routes::tokenize::tokenize))
         .route("/v1/detokenize", post(routes::tokenize::detokenize));
     // Without a recorder there is nothing to render: the route is absent (404).

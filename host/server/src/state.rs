@@ -26,11 +26,18 @@ pub struct ServedModel {
     pub created: u64,
     pub tokenizer: Arc<Tokenizer>,
     pub template: ChatTemplate,
+    /// Hex sha256 of the model file, for answers' fingerprints (empty: unknown).
+    pub sha256: String,
 }
 
 impl ServedModel {
     pub fn new(id: impl Into<String>, tokenizer: Arc<Tokenizer>, template: ChatTemplate) -> Self {
-        ServedModel { id: id.into(), created: unix_now(), tokenizer, template }
+        ServedModel { id: id.into(), created: unix_now(), tokenizer, template, sha256: String::new() }
+    }
+
+    /// The model file's sha256, which answers' fingerprints include.
+    pub fn with_sha256(self, sha256: impl Into<String>) -> Self {
+        ServedModel { sha256: sha256.into(), ..self }
     }
 }
 
@@ -57,6 +64,7 @@ struct Inner {
     /// Renders `/metrics`; `None`: the binary installed no recorder.
     metrics: Option<PrometheusHandle>,
     started: Instant,
+    fingerprints: crate::fingerprint::Fingerprints,
     /// Warmed up (one forward pass done) and not draining.
     ready: AtomicBool,
     draining: AtomicBool,
@@ -124,6 +132,7 @@ impl AppStateBuilder {
             tasks: self.tasks,
             metrics: self.metrics,
             started: Instant::now(),
+            fingerprints: Default::default(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         };
@@ -189,6 +198,11 @@ impl AppState {
         self.inner.limiter.clone()
     }
 
+    /// The fingerprints served so far.
+    pub(crate) fn fingerprints(&self) -> &crate::fingerprint::Fingerprints {
+        &self.inner.fingerprints
+    }
+
     pub(crate) fn cache(&self) -> &Arc<ResponseCache> {
         &self.inner.cache
     }
@@ -220,11 +234,22 @@ impl AppState {
     }
 
     /// The pipeline a request runs (`None`: the host alone, no plugins).
-    pub(crate) fn pipeline(&self, requested: Option<&str>) -> Result<Option<Resolved>, ApiError> {
+    pub(crate) fn pipeline(
+        &self,
+        requested: Option<&str>,
+        context: &crate::extract::RequestContext,
+    ) -> Result<Option<Resolved>, ApiError> {
+        // Which side of a canary a request falls on: its id, or its key.
+        let tenant = context.tenant();
+        let request_id = match context.request_id.as_str() {
+            "" => uuid::Uuid::new_v4().simple().to_string(),
+            id => id.to_string(),
+        };
+        let routing = kiln_pipeline::Routing { request_id: &request_id, api_key: tenant.as_deref() };
         match (self.plugins(), requested) {
             // Only the pipeline's name is the client's business; a plugin the
             // registry cannot provide is the server's fault.
-            (Some(plugins), _) => plugins.resolve(requested).map(Some).map_err(|e| match e {
+            (Some(plugins), _) => plugins.resolve_for(requested, Some(&routing)).map(Some).map_err(|e| match e {
                 e @ kiln_pipeline::PipelineError::UnknownPipeline { .. } => e.into(),
                 other => ApiError::Internal(other.to_string()),
             }),

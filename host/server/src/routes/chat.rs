@@ -33,6 +33,7 @@ pub async fn chat_completions(
     let logprobs = valid.generation.logprobs.is_some();
     let generations = Generation::start_choices(&state, valid.generation, context).await?;
     let cache = generations.first().map_or(CacheStatus::Off, Generation::cache_status);
+    let fingerprint = generations.first().map(|g| g.fingerprint().to_string());
     if !valid.stream {
         let done = collect_choices(generations).await?;
         return Ok(mark_cache(Json(chat_completion(&state, done, logprobs)).into_response(), cache));
@@ -46,6 +47,7 @@ pub async fn chat_completions(
         model: model.clone(),
         choices,
         usage,
+        system_fingerprint: fingerprint.clone(),
     };
     // Each answer opens with the assistant's role; usage, when asked for,
     // follows the last answer's finish and counts the prompt once.

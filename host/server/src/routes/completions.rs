@@ -33,6 +33,7 @@ pub async fn completions(
     let logprobs = valid.generation.logprobs.is_some();
     let generations = Generation::start_choices(&state, valid.generation, context).await?;
     let cache = generations.first().map_or(CacheStatus::Off, Generation::cache_status);
+    let fingerprint = generations.first().map(|g| g.fingerprint().to_string());
 
     let (id, created, model) = (completion_id("cmpl"), unix_now(), state.model().id.clone());
     let completion = move |choices, usage| Completion {
@@ -42,6 +43,7 @@ pub async fn completions(
         model: model.clone(),
         choices,
         usage,
+        system_fingerprint: fingerprint.clone(),
     };
     let choice = |index: usize, text: String, logprobs, finish_reason: Option<FinishReason>| CompletionChoice {
         index: index as u32,

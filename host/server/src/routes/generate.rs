@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use kiln_api::generate::{GenerationChunk, GenerationRequest, GenerationResponse, GenerationStreamEnd};
 
-use super::sse::{json_event, mark_cache, sse};
+use super::sse::{json_event, mark_cache, mark_fingerprint, sse};
 use crate::extract::{ApiJson, RequestContext};
 use crate::generation::Generation;
 use crate::openapi::GenerationErrors;
@@ -33,7 +33,9 @@ pub async fn generate(
     }
     let cache = generation.cache_status();
     let done = generation.collect().await?;
-    Ok(mark_cache(Json(generation_response(&state, done)).into_response(), cache))
+    let fingerprint = done.fingerprint.clone();
+    let response = mark_cache(Json(generation_response(&state, done)).into_response(), cache);
+    Ok(mark_fingerprint(response, &fingerprint))
 }
 
 /// Stream the answer as Server-Sent Events: one `{"text"}` event per decoded

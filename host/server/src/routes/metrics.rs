@@ -48,7 +48,23 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         counter!("kiln_plugin_errors_total", "plugin" => name.clone()).absolute(calls.errors);
         gauge!("kiln_plugin_busy_seconds", "plugin" => name.clone()).set(calls.busy.as_secs_f64());
         counter!("kiln_plugin_reloads_total", "plugin" => name.clone()).absolute(entry.reloads);
-        counter!("kiln_plugin_failed_reloads_total", "plugin" => name).absolute(entry.failed_reloads);
+        counter!("kiln_plugin_failed_reloads_total", "plugin" => name.clone()).absolute(entry.failed_reloads);
+        counter!("kiln_plugin_rollbacks_total", "plugin" => name.clone()).absolute(entry.rollbacks);
+        // Each serving version on its own, for watching a rollout.
+        let stable = entry.loaded.as_ref().map(|l| (l.info().clone(), l.metrics(), "stable"));
+        let canary = entry.canary.as_ref().map(|c| (c.loaded.info().clone(), c.loaded.metrics(), "canary"));
+        for (info, m, role) in stable.into_iter().chain(canary) {
+            let labels = [("plugin", name.clone()), ("version", info.version.clone()), ("role", role.to_string())];
+            counter!("kiln_plugin_version_requests_total", &labels).absolute(m.sessions);
+            counter!("kiln_plugin_version_errors_total", &labels).absolute(m.errors);
+            counter!("kiln_plugin_version_traps_total", &labels).absolute(m.traps);
+            counter!("kiln_plugin_version_timeouts_total", &labels).absolute(m.timeouts);
+            if let Some(p99) = m.p99() {
+                gauge!("kiln_plugin_version_p99_seconds", &labels).set(p99.as_secs_f64());
+            }
+        }
+        let share = entry.canary.as_ref().map_or(0.0, |c| f64::from(c.share) / 100.0);
+        gauge!("kiln_plugin_canary_share", "plugin" => name).set(share);
     }
     if let Some(tasks) = state.tasks() {
         task_levels(tasks).await;

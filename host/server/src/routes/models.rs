@@ -1,8 +1,10 @@
-//! `GET /v1/models` and `GET /v1/models/{id}`.
+//! `GET /v1/models`, `GET /v1/models/{id}`, and what served answers'
+//! fingerprints stand for (`GET /v1/fingerprints/{fingerprint}`).
 
 use axum::Json;
 use axum::extract::State;
 use kiln_api::ErrorBody;
+use kiln_api::fingerprint::FingerprintView;
 use kiln_api::openai::{ModelCard, ModelList};
 
 use crate::extract::ApiPath;
@@ -23,6 +25,23 @@ pub async fn retrieve_model(State(state): State<AppState>, ApiPath(id): ApiPath)
         return Err(ApiError::NoSuchModel(id));
     }
     Ok(Json(card(&state)))
+}
+
+/// The model file and plugin versions an answer's `system_fingerprint` (or
+/// `x-kiln-fingerprint`) stands for, known for every fingerprint this
+/// server has served.
+#[utoipa::path(get, path = "/v1/fingerprints/{fingerprint}", tag = "openai",
+    params(("fingerprint" = String, Path, description = "An answer's `system_fingerprint`")),
+    responses((status = 200, description = "What it stands for", body = FingerprintView),
+        (status = 404, description = "Not served by this server", body = ErrorBody)))]
+pub async fn fingerprint(
+    State(state): State<AppState>,
+    ApiPath(fingerprint): ApiPath,
+) -> Result<Json<FingerprintView>, ApiError> {
+    match state.fingerprints().get(&fingerprint) {
+        Some(view) => Ok(Json((*view).clone())),
+        None => Err(ApiError::NoSuchFingerprint(fingerprint)),
+    }
 }
 
 fn card(state: &AppState) -> ModelCard {

@@ -12,10 +12,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use kiln_api::ErrorBody;
-use kiln_api::plugins::{PipelineView, PluginCallStats, PluginList, PluginStatus};
-use kiln_pipeline::{PluginEntry, PluginHost, Source};
+use kiln_api::plugins::{
+    CanaryStatus, PipelineView, PluginCallStats, PluginList, PluginStatus, RollbackStatus, UploadQuery,
+};
+use kiln_pipeline::{MetricsSnapshot, PluginEntry, PluginHost, Source, Sticky};
 
-use crate::extract::ApiPath;
+use crate::extract::{ApiPath, ApiQuery};
 use crate::{ApiError, AppState};
 
 /// Every plugin (with its serving version, last load error and call
@@ -44,19 +46,26 @@ pub async fn list_plugins(State(state): State<AppState>) -> Result<Json<PluginLi
 
 /// Upload a component (the body, as is) as plugin `name`: compiled,
 /// validated and swapped in, or refused with the reason and nothing changed.
+/// With `?canary=N` it serves N percent of requests beside the stable
+/// version instead (kept in `<plugin-dir>/canary/`), until promoted or
+/// rolled back.
 #[utoipa::path(put, path = "/v1/plugins/{name}", tag = "plugins",
-    params(("name" = String, Path, description = "The plugin's name: letters, digits, '-' and '_'")),
+    params(("name" = String, Path, description = "The plugin's name: letters, digits, '-' and '_'"),
+        ("canary" = Option<u8>, Query, description = "Serve the upload as a canary to this percent of requests (1 to 100)"),
+        ("sticky" = Option<String>, Query, description = "`request` (default) or `key`: what picks a request's version")),
     request_body(content = Vec<u8>, content_type = "application/wasm", description = "A component built for one of kiln's plugin worlds"),
     responses(
         (status = 200, description = "The plugin as it now serves", body = PluginStatus),
         (status = 403, description = "Not an admin client", body = ErrorBody),
         (status = 400, description = "An invalid plugin name, or an empty upload (`param` names it)", body = ErrorBody),
         (status = 413, description = "Larger than the upload limit", body = ErrorBody),
+        (status = 409, description = "A canary of a plugin with no stable version, or of another kind", body = ErrorBody),
         (status = 422, description = "Not a usable kiln plugin, or the wrong kind for a pipeline using the name", body = ErrorBody),
     ))]
 pub async fn put_plugin(
     State(state): State<AppState>,
     ApiPath(name): ApiPath,
+    ApiQuery(query): ApiQuery<UploadQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PluginStatus>, ApiError> {
     let bytes = body.map_err(|rejection| match rejection.status() {
@@ -66,7 +75,55 @@ pub async fn put_plugin(
     if bytes.is_empty() {
         return Err(ApiError::invalid("body", "the body must be the component file (it is empty)"));
     }
-    let entry = blocking(&state, move |plugins| plugins.install(&name, &bytes)).await?;
+    let sticky = match query.sticky.as_deref() {
+        None | Some("request") => Sticky::Request,
+        Some("key") => Sticky::Key,
+        Some(other) => return Err(ApiError::invalid("sticky", format!("must be `request` or `key`, got {other:?}"))),
+    };
+    let entry = match query.canary {
+        Some(share) if !(1..=100).contains(&share) => {
+            return Err(ApiError::invalid("canary", format!("must be a percent from 1 to 100, got {share}")));
+        }
+        Some(share) => blocking(&state, move |p| p.install_canary(&name, &bytes, Some(share), sticky)).await?,
+        None if query.sticky.is_some() => return Err(ApiError::invalid("sticky", "only applies with `canary`")),
+        None => blocking(&state, move |plugins| plugins.install(&name, &bytes)).await?,
+    };
+    Ok(Json(status(&entry)))
+}
+
+/// Make plugin `name`'s canary its stable version, for every request.
+#[utoipa::path(post, path = "/v1/plugins/{name}/promote", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    responses(
+        (status = 200, description = "The plugin as it now serves", body = PluginStatus),
+        (status = 403, description = "Not an admin client", body = ErrorBody),
+        (status = 400, description = "An invalid plugin name", body = ErrorBody),
+        (status = 404, description = "No such plugin", body = ErrorBody),
+        (status = 409, description = "The plugin has no canary", body = ErrorBody),
+    ))]
+pub async fn promote_plugin(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath,
+) -> Result<Json<PluginStatus>, ApiError> {
+    let entry = blocking(&state, move |plugins| plugins.promote(&name)).await?;
+    Ok(Json(status(&entry)))
+}
+
+/// Drop plugin `name`'s canary: every request goes back to the stable version.
+#[utoipa::path(post, path = "/v1/plugins/{name}/rollback", tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    responses(
+        (status = 200, description = "The plugin as it now serves", body = PluginStatus),
+        (status = 403, description = "Not an admin client", body = ErrorBody),
+        (status = 400, description = "An invalid plugin name", body = ErrorBody),
+        (status = 404, description = "No such plugin", body = ErrorBody),
+        (status = 409, description = "The plugin has no canary", body = ErrorBody),
+    ))]
+pub async fn rollback_plugin(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath,
+) -> Result<Json<PluginStatus>, ApiError> {
+    let entry = blocking(&state, move |plugins| plugins.rollback(&name)).await?;
     Ok(Json(status(&entry)))
 }
 
@@ -130,10 +187,42 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
+fn stats(metrics: MetricsSnapshot) -> PluginCallStats {
+    let micros = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+    PluginCallStats {
+        calls: metrics.calls,
+        requests: metrics.sessions,
+        errors: metrics.errors,
+        traps: metrics.traps,
+        timeouts: metrics.timeouts,
+        mean_latency_us: if metrics.calls == 0 { 0.0 } else { micros(metrics.busy) / metrics.calls as f64 },
+        max_latency_us: micros(metrics.slowest),
+        p99_latency_us: metrics.p99().map(micros),
+    }
+}
+
 fn status(entry: &PluginEntry) -> PluginStatus {
     let info = entry.info();
     let metrics = entry.loaded.as_ref().map(|l| l.metrics()).unwrap_or_default();
-    let micros = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+    let canary = entry.canary.as_ref().map(|c| CanaryStatus {
+        version: c.loaded.info().version.clone(),
+        sha256: c.loaded.info().sha256.clone(),
+        share: c.share,
+        sticky: match c.sticky {
+            Sticky::Request => "request",
+            Sticky::Key => "key",
+        }
+        .into(),
+        since: unix(c.since),
+        metrics: stats(c.loaded.metrics()),
+    });
+    let last_rollback = entry.last_rollback.as_ref().map(|r| RollbackStatus {
+        at: unix(r.at),
+        version: r.version.clone(),
+        sha256: r.sha256.clone(),
+        automatic: r.automatic,
+        reason: r.reason.clone(),
+    });
     let (source, path) = match &entry.source {
         Source::BuiltIn => ("built-in", None),
         Source::File(path) => ("file", Some(path.display().to_string())),
@@ -154,11 +243,9 @@ fn status(entry: &PluginEntry) -> PluginStatus {
         last_error_at: entry.last_error.as_ref().map(|e| unix(e.at)),
         reloads: entry.reloads,
         failed_reloads: entry.failed_reloads,
-        metrics: PluginCallStats {
-            calls: metrics.calls,
-            errors: metrics.errors,
-            mean_latency_us: if metrics.calls == 0 { 0.0 } else { micros(metrics.busy) / metrics.calls as f64 },
-            max_latency_us: micros(metrics.slowest),
-        },
+        metrics: stats(metrics),
+        canary,
+        last_rollback,
+        rollbacks: entry.rollbacks,
     }
 }

@@ -39,6 +39,7 @@ where
     F: FnMut(usize, Piece) -> Vec<Event> + Send + 'static,
 {
     let cache = generations.first().map_or(CacheStatus::Off, Generation::cache_status);
+    let fingerprint = generations.first().and_then(|g| HeaderValue::from_str(g.fingerprint()).ok());
     let (tx, rx) = tokio::sync::mpsc::channel(STREAM_AHEAD);
     tokio::spawn(produce(generations, format, tx, state.config().stream_stall));
     let events =
@@ -47,7 +48,21 @@ where
         Sse::new(events).keep_alive(KeepAlive::new().interval(state.config().sse_keep_alive)).into_response();
     // Reverse proxies (nginx) buffer responses unless told not to.
     response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(fingerprint) = fingerprint {
+        response.headers_mut().insert(FINGERPRINT_HEADER, fingerprint);
+    }
     mark_cache(response, cache)
+}
+
+/// Names what produced an answer ([`crate::fingerprint`]).
+pub(crate) const FINGERPRINT_HEADER: &str = "x-kiln-fingerprint";
+
+/// Adds the `x-kiln-fingerprint` header.
+pub(crate) fn mark_fingerprint(mut response: Response, fingerprint: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(fingerprint) {
+        response.headers_mut().insert(FINGERPRINT_HEADER, value);
+    }
+    response
 }
 
 /// Runs `generations`, sending their events to the client's stream until

@@ -29,7 +29,7 @@ pub async fn tokenize(
         (None, Some(messages)) => Prompt::chat(chat_messages(messages)?, req.add_generation_prompt),
         _ => return Err(ApiError::invalid("prompt", "give exactly one of `prompt` and `messages`")),
     };
-    let pipeline = state.pipeline(context.pipeline(req.pipeline.as_deref())?)?;
+    let pipeline = state.pipeline(context.pipeline(req.pipeline.as_deref())?, &context)?;
     let tokens = prompt::tokenize(&state, prompt, pipeline.as_ref()).await?.tokens;
     Ok(Json(TokenizeResponse {
         count: tokens.len() as u32,

@@ -97,7 +97,7 @@ async fn run(state: &AppState, tasks: &Arc<Tasks>, task: Task) {
     let key = caller.as_ref().and_then(|c| c.key.as_ref());
     // Tasks spend their owner's token allowance like its synchronous requests.
     let meter = key.and_then(|k| TokenMeter::for_key(state.limiter_arc(), k, state.config().limits));
-    let context = RequestContext { caller, meter, ..RequestContext::default() };
+    let context = RequestContext { request_id: task.id.clone(), caller, meter, ..RequestContext::default() };
     // Taken after its time to live (before the sweep got to it): its client
     // has likely given up, and the worker is better spent on another.
     let expired = now_ms() - task.created_at > tasks.config.pending_ttl.as_millis() as i64;
@@ -187,7 +187,15 @@ async fn generate(
         };
         let mut done = collect_choices(generations).await.map_err(message)?;
         let result = match shape {
-            ResultShape::Generation => serde_json::to_value(generation_response(state, done.remove(0))),
+            ResultShape::Generation => {
+                // The record names what produced it, as a chat completion does.
+                let done = done.remove(0);
+                let fingerprint = done.fingerprint.to_string();
+                serde_json::to_value(generation_response(state, done)).map(|mut value| {
+                    value["system_fingerprint"] = serde_json::Value::String(fingerprint);
+                    value
+                })
+            }
             ResultShape::ChatCompletion { logprobs } => serde_json::to_value(chat_completion(state, done, logprobs)),
         };
         return result.map_err(|e| e.to_string());

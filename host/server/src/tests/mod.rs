@@ -16,6 +16,7 @@ mod metrics;
 mod openai;
 mod overload;
 mod plugins;
+mod rollout;
 mod tasks;
 mod tokenize;
 mod tools;
@@ -75,7 +76,13 @@ fn test_pipelines() -> std::collections::BTreeMap<String, PipelineSpec> {
         pipelines.insert(format!("hostile-{mode}"), spec);
     }
     let redacted = PipelineSpec { post: vec!["redact".into()], ..PipelineSpec::first_party_default() };
+    // The same plugins configured differently: another fingerprint.
+    let configured = PipelineSpec {
+        config: [("redact".to_string(), [("note".to_string(), "x".to_string())].into())].into(),
+        ..redacted.clone()
+    };
     pipelines.insert("redacted".into(), redacted);
+    pipelines.insert("redacted-configured".into(), configured);
     // A component built against the plugin contract 0.1.0.
     let legacy = PipelineSpec { post: vec!["shout".into()], ..PipelineSpec::first_party_default() };
     pipelines.insert("legacy".into(), legacy);

@@ -52,6 +52,7 @@ async fn a_submitted_task_completes_and_only_its_owner_sees_it() {
     let id = submit(&app, APP_KEY).await;
     let done = wait_until(&app, &id, APP_KEY, "completed").await;
     assert_eq!(done["result"]["text"], "Hello there");
+    assert!(done["result"]["system_fingerprint"].as_str().is_some_and(|fp| fp.starts_with("fp_")), "{done}");
     assert_eq!(done["usage"]["completion_tokens"], 2);
     assert_eq!(done["attempts"], 1);
     assert!(done["completed_at"].as_f64() >= done["created_at"].as_f64());

@@ -1,8 +1,9 @@
 //! A sampler that misbehaves on purpose, chosen by its `mode` config value:
 //! `loop` (never returns), `memory` (allocates without end), `trap`
 //! (panics), `garbage` (forces a token outside the vocabulary), `refuse`
-//! (refuses to start), `fail` (fails its first step with a message). Any
-//! other mode behaves: it samples normally.
+//! (refuses to start), `fail` (fails its first step with a message),
+//! `flaky` (fails the first step of 3 prompts in 10, by the prompt's first
+//! token). Any other mode behaves: it samples normally.
 //! The runtime must contain each to the request that uses it.
 
 #![forbid(unsafe_code)]
@@ -14,15 +15,16 @@ use kiln_sdk::sampler::{Sampler, SamplingParams, StepPlan};
 pub struct Hostile {
     mode: String,
     hoard: Vec<Vec<u8>>,
+    first_token: u32,
 }
 
 impl Sampler for Hostile {
-    fn new(_: SamplingParams, _: &[u32], config: &Config) -> Result<Self, String> {
+    fn new(_: SamplingParams, prompt: &[u32], config: &Config) -> Result<Self, String> {
         let mode = config.get("mode").unwrap_or("behave").to_string();
         if mode == "refuse" {
             return Err("this sampler refuses to start".into());
         }
-        Ok(Hostile { mode, hoard: Vec::new() })
+        Ok(Hostile { mode, hoard: Vec::new(), first_token: prompt.first().copied().unwrap_or(0) })
     }
 
     fn step(&mut self, _last: Option<u32>) -> Result<StepPlan, String> {
@@ -36,6 +38,7 @@ impl Sampler for Hostile {
             "trap" => panic!("the hostile sampler panics on purpose"),
             "garbage" => StepPlan::force(vec![u32::MAX]),
             "fail" => return Err("the hostile sampler fails on purpose".into()),
+            "flaky" if self.first_token % 10 < 3 => return Err("the hostile sampler fails 3 times in 10".into()),
             _ => StepPlan::sample(),
         })
     }

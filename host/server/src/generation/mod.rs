@@ -11,18 +11,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_api::{FinishReason, Usage};
-use kiln_chat::{ToolChoice, ToolSyntax};
-use kiln_engine::{GenerateRequest, GenerationError, SamplingParams, StopReason, TokenEvent, TokenStream};
-use kiln_pipeline::{OutputSetup, PluginError, PostChain, PostFinishReason};
-use kiln_stop::{MAX_STOP_BYTES, StopMatcher};
+use kiln_engine::{GenerationError, SamplingParams, StopReason, TokenEvent, TokenStream};
+use kiln_pipeline::{PluginError, PostChain, PostFinishReason};
+
+use kiln_stop::StopMatcher;
 
 use crate::extract::RequestContext;
 use crate::piece::{Piece, TokenLogprobs};
-use crate::prompt::{self, Prompt, PromptTokens};
+use crate::prompt::Prompt;
 use crate::request::{TokenLimit, ValidGeneration};
 use crate::response_cache::{CacheKey, ResponseCache};
-use crate::token_meter::{Reservation, TokenMeter};
+use crate::token_meter::Reservation;
 use crate::{ApiError, AppState};
+
+mod submit;
+
+use submit::submit;
 
 /// How the response cache took part in a generation (the `x-kiln-cache` header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +90,8 @@ pub struct Generation {
     tool_calls: usize,
     /// Keep only the first tool call (`parallel_tool_calls: false`).
     single_tool_call: bool,
+    /// What produced the answer ([`crate::fingerprint`]).
+    fingerprint: Arc<str>,
 }
 
 /// A whole generation, for non-streaming answers.
@@ -97,6 +103,7 @@ pub struct Collected {
     pub tool_calls: Vec<(String, String, String)>,
     pub reason: FinishReason,
     pub usage: Usage,
+    pub fingerprint: Arc<str>,
 }
 
 /// Runs every answer to one prompt to its end, together.
@@ -167,12 +174,13 @@ impl Generation {
         context: RequestContext,
     ) -> Result<Vec<Generation>, ApiError> {
         let tenant = context.tenant();
+        let fingerprint: Arc<str> = generation.fingerprint(state).fingerprint.as_str().into();
         let key = generation.cache_key(state, tenant.as_deref());
         let status = match key {
             None => CacheStatus::Off,
             Some(_) if context.no_cache => CacheStatus::Bypass,
             Some(key) => match state.cache().lookup(&key).await {
-                Some(answer) => return Ok(vec![Generation::replay(&answer)]),
+                Some(answer) => return Ok(vec![Generation::replay(&answer, fingerprint)]),
                 None => CacheStatus::Miss,
             },
         };
@@ -188,6 +196,7 @@ impl Generation {
             other => other,
         };
         let mut started = submit(state, generation, context.meter).await.map_err(rename)?;
+        started.iter_mut().for_each(|g| g.fingerprint = fingerprint.clone());
         if let [one] = started.as_mut_slice() {
             one.cache_status = status;
             one.record = key.map(|k| (k, Vec::new(), state.cache().clone()));
@@ -196,7 +205,7 @@ impl Generation {
     }
 
     /// A cached answer, replayed piece by piece.
-    fn replay(answer: &[Piece]) -> Generation {
+    fn replay(answer: &[Piece], fingerprint: Arc<str>) -> Generation {
         Generation {
             stream: None,
             stop: StopMatcher::default(),
@@ -216,7 +225,13 @@ impl Generation {
             record: None,
             tool_calls: 0,
             single_tool_call: false,
+            fingerprint,
         }
+    }
+
+    /// The answer's `system_fingerprint`.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     pub fn cache_status(&self) -> CacheStatus {
@@ -295,7 +310,8 @@ impl Generation {
                 }
                 Piece::ToolCall { id, name, arguments } => tool_calls.push((id, name, arguments)),
                 Piece::Finished { reason, usage } => {
-                    return Ok(Collected { text, tokens: logprobs, tool_calls, reason, usage });
+                    let fingerprint = self.fingerprint.clone();
+                    return Ok(Collected { text, tokens: logprobs, tool_calls, reason, usage, fingerprint });
                 }
             }
         }
@@ -408,169 +424,6 @@ impl Generation {
         }
         self.ready.push_back(Piece::Finished { reason, usage });
     }
-}
-
-/// Renders and tokenizes the prompt, reserves the tokens the request may
-/// spend, sets up its plugins and submits it to the engine.
-async fn submit(
-    state: &AppState,
-    generation: ValidGeneration,
-    meter: Option<TokenMeter>,
-) -> Result<Vec<Generation>, ApiError> {
-    let ValidGeneration {
-        prompt,
-        params,
-        max_tokens,
-        stop,
-        ignore_eos,
-        logprobs,
-        json,
-        json_schema,
-        pipeline,
-        n,
-        single_tool_call,
-        ..
-    } = generation;
-    // The calls to parse (and maybe force) when the conversation offers tools.
-    let tool_use = match &prompt {
-        Prompt::Chat { tools, tool_choice, .. } if !tools.is_empty() && *tool_choice != ToolChoice::None => {
-            Some((tools.clone(), tool_choice.clone()))
-        }
-        _ => None,
-    };
-    let PromptTokens { tokens: prompt_tokens, stop: template_stop, tool_syntax } =
-        prompt::tokenize(state, prompt, pipeline.as_ref()).await?;
-    let mut stop = stop;
-    for extra in template_stop {
-        if extra.is_empty() || extra.len() > MAX_STOP_BYTES {
-            return Err(ApiError::Plugin(format!(
-                "the template plugin returned a stop string of {} bytes (1 to {MAX_STOP_BYTES} allowed)",
-                extra.len()
-            )));
-        }
-        if !stop.contains(&extra) {
-            stop.push(extra);
-        }
-    }
-    let backend = state.backend();
-    let limits = backend.limits();
-    let prompt_len = prompt_tokens.len();
-    // The engine refuses at once what it expects to finish past this.
-    let admitted = tokio::time::Instant::now();
-    let deadline = admitted + state.config().request_timeout;
-    let room = limits.max_context.saturating_sub(prompt_len).max(1);
-    let max_tokens = match (max_tokens.requested, max_tokens.default) {
-        (Some(n), _) => n as usize,
-        (None, Some(default)) => (default as usize).min(room),
-        (None, None) => room,
-    };
-    // The most this request can spend is set aside before it runs: the
-    // prompt once, every answer's tokens. Given back whole if anything below
-    // refuses the request.
-    let mut reservations = Vec::with_capacity(n);
-    if let Some(meter) = &meter {
-        for i in 0..n {
-            let prompt = if i == 0 { prompt_len } else { 0 };
-            reservations.push(Some(meter.reserve(prompt + max_tokens).await?));
-        }
-    } else {
-        reservations.resize_with(n, || None);
-    }
-    // json-mode, json-schema and a forced tool call replace the pipeline's
-    // sampler: the output must parse. Each answer gets plugin instances of
-    // its own.
-    let tools: &[kiln_chat::Tool] = tool_use.as_ref().map_or(&[], |(tools, _)| tools);
-    let forced_call = tool_use.as_ref().and_then(|(tools, choice)| {
-        kiln_pipeline::call_constraint(tools, choice, tool_syntax.unwrap_or(ToolSyntax::Hermes))
-    });
-    let output = OutputSetup { stop: &stop, tools, tool_syntax };
-    let mut policies = Vec::with_capacity(n);
-    let mut posts = Vec::with_capacity(n);
-    for _ in 0..n {
-        if let (Some(call), Some(plugins)) = (&forced_call, state.plugins()) {
-            // The plugin compiles the functions' schemas: what it refuses is the client's to fix.
-            let policy = plugins.tool_call_policy(&params, &prompt_tokens, max_tokens, call).map_err(|e| match e {
-                kiln_pipeline::PipelineError::Plugin(kiln_pipeline::PluginError::Refused { message, .. }) => {
-                    ApiError::invalid("tools", message)
-                }
-                other => ApiError::from(other),
-            })?;
-            policies.push(Some(policy));
-        } else {
-            policies.push(match (json || json_schema.is_some(), state.plugins(), &pipeline) {
-                (true, Some(plugins), _) if json_schema.is_some() => {
-                    let schema = json_schema.as_deref().unwrap_or_default();
-                    // The plugin compiles the schema: what it refuses is the client's to fix.
-                    let refused = |e: kiln_pipeline::PipelineError| match e {
-                        kiln_pipeline::PipelineError::Plugin(kiln_pipeline::PluginError::Refused {
-                            message, ..
-                        }) => ApiError::invalid("response_format.json_schema.schema", message),
-                        other => ApiError::from(other),
-                    };
-                    Some(plugins.json_schema_policy(&params, &prompt_tokens, max_tokens, schema).map_err(refused)?)
-                }
-                (true, Some(plugins), _) => Some(plugins.json_policy(&params, &prompt_tokens, max_tokens)?),
-                (true, None, _) => return Err(ApiError::Internal("json mode validated without plugins".into())),
-                (false, _, Some(pipeline)) => pipeline
-                    .sampler(&params, &prompt_tokens, max_tokens)
-                    .map_err(|e| ApiError::Plugin(e.to_string()))?,
-                (false, _, None) => None,
-            });
-        }
-        let parser = match (tool_use.is_some(), state.plugins()) {
-            (true, Some(plugins)) => Some(plugins.tool_call_parser(&output)?),
-            (true, None) => return Err(ApiError::Internal("tools validated without plugins".into())),
-            (false, _) => None,
-        };
-        posts.push(match &pipeline {
-            Some(pipeline) => pipeline.post_chain(&output, parser).map_err(|e| ApiError::Plugin(e.to_string()))?,
-            None => PostChain::new(parser.into_iter().collect()),
-        });
-    }
-    let mut policies = policies.into_iter();
-    let policy = policies.next().flatten();
-    let sibling_policies: Vec<_> = policies.flatten().collect();
-    let request = GenerateRequest {
-        prompt_tokens,
-        params,
-        max_tokens,
-        stop_token_ids: Vec::new(),
-        ignore_eos,
-        logprobs: logprobs.is_some(),
-        top_logprobs: logprobs.unwrap_or(0),
-        policy,
-        deadline: Some(deadline.into_std()),
-        n,
-        sibling_policies,
-    }
-    .validate(limits)?;
-    let streams = backend.submit_choices(request)?;
-    let started = std::time::Instant::now();
-    Ok(streams
-        .into_iter()
-        .zip(posts)
-        .zip(reservations)
-        .enumerate()
-        .map(|(i, ((stream, post), reservation))| Generation {
-            stream: Some(stream),
-            stop: StopMatcher::new(stop.clone()),
-            post,
-            ready: VecDeque::new(),
-            pending_logprobs: Vec::new(),
-            prompt_tokens: prompt_len,
-            generated: 0,
-            reservation,
-            charges_prompt: i == 0,
-            cache_status: CacheStatus::Off,
-            started,
-            admitted,
-            deadline,
-            last_text: None,
-            record: None,
-            tool_calls: 0,
-            single_tool_call,
-        })
-        .collect())
 }
 
 impl Drop for Generation {
