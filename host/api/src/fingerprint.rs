@@ -1,8 +1,6 @@
 //! `GET /v1/fingerprints/{fingerprint}`: what an answer's
 //! `system_fingerprint` stands for.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -33,6 +31,8 @@ pub struct FingerprintPlugin {
     /// `template`, `sampler` or `post-process`.
     pub kind: String,
     pub sha256: String,
-    /// Its configuration in the pipeline.
-    pub config: BTreeMap<String, String>,
+    /// Hex sha256 of its configuration in the pipeline (canonical JSON of
+    /// the key/value pairs): configuration may hold what only operators
+    /// should read.
+    pub config_sha256: String,
 }

@@ -86,6 +86,8 @@ pub struct PluginHost {
     dir: Option<PathBuf>,
     watch: bool,
     rollout: RolloutConfig,
+    /// Hashed with request ids to pick a canary's requests.
+    routing_salt: [u8; 16],
     // Kept last: plugins hold the engine, the runtime owns its deadline clock.
     runtime: Runtime,
 }
@@ -141,6 +143,7 @@ impl PluginHost {
             dir,
             watch: config.watch,
             rollout: config.rollout,
+            routing_salt: rollout::routing_salt(),
             runtime,
         };
         if !host.pipelines.contains_key(&host.default_pipeline) {
@@ -247,7 +250,9 @@ impl PluginHost {
         let plugins = self.registry.current.load();
         let loaded = |plugin: &str| -> Result<(Loaded, PluginConfig), PipelineError> {
             let entry = plugins.get(plugin);
-            let canary = entry.and_then(|e| e.canary.as_ref()).filter(|c| routing.is_some_and(|r| c.serves(plugin, r)));
+            let canary = entry
+                .and_then(|e| e.canary.as_ref())
+                .filter(|c| routing.is_some_and(|r| c.serves(plugin, r, &self.routing_salt)));
             let loaded = match canary {
                 Some(canary) => Some(canary.loaded.clone()),
                 None => entry.and_then(|e| e.loaded.clone()),

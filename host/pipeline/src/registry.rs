@@ -199,6 +199,9 @@ impl PluginHost {
         if entry.source == Source::BuiltIn {
             return Err(PipelineError::Conflict(format!("{name} is built in and cannot be removed")));
         }
+        if entry.canary.is_some() {
+            return Err(PipelineError::Conflict(format!("{name} has a canary: promote it or roll it back first")));
+        }
         if let Some(pipeline) = self.stranded_by_removal(name) {
             return Err(PipelineError::Conflict(format!(
                 "pipeline {pipeline:?} uses {name}, and nothing of the kind it needs would remain"
@@ -269,11 +272,17 @@ impl PluginHost {
         let reloads = previous.as_ref().map_or(0, |p| p.reloads + u64::from(p.loaded.is_some()));
         let failed_reloads = previous.as_ref().map_or(0, |p| p.failed_reloads);
         let sha256 = &loaded.info().sha256;
-        let canary = previous.as_ref().and_then(|p| p.canary.clone()).filter(|c| &c.loaded.info().sha256 != sha256);
-        // A promoted canary's calls go on being counted as the stable version's.
-        let promoted = previous.as_ref().and_then(|p| p.canary.as_ref()).is_some() && canary.is_none();
-        let retired = previous.as_ref().map(|p| p.total_metrics()).unwrap_or_default()
-            - if promoted { loaded.metrics() } else { Default::default() };
+        let (canary, promoted) = match previous.as_ref().and_then(|p| p.canary.clone()) {
+            Some(c) if &c.loaded.info().sha256 == sha256 => (None, true),
+            other => (other, false),
+        };
+        // What goes on serving keeps counting on its own: a promoted canary
+        // as the stable version, a kept canary as the canary.
+        let serving = if promoted { loaded.metrics() } else { Default::default() };
+        let kept = canary.as_ref().map(|c| c.loaded.metrics()).unwrap_or_default();
+        let retired = previous.as_ref().map(|p| p.total_metrics()).unwrap_or_default() - serving - kept;
+        // A kept canary is judged against the new stable version from now on.
+        let canary = canary.map(|c| Canary { stable_at_start: loaded.metrics(), ..c });
         let (last_rollback, rollbacks) =
             previous.as_ref().map_or((None, 0), |p| (p.last_rollback.clone(), p.rollbacks));
         let entry = Arc::new(PluginEntry {
@@ -320,6 +329,10 @@ impl PluginHost {
         if !matches!(entry.source, Source::File(_)) {
             return Ok(entry);
         }
+        if entry.canary.is_some() && !self.registry.builtins.contains_key(name) {
+            let message = "the file is gone; still serving the last version, which has a canary".to_string();
+            return Err(self.record_failure(name, message, String::new()));
+        }
         if let Some(pipeline) = self.stranded_by_removal(name) {
             // Serving on is better than failing every request of the pipeline.
             let message = format!("the file is gone; still serving the last version, which pipeline {pipeline:?} uses");
@@ -337,12 +350,14 @@ impl PluginHost {
 
     /// Removes `name`'s file or upload version: back to its built-in, or gone.
     fn drop_version(&self, name: &str) -> Option<Arc<PluginEntry>> {
-        let retired = self.plugin(name).map(|p| p.total_metrics()).unwrap_or_default();
         let previous = self.plugin(name);
+        let canary = previous.as_ref().and_then(|p| p.canary.clone());
+        let kept = canary.as_ref().map(|c| c.loaded.metrics()).unwrap_or_default();
+        let retired = previous.as_ref().map(|p| p.total_metrics()).unwrap_or_default() - kept;
         let back = self.registry.builtins.get(name).map(|b| {
             Arc::new(PluginEntry {
                 retired,
-                canary: previous.as_ref().and_then(|p| p.canary.clone()),
+                canary: canary.map(|c| Canary { stable_at_start: b.metrics(), ..c }),
                 last_rollback: previous.as_ref().and_then(|p| p.last_rollback.clone()),
                 rollbacks: previous.as_ref().map_or(0, |p| p.rollbacks),
                 ..entry(name, Some(b.clone()), Source::BuiltIn)

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use kiln_engine::{SamplingParams, SamplingPolicy};
 use kiln_plugins::{
-    ChatMessage, OutputOptions, PluginError, PostProcessPlugin, PostProcessSession, SamplerPlugin, TemplateInput,
-    TemplatePlugin,
+    ChatMessage, Contract, OutputOptions, PluginError, PostProcessPlugin, PostProcessSession, SamplerPlugin,
+    TemplateInput, TemplatePlugin,
 };
 
 use crate::{PluginConfig, PluginPolicy, PostChain, plugin_params, tools};
@@ -93,7 +93,25 @@ impl Resolved {
         model: ModelTemplate<'_>,
     ) -> Option<Result<RenderedPrompt, PluginError>> {
         let stage = self.template.as_ref()?;
-        let messages = conversation.messages.iter().map(|m| ChatMessage {
+        // A 0.1.0 template knows nothing of tools: the conversation is
+        // rewritten with kiln's fallback before it sees it, as the host's
+        // renderer does for a Jinja template without tools.
+        let offered = match conversation.tool_choice {
+            kiln_chat::ToolChoice::None => &[][..],
+            _ => conversation.tools,
+        };
+        let uses_tools =
+            !offered.is_empty() || conversation.messages.iter().any(|m| m.role == "tool" || !m.tool_calls.is_empty());
+        let legacy = stage.plugin.info().contract == Contract::V0_1 && uses_tools;
+        let rewritten;
+        let source = match legacy {
+            true => {
+                rewritten = kiln_chat::fallback_messages(conversation.messages, offered);
+                &rewritten[..]
+            }
+            false => conversation.messages,
+        };
+        let messages = source.iter().map(|m| ChatMessage {
             role: m.role.clone(),
             content: m.content.clone(),
             tool_calls: m
@@ -119,10 +137,11 @@ impl Resolved {
             tool_choice: tools::plugin_choice(conversation.tool_choice),
         };
         let rendered = stage.plugin.render(&input);
+        let fallback = (legacy && !offered.is_empty()).then_some(kiln_chat::ToolSyntax::Hermes);
         Some(rendered.map(|r| RenderedPrompt {
             prompt: r.prompt,
             stop: r.stop,
-            tool_syntax: r.tool_syntax.map(tools::chat_syntax),
+            tool_syntax: r.tool_syntax.map(tools::chat_syntax).or(fallback),
         }))
     }
 

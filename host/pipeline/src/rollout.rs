@@ -87,22 +87,32 @@ pub struct Canary {
 }
 
 impl Canary {
-    /// Whether `routing`'s request of plugin `name` goes to this canary:
-    /// the same answer on every replica and after a restart.
-    pub fn serves(&self, name: &str, routing: &Routing<'_>) -> bool {
-        let basis = match self.sticky {
-            Sticky::Key => routing.api_key.unwrap_or(routing.request_id),
-            Sticky::Request => routing.request_id,
-        };
-        bucket(name, basis) < u64::from(self.share)
+    /// Whether `routing`'s request of plugin `name` goes to this canary. By
+    /// key: the same answer on every replica and after a restart. By
+    /// request: the id is the client's to choose, so it is hashed with this
+    /// process's `salt`, and a client cannot aim requests at either side.
+    pub fn serves(&self, name: &str, routing: &Routing<'_>, salt: &[u8]) -> bool {
+        match (self.sticky, routing.api_key) {
+            (Sticky::Key, Some(key)) => bucket(name, key, &[]) < u64::from(self.share),
+            _ => bucket(name, routing.request_id, salt) < u64::from(self.share),
+        }
     }
 }
 
 /// 0 to 99, uniform over request ids; per plugin name, so two canaries get
 /// independent shares.
-fn bucket(name: &str, basis: &str) -> u64 {
-    let digest = Sha256::new().chain_update(name).chain_update([0]).chain_update(basis).finalize();
+fn bucket(name: &str, basis: &str, salt: &[u8]) -> u64 {
+    let digest = Sha256::new().chain_update(salt).chain_update(name).chain_update([0]).chain_update(basis).finalize();
     u64::from_le_bytes(digest[..8].try_into().unwrap_or_default()) % 100
+}
+
+/// A secret of this process for hashing request ids.
+pub(crate) fn routing_salt() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    // `RandomState` is keyed from the operating system's randomness.
+    let random = || std::collections::hash_map::RandomState::new().build_hasher().finish().to_le_bytes();
+    let (a, b) = (random(), random());
+    std::array::from_fn(|i| if i < 8 { a[i] } else { b[i - 8] })
 }
 
 /// A canary that was dropped.
@@ -146,10 +156,17 @@ pub fn verdict(canary: &MetricsSnapshot, stable: &MetricsSnapshot, config: &Roll
     None
 }
 
+/// [`verdict`] on an entry's canary, against its stable version over the
+/// canary's life.
+fn verdict_on(entry: &PluginEntry, config: &RolloutConfig) -> Option<String> {
+    let (canary, stable) = (entry.canary.as_ref()?, entry.loaded.as_ref()?);
+    verdict(&canary.loaded.metrics(), &(stable.metrics() - canary.stable_at_start), config)
+}
+
 impl PluginHost {
     /// Serves `bytes` as a canary of `name` to `share` percent of requests
     /// (`None`: the configured share), kept in `<dir>/canary/` when there is
-    /// a plugin directory.
+    /// a plugin directory. Nothing is written unless it can serve.
     pub fn install_canary(
         &self,
         name: &str,
@@ -159,6 +176,7 @@ impl PluginHost {
     ) -> Result<Arc<PluginEntry>, PipelineError> {
         check_name(name).map_err(PipelineError::InvalidName)?;
         let _writer = self.lock_writer();
+        let (entry, loaded) = self.check_canary(name, bytes)?;
         let source = match self.canary_file(name) {
             Some(path) => {
                 kiln_plugins::write_atomically(&path, bytes)
@@ -167,21 +185,12 @@ impl PluginHost {
             }
             None => Source::Upload,
         };
-        self.start_canary(name, bytes, share, sticky, source)
+        self.start_canary(&entry, loaded, share, sticky, source)
     }
 
-    fn start_canary(
-        &self,
-        name: &str,
-        bytes: &[u8],
-        share: Option<u8>,
-        sticky: Sticky,
-        source: Source,
-    ) -> Result<Arc<PluginEntry>, PipelineError> {
-        let share = share.unwrap_or(self.rollout.canary_share);
-        if !(1..=100).contains(&share) {
-            return Err(PipelineError::Conflict(format!("a canary's share must be 1 to 100 percent, got {share}")));
-        }
+    /// A version that can run as `name`'s canary: it loads, and it is of the
+    /// stable version's kind without being the stable version.
+    fn check_canary(&self, name: &str, bytes: &[u8]) -> Result<(Arc<PluginEntry>, Loaded), PipelineError> {
         let entry = self.plugin(name).filter(|e| e.loaded.is_some()).ok_or_else(|| {
             PipelineError::Conflict(format!(
                 "{name} has no stable version for a canary to run beside; upload it plainly"
@@ -199,6 +208,22 @@ impl PluginHost {
                 stable.map(|k| k.to_string()).unwrap_or_default()
             )));
         }
+        Ok((entry, loaded))
+    }
+
+    /// Makes `loaded` `entry`'s canary (replacing any).
+    fn start_canary(
+        &self,
+        entry: &PluginEntry,
+        loaded: Loaded,
+        share: Option<u8>,
+        sticky: Sticky,
+        source: Source,
+    ) -> Result<Arc<PluginEntry>, PipelineError> {
+        let share = share.unwrap_or(self.rollout.canary_share);
+        if !(1..=100).contains(&share) {
+            return Err(PipelineError::Conflict(format!("a canary's share must be 1 to 100 percent, got {share}")));
+        }
         let canary = Canary {
             stable_at_start: entry.loaded.as_ref().map(Loaded::metrics).unwrap_or_default(),
             loaded,
@@ -208,9 +233,11 @@ impl PluginHost {
             since: SystemTime::now(),
         };
         let info = canary.loaded.info().to_string();
-        tracing::info!(plugin = name, canary = %info, share, "canary started");
-        let next = Arc::new(PluginEntry { canary: Some(canary), ..(*entry).clone() });
-        self.store(name, Some(next.clone()));
+        tracing::info!(plugin = %entry.name, canary = %info, share, "canary started");
+        // A canary replaced keeps its calls in the totals.
+        let replaced = entry.canary.as_ref().map(|c| c.loaded.metrics()).unwrap_or_default();
+        let next = Arc::new(PluginEntry { canary: Some(canary), retired: entry.retired + replaced, ..entry.clone() });
+        self.store(&entry.name, Some(next.clone()));
         Ok(next)
     }
 
@@ -284,14 +311,12 @@ impl PluginHost {
         let plugins = self.registry.current.load();
         for name in names {
             let Some(entry) = plugins.get(name) else { continue };
-            let (Some(canary), Some(stable)) = (&entry.canary, &entry.loaded) else { continue };
-            let stable_window = stable.metrics() - canary.stable_at_start;
-            let Some(reason) = verdict(&canary.loaded.metrics(), &stable_window, &self.rollout) else { continue };
+            if verdict_on(entry, &self.rollout).is_none() {
+                continue;
+            }
             let Ok(_writer) = self.registry.writer.try_lock() else { continue };
-            // Judged on a snapshot: the canary may have changed since.
-            let current = self.plugin(name);
-            let same = current.as_ref().and_then(|e| e.canary.as_ref()).map(|c| c.loaded.info().sha256.clone());
-            if same.as_deref() == Some(canary.loaded.info().sha256.as_str()) {
+            // Judged again under the lock: the canary may have changed since.
+            if let Some(reason) = self.plugin(name).and_then(|e| verdict_on(&e, &self.rollout)) {
                 let _ = self.drop_canary(name, true, reason);
             }
         }
@@ -321,7 +346,8 @@ impl PluginHost {
                     )));
                 }
                 let (share, sticky) = current.map_or((None, Sticky::Request), |c| (Some(c.share), c.sticky));
-                self.start_canary(name, &bytes, share, sticky, Source::File(path))
+                let (entry, loaded) = self.check_canary(name, &bytes)?;
+                self.start_canary(&entry, loaded, share, sticky, Source::File(path))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => match entry {
                 Some(entry) if entry.canary.is_some() => {
@@ -345,8 +371,8 @@ mod tests {
 
     #[test]
     fn buckets_are_stable_and_near_uniform() {
-        assert_eq!(bucket("p", "req-1"), bucket("p", "req-1"));
-        let under_ten = (0..10_000).filter(|i| bucket("p", &format!("req-{i}")) < 10).count();
+        assert_eq!(bucket("p", "req-1", b"s"), bucket("p", "req-1", b"s"));
+        let under_ten = (0..10_000).filter(|i| bucket("p", &format!("req-{i}"), b"s") < 10).count();
         assert!((900..=1100).contains(&under_ten), "{under_ten} of 10000 under 10");
     }
 }

@@ -147,7 +147,7 @@ impl Vocabulary {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum PluginError {
     #[error("cannot read plugin file {path}: {message}")]
     Read { path: String, message: String },

@@ -87,7 +87,13 @@ impl TemplatePlugin {
     pub fn render(&self, input: &TemplateInput) -> Result<Rendered, PluginError> {
         let started = Instant::now();
         let rendered = self.call_render(input);
-        self.metrics.record_start(started, &rendered);
+        // A refusal says the conversation is the client's to fix (a 400): a
+        // call that worked, not a failure of this version.
+        let outcome = match &rendered {
+            Ok(_) | Err(PluginError::Refused { .. }) => Ok(()),
+            Err(e) => Err(e.clone()),
+        };
+        self.metrics.record_start(started, &outcome);
         rendered
     }
 

@@ -76,11 +76,12 @@ impl ValidGeneration {
 }
 
 fn plugin(info: &kiln_pipeline::PluginInfo, config: &[(String, String)]) -> FingerprintPlugin {
+    let config: std::collections::BTreeMap<&str, &str> = config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     FingerprintPlugin {
         name: info.name.clone(),
         version: info.version.clone(),
         kind: info.kind.to_string(),
         sha256: info.sha256.clone(),
-        config: config.iter().cloned().collect(),
+        config_sha256: hex::encode(Sha256::digest(serde_json::to_vec(&config).unwrap_or_default())),
     }
 }

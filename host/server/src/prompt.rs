@@ -133,12 +133,15 @@ fn render(
 }
 
 /// Every text of a conversation the client wrote and a template places
-/// inside its own markup: contents, calls and tool descriptions.
+/// inside its own markup: contents, names, calls, call ids and tools.
 fn client_texts<'a>(messages: &'a mut [ChatMessage], tools: &'a mut [Tool]) -> Vec<&'a mut String> {
     let mut texts = Vec::new();
     for m in messages {
         texts.push(&mut m.content);
+        texts.extend(m.name.as_mut());
+        texts.extend(m.tool_call_id.as_mut());
         for call in &mut m.tool_calls {
+            texts.push(&mut call.id);
             texts.push(&mut call.name);
             texts.push(&mut call.arguments);
         }

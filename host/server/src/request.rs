@@ -97,6 +97,8 @@ pub(crate) struct ValidChat {
     pub generation: ValidGeneration,
     pub stream: bool,
     pub include_usage: bool,
+    /// Tools are offered: the answer may be calls rather than text.
+    pub offers_tools: bool,
 }
 
 /// `POST /v1/completions`, validated.
@@ -186,6 +188,7 @@ pub(crate) fn chat(
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let fields = req.take_sampling();
     let single_tool_call = !tools.parallel;
+    let offers_tools = tools.active();
     let ToolUse { tools, choice: tool_choice, .. } = tools;
     let prompt = Prompt::Chat { messages, tools, tool_choice, add_generation_prompt: true };
     let generation = openai_generation(
@@ -198,7 +201,7 @@ pub(crate) fn chat(
         json,
     )?;
     let generation = ValidGeneration { json_schema, single_tool_call, ..generation };
-    Ok(ValidChat { generation, stream: req.stream, include_usage })
+    Ok(ValidChat { generation, stream: req.stream, include_usage, offers_tools })
 }
 
 /// `response_format`: free text, one JSON object (json-mode), or JSON valid
@@ -340,7 +343,14 @@ fn message_tool_calls(
                     format!("must be `function`, got {:?}", c.kind),
                 ));
             }
-            Ok(kiln_chat::ToolCall { id: c.id, name: c.function.name, arguments: c.function.arguments })
+            // Arguments that are JSON are kept as serde writes them: escapes
+            // such as `\u003c` spelled out, so a control token hidden in
+            // them is seen (and shielded) before a template decodes them.
+            let arguments = match serde_json::from_str::<serde_json::Value>(&c.function.arguments) {
+                Ok(value) => value.to_string(),
+                Err(_) => c.function.arguments,
+            };
+            Ok(kiln_chat::ToolCall { id: c.id, name: c.function.name, arguments })
         })
         .collect()
 }

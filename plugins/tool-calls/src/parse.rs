@@ -223,6 +223,10 @@ impl Parser {
                 let lead = self.buf.len() - rest.len();
                 if rest.starts_with('{') {
                     self.mode = Mode::Block(Block::new(Kind::Llama, lead));
+                } else if rest.starts_with('[') && self.hint == Some(Syntax::Mistral) {
+                    // `[TOOL_CALLS]` is a control token in Mistral's vocabularies:
+                    // decoded text skips it, and the calls' list comes bare.
+                    self.mode = Mode::Block(Block::new(Kind::Mistral, lead));
                 } else if rest.starts_with(PYTHON_TAG) {
                     self.mode = Mode::Block(Block::new(Kind::Llama, lead + PYTHON_TAG.len()));
                 } else if !end && PYTHON_TAG.starts_with(rest) {

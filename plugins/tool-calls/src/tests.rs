@@ -384,3 +384,13 @@ fn garbage_never_panics_loses_or_duplicates_text() {
         }
     }
 }
+
+#[test]
+fn with_the_mistral_hint_a_bare_list_of_calls_is_calls() {
+    // `[TOOL_CALLS]` is a control token: the decoded text has only the list.
+    let input = r#"[{"name": "search", "arguments": {"q": "rust"}}]"#;
+    let got = feed(&mut parser(Some(Syntax::Mistral)), &[&input[..9], &input[9..]]);
+    assert_eq!(got, parsed("", vec![call("search", r#"{"q":"rust"}"#)]));
+    // Without the hint a list is an answer like any other.
+    assert_eq!(feed(&mut parser(Some(Syntax::Hermes)), &[input]), parsed(input, vec![]));
+}

@@ -88,6 +88,8 @@ pub struct Generation {
     record: Option<(CacheKey, Vec<Piece>, Arc<ResponseCache>)>,
     /// Tool calls let out so far.
     tool_calls: usize,
+    /// The request offered tools: calls a post-processor finds are calls.
+    offers_tools: bool,
     /// Keep only the first tool call (`parallel_tool_calls: false`).
     single_tool_call: bool,
     /// What produced the answer ([`crate::fingerprint`]).
@@ -224,6 +226,7 @@ impl Generation {
             last_text: None,
             record: None,
             tool_calls: 0,
+            offers_tools: false,
             single_tool_call: false,
             fingerprint,
         }
@@ -374,6 +377,15 @@ impl Generation {
     /// (only the first of an answer with `parallel_tool_calls: false`).
     fn release_calls(&mut self, calls: Vec<kiln_chat::ToolCall>) {
         for call in calls {
+            if !self.offers_tools {
+                // A pipeline's parser found a call no tool was offered for
+                // (a completion, say): it stays the text it was written as.
+                let arguments =
+                    serde_json::from_str(&call.arguments).unwrap_or(serde_json::Value::String(call.arguments));
+                let json = serde_json::json!({"name": call.name, "arguments": arguments});
+                self.release(format!("<tool_call>{json}</tool_call>"));
+                continue;
+            }
             if self.single_tool_call && self.tool_calls > 0 {
                 break;
             }

@@ -146,6 +146,7 @@ pub(super) async fn submit(
             last_text: None,
             record: None,
             tool_calls: 0,
+            offers_tools: tool_use.is_some(),
             single_tool_call,
             fingerprint: Arc::from(""),
         })

@@ -38,7 +38,7 @@ pub async fn chat_completions(
         let done = collect_choices(generations).await?;
         return Ok(mark_cache(Json(chat_completion(&state, done, logprobs)).into_response(), cache));
     }
-    let include_usage = valid.include_usage;
+    let (include_usage, offers_tools) = (valid.include_usage, valid.offers_tools);
     let (id, created, model) = (completion_id("chatcmpl"), unix_now(), state.model().id.clone());
     let chunk = move |choices, usage| ChatCompletionChunk {
         id: id.clone(),
@@ -59,7 +59,9 @@ pub async fn chat_completions(
         let index = i as u32;
         let mut events: Vec<Event> = Vec::with_capacity(3);
         if !std::mem::replace(&mut opened[i], true) {
-            let delta = ChatDelta { role: Some("assistant".into()), content: Some(String::new()), tool_calls: None };
+            // As OpenAI's: an answer that may be only calls opens without content.
+            let content = (!offers_tools).then(String::new);
+            let delta = ChatDelta { role: Some("assistant".into()), content, tool_calls: None };
             events.push(json_event(&chunk(
                 vec![ChatChunkChoice { index, delta, logprobs: None, finish_reason: None }],
                 None,
