@@ -17,6 +17,11 @@ use sha2::{Digest, Sha256};
 use crate::serve::Server;
 
 const CLIENTS: usize = 4;
+
+/// Clients running at once, unless `KILN_BENCH_RELOAD_CLIENTS` says how many.
+fn clients() -> usize {
+    std::env::var("KILN_BENCH_RELOAD_CLIENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(CLIENTS)
+}
 /// Good versions written after the first, unless `KILN_BENCH_RELOAD` says
 /// how many; one broken file comes among them.
 const NEW_VERSIONS: u32 = 5;
@@ -116,22 +121,27 @@ fn plugin_files_replaced_under_load_fail_no_request_and_never_reload_the_model()
     let server = Arc::new(Server::start_with(&args, "info", &[("KILN_CACHE_DIR", &cache)]));
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Answers finished so far, for the clients' throughput with and without swaps.
+    let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Versions some answer has come from so far.
     let seen = Arc::new(Mutex::new(BTreeSet::new()));
-    let clients: Vec<_> = (0..CLIENTS)
+    let clients: Vec<_> = (0..clients())
         .map(|i| {
-            let (server, stop, seen) = (server.clone(), stop.clone(), seen.clone());
+            let (server, stop, seen, finished) = (server.clone(), stop.clone(), seen.clone(), finished.clone());
             std::thread::spawn(move || {
                 // Half the clients stream.
                 let path = if i % 2 == 0 { "/v1/generate" } else { "/v1/generate/stream" };
+                // Sampled without a seed: never from the response cache, so
+                // every answer is decoded while versions change.
                 let body = format!(
-                    r#"{{"prompt": "Count from {i} upwards.", "max_tokens": 8, "temperature": 0, "pipeline": "tagged"}}"#
+                    r#"{{"prompt": "Count from {i} upwards.", "max_tokens": 8, "temperature": 0.7, "pipeline": "tagged"}}"#
                 );
                 let mut answers = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
                     let (status, body) = server.request("POST", path, &body);
                     seen.lock().unwrap().extend(tags(&body));
+                    finished.fetch_add(1, Ordering::Relaxed);
                     answers.push(Answer { status, body, started });
                 }
                 answers
@@ -148,6 +158,18 @@ fn plugin_files_replaced_under_load_fail_no_request_and_never_reload_the_model()
         }
     };
     wait_served(1);
+    // The clients' pace with nothing changing, to compare with their pace
+    // while versions land.
+    let rate =
+        |from: usize, since: Instant| (finished.load(Ordering::Relaxed) - from) as f64 / since.elapsed().as_secs_f64();
+    let (quiet_from, quiet_start) = (finished.load(Ordering::Relaxed), Instant::now());
+    // Polling the plugin list as `wait_for` does, so both paces carry it.
+    while quiet_start.elapsed() < Duration::from_secs(3) {
+        tagger_status(&server);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let quiet = rate(quiet_from, quiet_start);
+    let (swaps_from, swaps_start) = (finished.load(Ordering::Relaxed), Instant::now());
     // When each version became visible in the plugin list.
     let mut visible_at = vec![(1, Instant::now() - Duration::from_secs(3600))];
     let mut delays = Vec::new();
@@ -175,6 +197,7 @@ fn plugin_files_replaced_under_load_fail_no_request_and_never_reload_the_model()
         assert_eq!(tagger_status(&server)["status"], "ok", "a good version clears the error");
         wait_served(version);
     }
+    let swapping = rate(swaps_from, swaps_start);
     stop.store(true, Ordering::Relaxed);
     let answers: Vec<Answer> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
 
@@ -185,6 +208,7 @@ fn plugin_files_replaced_under_load_fail_no_request_and_never_reload_the_model()
     sorted.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     eprintln!("{} answers; new versions visible after {delays:?}", answers.len());
+    eprintln!("answers/s while versions land: {swapping:.1}, with none landing: {quiet:.1} ({:.3}x)", swapping / quiet);
     eprintln!(
         "reload visibility over {} versions: p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms",
         sorted.len(),
