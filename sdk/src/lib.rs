@@ -71,6 +71,7 @@ pub mod template;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 mod tools;
+pub mod trie;
 mod vocabulary;
 
 pub use config::Config;

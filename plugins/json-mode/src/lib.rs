@@ -1,7 +1,9 @@
 //! json-mode: constrains the output to one syntactically valid JSON object,
 //! whatever the prompt. Before each token it hands the host the set of
 //! tokens that keep the output a valid JSON prefix (a bitset over the
-//! vocabulary); when the object is complete it stops. Given the request's
+//! vocabulary, found by walking a byte trie of the tokens JSON's structure
+//! can use with the recognizer's state, and adding the plain string tokens
+//! a word at a time); when the object is complete it stops. Given the request's
 //! token budget (`max_tokens` in its config) it closes the object in time,
 //! so even a cut-short answer parses.
 
@@ -9,23 +11,61 @@
 
 mod grammar;
 
+use std::sync::{Arc, OnceLock};
+
 use grammar::{Mode, State};
 use kiln_sdk::sampler::{Sampler, SamplingParams, StepPlan, TokenSet};
+use kiln_sdk::trie::TokenTrie;
 use kiln_sdk::{Config, vocabulary};
 
 #[derive(Debug)]
 pub struct JsonMode {
     state: State,
-    /// Tokens that may appear outside strings (all bytes in JSON's structural alphabet).
-    structural: Vec<u32>,
-    /// Tokens that are plain string content (no quote, backslash or control byte).
-    plain: Vec<u32>,
-    /// Token ids of single ASCII characters, for closing the object.
-    by_char: [Option<u32>; 128],
+    tables: Arc<Tables>,
     budget: Option<u32>,
     emitted: u32,
     /// Forced tokens already applied to `state`: the host's next `last` is one of them.
     forced_pending: bool,
+}
+
+/// The vocabulary as json-mode uses it, built once per instance.
+#[derive(Debug)]
+struct Tables {
+    /// Tokens that may appear outside strings (all bytes in JSON's structural alphabet).
+    structural: TokenTrie,
+    /// Tokens that are plain string content (no quote, backslash or control byte).
+    plain: TokenSet,
+    /// Token ids of single ASCII characters, for closing the object.
+    by_char: [Option<u32>; 128],
+}
+
+fn tables() -> Arc<Tables> {
+    static TABLES: OnceLock<Arc<Tables>> = OnceLock::new();
+    TABLES.get_or_init(|| Arc::new(build())).clone()
+}
+
+fn build() -> Tables {
+    let vocab = vocabulary();
+    let mut t = Tables { structural: TokenTrie::new(), plain: TokenSet::with_size(vocab.size()), by_char: [None; 128] };
+    for (id, bytes) in vocab.tokens().enumerate() {
+        let id = id as u32;
+        if bytes.is_empty() || is_special(bytes) || vocab.is_stop(id) {
+            continue;
+        }
+        if bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
+            t.plain.insert(id);
+        }
+        if bytes.iter().all(|b| b" \n\t\r{}[],:\"-+.0123456789eEtrufalsn".contains(b)) {
+            t.structural.insert(bytes, id);
+        }
+        if let [b] = bytes[..]
+            && b < 128
+            && t.by_char[b as usize].is_none()
+        {
+            t.by_char[b as usize] = Some(id);
+        }
+    }
+    t
 }
 
 /// Special tokens (`<|im_end|>`...) are never part of a JSON answer.
@@ -35,31 +75,11 @@ fn is_special(bytes: &[u8]) -> bool {
 
 impl Sampler for JsonMode {
     fn new(_: SamplingParams, _: &[u32], config: &Config) -> Result<Self, String> {
-        let vocab = vocabulary();
-        let (mut structural, mut plain, mut by_char) = (Vec::new(), Vec::new(), [None; 128]);
-        for (id, bytes) in vocab.tokens().enumerate() {
-            let id = id as u32;
-            if bytes.is_empty() || is_special(bytes) || vocab.is_stop(id) {
-                continue;
-            }
-            if bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
-                plain.push(id);
-            }
-            if bytes.iter().all(|b| b" \n\t\r{}[],:\"-+.0123456789eEtrufalsn".contains(b)) {
-                structural.push(id);
-            }
-            if let [b] = bytes[..]
-                && b < 128
-                && by_char[b as usize].is_none()
-            {
-                by_char[b as usize] = Some(id);
-            }
-        }
         let budget = config
             .get("max_tokens")
             .map(|v| v.parse().map_err(|_| format!("config `max_tokens`: {v:?}")))
             .transpose()?;
-        Ok(JsonMode { state: State::default(), structural, plain, by_char, budget, emitted: 0, forced_pending: false })
+        Ok(JsonMode { state: State::default(), tables: tables(), budget, emitted: 0, forced_pending: false })
     }
 
     fn step(&mut self, last: Option<u32>) -> Result<StepPlan, String> {
@@ -97,13 +117,20 @@ impl JsonMode {
         let in_plain_string = matches!(self.state.mode, Mode::Str { escape: grammar::Escape::None, .. });
         // Plain text inside a string leaves the closing text as it is.
         if in_plain_string && fits(&self.state) {
-            self.plain.iter().for_each(|&id| set.insert(id));
+            set.union_with(&self.tables.plain);
         }
-        for &id in &self.structural {
-            if !set.contains(id) && self.state.feed_all(vocab.token(id)).is_some_and(|s| fits(&s)) {
-                set.insert(id);
+        let feed = |state: &mut State, b: u8| match state.feed(b) {
+            Some(next) => {
+                *state = next;
+                true
             }
-        }
+            None => false,
+        };
+        self.tables.structural.walk(self.state, feed, |state, ids| {
+            if fits(state) {
+                ids.iter().for_each(|&id| set.insert(id));
+            }
+        });
         set
     }
 
@@ -111,7 +138,7 @@ impl JsonMode {
     fn close(&mut self) -> StepPlan {
         let closing = self.state.closing();
         let tokens: Option<Vec<u32>> =
-            closing.bytes().map(|b| self.by_char.get(b as usize).copied().flatten()).collect();
+            closing.bytes().map(|b| self.tables.by_char.get(b as usize).copied().flatten()).collect();
         match tokens {
             Some(tokens) if !tokens.is_empty() => {
                 self.state = self.state.feed_all(closing.as_bytes()).unwrap_or(self.state);
