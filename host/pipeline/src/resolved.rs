@@ -173,17 +173,6 @@ impl Resolved {
         Ok(PostChain::new(sessions))
     }
 
-    /// What decides this pipeline's behaviour, one line per stage in order:
-    /// the plugin, its version and sha256, and its configuration here.
-    pub fn fingerprint(&self) -> Vec<String> {
-        let line =
-            |info: &kiln_plugins::PluginInfo, config: &PluginConfig| format!("{info} {} {config:?}", info.sha256);
-        let template = self.template.iter().map(|s| line(s.plugin.info(), &s.config));
-        let sampler = self.sampler.iter().map(|s| line(s.plugin.info(), &s.config));
-        let post = self.post.iter().map(|s| line(s.plugin.info(), &s.config));
-        template.chain(sampler).chain(post).collect()
-    }
-
     /// Each stage's plugin version and its configuration here, in order.
     pub fn stages(&self) -> Vec<(&kiln_plugins::PluginInfo, &[(String, String)])> {
         let template = self.template.iter().map(|s| (s.plugin.info(), s.config.as_slice()));

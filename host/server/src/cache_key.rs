@@ -1,7 +1,8 @@
 //! A validated generation's response-cache key: the sha256 of everything
 //! that decides its output (the model, the prompt as the client gave it,
-//! every sampling parameter, the limits and stop strings, the pipeline's
-//! plugin versions and configuration) and of the API key it is for. Only
+//! every sampling parameter, the limits and stop strings, the answer's
+//! fingerprint: the model file and every plugin version with its
+//! configuration) and of the API key it is for. Only
 //! requests whose output cannot vary have one: temperature 0, or a seed.
 
 use serde::Serialize;
@@ -33,9 +34,9 @@ struct KeyParts<'a> {
     json: bool,
     json_schema: Option<&'a str>,
     single_tool_call: bool,
-    /// Every plugin the request runs, in order, with its version, sha256
-    /// and configuration ([`kiln_pipeline::Resolved::fingerprint`]).
-    plugins: Vec<String>,
+    /// The model file and every plugin the request runs, with its version
+    /// and configuration ([`crate::fingerprint`]).
+    fingerprint: &'a str,
 }
 
 impl KeyParts<'_> {
@@ -50,18 +51,12 @@ impl ValidGeneration {
     /// The key of this request's answer for `tenant` (an answer is never
     /// shared between API keys), when its output is fixed by its inputs and
     /// the cache is on.
-    pub(crate) fn cache_key(&self, state: &AppState, tenant: Option<&str>) -> Option<CacheKey> {
+    pub(crate) fn cache_key(&self, state: &AppState, tenant: Option<&str>, fingerprint: &str) -> Option<CacheKey> {
         // Several answers differ by design: not replayed as one.
         if !state.cache().enabled() || !deterministic(&self.params) || self.n > 1 {
             return None;
         }
-        let mut plugins = self.pipeline.as_ref().map(kiln_pipeline::Resolved::fingerprint).unwrap_or_default();
-        for name in self.built_ins_used() {
-            let plugin = state.plugins().and_then(|p| p.plugin(name));
-            plugins.extend(plugin.as_ref().and_then(|e| e.info()).map(|i| format!("{i} {}", i.sha256)));
-        }
-        plugins.push(format!("model {}", state.model().sha256));
-        Some(self.key_parts(&state.model().id, tenant, plugins).key())
+        Some(self.key_parts(&state.model().id, tenant, fingerprint).key())
     }
 
     /// The built-in plugins this request runs beside its pipeline:
@@ -84,7 +79,7 @@ impl ValidGeneration {
         built_ins.into_iter().filter(|(used, _)| *used).map(|(_, name)| name).collect()
     }
 
-    fn key_parts<'a>(&'a self, model: &'a str, tenant: Option<&'a str>, plugins: Vec<String>) -> KeyParts<'a> {
+    fn key_parts<'a>(&'a self, model: &'a str, tenant: Option<&'a str>, fingerprint: &'a str) -> KeyParts<'a> {
         KeyParts {
             model,
             tenant,
@@ -99,7 +94,7 @@ impl ValidGeneration {
             json: self.json,
             json_schema: self.json_schema.as_deref(),
             single_tool_call: self.single_tool_call,
-            plugins,
+            fingerprint,
         }
     }
 }
@@ -149,9 +144,8 @@ mod tests {
             single_tool_call: true,
             ..generation(with_tools(ToolChoice::Auto), params.clone(), Some(8), &[])
         };
-        let key = |g: ValidGeneration, tenant: Option<&str>, plugin: &str| {
-            g.key_parts("m", tenant, vec![plugin.to_string()]).key()
-        };
+        let key =
+            |g: ValidGeneration, tenant: Option<&str>, fingerprint: &str| g.key_parts("m", tenant, fingerprint).key();
         let base = key(generation(hi(), params.clone(), Some(8), &[]), None, "p@1 abc");
         assert_eq!(base, key(generation(hi(), params.clone(), Some(8), &[]), None, "p@1 abc"));
         for changed in [

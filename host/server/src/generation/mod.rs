@@ -177,7 +177,7 @@ impl Generation {
     ) -> Result<Vec<Generation>, ApiError> {
         let tenant = context.tenant();
         let fingerprint: Arc<str> = generation.fingerprint(state).fingerprint.as_str().into();
-        let key = generation.cache_key(state, tenant.as_deref());
+        let key = generation.cache_key(state, tenant.as_deref(), &fingerprint);
         let status = match key {
             None => CacheStatus::Off,
             Some(_) if context.no_cache => CacheStatus::Bypass,
