@@ -28,6 +28,10 @@ pub struct PluginStatus {
     /// The plugin contract (`wit/`) version the component was built
     /// against: `0.2.0`, or `0.1.0` (served through the host's adapter).
     pub contract: Option<String>,
+    /// Which build of the serving version runs: `baseline` (a fast compile,
+    /// slower code, serving while the optimized build is made at low
+    /// priority) or `optimized`.
+    pub compiled: Option<String>,
     /// `built-in`, `file` or `upload`.
     pub source: String,
     /// The plugin's file, for `source: file`.

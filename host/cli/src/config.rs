@@ -228,6 +228,9 @@ pub struct PluginsSection {
     pub memory_limit_mib: Option<usize>,
     /// Longest one plugin call may run.
     pub call_timeout_ms: Option<u64>,
+    /// How new versions are compiled: `tiered` (default), `optimized`, `baseline`.
+    #[serde(default, deserialize_with = "from_str")]
+    pub compiler: Option<kiln_pipeline::Compiler>,
     /// Canaries: their default share and when they are rolled back.
     #[serde(default)]
     pub rollout: kiln_pipeline::RolloutConfig,
@@ -270,6 +273,9 @@ impl FileConfig {
         if let Some(ms) = p.call_timeout_ms {
             anyhow::ensure!((1..=60_000).contains(&ms), "plugins.call_timeout_ms must be 1 to 60000, got {ms}");
             runtime.call_timeout = Duration::from_millis(ms);
+        }
+        if let Some(compiler) = p.compiler {
+            runtime.compiler = compiler;
         }
         Ok(PluginsConfig {
             dir: dir.or_else(|| p.dir.clone()),

@@ -100,6 +100,8 @@ fn main() {
     let tokenizer = Arc::new(Tokenizer::from_gguf(&content).unwrap());
     let template = kiln_chat::ChatTemplate::new(tokenizer.chat_template(), "", "<|im_end|>").unwrap();
     let plugins = PluginHost::new(&tokenizer, PluginsConfig::default()).unwrap();
+    // Measure the code that serves in the long run.
+    plugins.wait_for_optimized_builds();
     // No prefix cache: every request prefills its whole prompt, in both arms alike.
     let config = EngineConfig { prefix_cache_bytes: 0, ..EngineConfig::default() };
     let engine = Engine::start(model, tokenizer.clone(), config);

@@ -43,6 +43,8 @@ fn main() {
         ("json-schema", kiln_plugins::first_party::JSON_SCHEMA, &schema_config, &compact),
     ] {
         let Loaded::Sampler(plugin) = runtime.load_bytes(name, bytes).unwrap() else { unreachable!() };
+        // Measure the code that serves in the long run.
+        runtime.wait_for_optimized_builds();
         let params = kiln_pipeline::plugin_params(&SamplingParams::greedy());
         let mut times = Vec::with_capacity(steps);
         let mut session = plugin.start(params, &[1, 2, 3], config).unwrap();

@@ -30,8 +30,8 @@ use kiln_tokenizer::Tokenizer;
 // What the HTTP layer needs of the plugin runtime, so that it depends on the
 // pipeline alone.
 pub use kiln_plugins::{
-    FinishReason as PostFinishReason, MetricsSnapshot, PluginError, PluginInfo, RuntimeConfig, built_plugins_dir,
-    first_party,
+    Compiler, FinishReason as PostFinishReason, MetricsSnapshot, PluginError, PluginInfo, RuntimeConfig, Tier,
+    built_plugins_dir, first_party,
 };
 
 pub use config::{DEFAULT_PIPELINE, NAME_PATTERN, NATIVE_PIPELINE, PipelineSpec, PluginsConfig, check_name};
@@ -156,6 +156,12 @@ impl PluginHost {
         host.load_dir()?;
         host.check_pipelines()?;
         Ok(host)
+    }
+
+    /// Blocks until every version loaded so far serves from its optimized
+    /// build (for benchmarks: the code that serves in the long run).
+    pub fn wait_for_optimized_builds(&self) {
+        self.runtime.wait_for_optimized_builds();
     }
 
     /// Every plugin a pipeline names is loaded, and of the kind it needs.

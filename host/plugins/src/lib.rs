@@ -2,7 +2,9 @@
 //! against `wit/` and runs them under a deadline per call and a memory cap
 //! per instance, on wasmtime.
 //!
-//! A plugin file is compiled once: the compiled artifact is cached on disk
+//! A new version serves from a fast baseline build at once while its
+//! optimized build is made at low priority (`tiering`). The optimized
+//! build is compiled once: the compiled artifact is cached on disk
 //! by the file's sha256 and the engine's compatibility hash, so a restart (or
 //! another replica sharing the cache) loads it in a millisecond. Each
 //! request gets its own cheap instance (pre-instantiated, pooling
@@ -17,6 +19,7 @@ mod runtime;
 mod sampler;
 mod state;
 mod template;
+mod tiering;
 
 use std::fmt;
 
@@ -26,6 +29,7 @@ pub use post_process::{ChunkAction, Emitted, FinishReason, OutputOptions, PostPr
 pub use runtime::{Loaded, Runtime, RuntimeConfig};
 pub use sampler::{Candidate, SamplerPlugin, SamplerSession, SamplingParams, StepPlan};
 pub use template::{ChatMessage, Rendered, TemplateInput, TemplatePlugin, Tool, ToolCall, ToolChoice, ToolSyntax};
+pub use tiering::{Compiler, Tier};
 
 /// Writes through a temporary file in the same folder and a rename, so a
 /// reader (the plugin watcher, another replica sharing the folder) never
@@ -96,6 +100,19 @@ pub struct PluginInfo {
     pub contract: Contract,
     /// Hex sha256 of the component file.
     pub sha256: String,
+}
+
+/// What a component's `info` call answers: name, version, description.
+pub(crate) type Who = (String, String, String);
+
+impl PluginInfo {
+    /// Another build of the same bytes must say the same of itself.
+    pub(crate) fn check_same(&self, (name, version, description): &Who) -> wasmtime::Result<()> {
+        if (name, version, description) != (&self.name, &self.version, &self.description) {
+            wasmtime::bail!("the optimized build says it is {name}@{version}, not {self}");
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for PluginInfo {

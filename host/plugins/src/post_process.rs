@@ -1,6 +1,8 @@
 //! Post-process plugins on the host side: one session per generation.
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::Instant;
 
 use wasmtime::Store;
@@ -8,9 +10,10 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceAny};
 
 use crate::legacy::{self, Contract};
 use crate::metrics::{MetricsSnapshot, PluginMetrics};
-use crate::runtime::Shared;
+use crate::runtime::{Built, Shared};
 use crate::state::{HostState, call_failed, new_store};
-use crate::{PluginError, PluginInfo, PluginKind};
+use crate::tiering::{Code, Tier, Upgrade};
+use crate::{PluginError, PluginInfo, PluginKind, Who};
 
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
@@ -38,7 +41,7 @@ enum Instance {
 /// A post-process plugin, linked and pre-instantiated.
 pub struct PostProcessPlugin {
     info: PluginInfo,
-    pre: Pre,
+    code: ArcSwap<Code<Pre>>,
     runtime: Arc<Shared>,
     metrics: PluginMetrics,
 }
@@ -51,34 +54,17 @@ impl std::fmt::Debug for PostProcessPlugin {
 
 impl PostProcessPlugin {
     /// Links the component and makes a smoke call (`info`).
-    pub(crate) fn new(
-        runtime: Arc<Shared>,
-        component: Component,
-        contract: Contract,
-        sha256: String,
-    ) -> wasmtime::Result<Self> {
-        let mut linker = Linker::new(&runtime.engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        let mut store = new_store(&runtime);
-        let (pre, (name, version, description)) = match contract {
-            Contract::Current => {
-                bindings::PostProcessPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-                let pre = bindings::PostProcessPluginPre::new(linker.instantiate_pre(&component)?)?;
-                let info = pre.instantiate(&mut store)?.kiln_plugin_post_process().call_info(&mut store)?;
-                (Pre::Current(pre), (info.name, info.version, info.description))
-            }
-            Contract::V0_1 => {
-                legacy::post_process::PostProcessPlugin::add_to_linker::<HostState, HasSelf<HostState>>(
-                    &mut linker,
-                    |s| s,
-                )?;
-                let pre = legacy::post_process::PostProcessPluginPre::new(linker.instantiate_pre(&component)?)?;
-                let info = pre.instantiate(&mut store)?.kiln_plugin_post_process().call_info(&mut store)?;
-                (Pre::V0_1(pre), (info.name, info.version, info.description))
-            }
-        };
+    pub(crate) fn new(runtime: Arc<Shared>, built: Built) -> wasmtime::Result<Self> {
+        let (pre, (name, version, description)) = link(&runtime, &built.component, built.contract)?;
+        let (contract, sha256) = (built.contract, built.sha256);
         let info = PluginInfo { name, version, description, kind: PluginKind::PostProcess, contract, sha256 };
-        Ok(PostProcessPlugin { info, pre, runtime, metrics: PluginMetrics::default() })
+        let code = Code { pre, engine: built.component.engine().clone(), tier: built.tier };
+        Ok(PostProcessPlugin { info, code: ArcSwap::from_pointee(code), runtime, metrics: PluginMetrics::default() })
+    }
+
+    /// Which build serves new sessions.
+    pub fn tier(&self) -> Tier {
+        self.code.load().tier
     }
 
     pub fn info(&self) -> &PluginInfo {
@@ -99,9 +85,10 @@ impl PostProcessPlugin {
     }
 
     fn open(self: &Arc<Self>, options: &OutputOptions) -> Result<PostProcessSession, PluginError> {
-        let mut store = new_store(&self.runtime);
+        let code = self.code.load();
+        let mut store = new_store(&self.runtime, &code.engine);
         let plugin = self.info.to_string();
-        let instance = match &self.pre {
+        let instance = match &code.pre {
             Pre::Current(pre) => pre.instantiate(&mut store).map(Instance::Current),
             Pre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
         };
@@ -123,6 +110,43 @@ impl PostProcessPlugin {
             Err(e) => return Err(call_failed(e, &store, &plugin, &self.runtime)),
         };
         Ok(PostProcessSession { plugin: self.clone(), store, instance, output })
+    }
+}
+
+/// Links `component` with its contract's bindings and asks it who it is.
+fn link(runtime: &Shared, component: &Component, contract: Contract) -> wasmtime::Result<(Pre, Who)> {
+    let mut linker = Linker::new(component.engine());
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    let mut store = new_store(runtime, component.engine());
+    Ok(match contract {
+        Contract::Current => {
+            bindings::PostProcessPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+            let pre = bindings::PostProcessPluginPre::new(linker.instantiate_pre(component)?)?;
+            let info = pre.instantiate(&mut store)?.kiln_plugin_post_process().call_info(&mut store)?;
+            (Pre::Current(pre), (info.name, info.version, info.description))
+        }
+        Contract::V0_1 => {
+            legacy::post_process::PostProcessPlugin::add_to_linker::<HostState, HasSelf<HostState>>(
+                &mut linker,
+                |s| s,
+            )?;
+            let pre = legacy::post_process::PostProcessPluginPre::new(linker.instantiate_pre(component)?)?;
+            let info = pre.instantiate(&mut store)?.kiln_plugin_post_process().call_info(&mut store)?;
+            (Pre::V0_1(pre), (info.name, info.version, info.description))
+        }
+    })
+}
+
+impl Upgrade for PostProcessPlugin {
+    fn upgrade(&self, component: &Component) -> wasmtime::Result<()> {
+        let (pre, who) = link(&self.runtime, component, self.info.contract)?;
+        self.info.check_same(&who)?;
+        self.code.store(Arc::new(Code { pre, engine: component.engine().clone(), tier: Tier::Optimized }));
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.info.to_string()
     }
 }
 

@@ -1,6 +1,8 @@
 //! Sampler plugins on the host side: one session per sequence.
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::Instant;
 
 use wasmtime::Store;
@@ -8,9 +10,10 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceAny};
 
 use crate::legacy::{self, Contract};
 use crate::metrics::{MetricsSnapshot, PluginMetrics};
-use crate::runtime::Shared;
+use crate::runtime::{Built, Shared};
 use crate::state::{HostState, call_failed, new_store};
-use crate::{PluginError, PluginInfo, PluginKind};
+use crate::tiering::{Code, Tier, Upgrade};
+use crate::{PluginError, PluginInfo, PluginKind, Who};
 
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
@@ -54,7 +57,7 @@ enum Instance {
 /// fresh instance (microseconds).
 pub struct SamplerPlugin {
     info: PluginInfo,
-    pre: Pre,
+    code: ArcSwap<Code<Pre>>,
     runtime: Arc<Shared>,
     metrics: PluginMetrics,
 }
@@ -68,31 +71,17 @@ impl std::fmt::Debug for SamplerPlugin {
 impl SamplerPlugin {
     /// Links the component and makes a smoke call (`info`), so a file that
     /// cannot serve never replaces one that can.
-    pub(crate) fn new(
-        runtime: Arc<Shared>,
-        component: Component,
-        contract: Contract,
-        sha256: String,
-    ) -> wasmtime::Result<Self> {
-        let mut linker = Linker::new(&runtime.engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        let mut store = new_store(&runtime);
-        let (pre, (name, version, description)) = match contract {
-            Contract::Current => {
-                bindings::SamplerPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-                let pre = bindings::SamplerPluginPre::new(linker.instantiate_pre(&component)?)?;
-                let info = pre.instantiate(&mut store)?.kiln_plugin_sampler().call_info(&mut store)?;
-                (Pre::Current(pre), (info.name, info.version, info.description))
-            }
-            Contract::V0_1 => {
-                legacy::sampler::SamplerPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-                let pre = legacy::sampler::SamplerPluginPre::new(linker.instantiate_pre(&component)?)?;
-                let info = pre.instantiate(&mut store)?.kiln_plugin_sampler().call_info(&mut store)?;
-                (Pre::V0_1(pre), (info.name, info.version, info.description))
-            }
-        };
+    pub(crate) fn new(runtime: Arc<Shared>, built: Built) -> wasmtime::Result<Self> {
+        let (pre, (name, version, description)) = link(&runtime, &built.component, built.contract)?;
+        let (contract, sha256) = (built.contract, built.sha256);
         let info = PluginInfo { name, version, description, kind: PluginKind::Sampler, contract, sha256 };
-        Ok(SamplerPlugin { info, pre, runtime, metrics: PluginMetrics::default() })
+        let code = Code { pre, engine: built.component.engine().clone(), tier: built.tier };
+        Ok(SamplerPlugin { info, code: ArcSwap::from_pointee(code), runtime, metrics: PluginMetrics::default() })
+    }
+
+    /// Which build serves new sessions.
+    pub fn tier(&self) -> Tier {
+        self.code.load().tier
     }
 
     pub fn info(&self) -> &PluginInfo {
@@ -123,9 +112,10 @@ impl SamplerPlugin {
         prompt: &[u32],
         config: &[(String, String)],
     ) -> Result<SamplerSession, PluginError> {
-        let mut store = new_store(&self.runtime);
+        let code = self.code.load();
+        let mut store = new_store(&self.runtime, &code.engine);
         let plugin = self.info.to_string();
-        let instance = match &self.pre {
+        let instance = match &code.pre {
             Pre::Current(pre) => pre.instantiate(&mut store).map(Instance::Current),
             Pre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
         };
@@ -150,6 +140,40 @@ impl SamplerPlugin {
             Err(e) => return Err(call_failed(e, &store, &plugin, &self.runtime)),
         };
         Ok(SamplerSession { plugin: self.clone(), store, instance, sequence })
+    }
+}
+
+/// Links `component` with its contract's bindings and asks it who it is.
+fn link(runtime: &Shared, component: &Component, contract: Contract) -> wasmtime::Result<(Pre, Who)> {
+    let mut linker = Linker::new(component.engine());
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    let mut store = new_store(runtime, component.engine());
+    Ok(match contract {
+        Contract::Current => {
+            bindings::SamplerPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+            let pre = bindings::SamplerPluginPre::new(linker.instantiate_pre(component)?)?;
+            let info = pre.instantiate(&mut store)?.kiln_plugin_sampler().call_info(&mut store)?;
+            (Pre::Current(pre), (info.name, info.version, info.description))
+        }
+        Contract::V0_1 => {
+            legacy::sampler::SamplerPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+            let pre = legacy::sampler::SamplerPluginPre::new(linker.instantiate_pre(component)?)?;
+            let info = pre.instantiate(&mut store)?.kiln_plugin_sampler().call_info(&mut store)?;
+            (Pre::V0_1(pre), (info.name, info.version, info.description))
+        }
+    })
+}
+
+impl Upgrade for SamplerPlugin {
+    fn upgrade(&self, component: &Component) -> wasmtime::Result<()> {
+        let (pre, who) = link(&self.runtime, component, self.info.contract)?;
+        self.info.check_same(&who)?;
+        self.code.store(Arc::new(Code { pre, engine: component.engine().clone(), tier: Tier::Optimized }));
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.info.to_string()
     }
 }
 

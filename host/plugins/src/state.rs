@@ -28,8 +28,9 @@ impl WasiView for HostState {
     }
 }
 
-/// A fresh store: no files, no network, no environment; stderr captured.
-pub(crate) fn new_store(runtime: &Shared) -> Store<HostState> {
+/// A fresh store on `engine` (the one its component was compiled with):
+/// no files, no network, no environment; stderr captured.
+pub(crate) fn new_store(runtime: &Shared, engine: &wasmtime::Engine) -> Store<HostState> {
     let stderr = MemoryOutputPipe::new(STDERR_TAIL);
     let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
     let state = HostState {
@@ -39,7 +40,7 @@ pub(crate) fn new_store(runtime: &Shared) -> Store<HostState> {
         vocabulary: runtime.vocabulary.clone(),
         stderr,
     };
-    let mut store = Store::new(&runtime.engine, state);
+    let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.cap);
     store.epoch_deadline_trap();
     store.set_epoch_deadline(runtime.deadline_ticks);

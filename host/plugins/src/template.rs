@@ -1,15 +1,18 @@
 //! Template plugins on the host side: one fresh instance per render.
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::Instant;
 
 use wasmtime::component::{Component, HasSelf, Linker};
 
 use crate::legacy::{self, Contract};
 use crate::metrics::{MetricsSnapshot, PluginMetrics};
-use crate::runtime::Shared;
+use crate::runtime::{Built, Shared};
 use crate::state::{HostState, call_failed, new_store};
-use crate::{PluginError, PluginInfo, PluginKind};
+use crate::tiering::{Code, Tier, Upgrade};
+use crate::{PluginError, PluginInfo, PluginKind, Who};
 
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
@@ -32,7 +35,7 @@ enum Pre {
 /// A template plugin, linked and pre-instantiated.
 pub struct TemplatePlugin {
     info: PluginInfo,
-    pre: Pre,
+    code: ArcSwap<Code<Pre>>,
     runtime: Arc<Shared>,
     metrics: PluginMetrics,
 }
@@ -45,32 +48,17 @@ impl std::fmt::Debug for TemplatePlugin {
 
 impl TemplatePlugin {
     /// Links the component and makes a smoke call (`info`).
-    pub(crate) fn new(
-        runtime: Arc<Shared>,
-        component: Component,
-        contract: Contract,
-        sha256: String,
-    ) -> wasmtime::Result<Self> {
-        let mut linker = Linker::new(&runtime.engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        let mut store = new_store(&runtime);
-        let (pre, info) = match contract {
-            Contract::Current => {
-                bindings::TemplatePlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-                let pre = bindings::TemplatePluginPre::new(linker.instantiate_pre(&component)?)?;
-                let info = pre.instantiate(&mut store)?.kiln_plugin_template().call_info(&mut store)?;
-                (Pre::Current(pre), (info.name, info.version, info.description))
-            }
-            Contract::V0_1 => {
-                legacy::template::TemplatePlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-                let pre = legacy::template::TemplatePluginPre::new(linker.instantiate_pre(&component)?)?;
-                let info = pre.instantiate(&mut store)?.kiln_plugin_template().call_info(&mut store)?;
-                (Pre::V0_1(pre), (info.name, info.version, info.description))
-            }
-        };
-        let (name, version, description) = info;
+    pub(crate) fn new(runtime: Arc<Shared>, built: Built) -> wasmtime::Result<Self> {
+        let (pre, (name, version, description)) = link(&runtime, &built.component, built.contract)?;
+        let (contract, sha256) = (built.contract, built.sha256);
         let info = PluginInfo { name, version, description, kind: PluginKind::Template, contract, sha256 };
-        Ok(TemplatePlugin { info, pre, runtime, metrics: PluginMetrics::default() })
+        let code = Code { pre, engine: built.component.engine().clone(), tier: built.tier };
+        Ok(TemplatePlugin { info, code: ArcSwap::from_pointee(code), runtime, metrics: PluginMetrics::default() })
+    }
+
+    /// Which build serves new renders.
+    pub fn tier(&self) -> Tier {
+        self.code.load().tier
     }
 
     pub fn info(&self) -> &PluginInfo {
@@ -98,9 +86,10 @@ impl TemplatePlugin {
     }
 
     fn call_render(&self, input: &TemplateInput) -> Result<Rendered, PluginError> {
-        let mut store = new_store(&self.runtime);
+        let code = self.code.load();
+        let mut store = new_store(&self.runtime, &code.engine);
         let plugin = self.info.to_string();
-        let rendered = match &self.pre {
+        let rendered = match &code.pre {
             Pre::Current(pre) => pre
                 .instantiate(&mut store)
                 .and_then(|instance| instance.kiln_plugin_template().call_render(&mut store, input)),
@@ -116,5 +105,39 @@ impl TemplatePlugin {
             Ok(Err(message)) => Err(PluginError::Refused { plugin, message }),
             Err(e) => Err(call_failed(e, &store, &plugin, &self.runtime)),
         }
+    }
+}
+
+/// Links `component` with its contract's bindings and asks it who it is.
+fn link(runtime: &Shared, component: &Component, contract: Contract) -> wasmtime::Result<(Pre, Who)> {
+    let mut linker = Linker::new(component.engine());
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    let mut store = new_store(runtime, component.engine());
+    Ok(match contract {
+        Contract::Current => {
+            bindings::TemplatePlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+            let pre = bindings::TemplatePluginPre::new(linker.instantiate_pre(component)?)?;
+            let info = pre.instantiate(&mut store)?.kiln_plugin_template().call_info(&mut store)?;
+            (Pre::Current(pre), (info.name, info.version, info.description))
+        }
+        Contract::V0_1 => {
+            legacy::template::TemplatePlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+            let pre = legacy::template::TemplatePluginPre::new(linker.instantiate_pre(component)?)?;
+            let info = pre.instantiate(&mut store)?.kiln_plugin_template().call_info(&mut store)?;
+            (Pre::V0_1(pre), (info.name, info.version, info.description))
+        }
+    })
+}
+
+impl Upgrade for TemplatePlugin {
+    fn upgrade(&self, component: &Component) -> wasmtime::Result<()> {
+        let (pre, who) = link(&self.runtime, component, self.info.contract)?;
+        self.info.check_same(&who)?;
+        self.code.store(Arc::new(Code { pre, engine: component.engine().clone(), tier: Tier::Optimized }));
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.info.to_string()
     }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{
-    Loaded, PluginError, PluginKind, Runtime, RuntimeConfig, SamplerPlugin, SamplingParams, StepPlan, Vocabulary,
+    Compiler, Loaded, PluginError, PluginKind, Runtime, RuntimeConfig, SamplerPlugin, SamplingParams, StepPlan, Tier,
+    Vocabulary,
 };
 
 fn built(name: &str) -> PathBuf {
@@ -18,8 +19,16 @@ fn vocabulary() -> Arc<Vocabulary> {
 }
 
 fn runtime() -> Runtime {
-    let config =
-        RuntimeConfig { call_timeout: Duration::from_millis(50), memory_limit: 16 << 20, ..RuntimeConfig::default() };
+    runtime_with(Compiler::default())
+}
+
+fn runtime_with(compiler: Compiler) -> Runtime {
+    let config = RuntimeConfig {
+        call_timeout: Duration::from_millis(50),
+        memory_limit: 16 << 20,
+        compiler,
+        ..RuntimeConfig::default()
+    };
     Runtime::new(config, vocabulary()).unwrap()
 }
 
@@ -69,25 +78,70 @@ fn assert_plain_sampling(plan: &StepPlan) {
 }
 
 #[test]
-fn a_compiled_plugin_is_cached_and_a_restart_does_not_recompile() {
+fn a_new_version_serves_from_its_baseline_build_until_the_optimized_one_is_cached() {
     let dir = tempfile::tempdir().unwrap();
     let config = RuntimeConfig { cache_dir: Some(dir.path().to_path_buf()), ..RuntimeConfig::default() };
     let first = Runtime::new(config.clone(), vocabulary()).unwrap();
-    first.load(&built("default-sampler")).unwrap();
-    assert_eq!(first.compilations(), 1);
+    let Loaded::Sampler(plugin) = first.load(&built("default-sampler")).unwrap() else { panic!("not a sampler") };
+    // A session opened now runs whichever build served when it started ...
+    let mut early = plugin.start(params(), &[1, 2, 3], &[]).unwrap();
+    first.wait_for_optimized_builds();
+    assert_eq!(plugin.tier(), Tier::Optimized);
+    assert_eq!(first.compilations(), 2, "a baseline build, then the optimized one");
+    // ... and keeps it, beside sessions on the optimized build.
+    let mut late = plugin.start(params(), &[1, 2, 3], &[]).unwrap();
+    for last in [None, Some(5), Some(6)] {
+        assert_plain_sampling(&early.step(last).unwrap());
+        assert_plain_sampling(&late.step(last).unwrap());
+    }
+    // The same version throughout: one set of counters.
+    assert_eq!(plugin.metrics().sessions, 2);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "one artifact in the cache");
-    drop(first);
+    drop((early, late, plugin, first));
     let restarted = Runtime::new(config, vocabulary()).unwrap();
     let loaded = restarted.load(&built("default-sampler")).unwrap();
     assert_eq!(restarted.compilations(), 0, "loaded from the cache");
+    assert_eq!(loaded.tier(), Tier::Optimized, "a cached build serves optimized at once");
     assert_eq!(loaded.info().name, "default-sampler");
+}
+
+#[test]
+fn a_version_replaced_before_its_optimized_build_is_never_optimized() {
+    let rt = runtime();
+    let held = rt.hold_optimized_builds();
+    // Loaded and dropped, as versions that newer files replaced in turn.
+    for _ in 0..3 {
+        drop(rt.load(&built("redact")).unwrap());
+    }
+    let kept = rt.load(&built("redact")).unwrap();
+    drop(held);
+    rt.wait_for_optimized_builds();
+    assert_eq!(kept.tier(), Tier::Optimized);
+    assert_eq!(rt.compilations(), 4 + 1, "four baseline builds, one optimized build");
+}
+
+#[test]
+fn each_compiler_setting_serves_from_its_build() {
+    for (compiler, tier) in [(Compiler::Baseline, Tier::Baseline), (Compiler::Optimized, Tier::Optimized)] {
+        let rt = runtime_with(compiler);
+        let plugin = sampler(&rt, "default-sampler");
+        rt.wait_for_optimized_builds();
+        assert_eq!(plugin.tier(), tier, "{compiler:?}");
+        assert_eq!(rt.compilations(), 1, "{compiler:?}: one build");
+        assert_plain_sampling(&plugin.start(params(), &[1], &[]).unwrap().step(None).unwrap());
+    }
+    assert_eq!("tiered".parse::<Compiler>(), Ok(Compiler::Tiered));
+    let err = "fast".parse::<Compiler>().unwrap_err();
+    assert!(err.contains("tiered, optimized or baseline"), "{err}");
 }
 
 #[test]
 fn a_cached_artifact_that_fails_its_digest_is_recompiled_and_the_cache_is_private() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("compiled");
-    let config = RuntimeConfig { cache_dir: Some(cache.clone()), ..RuntimeConfig::default() };
+    // Optimized builds only: the one build is made before `load` returns.
+    let config =
+        RuntimeConfig { cache_dir: Some(cache.clone()), compiler: Compiler::Optimized, ..RuntimeConfig::default() };
     Runtime::new(config.clone(), vocabulary()).unwrap().load(&built("default-sampler")).unwrap();
     #[cfg(unix)]
     {
@@ -117,8 +171,13 @@ fn a_file_that_is_not_a_component_is_refused_with_its_path() {
 }
 
 #[test]
-fn hostile_guests_fail_only_their_own_session() {
-    let rt = runtime();
+fn hostile_guests_fail_only_their_own_session_on_either_build() {
+    hostile_guests_fail_only_their_own_session(Compiler::Baseline);
+    hostile_guests_fail_only_their_own_session(Compiler::Optimized);
+}
+
+fn hostile_guests_fail_only_their_own_session(compiler: Compiler) {
+    let rt = runtime_with(compiler);
     let plugin = sampler(&rt, "hostile-sampler");
     let named = |e: &PluginError| assert!(e.to_string().contains("hostile-sampler@0.1.0"), "{e}");
 
@@ -306,6 +365,8 @@ fn with_every_pooled_instance_in_use_a_new_session_is_busy_not_a_crash() {
     let config = RuntimeConfig { max_instances: 2, ..RuntimeConfig::default() };
     let rt = Runtime::new(config, vocabulary()).unwrap();
     let plugin = sampler(&rt, "default-sampler");
+    // Each build has its pool: hold the optimized one's.
+    rt.wait_for_optimized_builds();
     let held: Vec<_> = (0..2).map(|_| plugin.start(params(), &[1], &[]).unwrap()).collect();
     match plugin.start(params(), &[1], &[]) {
         Err(PluginError::Busy { instances: 2, .. }) => {}

@@ -235,6 +235,7 @@ fn status(entry: &PluginEntry) -> PluginStatus {
         description: info.map(|i| i.description.clone()),
         sha256: info.map(|i| i.sha256.clone()),
         contract: info.map(|i| i.contract.version().to_string()),
+        compiled: entry.loaded.as_ref().map(|l| l.tier().as_str().to_string()),
         source: source.into(),
         path,
         loaded_at: unix(entry.loaded_at),

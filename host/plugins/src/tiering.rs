@@ -1,0 +1,212 @@
+//! Tiered compilation: a new plugin version serves from a baseline build
+//! (Winch, a single-pass compiler: ~5x less work than Cranelift) as soon as
+//! that is ready; once it has served for [`TIER_UP_DELAY`], its optimized
+//! build (Cranelift) is made on a thread of its own and replaces the
+//! baseline code in place.
+//!
+//! Why: on a machine whose cores the engine keeps busy, an optimizing
+//! compile on the swap's path both delays the swap and takes its CPU from
+//! the streams being decoded. The baseline build is short. The optimized
+//! one waits, so a burst of versions (a rollout script, an editor saving
+//! twice) pays only for the one that stays, and it runs serially on its own
+//! thread, never among the forward pass's tasks on the global thread pool.
+//!
+//! Not at a lower priority: measured, the streams were slower with the
+//! build at nice 19, not faster (likely a thread kept off the CPU while
+//! holding a lock others wait for, such as an allocator arena's).
+
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::runtime::Shared;
+
+/// How new versions are compiled (`[plugins] compiler`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compiler {
+    /// Serve from a baseline build at once; switch to the optimized build
+    /// when a low-priority thread has made it (and cached it).
+    #[default]
+    Tiered,
+    /// Only the optimized build, made on the loading thread (and the thread
+    /// pool): slower swaps, the fastest code from the first call.
+    Optimized,
+    /// Only the baseline build: the fastest swaps, slower code.
+    Baseline,
+}
+
+impl std::str::FromStr for Compiler {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tiered" => Ok(Compiler::Tiered),
+            "optimized" => Ok(Compiler::Optimized),
+            "baseline" => Ok(Compiler::Baseline),
+            other => Err(format!("{other:?} is not a compiler: tiered, optimized or baseline")),
+        }
+    }
+}
+
+/// Which build a plugin version is serving from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    Baseline,
+    Optimized,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Baseline => "baseline",
+            Tier::Optimized => "optimized",
+        }
+    }
+}
+
+/// How long a version serves from its baseline build before its optimized
+/// build is started.
+pub const TIER_UP_DELAY: Duration = Duration::from_secs(1);
+
+/// What a plugin serves from: its linked component, and the engine its
+/// stores must be made with.
+pub(crate) struct Code<P> {
+    pub pre: P,
+    pub engine: Engine,
+    pub tier: Tier,
+}
+
+/// A plugin whose code can be replaced by another build of the same bytes.
+pub(crate) trait Upgrade: Send + Sync {
+    /// Links `component` (the optimized build), checks it still says who
+    /// it is, and serves from it from the next session on.
+    fn upgrade(&self, component: &Component) -> wasmtime::Result<()>;
+    /// The plugin as logs name it.
+    fn describe(&self) -> String;
+}
+
+struct Job {
+    queued: Instant,
+    sha256: String,
+    bytes: Arc<[u8]>,
+    /// Weak: a version replaced before its turn is not compiled at all.
+    plugin: Weak<dyn Upgrade>,
+}
+
+/// The low-priority thread that makes optimized builds, and its queue.
+pub(crate) struct TierUps {
+    jobs: Option<Sender<Job>>,
+    /// Jobs queued or running, for [`TierUps::wait`].
+    pending: Arc<(Mutex<usize>, Condvar)>,
+    /// Taken by the thread for each job: holding it holds the queue (tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    turn: Arc<Mutex<()>>,
+    /// Set on drop: the thread stops waiting out a job's delay.
+    closing: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TierUps {
+    pub fn start(shared: Arc<Shared>) -> std::io::Result<TierUps> {
+        let (tx, rx) = mpsc::channel();
+        let pending = Arc::new((Mutex::new(0), Condvar::new()));
+        let turn = Arc::new(Mutex::new(()));
+        let closing = Arc::new((Mutex::new(false), Condvar::new()));
+        let thread = {
+            let worker = Worker { shared, pending: pending.clone(), turn: turn.clone(), closing: closing.clone() };
+            std::thread::Builder::new().name("kiln-plugin-tier-up".into()).spawn(move || worker.run(&rx))?
+        };
+        Ok(TierUps { jobs: Some(tx), pending, turn, closing, thread: Some(thread) })
+    }
+
+    /// Queues the optimized build of `bytes` for `plugin`.
+    pub fn queue(&self, sha256: String, bytes: Arc<[u8]>, plugin: Weak<dyn Upgrade>) {
+        let Some(jobs) = &self.jobs else { return };
+        *self.pending.0.lock().unwrap() += 1;
+        if jobs.send(Job { queued: Instant::now(), sha256, bytes, plugin }).is_err() {
+            finished(&self.pending);
+        }
+    }
+
+    /// Holds the queue until the guard is dropped.
+    #[cfg(test)]
+    pub fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.turn.lock().unwrap()
+    }
+
+    /// Blocks until every queued optimized build is serving (or failed).
+    pub fn wait(&self) {
+        let (count, changed) = &*self.pending;
+        let _idle = changed.wait_while(count.lock().unwrap(), |n| *n > 0).unwrap();
+    }
+}
+
+impl Drop for TierUps {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after the build it is making.
+        self.jobs.take();
+        *self.closing.0.lock().unwrap() = true;
+        self.closing.1.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn finished(pending: &(Mutex<usize>, Condvar)) {
+    let (count, changed) = pending;
+    *count.lock().unwrap() -= 1;
+    changed.notify_all();
+}
+
+/// The thread's side.
+struct Worker {
+    shared: Arc<Shared>,
+    pending: Arc<(Mutex<usize>, Condvar)>,
+    turn: Arc<Mutex<()>>,
+    closing: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Worker {
+    fn run(&self, jobs: &Receiver<Job>) {
+        for job in jobs {
+            let _turn = self.turn.lock().unwrap();
+            if self.serving_after_delay(&job) {
+                self.build(&job);
+            }
+            finished(&self.pending);
+        }
+    }
+
+    /// Waits out the job's delay; false if its version was replaced (or
+    /// the runtime is closing) meanwhile.
+    fn serving_after_delay(&self, job: &Job) -> bool {
+        let until = job.queued + TIER_UP_DELAY;
+        let (closing, changed) = &*self.closing;
+        let mut closed = closing.lock().unwrap();
+        while !*closed && job.plugin.strong_count() > 0 {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            closed = changed.wait_timeout(closed, left.min(Duration::from_millis(100))).unwrap().0;
+        }
+        !*closed && job.plugin.strong_count() > 0
+    }
+
+    fn build(&self, job: &Job) {
+        let built = self.shared.compile_optimized(&job.sha256, &job.bytes);
+        let Some(plugin) = job.plugin.upgrade() else { return };
+        match built.and_then(|component| plugin.upgrade(&component)) {
+            Ok(()) => tracing::debug!(plugin = %plugin.describe(), "optimized build serving"),
+            Err(e) => tracing::warn!(
+                plugin = %plugin.describe(), error = %format!("{e:#}"),
+                "no optimized build; the baseline build keeps serving"
+            ),
+        }
+    }
+}
