@@ -3,6 +3,7 @@
 //! The model comes from `$KILN_MODEL` or kiln's cache, fetched on first use.
 
 mod cli;
+mod deploy;
 mod parity;
 mod production;
 mod reload;
