@@ -51,8 +51,3 @@ pub struct StepPlan {
     /// Greater than 0: the policy chooses among this many top candidates.
     pub choose_from: u32,
 }
-
-/// Whether `id` is in an allowed-token bitset.
-pub(crate) fn allows(words: &[u64], id: u32) -> bool {
-    words.get(id as usize / 64).is_some_and(|w| w & (1 << (id % 64)) != 0)
-}

@@ -3,7 +3,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::policy::{StepPlan, allows};
+use crate::policy::StepPlan;
 use crate::request::SamplingParams;
 use crate::{PolicyError, SamplingPolicy};
 
@@ -93,18 +93,10 @@ impl Sampler {
             originals.push((t, *l));
             *l += b;
         }
-        if let Some(words) = &plan.allowed {
-            let mut any = false;
-            for (id, l) in logits.iter_mut().enumerate() {
-                if allows(words, id as u32) {
-                    any = true;
-                } else {
-                    *l = f32::NEG_INFINITY;
-                }
-            }
-            if !any {
-                return Err(invalid(&policy, "the allowed set allows no token".into()));
-            }
+        if let Some(words) = &plan.allowed
+            && !mask_disallowed(logits, words)
+        {
+            return Err(invalid(&policy, "the allowed set allows no token".into()));
         }
         let params = plan.params.as_ref().unwrap_or(&self.params);
         let token = match (plan.choose_from, policy.as_deref_mut()) {
@@ -261,6 +253,30 @@ pub(crate) fn top_n(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
     all.truncate(n);
     all.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
     all
+}
+
+/// Sets the logit of every token outside the allowed bitset `words` to
+/// minus infinity; false if the set allows no token of `logits`. A word at a
+/// time: a constrained step's sets are mostly whole words allowed (string
+/// content) or refused, which cost no bit tests.
+fn mask_disallowed(logits: &mut [f32], words: &[u64]) -> bool {
+    let mut any = false;
+    for (i, chunk) in logits.chunks_mut(64).enumerate() {
+        match words.get(i).copied().unwrap_or(0) {
+            0 => chunk.fill(f32::NEG_INFINITY),
+            u64::MAX => any = true,
+            word => {
+                for (bit, l) in chunk.iter_mut().enumerate() {
+                    if word >> bit & 1 == 0 {
+                        *l = f32::NEG_INFINITY;
+                    } else {
+                        any = true;
+                    }
+                }
+            }
+        }
+    }
+    any
 }
 
 #[cfg(test)]

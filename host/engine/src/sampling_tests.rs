@@ -159,3 +159,23 @@ fn top_p_applies_before_min_p() {
     let draws: std::collections::HashSet<u32> = (0..400).map(|_| s.sample(&mut l.clone()).token).collect();
     assert_eq!(draws, [0, 1].into_iter().collect());
 }
+
+#[test]
+fn masking_a_word_at_a_time_keeps_exactly_the_allowed_tokens() {
+    // Whole words allowed and refused, mixed words, and a last word longer
+    // than the vocabulary (150 tokens: 2 words and 22 bits).
+    let words = [u64::MAX, 0, 0x8000_0000_0000_0001 | (0b1011 << 20)];
+    let mut l: Vec<f32> = (0..150).map(|i| i as f32).collect();
+    assert!(mask_disallowed(&mut l, &words));
+    for (id, logit) in l.iter().enumerate() {
+        let allowed = words[id / 64] >> (id % 64) & 1 == 1;
+        assert_eq!(logit.is_finite(), allowed, "token {id}");
+    }
+    // Bits past the vocabulary allow nothing; a missing word refuses its tokens.
+    let mut l = vec![0.0; 150];
+    assert!(!mask_disallowed(&mut l, &[0, 0, 1 << 30]));
+    assert!(l.iter().all(|x| *x == f32::NEG_INFINITY));
+    let mut l = vec![0.0; 150];
+    assert!(mask_disallowed(&mut l, &[1]));
+    assert_eq!(l.iter().filter(|x| x.is_finite()).count(), 1);
+}

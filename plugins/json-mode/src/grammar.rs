@@ -7,7 +7,7 @@ pub const MAX_DEPTH: u8 = 63;
 /// Longest run of whitespace between tokens (enough for pretty-printing).
 const MAX_WHITESPACE: u8 = 24;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
     /// Before the top-level object: only `{` (or whitespace).
     Start,
@@ -37,7 +37,7 @@ pub enum Mode {
     Done,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Escape {
     None,
     Backslash,
@@ -45,7 +45,7 @@ pub enum Escape {
     Hex(u8),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Num {
     Minus,
     Zero,
@@ -61,7 +61,7 @@ pub enum Num {
 
 const LITERALS: [&[u8]; 3] = [b"true", b"false", b"null"];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct State {
     pub mode: Mode,
     /// Bit `i` set: level `i` is an object (else an array).

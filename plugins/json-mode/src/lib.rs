@@ -11,6 +11,7 @@
 
 mod grammar;
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use grammar::{Mode, State};
@@ -26,7 +27,16 @@ pub struct JsonMode {
     emitted: u32,
     /// Forced tokens already applied to `state`: the host's next `last` is one of them.
     forced_pending: bool,
+    /// Sets already computed in this answer, by state: most steps of an
+    /// answer are inside a string at one nesting, where the set is the same.
+    sets: HashMap<State, TokenSet>,
 }
+
+/// States whose sets are kept per answer (each set is vocabulary/8 bytes).
+const MAX_KEPT_SETS: usize = 256;
+/// The most a token can add to the closing text beyond its own bytes (the
+/// longest `closing_len` head: a key just opened needs `"_":null`).
+const MAX_CLOSING_HEAD: usize = 8;
 
 /// The vocabulary as json-mode uses it, built once per instance.
 #[derive(Debug)]
@@ -37,6 +47,8 @@ struct Tables {
     plain: TokenSet,
     /// Token ids of single ASCII characters, for closing the object.
     by_char: [Option<u32>; 128],
+    /// The longest structural token, in bytes.
+    longest: usize,
 }
 
 fn tables() -> Arc<Tables> {
@@ -44,9 +56,27 @@ fn tables() -> Arc<Tables> {
     TABLES.get_or_init(|| Arc::new(build())).clone()
 }
 
+/// The bytes JSON's structure uses outside strings, as a table: building
+/// the tables tests every byte of the vocabulary (a session's start).
+const STRUCTURAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let bytes = b" \n\t\r{}[],:\"-+.0123456789eEtrufalsn";
+    let mut i = 0;
+    while i < bytes.len() {
+        table[bytes[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 fn build() -> Tables {
     let vocab = vocabulary();
-    let mut t = Tables { structural: TokenTrie::new(), plain: TokenSet::with_size(vocab.size()), by_char: [None; 128] };
+    let mut t = Tables {
+        structural: TokenTrie::new(),
+        plain: TokenSet::with_size(vocab.size()),
+        by_char: [None; 128],
+        longest: 0,
+    };
     for (id, bytes) in vocab.tokens().enumerate() {
         let id = id as u32;
         if bytes.is_empty() || is_special(bytes) || vocab.is_stop(id) {
@@ -55,8 +85,9 @@ fn build() -> Tables {
         if bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
             t.plain.insert(id);
         }
-        if bytes.iter().all(|b| b" \n\t\r{}[],:\"-+.0123456789eEtrufalsn".contains(b)) {
+        if bytes.iter().all(|&b| STRUCTURAL[b as usize]) {
             t.structural.insert(bytes, id);
+            t.longest = t.longest.max(bytes.len());
         }
         if let [b] = bytes[..]
             && b < 128
@@ -79,7 +110,14 @@ impl Sampler for JsonMode {
             .get("max_tokens")
             .map(|v| v.parse().map_err(|_| format!("config `max_tokens`: {v:?}")))
             .transpose()?;
-        Ok(JsonMode { state: State::default(), tables: tables(), budget, emitted: 0, forced_pending: false })
+        Ok(JsonMode {
+            state: State::default(),
+            tables: tables(),
+            budget,
+            emitted: 0,
+            forced_pending: false,
+            sets: HashMap::new(),
+        })
     }
 
     fn step(&mut self, last: Option<u32>) -> Result<StepPlan, String> {
@@ -102,12 +140,30 @@ impl Sampler for JsonMode {
         if room.is_some_and(|room| room <= self.state.closing_len()) {
             return Ok(self.close());
         }
-        let allowed = self.allowed(room.map(|room| room - 1));
+        let allowed = self.allowed_cached(room.map(|room| room - 1));
         Ok(if allowed.is_empty() { self.close() } else { StepPlan::only(allowed) })
     }
 }
 
 impl JsonMode {
+    /// [`Self::allowed`], from this answer's earlier steps when the budget
+    /// cannot bind: with room for any token and then the closing text, the
+    /// set depends on the state alone.
+    fn allowed_cached(&mut self, room_after: Option<usize>) -> TokenSet {
+        let free = self.state.closing_len() + MAX_CLOSING_HEAD + self.tables.longest;
+        if room_after.is_some_and(|room| room < free) {
+            return self.allowed(room_after);
+        }
+        if let Some(set) = self.sets.get(&self.state) {
+            return set.clone();
+        }
+        let set = self.allowed(None);
+        if self.sets.len() < MAX_KEPT_SETS {
+            self.sets.insert(self.state, set.clone());
+        }
+        set
+    }
+
     /// Every token that keeps the output a valid JSON prefix, and (with a
     /// budget) leaves `room_after` tokens enough to close it.
     fn allowed(&self, room_after: Option<usize>) -> TokenSet {

@@ -82,3 +82,30 @@ fn closing_completes_any_prefix() {
         serde_json::from_str::<serde_json::Value>(&closed).unwrap_or_else(|e| panic!("{closed}: {e}"));
     }
 }
+
+#[test]
+fn sets_kept_from_earlier_steps_equal_the_sets_computed_afresh() {
+    let v = vocab();
+    let size = v.size() as usize;
+    with_vocabulary(v.clone(), || {
+        let (mut steps, mut kept) = (0, 0);
+        for seed in 0..40 {
+            let config = Config::new([("max_tokens", "400".to_string())]);
+            let mut sampler = JsonMode::new(SamplingParams::default(), &[], &config).unwrap();
+            let ids = run_sampler(&mut sampler, logits(seed, size), 400);
+            // Replay the answer, asking at every state for every budget left.
+            let mut replay =
+                JsonMode::new(SamplingParams::default(), &[], &Config::new(Vec::<(String, String)>::new())).unwrap();
+            for &id in &ids {
+                for room in [None, Some(0), Some(3), Some(9), Some(17), Some(30), Some(60), Some(400)] {
+                    assert_eq!(replay.allowed_cached(room), replay.allowed(room), "seed {seed}, room {room:?}");
+                }
+                steps += 1;
+                replay.state = replay.state.feed_all(v.token(id)).unwrap();
+            }
+            kept += replay.sets.len();
+        }
+        // Answers revisit states: far fewer sets kept than steps taken.
+        assert!(kept * 2 < steps, "{kept} sets kept over {steps} steps");
+    });
+}
