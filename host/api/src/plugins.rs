@@ -29,8 +29,8 @@ pub struct PluginStatus {
     /// against: `0.2.0`, or `0.1.0` (served through the host's adapter).
     pub contract: Option<String>,
     /// Which build of the serving version runs: `baseline` (a fast compile,
-    /// slower code, serving while the optimized build is made at low
-    /// priority) or `optimized`.
+    /// slower code, serving until the optimized build is made, a second
+    /// after the version landed) or `optimized`.
     pub compiled: Option<String>,
     /// `built-in`, `file` or `upload`.
     pub source: String,

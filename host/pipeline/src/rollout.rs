@@ -160,6 +160,10 @@ pub fn verdict(canary: &MetricsSnapshot, stable: &MetricsSnapshot, config: &Roll
 /// canary's life.
 fn verdict_on(entry: &PluginEntry, config: &RolloutConfig) -> Option<String> {
     let (canary, stable) = (entry.canary.as_ref()?, entry.loaded.as_ref()?);
+    // Latency like with like: while one side still serves from its baseline
+    // build (tiered compilation), only failures count.
+    let unlike = RolloutConfig { max_latency_factor: f64::INFINITY, ..config.clone() };
+    let config = if canary.loaded.tier() == stable.tier() { config } else { &unlike };
     verdict(&canary.loaded.metrics(), &(stable.metrics() - canary.stable_at_start), config)
 }
 

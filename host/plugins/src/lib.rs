@@ -2,8 +2,8 @@
 //! against `wit/` and runs them under a deadline per call and a memory cap
 //! per instance, on wasmtime.
 //!
-//! A new version serves from a fast baseline build at once while its
-//! optimized build is made at low priority (`tiering`). The optimized
+//! A new version serves from a fast baseline build at once; a second later
+//! its optimized build is made on a thread of its own (`tiering`). The optimized
 //! build is compiled once: the compiled artifact is cached on disk
 //! by the file's sha256 and the engine's compatibility hash, so a restart (or
 //! another replica sharing the cache) loads it in a millisecond. Each

@@ -128,17 +128,25 @@ impl Runtime {
         let runtime_error = |e: wasmtime::Error| PluginError::Runtime(format!("{e:#}"));
         let baseline = match config.compiler {
             Compiler::Optimized => None,
-            Compiler::Tiered | Compiler::Baseline => match new_engine(&config, Strategy::Winch) {
-                Ok(engine) => Some(engine),
-                // Winch targets x86_64 only so far.
-                Err(e) if config.compiler == Compiler::Tiered => {
-                    tracing::info!(error = %format!("{e:#}"), "no baseline compiler here: plugins are compiled optimized only");
-                    None
-                }
-                Err(e) => return Err(runtime_error(e)),
-            },
+            // Winch is complete on x86_64 only (its aarch64 backend is not).
+            Compiler::Tiered if !cfg!(target_arch = "x86_64") => {
+                tracing::info!("no baseline compiler on this architecture: plugins are compiled optimized only");
+                None
+            }
+            Compiler::Baseline if !cfg!(target_arch = "x86_64") => {
+                return Err(PluginError::Runtime(
+                    "plugins.compiler = \"baseline\" needs x86_64 (wasmtime's Winch); use \"tiered\" or \"optimized\""
+                        .into(),
+                ));
+            }
+            Compiler::Tiered | Compiler::Baseline => {
+                Some(new_engine(&config, Strategy::Winch, false).map_err(runtime_error)?)
+            }
         };
-        let engine = new_engine(&config, Strategy::Cranelift).map_err(runtime_error)?;
+        // A parallel compile runs on the global thread pool, where its tasks
+        // queue among the forward pass's: only worth it when a swap waits for
+        // the optimized build (no baseline build serves first).
+        let engine = new_engine(&config, Strategy::Cranelift, baseline.is_none()).map_err(runtime_error)?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
             let (engines, stop) = ([Some(engine.clone()), baseline.clone()], stop.clone());
@@ -205,7 +213,18 @@ impl Runtime {
             (Some(component), _) => (component, Tier::Optimized),
             (None, Some(baseline)) => {
                 shared.compilations.fetch_add(1, Ordering::Relaxed);
-                (Component::new(baseline, bytes).map_err(|e| invalid(format!("{e:#}")))?, Tier::Baseline)
+                match Component::new(baseline, bytes) {
+                    Ok(component) => (component, Tier::Baseline),
+                    // Winch lacks some proposals (tail calls, relaxed SIMD)
+                    // that Cranelift compiles: tiered still serves those.
+                    Err(e) if self.tier_ups.is_some() => {
+                        tracing::info!(plugin = origin, error = %format!("{e:#}"), "no baseline build; compiling it optimized");
+                        let component =
+                            shared.compile_optimized(&sha256, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+                        (component, Tier::Optimized)
+                    }
+                    Err(e) => return Err(invalid(format!("{e:#}"))),
+                }
             }
             (None, None) => {
                 (shared.compile_optimized(&sha256, bytes).map_err(|e| invalid(format!("{e:#}")))?, Tier::Optimized)
@@ -243,7 +262,7 @@ pub(crate) struct Built {
 }
 
 /// An engine for `strategy`, with the settings every plugin runs under.
-fn new_engine(config: &RuntimeConfig, strategy: Strategy) -> wasmtime::Result<Engine> {
+fn new_engine(config: &RuntimeConfig, strategy: Strategy, parallel: bool) -> wasmtime::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(config.max_instances)
         .total_core_instances(config.max_instances * 8)
@@ -261,10 +280,7 @@ fn new_engine(config: &RuntimeConfig, strategy: Strategy) -> wasmtime::Result<En
         // proportionate; bounds checks stay cheap.
         .memory_reservation(config.memory_limit as u64)
         .memory_guard_size(64 << 10)
-        // A parallel compile runs on the global thread pool, where its work
-        // queues among the forward pass's. Only an optimized build that a
-        // swap waits for (no baseline compiler) is worth that.
-        .parallel_compilation(strategy == Strategy::Cranelift && config.compiler == Compiler::Optimized);
+        .parallel_compilation(parallel);
     Engine::new(&wasm)
 }
 
@@ -327,6 +343,9 @@ impl Shared {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        // The optimizing thread first: its smoke calls run under deadlines,
+        // which the clock below keeps.
+        self.tier_ups.take();
         if let Some((stop, ticker)) = self.ticker.take() {
             stop.store(true, Ordering::Relaxed);
             let _ = ticker.join();

@@ -29,7 +29,7 @@ use crate::runtime::Shared;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Compiler {
     /// Serve from a baseline build at once; switch to the optimized build
-    /// when a low-priority thread has made it (and cached it).
+    /// when a thread of its own has made it (and cached it), a second later.
     #[default]
     Tiered,
     /// Only the optimized build, made on the loading thread (and the thread
@@ -97,7 +97,7 @@ struct Job {
     plugin: Weak<dyn Upgrade>,
 }
 
-/// The low-priority thread that makes optimized builds, and its queue.
+/// The thread that makes optimized builds, and its queue.
 pub(crate) struct TierUps {
     jobs: Option<Sender<Job>>,
     /// Jobs queued or running, for [`TierUps::wait`].
@@ -159,7 +159,7 @@ impl Drop for TierUps {
 
 fn finished(pending: &(Mutex<usize>, Condvar)) {
     let (count, changed) = pending;
-    *count.lock().unwrap() -= 1;
+    *count.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) -= 1;
     changed.notify_all();
 }
 
@@ -174,39 +174,88 @@ struct Worker {
 impl Worker {
     fn run(&self, jobs: &Receiver<Job>) {
         for job in jobs {
-            let _turn = self.turn.lock().unwrap();
+            // Counted down however the job ends, a panic included.
+            let _done = Done(&self.pending);
+            let _turn = self.turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if self.serving_after_delay(&job) {
-                self.build(&job);
+                // A panic in one build (a compiler bug) leaves the thread,
+                // and the next versions' builds, alive.
+                let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.build(&job)));
+                if built.is_err() {
+                    tracing::error!(sha256 = %job.sha256, "the optimizing compiler panicked; the baseline build keeps serving");
+                }
             }
-            finished(&self.pending);
         }
     }
 
     /// Waits out the job's delay; false if its version was replaced (or
     /// the runtime is closing) meanwhile.
     fn serving_after_delay(&self, job: &Job) -> bool {
-        let until = job.queued + TIER_UP_DELAY;
+        self.wait_while_serving(job, job.queued + TIER_UP_DELAY)
+    }
+
+    /// Waits until `until`; false if the job's version was replaced (or the
+    /// runtime is closing) meanwhile.
+    fn wait_while_serving(&self, job: &Job, until: Instant) -> bool {
         let (closing, changed) = &*self.closing;
-        let mut closed = closing.lock().unwrap();
+        let mut closed = closing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         while !*closed && job.plugin.strong_count() > 0 {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            closed = changed.wait_timeout(closed, left.min(Duration::from_millis(100))).unwrap().0;
+            closed = changed
+                .wait_timeout(closed, left.min(Duration::from_millis(100)))
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
         }
         !*closed && job.plugin.strong_count() > 0
     }
 
     fn build(&self, job: &Job) {
-        let built = self.shared.compile_optimized(&job.sha256, &job.bytes);
-        let Some(plugin) = job.plugin.upgrade() else { return };
-        match built.and_then(|component| plugin.upgrade(&component)) {
-            Ok(()) => tracing::debug!(plugin = %plugin.describe(), "optimized build serving"),
-            Err(e) => tracing::warn!(
-                plugin = %plugin.describe(), error = %format!("{e:#}"),
-                "no optimized build; the baseline build keeps serving"
-            ),
+        let component = match self.shared.compile_optimized(&job.sha256, &job.bytes) {
+            Ok(component) => component,
+            Err(e) => {
+                let error = format!("{e:#}");
+                tracing::warn!(sha256 = %job.sha256, %error, "no optimized build; the baseline build keeps serving");
+                return;
+            }
+        };
+        // The smoke call takes an instance of the optimized engine's pool,
+        // which may be full for a moment under load: try again for a while.
+        for attempt in 0..=BUSY_RETRIES {
+            let Some(plugin) = job.plugin.upgrade() else { return };
+            match plugin.upgrade(&component) {
+                Ok(()) => return tracing::debug!(plugin = %plugin.describe(), "optimized build serving"),
+                Err(e)
+                    if attempt < BUSY_RETRIES && e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() =>
+                {
+                    drop(plugin);
+                    if !self.wait_while_serving(job, Instant::now() + BUSY_BACKOFF) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    return tracing::warn!(
+                        plugin = %plugin.describe(), %error, "no optimized build; the baseline build keeps serving"
+                    );
+                }
+            }
         }
     }
 }
+
+/// Counts a job down when dropped.
+struct Done<'a>(&'a (Mutex<usize>, Condvar));
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        finished(self.0);
+    }
+}
+
+/// How often, and how far apart, an optimized build's smoke call is tried
+/// again when every instance of the pool is taken.
+const BUSY_RETRIES: u32 = 50;
+const BUSY_BACKOFF: Duration = Duration::from_millis(200);

@@ -34,9 +34,9 @@ pub struct JsonMode {
 
 /// States whose sets are kept per answer (each set is vocabulary/8 bytes).
 const MAX_KEPT_SETS: usize = 256;
-/// The most a token can add to the closing text beyond its own bytes (the
-/// longest `closing_len` head: a key just opened needs `"_":null`).
-const MAX_CLOSING_HEAD: usize = 8;
+/// Bounds what a token can add to the closing text beyond its own bytes:
+/// the longest `closing_len` head (a key string inside `\u`: 4 + 1 + 5).
+const MAX_CLOSING_HEAD: usize = 10;
 
 /// The vocabulary as json-mode uses it, built once per instance.
 #[derive(Debug)]
