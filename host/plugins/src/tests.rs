@@ -121,6 +121,18 @@ fn a_version_replaced_before_its_optimized_build_is_never_optimized() {
 }
 
 #[test]
+fn a_component_winch_refuses_is_compiled_optimized_under_tiered() {
+    // A tail call: Cranelift compiles it, Winch does not take the proposal.
+    let bytes = wat::parse_str("(component (core module (func $f (return_call $f))))").unwrap();
+    let not_a_plugin = "exports none of kiln's plugin interfaces";
+    // Compiled (by Cranelift), then refused for what it is, not for Winch.
+    let err = runtime().load_bytes("tail-call.wasm", &bytes).unwrap_err();
+    assert!(err.to_string().contains(not_a_plugin), "{err}");
+    let err = runtime_with(Compiler::Baseline).load_bytes("tail-call.wasm", &bytes).unwrap_err();
+    assert!(matches!(err, PluginError::Invalid { .. }) && !err.to_string().contains(not_a_plugin), "{err}");
+}
+
+#[test]
 fn each_compiler_setting_serves_from_its_build() {
     for (compiler, tier) in [(Compiler::Baseline, Tier::Baseline), (Compiler::Optimized, Tier::Optimized)] {
         let rt = runtime_with(compiler);
