@@ -67,20 +67,22 @@ fn tags(text: &str) -> BTreeSet<u32> {
     found
 }
 
-fn tagger_status(server: &Server) -> Value {
+/// `GET /v1/plugins`: every plugin's status.
+fn plugins(server: &Server) -> Vec<Value> {
     let (status, body) = server.request("GET", "/v1/plugins", "");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
-    let list: Value = serde_json::from_str(&body).unwrap();
-    list["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "tagger").cloned().expect("tagger is listed")
+    let mut list: Value = serde_json::from_str(&body).unwrap();
+    serde_json::from_value(list["plugins"].take()).unwrap()
+}
+
+fn tagger_status(server: &Server) -> Value {
+    plugins(server).into_iter().find(|p| p["name"] == "tagger").expect("tagger is listed")
 }
 
 /// Whether every plugin serves from the build `compiler` ends on.
 fn all_settled(server: &Server, compiler: &str) -> bool {
-    let (status, body) = server.request("GET", "/v1/plugins", "");
-    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
-    let list: Value = serde_json::from_str(&body).unwrap();
     let end = if compiler == "baseline" { "baseline" } else { "optimized" };
-    list["plugins"].as_array().unwrap().iter().all(|p| p["compiled"] == end)
+    plugins(server).iter().all(|p| p["compiled"] == end)
 }
 
 /// Polls `GET /v1/plugins` until `ready` holds for the tagger.

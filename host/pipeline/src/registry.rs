@@ -165,14 +165,7 @@ impl PluginHost {
             return Ok(entry);
         }
         let loaded = self.validate(name, bytes).map_err(|e| self.upload_failed(name, e))?;
-        let source = match self.file_of(name) {
-            Some(path) => {
-                kiln_plugins::write_atomically(&path, bytes)
-                    .map_err(|e| PipelineError::Io(format!("{}: {e}", path.display())))?;
-                Source::File(path)
-            }
-            None => Source::Upload,
-        };
+        let source = persist(self.file_of(name), bytes)?;
         Ok(self.publish(name, loaded, source))
     }
 
@@ -415,4 +408,12 @@ pub(crate) fn plugin_name(dir: &Path, path: &Path) -> Option<String> {
     }
     let name = path.file_stem()?.to_str()?;
     check_name(name).ok().map(|()| name.to_string())
+}
+
+/// Writes an uploaded version to its file, where it has one (so it survives
+/// a restart); says where it came from.
+pub(crate) fn persist(file: Option<PathBuf>, bytes: &[u8]) -> Result<Source, PipelineError> {
+    let Some(path) = file else { return Ok(Source::Upload) };
+    kiln_plugins::write_atomically(&path, bytes).map_err(|e| PipelineError::Io(format!("{}: {e}", path.display())))?;
+    Ok(Source::File(path))
 }

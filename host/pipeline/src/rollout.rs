@@ -181,14 +181,7 @@ impl PluginHost {
         check_name(name).map_err(PipelineError::InvalidName)?;
         let _writer = self.lock_writer();
         let (entry, loaded) = self.check_canary(name, bytes)?;
-        let source = match self.canary_file(name) {
-            Some(path) => {
-                kiln_plugins::write_atomically(&path, bytes)
-                    .map_err(|e| PipelineError::Io(format!("{}: {e}", path.display())))?;
-                Source::File(path)
-            }
-            None => Source::Upload,
-        };
+        let source = crate::registry::persist(self.canary_file(name), bytes)?;
         self.start_canary(&entry, loaded, share, sticky, source)
     }
 

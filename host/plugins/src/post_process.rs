@@ -12,7 +12,7 @@ use crate::legacy::{self, Contract};
 use crate::metrics::{MetricsSnapshot, PluginMetrics};
 use crate::runtime::{Built, Shared};
 use crate::state::{HostState, call_failed, new_store};
-use crate::tiering::{Code, Tier, Upgrade};
+use crate::tiering::{self, Code, Tier, Upgrade};
 use crate::{PluginError, PluginInfo, PluginKind, Who};
 
 pub(crate) mod bindings {
@@ -58,7 +58,7 @@ impl PostProcessPlugin {
         let (pre, (name, version, description)) = link(&runtime, &built.component, built.contract)?;
         let (contract, sha256) = (built.contract, built.sha256);
         let info = PluginInfo { name, version, description, kind: PluginKind::PostProcess, contract, sha256 };
-        let code = Code { pre, engine: built.component.engine().clone(), tier: built.tier };
+        let code = Code::new(pre, &built.component, built.tier);
         Ok(PostProcessPlugin { info, code: ArcSwap::from_pointee(code), runtime, metrics: PluginMetrics::default() })
     }
 
@@ -139,10 +139,7 @@ fn link(runtime: &Shared, component: &Component, contract: Contract) -> wasmtime
 
 impl Upgrade for PostProcessPlugin {
     fn upgrade(&self, component: &Component) -> wasmtime::Result<()> {
-        let (pre, who) = link(&self.runtime, component, self.info.contract)?;
-        self.info.check_same(&who)?;
-        self.code.store(Arc::new(Code { pre, engine: component.engine().clone(), tier: Tier::Optimized }));
-        Ok(())
+        tiering::swap_in(&self.code, &self.info, component, link(&self.runtime, component, self.info.contract)?)
     }
 
     fn describe(&self) -> String {

@@ -20,10 +20,12 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use crate::runtime::Shared;
+use crate::{PluginInfo, Who};
 
 /// How new versions are compiled (`[plugins] compiler`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,6 +80,25 @@ pub(crate) struct Code<P> {
     pub pre: P,
     pub engine: Engine,
     pub tier: Tier,
+}
+
+impl<P> Code<P> {
+    pub fn new(pre: P, component: &Component, tier: Tier) -> Code<P> {
+        Code { pre, engine: component.engine().clone(), tier }
+    }
+}
+
+/// Serves a plugin's next sessions from `component`, the optimized build of
+/// its bytes, linked as `pre`, once it has said it is the same plugin.
+pub(crate) fn swap_in<P>(
+    code: &ArcSwap<Code<P>>,
+    info: &PluginInfo,
+    component: &Component,
+    (pre, who): (P, Who),
+) -> wasmtime::Result<()> {
+    info.check_same(&who)?;
+    code.store(Arc::new(Code::new(pre, component, Tier::Optimized)));
+    Ok(())
 }
 
 /// A plugin whose code can be replaced by another build of the same bytes.
@@ -177,7 +198,7 @@ impl Worker {
             // Counted down however the job ends, a panic included.
             let _done = Done(&self.pending);
             let _turn = self.turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if self.serving_after_delay(&job) {
+            if self.wait_while_serving(&job, job.queued + TIER_UP_DELAY) {
                 // A panic in one build (a compiler bug) leaves the thread,
                 // and the next versions' builds, alive.
                 let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.build(&job)));
@@ -186,12 +207,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    /// Waits out the job's delay; false if its version was replaced (or
-    /// the runtime is closing) meanwhile.
-    fn serving_after_delay(&self, job: &Job) -> bool {
-        self.wait_while_serving(job, job.queued + TIER_UP_DELAY)
     }
 
     /// Waits until `until`; false if the job's version was replaced (or the
